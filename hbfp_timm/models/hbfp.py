@@ -151,7 +151,7 @@ class HBFPNet(nn.Module):
         if global_pool == 'gep':
             return GeneralizedPooling(self.gep_lambdas, learnable=self.gep_learnable)
         if global_pool in ('avg', 'max', ''):
-            return SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+            return SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         raise ValueError(f"global_pool: expected 'gep', 'avg', 'max' or '', got {global_pool!r}")
 
     def _create_classifier(self, num_classes: int) -> nn.Module:

@@ -1,0 +1,180 @@
+"""BFP (Eq. 1-5) and generalized pooling (Eq. 6) against direct computations."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hbfp_timm.layers import BFP, GeneralizedPooling, generalized_pool2d
+
+torch.manual_seed(0)
+
+
+# --- generalized pooling ------------------------------------------------------------------------
+
+def _gep_reference(x: torch.Tensor, lam: float) -> torch.Tensor:
+    """Eq. 6 literally, one channel at a time: normalise, keep >= lambda, average the raw kept values."""
+    out = torch.empty(x.shape[:2])
+    for b in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            values = x[b, c].flatten()
+            normalised = (values - values.min()) / (values.max() - values.min())
+            out[b, c] = values[normalised >= lam].mean()
+    return out
+
+
+def test_gep_lambda_zero_is_average_pooling():
+    x = torch.randn(3, 5, 6, 4)
+    pooled = GeneralizedPooling(lambdas=(0.0,))(x)
+    torch.testing.assert_close(pooled, F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def test_gep_lambda_one_is_max_pooling():
+    x = torch.randn(3, 5, 6, 4)
+    pooled = GeneralizedPooling(lambdas=(1.0,))(x)
+    torch.testing.assert_close(pooled, F.adaptive_max_pool2d(x, 1).flatten(1))
+
+
+def test_gep_default_is_sum_of_the_five_thresholds():
+    x = torch.randn(2, 7, 5, 3)
+    expected = sum(_gep_reference(x, lam) for lam in (0.0, 0.3, 0.5, 0.7, 1.0))
+    torch.testing.assert_close(GeneralizedPooling()(x), expected)
+
+
+def test_gep_matches_hand_computed_channel():
+    # Values 0, 1, 2, 3, 4 on one channel: normalised 0, .25, .5, .75, 1.
+    x = torch.arange(5.0).reshape(1, 1, 5, 1)
+    per_lambda = generalized_pool2d(x, torch.tensor([0.0, 0.3, 0.5, 0.7, 1.0]))
+    # lambda 0 -> mean(0..4) = 2; 0.3 -> mean(2,3,4) = 3; 0.5 -> mean(2,3,4) = 3; 0.7 -> mean(3,4) = 3.5; 1 -> 4
+    torch.testing.assert_close(per_lambda[0, 0], torch.tensor([2.0, 3.0, 3.0, 3.5, 4.0]))
+
+
+def test_gep_constant_channel_gives_the_constant_for_every_lambda():
+    x = torch.full((1, 2, 3, 3), 1.5)
+    torch.testing.assert_close(GeneralizedPooling()(x), torch.full((1, 2), 5 * 1.5))
+
+
+def test_gep_gradients_flow_to_the_kept_values_only():
+    x = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0]).reshape(1, 1, 5, 1).requires_grad_()
+    GeneralizedPooling(lambdas=(0.7,))(x).sum().backward()
+    # Kept: 3 and 4 (normalised .75 and 1), each with weight 1/2.
+    torch.testing.assert_close(x.grad.flatten(), torch.tensor([0.0, 0.0, 0.0, 0.5, 0.5]))
+
+
+def test_gep_learnable_weights_scale_each_threshold_and_train():
+    x = torch.randn(2, 3, 4, 4)
+    pool = GeneralizedPooling(lambdas=(0.0, 1.0), learnable=True)
+    with torch.no_grad():
+        pool.weight.copy_(torch.tensor([2.0, -1.0]))
+    expected = 2 * x.mean(dim=(2, 3)) - x.amax(dim=(2, 3))
+    out = pool(x)
+    torch.testing.assert_close(out, expected)
+    out.sum().backward()
+    assert pool.weight.grad is not None and pool.weight.grad.abs().sum() > 0
+
+
+def test_gep_rejects_bad_lambdas_and_shapes():
+    with pytest.raises(ValueError, match='lambdas'):
+        GeneralizedPooling(lambdas=(0.0, 1.5))
+    with pytest.raises(ValueError, match=r'\(B, C, H, W\)'):
+        GeneralizedPooling()(torch.randn(2, 3))
+
+
+# --- BFP ----------------------------------------------------------------------------------------
+
+def _conv_bn(module, x):
+    """Apply a ConvNormAct (eval mode) to a (C, N) matrix of positions, as a matrix product."""
+    weight = module.conv.weight.flatten(1)
+    bn = module.bn
+    y = weight @ x
+    y = (y - bn.running_mean[:, None]) / torch.sqrt(bn.running_var[:, None] + bn.eps)
+    y = y * bn.weight[:, None] + bn.bias[:, None]
+    return bn.act(y)
+
+
+def _bfp_reference(bfp: BFP, p: torch.Tensor, q: torch.Tensor):
+    """Eq. 1-5 for one sample, position by position (loops over i, j), from the module's weights."""
+    p_flat, q_flat = p.flatten(1), q.flatten(1)  # (D, N)
+    p_masked = p_flat * _conv_bn(bfp.p_mask.mask, p_flat)  # Eq. 1
+    q_masked = q_flat * _conv_bn(bfp.q_mask.mask, q_flat)
+    a = torch.relu(_conv_bn(bfp.p_correlation, p_masked))  # sigma(X'U)
+    b = torch.relu(_conv_bn(bfp.q_correlation, q_masked))  # sigma(Y'V)
+    n_p, n_q = p_flat.shape[1], q_flat.shape[1]
+    corr = torch.empty(n_p, n_q)
+    for i in range(n_p):  # Eq. 2: C_ij = p^T (sigma(x'_i U) * sigma(y'_j V))
+        for j in range(n_q):
+            corr[i, j] = (bfp.bilinear_weight * a[:, i] * b[:, j]).sum()
+    a_space = _conv_bn(bfp.p_perception, p_masked)  # sigma(X'U'), (L', N_P)
+    b_space = _conv_bn(bfp.q_perception, q_masked)
+    p_from_q = torch.empty(a_space.shape[0], n_p)
+    for i in range(n_p):  # each P position gathers Q through softmax over j of row i
+        weights = torch.softmax(corr[i, :], dim=0)
+        p_from_q[:, i] = a_space[:, i] * (b_space * weights).sum(dim=1)
+    q_from_p = torch.empty(b_space.shape[0], n_q)
+    for j in range(n_q):  # each Q position gathers P through softmax over i of column j
+        weights = torch.softmax(corr[:, j], dim=0)
+        q_from_p[:, j] = (a_space * weights).sum(dim=1) * b_space[:, j]
+    p_tilde = _conv_bn(bfp.p_projection, p_from_q).reshape(p.shape)  # Eq. 5
+    q_tilde = _conv_bn(bfp.q_projection, q_from_p).reshape(q.shape)
+    return corr, p_tilde, q_tilde
+
+
+def _randomise_bn(module: torch.nn.Module) -> None:
+    gen = torch.Generator().manual_seed(1)
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+
+
+def test_bfp_matches_a_loop_over_positions_of_eq_2_to_5():
+    bfp = BFP(p_channels=6, q_channels=5, correlation_dim=4, perception_dim=7, residual=False).eval()
+    _randomise_bn(bfp)
+    with torch.no_grad():
+        bfp.bilinear_weight.copy_(torch.randn(4))
+    p, q = torch.randn(2, 6, 3, 2), torch.randn(2, 5, 2, 2)  # maps may differ in channels and size
+    with torch.no_grad():
+        p_tilde, q_tilde = bfp(p, q)
+        corr = bfp.correlation(bfp.p_mask(p), bfp.q_mask(q))
+        for sample in range(2):
+            ref_corr, ref_p, ref_q = _bfp_reference(bfp, p[sample], q[sample])
+            torch.testing.assert_close(corr[sample], ref_corr, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(p_tilde[sample], ref_p, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(q_tilde[sample], ref_q, rtol=1e-5, atol=1e-5)
+
+
+def test_bfp_softmax_columns_sum_to_one():
+    bfp = BFP(4, 4, correlation_dim=3, perception_dim=5).eval()
+    p, q = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+    with torch.no_grad():
+        corr = bfp.correlation(bfp.p_mask(p), bfp.q_mask(q))
+    torch.testing.assert_close(corr.softmax(dim=1).sum(dim=1), torch.ones(2, 9))
+    torch.testing.assert_close(corr.transpose(1, 2).softmax(dim=1).sum(dim=1), torch.ones(2, 9))
+
+
+def test_bfp_residual_is_identity_at_initialisation():
+    bfp = BFP(8, 16, correlation_dim=4, perception_dim=8, residual=True).train()
+    p, q = torch.randn(3, 8, 4, 2), torch.randn(3, 16, 4, 2)
+    p_aug, q_aug = bfp(p, q)
+    assert torch.equal(p_aug, p) and torch.equal(q_aug, q)
+    # ... yet it can learn: the zero-initialised BN weights receive a gradient.
+    (p_aug.sum() + q_aug.pow(2).sum()).backward()
+    assert bfp.p_projection.bn.weight.grad.abs().sum() > 0
+    assert bfp.q_projection.bn.weight.grad.abs().sum() > 0
+
+
+def test_bfp_literal_reading_returns_the_perception_maps():
+    bfp = BFP(4, 6, correlation_dim=3, perception_dim=5, residual=False).eval()
+    _randomise_bn(bfp)
+    p, q = torch.randn(1, 4, 2, 2), torch.randn(1, 6, 2, 2)
+    with torch.no_grad():
+        p_aug, q_aug = bfp(p, q)
+        p_tilde, q_tilde = bfp.perceive(p, q)
+    assert torch.equal(p_aug, p_tilde) and torch.equal(q_aug, q_tilde)
+    assert not torch.allclose(p_aug, p)
+
+
+def test_bfp_rejects_wrong_channel_count():
+    bfp = BFP(4, 6, correlation_dim=3, perception_dim=5)
+    with pytest.raises(ValueError, match=r'q must be \(B, 6, H, W\)'):
+        bfp(torch.randn(1, 4, 2, 2), torch.randn(1, 5, 2, 2))
