@@ -1,0 +1,218 @@
+"""Tests of hbfp_timm.metrics: the Market-1501 protocol worked out by hand, parity with the reference loop,
+distances and re-ranking."""
+import numpy as np
+import pytest
+import torch
+
+from hbfp_timm.metrics import (
+    compute_distance_matrix, evaluate_rank, evaluate_rank_detailed, evaluate_rank_reference, re_ranking,
+)
+
+
+def _single_query(g_dists, g_pids, g_camids, q_pid=1, q_camid=0, max_rank=5):
+    distmat = np.asarray([g_dists], dtype=np.float32)
+    return evaluate_rank_detailed(distmat, np.array([q_pid]), np.array(g_pids), np.array([q_camid]),
+                                  np.array(g_camids), max_rank=max_rank)
+
+
+def test_same_identity_same_camera_is_removed_not_counted():
+    # Ranked: [pid1 cam0 (removed), pid2 cam1, pid1 cam1] -> kept [negative, match].
+    result = _single_query([0.1, 0.2, 0.3], g_pids=[1, 2, 1], g_camids=[0, 1, 1])
+    np.testing.assert_allclose(result.cmc, [0, 1, 1, 1, 1])
+    assert result.mAP == pytest.approx(1 / 2)
+
+
+def test_same_camera_other_identity_stays_as_negative():
+    result = _single_query([0.1, 0.2], g_pids=[2, 1], g_camids=[0, 1])
+    np.testing.assert_allclose(result.cmc[:2], [0, 1])
+
+
+def test_junk_gallery_images_are_ignored():
+    result = _single_query([0.1, 0.2, 0.3], g_pids=[-1, 1, 2], g_camids=[1, 1, 1])
+    np.testing.assert_allclose(result.cmc[:2], [1, 1])
+    assert result.mAP == pytest.approx(1.0)
+
+
+def test_distractors_count_as_negatives():
+    result = _single_query([0.1, 0.2], g_pids=[0, 1], g_camids=[1, 2])
+    np.testing.assert_allclose(result.cmc[:2], [0, 1])
+    assert result.mAP == pytest.approx(1 / 2)
+
+
+def test_average_precision_over_several_matches():
+    # Kept ranking: match, negative, match, negative, match -> AP = (1/1 + 2/3 + 3/5) / 3.
+    result = _single_query([0.1, 0.2, 0.3, 0.4, 0.5], g_pids=[1, 3, 1, 4, 1], g_camids=[1, 1, 2, 1, 3])
+    assert result.mAP == pytest.approx((1 + 2 / 3 + 3 / 5) / 3)
+    np.testing.assert_allclose(result.cmc, [1, 1, 1, 1, 1])
+
+
+def test_query_without_valid_match_is_skipped_and_counted():
+    distmat = np.array([[0.1, 0.2, 0.3], [0.3, 0.2, 0.1]], dtype=np.float32)
+    q_pids, q_camids = np.array([1, 2]), np.array([0, 0])
+    g_pids, g_camids = np.array([1, 2, 3]), np.array([1, 0, 1])  # query 2's only match shares its camera
+    result = evaluate_rank_detailed(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=3)
+    assert result.num_valid_queries == 1
+    assert result.num_skipped == 1
+    np.testing.assert_array_equal(result.valid_mask, [True, False])
+    assert result.mAP == pytest.approx(1.0)
+    cmc, mAP = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=3)
+    np.testing.assert_allclose(cmc, result.cmc)
+    assert mAP == result.mAP
+
+
+def test_no_valid_query_at_all_raises():
+    with pytest.raises(ValueError, match='none of the 1 queries'):
+        _single_query([0.1, 0.2], g_pids=[1, 2], g_camids=[0, 1])
+
+
+def test_ties_are_broken_by_gallery_index():
+    first_negative = _single_query([0.5, 0.5], g_pids=[2, 1], g_camids=[1, 1])
+    first_match = _single_query([0.5, 0.5], g_pids=[1, 2], g_camids=[1, 1])
+    assert first_negative.cmc[0] == 0 and first_negative.mAP == pytest.approx(0.5)
+    assert first_match.cmc[0] == 1 and first_match.mAP == pytest.approx(1.0)
+
+
+def test_negative_zero_ties_with_positive_zero():
+    result = _single_query([0.0, -0.0], g_pids=[2, 1], g_camids=[1, 1])
+    assert result.cmc[0] == 0  # like np.argsort, -0.0 and 0.0 are equal, so gallery order decides
+
+
+def test_cmc_has_max_rank_entries_when_gallery_is_smaller():
+    result = _single_query([0.2, 0.1, 0.3], g_pids=[1, 2, 3], g_camids=[1, 1, 1], max_rank=10)
+    assert result.cmc.shape == (10,)
+    np.testing.assert_allclose(result.cmc, [0] + [1] * 9)
+
+
+def _random_protocol_case(rng, num_q, num_g, num_ids, num_cams, dtype, tie_levels=None):
+    q_pids = rng.integers(1, num_ids + 1, num_q)
+    q_pids[::5] = num_ids + 1  # an identity absent from the gallery: these queries must be skipped
+    g_pids = rng.integers(1, num_ids + 1, num_g)
+    g_pids[rng.random(num_g) < 0.15] = 0
+    g_pids[rng.random(num_g) < 0.1] = -1
+    q_camids, g_camids = rng.integers(0, num_cams, num_q), rng.integers(0, num_cams, num_g)
+    if tie_levels is None:
+        distmat = rng.standard_normal((num_q, num_g)).astype(dtype)
+    else:
+        distmat = rng.integers(0, tie_levels, (num_q, num_g)).astype(dtype)
+    return distmat, q_pids, g_pids, q_camids, g_camids
+
+
+@pytest.mark.parametrize('num_q, num_g, dtype, tie_levels, max_rank, chunk_size', [
+    (50, 200, np.float32, None, 50, 256),
+    (97, 300, np.float32, None, 20, 16),         # several chunks, the last one partial
+    (40, 120, np.float32, 4, 10, 7),             # many ties
+    (30, 12, np.float32, None, 50, 8),           # max_rank larger than the gallery
+    (60, 150, np.float64, None, 30, 25),         # float64 not representable in float32: stable-argsort path
+    (60, 150, np.float64, 6, 30, 25),            # float64 holding small integers: fast path
+])
+def test_vectorised_equals_reference_loop(num_q, num_g, dtype, tie_levels, max_rank, chunk_size):
+    rng = np.random.default_rng(num_q * 1000 + num_g)
+    case = _random_protocol_case(rng, num_q, num_g, num_ids=15, num_cams=4, dtype=dtype, tie_levels=tie_levels)
+    fast = evaluate_rank_detailed(*case, max_rank=max_rank, chunk_size=chunk_size)
+    reference = evaluate_rank_reference(*case, max_rank=max_rank)
+    assert reference.num_skipped > 0  # the random case exercises skipping
+    np.testing.assert_array_equal(fast.valid_mask, reference.valid_mask)
+    np.testing.assert_allclose(fast.cmc, reference.cmc, atol=1e-6)
+    np.testing.assert_allclose(fast.all_AP, reference.all_AP, atol=1e-6)
+    assert fast.mAP == pytest.approx(reference.mAP, abs=1e-6)
+    assert fast.cmc.shape == (max_rank,)
+
+
+def test_accepts_torch_tensors():
+    rng = np.random.default_rng(3)
+    case = _random_protocol_case(rng, 20, 60, num_ids=6, num_cams=3, dtype=np.float32)
+    cmc, mAP = evaluate_rank(*(torch.as_tensor(a) for a in case), max_rank=5)
+    expected_cmc, expected_mAP = evaluate_rank(*case, max_rank=5)
+    np.testing.assert_allclose(cmc, expected_cmc)
+    assert mAP == expected_mAP
+
+
+@pytest.mark.parametrize('bad, message', [
+    (dict(g_camids=np.zeros(3, dtype=int)), 'g_camids has length 3'),
+    (dict(q_pids=np.zeros((2, 1), dtype=int)), 'q_pids must be a 1-D array'),
+    (dict(q_pids=np.array([1.5, 2.0])), 'q_pids must hold integer ids'),
+    (dict(distmat=np.zeros(4, dtype=np.float32)), 'distmat must be 2-D'),
+    (dict(distmat=np.full((2, 4), np.nan, dtype=np.float32)), 'NaN'),
+    (dict(max_rank=0), 'max_rank must be a positive integer'),
+])
+def test_bad_input_is_a_clear_error(bad, message):
+    args = dict(distmat=np.zeros((2, 4), dtype=np.float32), q_pids=np.array([1, 2]), g_pids=np.array([1, 2, 1, 2]),
+                q_camids=np.array([0, 0]), g_camids=np.array([1, 1, 1, 1]), max_rank=3)
+    args.update(bad)
+    with pytest.raises(ValueError, match=message):
+        evaluate_rank(**args)
+
+
+def test_euclidean_distance_by_hand():
+    query = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
+    gallery = torch.tensor([[0.0, 0.0], [6.0, 8.0], [3.0, 0.0]])
+    distmat = compute_distance_matrix(query, gallery, metric='euclidean', chunk_size=1)
+    assert distmat.dtype == np.float32 and isinstance(distmat, np.ndarray)
+    np.testing.assert_allclose(distmat, [[0, 10, 3], [5, 5, 4]], atol=1e-5)
+
+
+def test_cosine_distance_by_hand():
+    query = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    gallery = torch.tensor([[0.0, 2.0], [3.0, 0.0], [-1.0, 0.0]])
+    distmat = compute_distance_matrix(query, gallery, metric='cosine')
+    half_sqrt2 = 1 - np.sqrt(0.5)
+    np.testing.assert_allclose(distmat, [[1, 0, 2], [half_sqrt2, half_sqrt2, 1 + np.sqrt(0.5)]], atol=1e-6)
+
+
+def test_distance_errors():
+    with pytest.raises(ValueError, match="metric must be 'euclidean' or 'cosine'"):
+        compute_distance_matrix(torch.zeros(2, 3), torch.zeros(2, 3), metric='manhattan')
+    with pytest.raises(ValueError, match='dim 3 differs from gallery_features dim 4'):
+        compute_distance_matrix(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+def _clustered_features(rng, num_ids, per_id, dim=16, noise=0.6):
+    centres = rng.standard_normal((num_ids, dim))
+    pids = np.repeat(np.arange(1, num_ids + 1), per_id)
+    features = centres[pids - 1] + noise * rng.standard_normal((len(pids), dim))
+    return torch.as_tensor(features, dtype=torch.float32), pids
+
+
+def _re_ranking_inputs(query, gallery):
+    return (compute_distance_matrix(query, gallery), compute_distance_matrix(query, query),
+            compute_distance_matrix(gallery, gallery))
+
+
+def test_re_ranking_with_lambda_one_keeps_the_original_ranking():
+    generator = torch.Generator().manual_seed(0)
+    query, gallery = torch.randn(5, 8, generator=generator), torch.randn(30, 8, generator=generator)
+    q_g, q_q, g_g = _re_ranking_inputs(query, gallery)
+    reranked = re_ranking(q_g, q_q, g_g, k1=6, k2=3, lambda_value=1.0)
+    assert reranked.shape == q_g.shape and reranked.dtype == np.float32
+    np.testing.assert_array_equal(np.argsort(reranked, axis=1, kind='stable'), np.argsort(q_g, axis=1, kind='stable'))
+
+
+def test_re_ranking_puts_an_exact_duplicate_at_distance_zero():
+    generator = torch.Generator().manual_seed(1)
+    query, gallery = torch.randn(4, 8, generator=generator), torch.randn(25, 8, generator=generator)
+    gallery[7] = query[2]
+    reranked = re_ranking(*_re_ranking_inputs(query, gallery), k1=5, k2=3, lambda_value=0.3)
+    # Duplicates have identical neighbourhoods, hence identical encodings: Jaccard distance 0.
+    assert reranked[2, 7] == pytest.approx(0.0, abs=1e-6)
+    assert reranked[2].argmin() == 7
+    assert (reranked >= -1e-6).all() and (reranked <= 1 + 1e-6).all()
+
+
+def test_re_ranking_does_not_hurt_a_clustered_toy_case():
+    rng = np.random.default_rng(1)
+    features, pids = _clustered_features(rng, num_ids=12, per_id=8, noise=0.9)
+    is_query = np.zeros(len(pids), dtype=bool)
+    is_query[::8] = True
+    camids = np.where(is_query, 0, 1)
+    query, gallery = features[is_query], features[~is_query]
+    q_g, q_q, g_g = _re_ranking_inputs(query, gallery)
+    args = (pids[is_query], pids[~is_query], camids[is_query], camids[~is_query])
+    _, map_before = evaluate_rank(q_g, *args, max_rank=5)
+    _, map_after = evaluate_rank(re_ranking(q_g, q_q, g_g, k1=7, k2=3), *args, max_rank=5)
+    assert map_before < 0.999  # the toy case is not already perfect
+    assert map_after >= map_before
+
+
+def test_re_ranking_shape_errors():
+    with pytest.raises(ValueError, match='q_q_dist must have shape'):
+        re_ranking(np.zeros((2, 3)), np.zeros((3, 3)), np.zeros((3, 3)))
