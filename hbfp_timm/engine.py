@@ -1,0 +1,148 @@
+"""Evaluation engine: descriptor extraction over a data loader and query/gallery scoring.
+
+The protocol itself (same-camera removal, junk, distractors, skipped queries) lives in
+:mod:`hbfp_timm.metrics`; this module turns a model and two loaders into the numbers of Table 1.
+"""
+from typing import Any, Dict, Iterable, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from .metrics import compute_distance_matrix, evaluate_rank_detailed, re_ranking
+
+__all__ = ['describe', 'extract_features', 'evaluate', 'unwrap_model']
+
+# CMC ranks reported by name in every result.
+REPORTED_RANKS = (1, 5, 10)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel / DataParallel wrapper (the model itself otherwise)."""
+    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
+
+
+def describe(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Test descriptors of an image batch, whether or not the model has an ID classifier.
+
+    timm models give the descriptor through ``forward_head(..., pre_logits=True)``; that is what
+    ``model(x)`` returns for a model built with ``num_classes=0``, and what a training model (which
+    returns logits from ``forward``) must be asked for explicitly.
+
+    Args:
+        model: A timm-style model (``forward_features`` / ``forward_head``) or any module returning (B, D).
+        images: (B, C, H, W) batch.
+
+    Returns:
+        (B, D) descriptors.
+    """
+    model = unwrap_model(model)
+    if hasattr(model, 'forward_features') and hasattr(model, 'forward_head'):
+        return model.forward_head(model.forward_features(images), pre_logits=True)
+    return model(images)
+
+
+@torch.no_grad()
+def extract_features(
+        model: nn.Module,
+        loader: Iterable,
+        device: torch.device,
+        flip: bool = False,
+        amp: bool = False,
+        desc: str = 'features',
+) -> Tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Descriptors of every image of a loader, in loader order.
+
+    The model is put in eval mode for the pass and returned to its previous mode afterwards.
+
+    Args:
+        model: The Re-ID model (see :func:`describe`).
+        loader: Yields ``(images, pids, camids, ...)`` batches, as :class:`hbfp_timm.data.ImageDataset` does.
+        device: Device to run the model on.
+        flip: Average the descriptors of each image and its horizontal mirror.
+        amp: Run the forward under ``torch.autocast`` (float16 on CUDA, bfloat16 on CPU).
+        desc: Label of the progress bar.
+
+    Returns:
+        ``(features, pids, camids)``: a (N, D) float32 CPU tensor and two (N,) int64 arrays.
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    amp_dtype = torch.float16 if device.type == 'cuda' else torch.bfloat16
+    features, pids, camids = [], [], []
+    try:
+        for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+            if len(batch) < 3:
+                raise ValueError(f'loader: expected (images, pids, camids, ...) batches, got {len(batch)} items')
+            images = batch[0].to(device, non_blocking=True)
+            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp):
+                descriptor = describe(model, images).float()
+                if flip:
+                    descriptor = (descriptor + describe(model, images.flip(dims=[3])).float()) / 2
+            features.append(descriptor.cpu())
+            pids.append(torch.as_tensor(batch[1]).reshape(-1))
+            camids.append(torch.as_tensor(batch[2]).reshape(-1))
+    finally:
+        model.train(was_training)
+    if not features:
+        raise ValueError(f'loader: {desc} loader yielded no batches')
+    return (torch.cat(features), torch.cat(pids).numpy().astype(np.int64),
+            torch.cat(camids).numpy().astype(np.int64))
+
+
+def _scores(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids, max_rank: int) -> Dict[str, Any]:
+    """Named ranks, mAP and the CMC curve (fractions in [0, 1]) of one distance matrix."""
+    # Rank-10 is always reported, so the curve is computed at least that long and cut to max_rank after.
+    result = evaluate_rank_detailed(distmat, q_pids, g_pids, q_camids, g_camids,
+                                    max_rank=max(max_rank, max(REPORTED_RANKS)))
+    scores = {f'rank{k}': float(result.cmc[k - 1]) for k in REPORTED_RANKS}
+    scores['mAP'] = float(result.mAP)
+    scores['cmc'] = [float(v) for v in result.cmc[:max_rank]]
+    scores['num_skipped_queries'] = int(result.num_skipped)
+    return scores
+
+
+def evaluate(
+        model: nn.Module,
+        query_loader: Iterable,
+        gallery_loader: Iterable,
+        device: torch.device,
+        metric: str = 'euclidean',
+        rerank: bool = False,
+        flip: bool = False,
+        max_rank: int = 50,
+        amp: bool = False,
+) -> Dict[str, Any]:
+    """Rank-1/5/10, mAP and CMC of a model on a query/gallery split (Market-1501 protocol, single query).
+
+    Args:
+        model: The Re-ID model (see :func:`describe`).
+        query_loader: Query images, yielding ``(images, pids, camids, ...)``.
+        gallery_loader: Gallery images, same format.
+        device: Device to extract features on.
+        metric: ``'euclidean'`` or ``'cosine'`` distance between descriptors.
+        rerank: Also score k-reciprocal re-ranked distances (Zhong et al. 2017). The paper's numbers are
+            without it, so the re-ranked scores go under their own key and never replace the plain ones.
+        flip: Average each descriptor with that of the mirrored image.
+        max_rank: Length of the returned CMC curve.
+        amp: Extract features under autocast.
+
+    Returns:
+        ``{'rank1', 'rank5', 'rank10', 'mAP'}`` (fractions), ``'cmc'`` (list of max_rank fractions),
+        ``'num_query'``, ``'num_gallery'``, ``'num_skipped_queries'``, ``'metric'``, ``'flip'``; with
+        ``rerank=True`` also ``'reranked'``: a dict with the same score keys for the re-ranked distances.
+    """
+    if isinstance(max_rank, bool) or not isinstance(max_rank, int) or max_rank < 1:
+        raise ValueError(f'max_rank: expected a positive integer, got {max_rank!r}')
+    q_feats, q_pids, q_camids = extract_features(model, query_loader, device, flip=flip, amp=amp, desc='query')
+    g_feats, g_pids, g_camids = extract_features(model, gallery_loader, device, flip=flip, amp=amp, desc='gallery')
+    distmat = compute_distance_matrix(q_feats, g_feats, metric=metric)
+    results: Dict[str, Any] = _scores(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
+    results.update(num_query=len(q_pids), num_gallery=len(g_pids), metric=metric, flip=flip)
+    if rerank:
+        reranked = re_ranking(distmat, compute_distance_matrix(q_feats, q_feats, metric=metric),
+                              compute_distance_matrix(g_feats, g_feats, metric=metric))
+        results['reranked'] = _scores(reranked, q_pids, g_pids, q_camids, g_camids, max_rank)
+    return results
