@@ -1,0 +1,317 @@
+"""Readers for the person re-ID data sets, as plain lists of (path, pid, camid).
+
+Every reader follows the same rules:
+
+* one regular expression per data set parses identity and camera from the file name; an image whose name does
+  not match is an error naming the file and the expected pattern, never silently skipped (only files that are
+  not images, by extension, such as ``Thumbs.db``, are ignored);
+* training identities are relabelled to 0..N-1 in sorted order of the original ids; query and gallery keep the
+  original ids, so that the protocol in `hbfp_timm.metrics` can tell distractors (0) apart;
+* camera ids become 0-based;
+* junk images (id -1) are dropped from every split: they are neither identities nor negatives (the Market-1501
+  protocol ignores them). Distractors (id 0) stay in the gallery as negatives; they are not identities, so they
+  are dropped from train and query (a distractor query would "match" unrelated distractors). MSMT17 is the
+  exception: its labels count from 0, so id 0 is a person there;
+* a missing folder or an empty split is an error naming the path.
+"""
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+__all__ = [
+    'Item', 'ReIDDataset', 'ImageDataset', 'DATASET_NAMES', 'IMAGE_EXTENSIONS', 'build_dataset',
+    'market1501', 'dukemtmc', 'cuhk03', 'msmt17', 'market_layout',
+]
+
+Item = Tuple[str, int, int]
+PathLike = Union[str, os.PathLike]
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
+JUNK_PID = -1
+DISTRACTOR_PID = 0
+
+# Market-1501: 0002_c1s1_000451_03.jpg = person, camera, sequence, frame, box; junk is -1_c1s1_...
+MARKET_PATTERN = re.compile(r'^(?P<pid>-1|\d+)_c(?P<camid>\d+)s\d+_\d+_\d+\.jpg$')
+# DukeMTMC-reID: 0001_c2_f0046182.jpg = person, camera, frame.
+DUKE_PATTERN = re.compile(r'^(?P<pid>-1|\d+)_c(?P<camid>\d+)_f\d+\.jpg$')
+# CUHK03-NP (Zhong et al. 2017): 0001_c1_1.png = person, camera, image; some copies are re-encoded as jpg.
+CUHK03_PATTERN = re.compile(r'^(?P<pid>-1|\d+)_c(?P<camid>\d+)_\d+\.(?:png|jpg)$')
+# MSMT17: 0000_000_01_0303morning_0015_0.jpg = person, index, camera (1-based), date + time of day, frame, box.
+MSMT17_PATTERN = re.compile(r'^(?P<pid>\d+)_\d+_(?P<camid>\d+)_\w+?_\d+_\d+\.jpg$')
+
+MARKET_SPLITS = {'train': 'bounding_box_train', 'query': 'query', 'gallery': 'bounding_box_test'}
+MARKET_NAME_EXAMPLE = '0002_c1s1_000451_03.jpg'
+
+
+@dataclass
+class ReIDDataset:
+    """A re-ID data set: three lists of (path, pid, camid).
+
+    Attributes:
+        name: data set name.
+        train: training items, pids relabelled to 0..num_train_pids-1.
+        query: query items, original pids.
+        gallery: gallery items, original pids (0 = distractor).
+    """
+    name: str
+    train: List[Item]
+    query: List[Item]
+    gallery: List[Item]
+
+    @property
+    def num_train_pids(self) -> int:
+        """Number of training identities (the classifier size)."""
+        return len({pid for _, pid, _ in self.train})
+
+    @property
+    def num_train_cams(self) -> int:
+        """Number of cameras seen in training."""
+        return len({camid for _, _, camid in self.train})
+
+    def summary(self) -> str:
+        """A short table of identities, images and cameras per split."""
+        lines = [f'{self.name}', f'  {"split":<8}{"ids":>7}{"images":>9}{"cameras":>9}']
+        for split in ('train', 'query', 'gallery'):
+            items = getattr(self, split)
+            lines.append(f'  {split:<8}{len({p for _, p, _ in items}):>7}{len(items):>9}'
+                         f'{len({c for _, _, c in items}):>9}')
+        return '\n'.join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+def _resolve_root(root: PathLike, candidates: Sequence[str], marker: str, layout: str) -> Path:
+    """First root/candidate holding `marker` (folder or file); else FileNotFoundError listing the tries."""
+    root = Path(root).expanduser()
+    tried = [root / candidate for candidate in candidates]
+    for path in tried:
+        if (path / marker).exists():
+            return path
+    raise FileNotFoundError(
+        f'no data set found under {root}; tried {", ".join(str(p) for p in tried)}; expected {layout}')
+
+
+def _image_files(folder: Path, example: str) -> List[Path]:
+    if not folder.is_dir():
+        raise FileNotFoundError(f'missing folder {folder}; expected it to hold images named like {example}')
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _parse_name(path: Path, pattern: re.Pattern, example: str) -> Tuple[int, int]:
+    match = pattern.match(path.name)
+    if match is None:
+        raise ValueError(f'cannot parse {path}: expected a name matching {pattern.pattern} (e.g. {example})')
+    pid, camid = int(match['pid']), int(match['camid'])
+    if camid < 1:
+        raise ValueError(f'cannot parse {path}: camera numbers start at 1, got {camid}')
+    return pid, camid - 1
+
+
+def _finalise(name: str, train: List[Item], query: List[Item], gallery: List[Item],
+              sources: Dict[str, object], has_distractors: bool = True) -> ReIDDataset:
+    """Apply the junk / distractor rules, relabel train, and refuse empty splits."""
+    not_identities = (JUNK_PID, DISTRACTOR_PID) if has_distractors else (JUNK_PID,)
+
+    def identities(items):
+        return [item for item in items if item[1] not in not_identities]
+
+    train, query = identities(train), identities(query)
+    gallery = [item for item in gallery if item[1] != JUNK_PID]
+    for split, items in (('train', train), ('query', query), ('gallery', gallery)):
+        if not items:
+            raise ValueError(f'{name}: split {split!r} read from {sources[split]} has no usable images')
+    relabel = {pid: label for label, pid in enumerate(sorted({pid for _, pid, _ in train}))}
+    train = [(path, relabel[pid], camid) for path, pid, camid in train]
+    return ReIDDataset(name, train, query, gallery)
+
+
+def _read_market_style(name: str, root: Path, pattern: re.Pattern, example: str) -> ReIDDataset:
+    splits, sources = {}, {}
+    for split, folder in MARKET_SPLITS.items():
+        sources[split] = root / folder
+        files = _image_files(root / folder, example)
+        splits[split] = [(str(path), *_parse_name(path, pattern, example)) for path in files]
+    return _finalise(name, splits['train'], splits['query'], splits['gallery'], sources)
+
+
+def _market_layout_description(example: str) -> str:
+    return (f'folders bounding_box_train/, query/, bounding_box_test/ holding images named like {example}')
+
+
+def market1501(root: PathLike) -> ReIDDataset:
+    """Market-1501 (Zheng et al. 2015): 751 + 750 identities, 6 cameras.
+
+    Args:
+        root: the folder ``Market-1501-v15.09.15`` itself, or a data root holding it directly or as
+            ``market1501/Market-1501-v15.09.15``.
+
+    Returns:
+        The data set.
+    """
+    folder = _resolve_root(
+        root, ['.', 'Market-1501-v15.09.15', 'market1501/Market-1501-v15.09.15', 'market1501'],
+        'bounding_box_train', _market_layout_description(MARKET_NAME_EXAMPLE))
+    return _read_market_style('market1501', folder, MARKET_PATTERN, MARKET_NAME_EXAMPLE)
+
+
+def dukemtmc(root: PathLike) -> ReIDDataset:
+    """DukeMTMC-reID (Zheng et al. 2017): 702 + 702 identities (+ 408 gallery distractors), 8 cameras.
+
+    Args:
+        root: the folder ``DukeMTMC-reID`` itself, or a data root holding it directly or as
+            ``dukemtmc-reid/DukeMTMC-reID``.
+
+    Returns:
+        The data set.
+    """
+    example = '0001_c2_f0046182.jpg'
+    folder = _resolve_root(root, ['.', 'DukeMTMC-reID', 'dukemtmc-reid/DukeMTMC-reID', 'dukemtmc/DukeMTMC-reID'],
+                           'bounding_box_train', _market_layout_description(example))
+    return _read_market_style('dukemtmc', folder, DUKE_PATTERN, example)
+
+
+def cuhk03(root: PathLike, variant: str = 'labeled') -> ReIDDataset:
+    """CUHK03-NP, the new protocol of Zhong et al. 2017: 767 training and 700 test identities.
+
+    Args:
+        root: a data root holding ``cuhk03-np/<variant>/``, or ``cuhk03-np`` itself, or the variant folder.
+        variant: 'labeled' (hand-drawn boxes) or 'detected' (DPM boxes).
+
+    Returns:
+        The data set, named ``cuhk03_<variant>``.
+    """
+    if variant not in ('labeled', 'detected'):
+        raise ValueError(f"variant must be 'labeled' or 'detected', got {variant!r}")
+    example = '0001_c1_1.png'
+    folder = _resolve_root(root, [f'cuhk03-np/{variant}', variant, '.'], 'bounding_box_train',
+                           f'cuhk03-np/{variant}/ with ' + _market_layout_description(example))
+    return _read_market_style(f'cuhk03_{variant}', folder, CUHK03_PATTERN, example)
+
+
+def _read_msmt17_list(list_file: Path, image_root: Path) -> List[Item]:
+    example = '0000_000_01_0303morning_0015_0.jpg'
+    if not list_file.is_file():
+        raise FileNotFoundError(f'missing list file {list_file}')
+    items = []
+    for line_number, line in enumerate(list_file.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        if len(fields) != 2 or not fields[1].lstrip('-').isdigit():
+            raise ValueError(f'{list_file}:{line_number}: expected "<relative path> <label>", got {line!r}')
+        path = image_root / fields[0]
+        _, camid = _parse_name(path, MSMT17_PATTERN, example)
+        items.append((str(path), int(fields[1]), camid))
+    return items
+
+
+def msmt17(root: PathLike) -> ReIDDataset:
+    """MSMT17 (Wei et al. 2018): 1,041 + 3,060 identities, 15 cameras.
+
+    Train is ``list_train.txt`` plus ``list_val.txt`` (the validation images belong to training identities),
+    as is customary. Identities come from the list files, cameras from the file names.
+
+    Args:
+        root: the folder ``MSMT17_V1`` / ``MSMT17_V2`` itself, or a data root holding it (optionally under
+            ``msmt17/``). V1 keeps images in ``train/`` and ``test/``, V2 in ``mask_train_v2/`` and
+            ``mask_test_v2/``.
+
+    Returns:
+        The data set.
+    """
+    folder = _resolve_root(
+        root, ['.', 'MSMT17_V1', 'MSMT17_V2', 'msmt17/MSMT17_V1', 'msmt17/MSMT17_V2'], 'list_train.txt',
+        'a folder with list_train.txt, list_val.txt, list_query.txt, list_gallery.txt (lines "<path> <label>") '
+        'and train/ + test/ (V1) or mask_train_v2/ + mask_test_v2/ (V2)')
+    train_dir, test_dir = folder / 'train', folder / 'test'
+    if not train_dir.is_dir() and (folder / 'mask_train_v2').is_dir():
+        train_dir, test_dir = folder / 'mask_train_v2', folder / 'mask_test_v2'
+    for directory in (train_dir, test_dir):
+        if not directory.is_dir():
+            raise FileNotFoundError(f'missing folder {directory} (MSMT17 expects train/ and test/ image folders)')
+    train = _read_msmt17_list(folder / 'list_train.txt', train_dir) + \
+        _read_msmt17_list(folder / 'list_val.txt', train_dir)
+    query = _read_msmt17_list(folder / 'list_query.txt', test_dir)
+    gallery = _read_msmt17_list(folder / 'list_gallery.txt', test_dir)
+    sources = {'train': folder / 'list_train.txt', 'query': folder / 'list_query.txt',
+               'gallery': folder / 'list_gallery.txt'}
+    # MSMT17 labels count from 0: id 0 is a person there, not a distractor.
+    return _finalise('msmt17', train, query, gallery, sources, has_distractors=False)
+
+
+def market_layout(root: PathLike, name: str = 'market_layout') -> ReIDDataset:
+    """Any folder in the Market-1501 layout and naming (e.g. the output of `python -m hbfp_timm.synthetic`).
+
+    Args:
+        root: the folder holding ``bounding_box_train/``, ``query/`` and ``bounding_box_test/``.
+        name: name given to the data set.
+
+    Returns:
+        The data set.
+    """
+    folder = Path(root).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f'missing folder {folder}; expected {_market_layout_description(MARKET_NAME_EXAMPLE)}')
+    return _read_market_style(name, folder, MARKET_PATTERN, MARKET_NAME_EXAMPLE)
+
+
+_FACTORIES: Dict[str, Callable[..., ReIDDataset]] = {
+    'market1501': market1501,
+    'dukemtmc': dukemtmc,
+    'cuhk03_labeled': lambda root, **kw: cuhk03(root, variant='labeled', **kw),
+    'cuhk03_detected': lambda root, **kw: cuhk03(root, variant='detected', **kw),
+    'msmt17': msmt17,
+    'market_layout': market_layout,
+}
+DATASET_NAMES = tuple(_FACTORIES)
+
+
+def build_dataset(name: str, root: PathLike, **kwargs) -> ReIDDataset:
+    """Read a data set by name.
+
+    Args:
+        name: one of `DATASET_NAMES`: market1501, dukemtmc, cuhk03_labeled, cuhk03_detected, msmt17,
+            market_layout.
+        root: data root (see each reader for the accepted layouts).
+        **kwargs: passed to the reader (e.g. ``name=`` for market_layout).
+
+    Returns:
+        The data set.
+    """
+    if name not in _FACTORIES:
+        raise ValueError(f'unknown data set {name!r}; valid names: {", ".join(DATASET_NAMES)}')
+    return _FACTORIES[name](root, **kwargs)
+
+
+class ImageDataset(Dataset):
+    """Torch dataset over (path, pid, camid) items; yields (image, pid, camid, path).
+
+    Args:
+        items: list of (path, pid, camid).
+        transform: applied to the RGB PIL image (e.g. from `hbfp_timm.data.transforms`); None keeps the image.
+    """
+
+    def __init__(self, items: Sequence[Item], transform: Optional[Callable] = None):
+        self.items = list(items)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Tuple[Union[torch.Tensor, Image.Image], int, int, str]:
+        path, pid, camid = self.items[index]
+        try:
+            with Image.open(path) as image:
+                image = image.convert('RGB')
+        except (OSError, ValueError) as error:
+            raise OSError(f'cannot read image {path}: {error}') from error
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, pid, camid, path

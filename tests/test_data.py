@@ -1,0 +1,286 @@
+"""Tests of hbfp_timm.data: readers on tiny on-disk layouts, the PK sampler, transforms and loaders."""
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hbfp_timm.data import (
+    DATASET_NAMES, Cutout, ImageDataset, RandomIdentitySampler, build_dataset, build_test_transform,
+    build_train_transform, cuhk03, dukemtmc, make_dataloaders, market1501, market_layout, msmt17,
+)
+
+
+def _write_images(folder: Path, names, size=(8, 16)):
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, name in enumerate(names):
+        Image.new('RGB', size, (index * 37 % 256, 90, 160)).save(folder / name)
+
+
+MARKET_TRAIN = ['0015_c1s1_000151_01.jpg', '0002_c2s1_000301_01.jpg', '0007_c1s2_000451_02.jpg',
+                '0007_c3s1_000551_01.jpg']
+MARKET_QUERY = ['0003_c1s1_000101_00.jpg', '0004_c2s1_000101_00.jpg', '-1_c1s1_000401_03.jpg']
+MARKET_GALLERY = ['0003_c2s1_000201_01.jpg', '0004_c1s1_000201_01.jpg', '0000_c3s1_000001_01.jpg',
+                  '-1_c4s1_000401_03.jpg']
+
+
+def _market_tree(folder: Path):
+    _write_images(folder / 'bounding_box_train', MARKET_TRAIN)
+    _write_images(folder / 'query', MARKET_QUERY)
+    _write_images(folder / 'bounding_box_test', MARKET_GALLERY)
+    return folder
+
+
+def test_market1501_relabels_train_and_makes_cameras_zero_based(tmp_path):
+    dataset = market1501(_market_tree(tmp_path / 'Market-1501-v15.09.15'))
+    by_name = {Path(path).name: (pid, camid) for path, pid, camid in dataset.train}
+    # Original ids 2, 7, 15 become 0, 1, 2 in sorted order.
+    assert by_name == {'0002_c2s1_000301_01.jpg': (0, 1), '0007_c1s2_000451_02.jpg': (1, 0),
+                       '0007_c3s1_000551_01.jpg': (1, 2), '0015_c1s1_000151_01.jpg': (2, 0)}
+    assert dataset.num_train_pids == 3
+    assert dataset.num_train_cams == 3
+
+
+def test_market1501_drops_junk_keeps_distractors_in_gallery(tmp_path):
+    dataset = market1501(_market_tree(tmp_path))
+    assert sorted(pid for _, pid, _ in dataset.query) == [3, 4]          # the junk query is gone
+    assert sorted(pid for _, pid, _ in dataset.gallery) == [0, 3, 4]     # distractor kept, junk gone
+    assert 'query' in dataset.summary() and 'market1501' in str(dataset)
+
+
+@pytest.mark.parametrize('nested', ['.', 'Market-1501-v15.09.15', 'market1501/Market-1501-v15.09.15'])
+def test_market1501_finds_the_folder_under_the_data_root(tmp_path, nested):
+    _market_tree(tmp_path / nested)
+    assert len(market1501(tmp_path).train) == len(MARKET_TRAIN)
+
+
+def test_market1501_missing_root_lists_tried_paths(tmp_path):
+    with pytest.raises(FileNotFoundError) as error:
+        market1501(tmp_path / 'nowhere')
+    message = str(error.value)
+    assert 'Market-1501-v15.09.15' in message and 'bounding_box_train/' in message
+    assert '0002_c1s1_000451_03.jpg' in message
+
+
+def test_missing_split_folder_is_named(tmp_path):
+    _write_images(tmp_path / 'bounding_box_train', MARKET_TRAIN)
+    _write_images(tmp_path / 'query', MARKET_QUERY)
+    with pytest.raises(FileNotFoundError, match='bounding_box_test'):
+        market1501(tmp_path)
+
+
+def test_malformed_name_is_an_error_naming_file_and_pattern(tmp_path):
+    _market_tree(tmp_path)
+    _write_images(tmp_path / 'query', ['person3_cam1.jpg'])
+    with pytest.raises(ValueError, match=r'person3_cam1\.jpg.*expected a name matching'):
+        market1501(tmp_path)
+
+
+def test_camera_zero_is_rejected(tmp_path):
+    _market_tree(tmp_path)
+    _write_images(tmp_path / 'query', ['0003_c0s1_000101_00.jpg'])
+    with pytest.raises(ValueError, match='camera numbers start at 1'):
+        market1501(tmp_path)
+
+
+def test_non_image_files_are_ignored(tmp_path):
+    _market_tree(tmp_path)
+    (tmp_path / 'query' / 'Thumbs.db').write_bytes(b'\x00')
+    (tmp_path / 'query' / 'readme.txt').write_text('not an image')
+    assert len(market1501(tmp_path).query) == 2
+
+
+def test_empty_split_is_an_error(tmp_path):
+    _market_tree(tmp_path)
+    for path in (tmp_path / 'query').iterdir():
+        path.unlink()
+    _write_images(tmp_path / 'query', ['-1_c1s1_000401_03.jpg'])  # only junk: nothing usable
+    with pytest.raises(ValueError, match="split 'query'.*no usable images"):
+        market1501(tmp_path)
+
+
+def test_market_layout_reads_any_folder(tmp_path):
+    dataset = market_layout(_market_tree(tmp_path / 'anything'), name='mine')
+    assert dataset.name == 'mine' and len(dataset.gallery) == 3
+    with pytest.raises(FileNotFoundError, match='missing folder'):
+        market_layout(tmp_path / 'absent')
+
+
+def test_dukemtmc_names(tmp_path):
+    root = tmp_path / 'DukeMTMC-reID'
+    _write_images(root / 'bounding_box_train', ['0005_c2_f0046182.jpg', '0001_c8_f0000001.jpg'])
+    _write_images(root / 'query', ['0010_c1_f0000100.jpg'])
+    _write_images(root / 'bounding_box_test', ['0010_c5_f0000200.jpg'])
+    dataset = dukemtmc(tmp_path)
+    assert sorted((pid, camid) for _, pid, camid in dataset.train) == [(0, 7), (1, 1)]
+    _write_images(root / 'query', ['0011_c1s1_000100_01.jpg'])  # a Market name is not a Duke name
+    with pytest.raises(ValueError, match='0001_c2_f0046182.jpg'):
+        dukemtmc(tmp_path)
+
+
+@pytest.mark.parametrize('variant', ['labeled', 'detected'])
+def test_cuhk03_np_variants(tmp_path, variant):
+    root = tmp_path / 'cuhk03-np' / variant
+    _write_images(root / 'bounding_box_train', ['0003_c1_1.png', '0003_c2_6.png', '0009_c1_2.png'])
+    _write_images(root / 'query', ['0800_c1_1.png'])
+    _write_images(root / 'bounding_box_test', ['0800_c2_7.png'])
+    other = 'detected' if variant == 'labeled' else 'labeled'
+    dataset = build_dataset(f'cuhk03_{variant}', tmp_path)
+    assert dataset.name == f'cuhk03_{variant}'
+    assert dataset.num_train_pids == 2 and dataset.num_train_cams == 2
+    with pytest.raises(FileNotFoundError, match=f'cuhk03-np/{other}'):
+        build_dataset(f'cuhk03_{other}', tmp_path)
+    with pytest.raises(ValueError, match="variant must be 'labeled' or 'detected'"):
+        cuhk03(tmp_path, variant='both')
+
+
+def _msmt17_tree(root: Path):
+    train = ['0000/0000_000_01_0303morning_0015_0.jpg', '0000/0000_001_05_0303noon_0100_1.jpg',
+             '0001/0001_000_15_0303afternoon_0020_0.jpg']
+    val = ['0001/0001_003_02_0303noon_0300_0.jpg']
+    query = ['0005/0005_000_03_0303morning_0010_0.jpg']
+    gallery = ['0005/0005_001_07_0303noon_0011_0.jpg', '0006/0006_000_07_0303noon_0012_0.jpg']
+    for folder, names in (('train', train + val), ('test', query + gallery)):
+        for name in names:
+            _write_images(root / folder / Path(name).parent, [Path(name).name])
+    (root / 'list_train.txt').write_text(''.join(f'{n} {int(n[:4])}\n' for n in train))
+    (root / 'list_val.txt').write_text(''.join(f'{n} {int(n[:4])}\n' for n in val))
+    (root / 'list_query.txt').write_text(''.join(f'{n} {int(n[:4])}\n' for n in query))
+    (root / 'list_gallery.txt').write_text(''.join(f'{n} {int(n[:4])}\n' for n in gallery))
+    return root
+
+
+def test_msmt17_combines_train_and_val_and_reads_cameras_from_names(tmp_path):
+    _msmt17_tree(tmp_path / 'MSMT17_V1')
+    dataset = msmt17(tmp_path)
+    assert len(dataset.train) == 4 and dataset.num_train_pids == 2
+    assert sorted(camid for _, _, camid in dataset.train) == [0, 1, 4, 14]
+    assert [(pid, camid) for _, pid, camid in dataset.query] == [(5, 2)]
+    assert all(Path(path).is_file() for path, _, _ in dataset.train + dataset.query + dataset.gallery)
+
+
+def test_msmt17_malformed_list_line_names_file_and_line(tmp_path):
+    root = _msmt17_tree(tmp_path / 'MSMT17_V1')
+    (root / 'list_query.txt').write_text('0005/0005_000_03_0303morning_0010_0.jpg\n')
+    with pytest.raises(ValueError, match=r'list_query\.txt:1: expected "<relative path> <label>"'):
+        msmt17(tmp_path)
+
+
+def test_build_dataset_unknown_name_lists_valid_names(tmp_path):
+    with pytest.raises(ValueError, match='market1501, dukemtmc, cuhk03_labeled, cuhk03_detected, msmt17'):
+        build_dataset('viper', tmp_path)
+    assert set(DATASET_NAMES) == {'market1501', 'dukemtmc', 'cuhk03_labeled', 'cuhk03_detected', 'msmt17',
+                                  'market_layout'}
+
+
+def test_image_dataset_returns_tensor_ids_and_path(tmp_path):
+    dataset = market1501(_market_tree(tmp_path))
+    images = ImageDataset(dataset.query, build_test_transform((32, 16)))
+    image, pid, camid, path = images[0]
+    assert image.shape == (3, 32, 16) and (path, pid, camid) == dataset.query[0]
+
+
+def test_image_dataset_unreadable_image_names_the_path(tmp_path):
+    broken = tmp_path / '0001_c1s1_000001_01.jpg'
+    broken.write_bytes(b'not a jpeg')
+    with pytest.raises(OSError, match='cannot read image .*0001_c1s1_000001_01.jpg'):
+        ImageDataset([(str(broken), 1, 0)])[0]
+
+
+def _pids_with_sizes(sizes):
+    return np.repeat(np.arange(len(sizes)), sizes)
+
+
+def _batches(sampler):
+    indices = list(sampler)
+    return [indices[i:i + sampler.batch_size] for i in range(0, len(indices), sampler.batch_size)]
+
+
+def test_sampler_batches_hold_p_identities_with_k_images_each():
+    pids = _pids_with_sizes([2, 9, 4, 4, 7, 1, 12, 5, 6, 3])
+    sampler = RandomIdentitySampler(pids, num_instances=4, batch_size=12, seed=0)
+    batches = _batches(sampler)
+    assert len(batches) >= 1 and len(sampler) == sum(len(b) for b in batches)
+    for batch in batches:
+        assert len(batch) == 12
+        counts = Counter(pids[batch].tolist())
+        assert len(counts) == 3 and set(counts.values()) == {4}
+
+
+def test_sampler_samples_small_identities_with_replacement():
+    pids = _pids_with_sizes([1, 2, 1, 2])
+    batches = _batches(RandomIdentitySampler(pids, num_instances=4, batch_size=8, seed=0))
+    for batch in batches:
+        for pid, count in Counter(pids[batch].tolist()).items():
+            assert count == 4 and set(np.asarray(batch)[pids[batch] == pid]) <= set(np.flatnonzero(pids == pid))
+
+
+def test_sampler_is_deterministic_for_seed_and_epoch():
+    pids = _pids_with_sizes([8] * 20)
+    first, second = (RandomIdentitySampler(pids, 4, 16, seed=3) for _ in range(2))
+    assert list(first) == list(second)
+    epoch0 = list(first)
+    first.set_epoch(1)
+    assert list(first) != epoch0
+    first.set_epoch(0)
+    assert list(first) == epoch0
+    assert list(RandomIdentitySampler(pids, 4, 16, seed=4)) != epoch0
+
+
+def test_sampler_distributed_split_keeps_whole_batches():
+    pids = _pids_with_sizes([8] * 21)
+    whole = _batches(RandomIdentitySampler(pids, 4, 16, seed=1, num_replicas=1, rank=0))
+    ranks = [RandomIdentitySampler(pids, 4, 16, seed=1, num_replicas=2, rank=r) for r in range(2)]
+    per_rank = [_batches(sampler) for sampler in ranks]
+    assert len(ranks[0]) == len(ranks[1]) == len(whole) // 2 * 16
+    assert per_rank[0] == whole[0::2][:len(whole) // 2]
+    assert per_rank[1] == whole[1::2][:len(whole) // 2]
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(num_instances=4, batch_size=10), 'multiple of num_instances'),
+    (dict(num_instances=4, batch_size=32), 'cannot fill a batch of P=8'),
+    (dict(num_instances=4, batch_size=8, num_replicas=2, rank=2), 'rank 2 must be in'),
+])
+def test_sampler_rejects_bad_configurations(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        RandomIdentitySampler(_pids_with_sizes([4] * 5), **kwargs)
+
+
+def test_train_transform_output_shape_and_augmentation():
+    image = Image.new('RGB', (40, 90), (200, 30, 30))
+    torch.manual_seed(0)
+    output = build_train_transform((64, 32), random_erasing_prob=1.0, cutout_prob=1.0, cutout_size=8)(image)
+    assert output.shape == (3, 64, 32) and output.dtype == torch.float32
+    plain = build_test_transform((64, 32))(image)
+    assert not torch.equal(output, plain)  # erasing and cutout changed it
+
+
+def test_cutout_zeroes_a_square_of_the_given_size():
+    torch.manual_seed(0)
+    image = torch.ones(3, 40, 40)
+    found_interior = False
+    for _ in range(30):
+        out = Cutout(size=6, probability=1.0)(image)
+        zero_rows, zero_cols = torch.nonzero(out[0] == 0, as_tuple=True)
+        height = int(zero_rows.max() - zero_rows.min() + 1)
+        width = int(zero_cols.max() - zero_cols.min() + 1)
+        assert height <= 6 and width <= 6 and int((out == 0).sum()) == 3 * height * width
+        found_interior |= height == width == 6
+    assert found_interior
+    assert torch.equal(Cutout(size=6, probability=0.0)(image), image)
+
+
+def test_make_dataloaders_batches(tmp_path):
+    names = [f'{pid:04d}_c{cam}s1_{pid * 10 + cam:06d}_01.jpg' for pid in range(1, 7) for cam in (1, 2, 3)]
+    _write_images(tmp_path / 'bounding_box_train', names)
+    _write_images(tmp_path / 'query', ['0010_c1s1_000001_01.jpg'])
+    _write_images(tmp_path / 'bounding_box_test', ['0010_c2s1_000001_01.jpg', '0000_c1s1_000001_01.jpg'])
+    loaders = make_dataloaders(market_layout(tmp_path), img_size=(32, 16), p=2, k=2, batch_size_test=2, workers=0)
+    train, query, gallery = loaders
+    images, pids, camids, paths = next(iter(train))
+    assert images.shape == (4, 3, 32, 16) and len(set(pids.tolist())) == 2
+    assert len(train) == len(train.sampler) // 4
+    assert next(iter(gallery))[0].shape == (2, 3, 32, 16) and len(query.dataset) == 1
