@@ -1,0 +1,91 @@
+"""Feature extraction and evaluation (hbfp_timm.engine) on models and loaders whose answers are known."""
+import pytest
+import timm
+import torch
+import torch.nn as nn
+
+import hbfp_timm  # noqa: F401  (registers the hbfp_* models)
+from hbfp_timm.engine import evaluate, extract_features
+
+
+class LeftHalfMean(nn.Module):
+    """Descriptor = per-channel mean of the left half of the image: mirror-asymmetric on purpose."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images[..., : images.shape[-1] // 2].mean(dim=(2, 3))
+
+
+def _batches(images: torch.Tensor, pids, camids, batch_size: int):
+    pids, camids = torch.tensor(pids), torch.tensor(camids)
+    return [(images[i:i + batch_size], pids[i:i + batch_size], camids[i:i + batch_size])
+            for i in range(0, len(images), batch_size)]
+
+
+def test_flip_averaging_of_an_asymmetric_descriptor_gives_the_whole_image_mean():
+    images = torch.rand(5, 3, 8, 6)
+    loader = _batches(images, [1, 2, 3, 4, 5], [0, 1, 0, 1, 0], batch_size=2)
+    plain, pids, camids = extract_features(LeftHalfMean(), loader, 'cpu', flip=False)
+    flipped, _, _ = extract_features(LeftHalfMean(), loader, 'cpu', flip=True)
+    torch.testing.assert_close(plain, images[..., :3].mean(dim=(2, 3)))
+    # Left half of the mirror = right half of the image, so the average covers the whole image.
+    torch.testing.assert_close(flipped, images.mean(dim=(2, 3)))
+    assert pids.tolist() == [1, 2, 3, 4, 5] and camids.tolist() == [0, 1, 0, 1, 0]
+    assert plain.dtype == torch.float32 and plain.device.type == 'cpu'
+
+
+def test_extract_features_of_an_hbfp_model_with_classifier_returns_descriptors_and_restores_train_mode():
+    torch.manual_seed(0)
+    model = timm.create_model('hbfp_resnet18', num_classes=7)
+    images = torch.randn(3, 3, 64, 32)
+    loader = _batches(images, [1, 2, 3], [0, 0, 1], batch_size=2)
+    model.train()
+    features, _, _ = extract_features(model, loader, 'cpu', flip=True)
+    assert model.training
+    model.eval()
+    with torch.no_grad():
+        descriptor = model.forward_head(model.forward_features(images), pre_logits=True)
+        mirrored = model.forward_head(model.forward_features(images.flip(3)), pre_logits=True)
+    assert features.shape == (3, model.num_features)
+    torch.testing.assert_close(features, (descriptor + mirrored) / 2, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(descriptor, mirrored, atol=1e-3)  # the flip really changed something
+
+
+def _toy_split():
+    """Features worked out by hand (the model is the identity on 2-d "images").
+
+    Gallery: g0 pid 1 cam 1 at (0, 0); g1 pid 2 cam 1 at (1, 0); g2 pid 2 cam 0 at (3, 0); g3 pid 3 cam 0 at (0, 5).
+    q0 (pid 1, cam 0) at (0.1, 0): nearest is g0, a match -> rank 1, AP 1.
+    q1 (pid 2, cam 0) at (0.2, 0): g0 (wrong id), then g1 (match); g2 is same id + same camera, removed ->
+        first match at rank 2, AP 1/2.
+    q2 (pid 3, cam 0) at (0, 4): its only gallery image g3 shares its camera -> skipped.
+    """
+    gallery = _batches(torch.tensor([[0., 0.], [1., 0.], [3., 0.], [0., 5.]]), [1, 2, 2, 3], [1, 1, 0, 0], 3)
+    query = _batches(torch.tensor([[0.1, 0.], [0.2, 0.], [0., 4.]]), [1, 2, 3], [0, 0, 0], 2)
+    return query, gallery
+
+
+def test_evaluate_on_a_hand_worked_split():
+    query, gallery = _toy_split()
+    results = evaluate(nn.Identity(), query, gallery, 'cpu', max_rank=3)
+    assert results['rank1'] == pytest.approx(0.5)
+    assert results['rank5'] == pytest.approx(1.0) and results['rank10'] == pytest.approx(1.0)
+    assert results['mAP'] == pytest.approx(0.75)
+    assert results['cmc'] == pytest.approx([0.5, 1.0, 1.0])
+    assert (results['num_query'], results['num_gallery'], results['num_skipped_queries']) == (3, 4, 1)
+    assert 'reranked' not in results
+
+
+def test_evaluate_keeps_reranked_scores_apart_from_the_plain_ones():
+    query, gallery = _toy_split()
+    plain = evaluate(nn.Identity(), query, gallery, 'cpu', max_rank=3)
+    both = evaluate(nn.Identity(), query, gallery, 'cpu', max_rank=3, rerank=True)
+    reranked = both.pop('reranked')
+    assert both == plain
+    assert set(reranked) == {'rank1', 'rank5', 'rank10', 'mAP', 'cmc', 'num_skipped_queries'}
+    assert 0.0 <= reranked['mAP'] <= 1.0 and len(reranked['cmc']) == 3
+
+
+def test_evaluate_rejects_a_bad_max_rank():
+    query, gallery = _toy_split()
+    with pytest.raises(ValueError, match='max_rank'):
+        evaluate(nn.Identity(), query, gallery, 'cpu', max_rank=0)
