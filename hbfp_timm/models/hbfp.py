@@ -18,6 +18,7 @@ ablations are configurations of the same class (``branches``, ``bfp_pairs``, ``h
 ``global_pool``).
 """
 import copy
+import os
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -286,12 +287,29 @@ def _strip_unused(backbone: nn.Module, used: Sequence[str]) -> None:
 
 
 def _create_hbfp(variant: str, pretrained: bool = False, **kwargs) -> HBFPNet:
-    return build_model_with_cfg(HBFPNet, variant, pretrained, **kwargs)
+    if not pretrained:
+        return build_model_with_cfg(HBFPNet, variant, pretrained, **kwargs)
+    # Imported here because hub.py builds on this module; it is only needed when weights are loaded.
+    from ..hub import check_pretrained_state_dict, explain_pretrained_errors
+    # A missing Hub repository becomes one clear error naming the way out, and a checkpoint that does not
+    # fit the model is refused with its mismatched keys listed, before any weights are copied in.
+    with explain_pretrained_errors(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay')):
+        return build_model_with_cfg(
+            HBFPNet, variant, pretrained, pretrained_filter_fn=check_pretrained_state_dict, **kwargs)
+
+
+# Re-ID weights are looked up on the Hugging Face Hub as ``<namespace>/<model>.<dataset>``. A team that trained
+# and pushed its own (``python -m hbfp_timm.hub push``) points ``pretrained=True`` at them with the environment
+# variable HBFP_TIMM_HUB_NAMESPACE (read once, at import) or with ``pretrained_cfg_overlay=dict(hf_hub_id=...)``.
+HUB_NAMESPACE = os.environ.get('HBFP_TIMM_HUB_NAMESPACE', '').strip().strip('/') or 'hbfp-timm'
+REID_DATASETS = ('market1501', 'dukemtmc', 'cuhk03_labeled', 'cuhk03_detected')
 
 
 def _cfg(first_conv: str = 'backbone.conv1', **kwargs) -> dict:
     return {
         'url': '',
+        # Hub weights are read from safetensors only, never from a pickle.
+        'hf_hub_filename': 'model.safetensors',
         'num_classes': 0,
         'input_size': (3, 384, 128),
         'pool_size': (24, 8),
@@ -308,8 +326,23 @@ def _cfg(first_conv: str = 'backbone.conv1', **kwargs) -> dict:
     }
 
 
+def _reid_cfgs(model_name: str, **kwargs) -> dict:
+    """One pretrained tag per Re-ID data set, ``<model_name>.<dataset>``, each in its own Hub repository.
+
+    The first tag (Market-1501) is the default of ``pretrained=True`` on the untagged name.
+    """
+    return {
+        f'{model_name}.{dataset}': _cfg(
+            hf_hub_id=f'{HUB_NAMESPACE}/{model_name}.{dataset}',
+            description=f'HBFP-Net trained for person re-identification on {dataset}',
+            **kwargs,
+        )
+        for dataset in REID_DATASETS
+    }
+
+
 default_cfgs = generate_default_cfgs({
-    'hbfp_resnet50': _cfg(),
+    **_reid_cfgs('hbfp_resnet50'),
     'hbfp_resnet101': _cfg(),
     'hbfp_resnet18': _cfg(),
     'hbfp_convnext_tiny': _cfg(first_conv='backbone.stem.0'),

@@ -1,0 +1,527 @@
+"""Hugging Face Hub: pretrained Re-ID weights in, checkpoints and model cards out (DESIGN.md section 6).
+
+Out: :func:`save_pretrained` writes a Hub repository layout (``config.json``, ``model.safetensors``,
+``README.md`` model card) with timm's own ``save_for_hf``, so that ``timm.create_model("hf-hub:ORG/NAME",
+pretrained=True)`` and ``timm.create_model("local-dir:PATH", pretrained=True)`` rebuild the model with its
+constructor arguments; :func:`push_to_hub` uploads the same files in one commit.
+
+In: ``pretrained=True`` loads through timm's hub path (huggingface_hub, its cache, ``HF_HUB_OFFLINE``). The model
+factory routes that load through :func:`explain_pretrained_errors` (a missing repository becomes one clear error
+naming the two ways out) and :func:`check_pretrained_state_dict` (a checkpoint that does not fit is refused with
+its mismatched keys). :func:`load_checkpoint` loads a local file the same safe way: safetensors, or
+``torch.load(weights_only=True)``, never an arbitrary pickle.
+
+CLI, on the trainer's output directory (``results.json`` + ``model.safetensors``)::
+
+    python -m hbfp_timm.hub save RUN_DIR OUT_DIR
+    python -m hbfp_timm.hub push RUN_DIR --repo-id ORG/NAME [--private] [--token TOKEN]
+
+timm has no plugin entry points: ``import hbfp_timm`` must run before ``timm.create_model`` names an HBFP
+model, ``hf-hub:`` names included.
+"""
+import argparse
+import contextlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import timm
+import torch
+import torch.nn as nn
+import yaml
+from huggingface_hub import HfApi
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled, \
+    RepositoryNotFoundError, RevisionNotFoundError
+from timm.models import load_state_dict, resolve_pretrained_cfg, save_for_hf
+
+from benchmarks.paper import DATASET_TITLES, PAPER_TABLE1
+
+__all__ = [
+    'WEIGHTS_NAME', 'RESULTS_NAME', 'WeightsNotFoundError', 'CheckpointMismatchError', 'save_pretrained',
+    'push_to_hub', 'load_checkpoint', 'load_run', 'render_model_card', 'check_state_dict',
+    'check_pretrained_state_dict', 'explain_pretrained_errors', 'main',
+]
+
+WEIGHTS_NAME = 'model.safetensors'  # the trainer's and the Hub's weights file
+RESULTS_NAME = 'results.json'  # the trainer's run summary
+CHECKPOINT_SUFFIXES = ('.safetensors', '.pt', '.pth', '.bin')
+REQUIRED_METRICS = ('rank1', 'mAP')
+OPTIONAL_METRICS = ('rank5', 'rank10')
+# Benchmark module that reproduces each data set's Table 1 column (DESIGN.md section 6).
+BENCHMARK_OF_DATASET = {
+    'market1501': 'benchmarks.market', 'dukemtmc': 'benchmarks.duke',
+    'cuhk03_labeled': 'benchmarks.cuhk03', 'cuhk03_detected': 'benchmarks.cuhk03',
+}
+# Constructor arguments that fetch ImageNet weights for the backbone. An export already holds the trained
+# backbone, so they are written as "off": otherwise loading it would first download (or, offline, fail to find)
+# ImageNet weights that the checkpoint then overwrites.
+BACKBONE_WEIGHT_ARGS = {'pretrained_backbone': False, 'backbone_weights': None}
+MAX_LISTED_KEYS = 8
+PAPER_BIBTEX = """@inproceedings{liu2020hbfp,
+  title     = {Hierarchical Bi-Directional Feature Perception Network for Person Re-Identification},
+  author    = {Liu, Zhipu and Zhang, Lei and Yang, Yang},
+  booktitle = {Proceedings of the 28th ACM International Conference on Multimedia},
+  year      = {2020},
+  doi       = {10.1145/3394171.3413689}
+}"""
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """``pretrained=True`` found no weights for an HBFP model (missing Hub repository, offline without cache)."""
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint whose keys or tensor shapes do not match the model it is loaded into."""
+
+
+# --- loading ---------------------------------------------------------------------------------------------
+def check_state_dict(
+        model: nn.Module,
+        state_dict: Mapping[str, torch.Tensor],
+        source: str,
+        ignore_prefixes: Sequence[str] = (),
+) -> None:
+    """Refuse a state dict that does not fit ``model``, listing what differs.
+
+    Args:
+        model: The model the weights are meant for.
+        state_dict: The checkpoint's tensors.
+        source: Where the weights come from (a path or a Hub id), named in the error.
+        ignore_prefixes: Key prefixes left out of the comparison (a classifier that timm drops on purpose).
+
+    Raises:
+        CheckpointMismatchError: missing, unexpected or shape-mismatched keys, listed in one line.
+    """
+    def kept(keys):
+        return {k for k in keys if not k.startswith(tuple(ignore_prefixes))}
+
+    expected = model.state_dict()
+    missing = sorted(kept(expected) - set(state_dict))
+    unexpected = sorted(kept(state_dict) - set(expected))
+    shapes = [
+        f'{k} checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}'
+        for k in sorted(kept(set(expected) & set(state_dict)))
+        if tuple(state_dict[k].shape) != tuple(expected[k].shape)
+    ]
+    problems = [
+        f'{label} ({len(items)}): {_listing(items)}'
+        for label, items in (('missing keys', missing), ('unexpected keys', unexpected), ('shape mismatches', shapes))
+        if items
+    ]
+    if problems:
+        arch = getattr(model, 'pretrained_cfg', {}).get('architecture') or type(model).__name__
+        raise CheckpointMismatchError(
+            f'{source}: checkpoint does not match {arch} as built (check the model name and its constructor '
+            f'arguments) - ' + '; '.join(problems))
+
+
+def _listing(items: List[str]) -> str:
+    shown = ', '.join(items[:MAX_LISTED_KEYS])
+    return shown + (f', ... and {len(items) - MAX_LISTED_KEYS} more' if len(items) > MAX_LISTED_KEYS else '')
+
+
+def check_pretrained_state_dict(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """timm ``pretrained_filter_fn`` of the HBFP models: :func:`check_state_dict` before timm loads the weights.
+
+    When the model's ``num_classes`` differs from the checkpoint's, timm drops the classifier and loads the rest;
+    the classifier is then left out of the comparison.
+
+    Args:
+        state_dict: The pretrained tensors timm is about to load.
+        model: The freshly built model (its ``pretrained_cfg`` names the source).
+
+    Returns:
+        ``state_dict``, unchanged.
+    """
+    cfg = model.pretrained_cfg
+    source = cfg.get('file') or cfg.get('hf_hub_id') or cfg.get('url') or 'pretrained weights'
+    classifier = cfg.get('classifier') or 'classifier'
+    ignore = (classifier + '.',) if getattr(model, 'num_classes', None) != cfg.get('num_classes') else ()
+    check_state_dict(model, state_dict, str(source), ignore_prefixes=ignore)
+    return state_dict
+
+
+def _name_with_tag(variant: str, cfg: Any) -> str:
+    return f'{variant}.{cfg.tag}' if cfg.tag else variant
+
+
+def _ways_out(name: str, cfg: Any) -> str:
+    benchmark = BENCHMARK_OF_DATASET.get(cfg.tag or '', 'benchmarks.market')
+    point_at_hub = ('then set HBFP_TIMM_HUB_NAMESPACE=ORG' if cfg.hf_hub_id
+                    else f"then pass pretrained_cfg_overlay=dict(hf_hub_id='ORG/{name}')")
+    return (
+        f'Ways out: (1) train them with python -m {benchmark} --train (or python -m hbfp_timm.train) and push the '
+        f'run with python -m hbfp_timm.hub push RUN_DIR --repo-id ORG/{name}, {point_at_hub}; (2) load a local file: '
+        f"timm.create_model('{name}', pretrained=True, pretrained_cfg_overlay=dict(file='RUN_DIR/model.safetensors'))")
+
+
+def _why(exc: BaseException, repo: str, filename: str) -> str:
+    if isinstance(exc, RepositoryNotFoundError):  # also GatedRepoError
+        return f"the Hub repository '{repo}' does not exist (or is private and no valid token was given)"
+    if isinstance(exc, RevisionNotFoundError):
+        return f"the Hub repository '{repo}' has no such revision"
+    if isinstance(exc, (OfflineModeIsEnabled, FileNotFoundError)):  # LocalEntryNotFoundError is both kinds
+        return (f"'{filename}' of '{repo}' is not in the local Hugging Face cache and the Hub cannot be reached "
+                f'(HF_HUB_OFFLINE=1 or no network)')
+    if isinstance(exc, EntryNotFoundError):
+        return f"the Hub repository '{repo}' has no file '{filename}'"
+    status = getattr(getattr(exc, 'response', None), 'status_code', None)
+    return f"the Hub answered {f'HTTP {status}' if status else type(exc).__name__} for '{repo}'"
+
+
+@contextlib.contextmanager
+def explain_pretrained_errors(
+        variant: str,
+        pretrained_cfg: Optional[Union[str, Dict[str, Any]]] = None,
+        pretrained_cfg_overlay: Optional[Dict[str, Any]] = None,
+) -> Iterator[None]:
+    """Turn a failed ``pretrained=True`` load of an HBFP model into one clear :class:`WeightsNotFoundError`.
+
+    No trained Re-ID weights are published yet, so the usual failure is a Hub repository that does not exist;
+    the error names the model and tag, why, and the two ways out, instead of a wall of HTTP tracebacks. A model
+    with no weight source at all, or a ``file`` overlay that does not exist, fails before the model is built.
+
+    Args:
+        variant: Registered model name, e.g. ``hbfp_resnet50``.
+        pretrained_cfg: What the factory got: a tag, a cfg dict (``hf-hub:`` names) or None (default tag).
+        pretrained_cfg_overlay: The caller's overlay (``hf_hub_id=``, ``file=``).
+
+    Raises:
+        WeightsNotFoundError: no weights could be found; chained to nothing (``from None``).
+    """
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg, pretrained_cfg_overlay)
+    name = _name_with_tag(variant, cfg)
+    if cfg.file and cfg.source != 'local-dir' and not Path(cfg.file).is_file():  # local-dir: file is a folder
+        raise WeightsNotFoundError(
+            f"{name}: pretrained_cfg_overlay file '{cfg.file}' does not exist; expected a .safetensors "
+            f'(or .pt/.pth) state dict of {variant}')
+    if not (cfg.file or cfg.hf_hub_id or cfg.url or cfg.state_dict):
+        raise WeightsNotFoundError(
+            f'{name}: no pretrained Re-ID weights are registered for this model (Hub tags exist only for '
+            f"{', '.join('hbfp_resnet50.' + d for d in BENCHMARK_OF_DATASET)}); pretrained=False builds it "
+            f'untrained (pretrained_backbone=True: ImageNet backbone). {_ways_out(name, cfg)}')
+    try:
+        yield
+    except (HfHubHTTPError, EntryNotFoundError, OfflineModeIsEnabled) as exc:
+        repo = cfg.hf_hub_id or '?'
+        raise WeightsNotFoundError(
+            f'{name}: no pretrained weights could be loaded because {_why(exc, repo, cfg.hf_hub_filename or WEIGHTS_NAME)}. '
+            f'No trained HBFP-Net Re-ID weights are published yet. {_ways_out(name, cfg)}') from None
+
+
+def load_checkpoint(model: nn.Module, path: Union[str, Path]) -> nn.Module:
+    """Load a local checkpoint into ``model`` safely and strictly.
+
+    Args:
+        model: The model, built with the architecture and constructor arguments the checkpoint was saved from.
+        path: A ``.safetensors`` file, or a ``.pt``/``.pth``/``.bin`` file read with ``torch.load(weights_only=True)``
+            (a plain state dict, or one under a ``state_dict``/``model`` key).
+
+    Returns:
+        ``model``, with the weights loaded.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: ``path`` has an unsupported suffix.
+        CheckpointMismatchError: keys or shapes differ from the model's, listed.
+    """
+    path = Path(path)
+    if path.suffix not in CHECKPOINT_SUFFIXES:
+        raise ValueError(f"{path}: expected a checkpoint file ending in {', '.join(CHECKPOINT_SUFFIXES)}")
+    if not path.is_file():
+        raise FileNotFoundError(f'{path}: checkpoint file not found')
+    # timm's loader: safetensors, or torch.load(weights_only=True) with the usual wrapper keys unwrapped.
+    state_dict = load_state_dict(str(path), use_ema=False, weights_only=True)
+    check_state_dict(model, state_dict, str(path))
+    model.load_state_dict(state_dict, strict=True)
+    return model
+
+
+# --- results and model card ------------------------------------------------------------------------------
+def _architecture(model: nn.Module) -> str:
+    arch = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture')
+    if not arch or not timm.is_model(arch) or not arch.startswith('hbfp_'):
+        raise ValueError(
+            f'model: expected an HBFP model built with timm.create_model("hbfp_...") (config.json needs its '
+            f'registered architecture and constructor arguments), got {type(model).__name__} with architecture {arch!r}')
+    return arch
+
+
+def _check_results(results: Optional[Mapping[str, Any]], arch: str, source: str = 'results') -> Optional[Dict]:
+    """Validate the trainer's results dict (metrics as fractions in [0, 1]); None stays None."""
+    if results is None:
+        return None
+    if not isinstance(results, Mapping):
+        raise ValueError(f'{source}: expected a dict like the trainer\'s results.json, got {type(results).__name__}')
+    if results.get('model', arch) != arch:
+        raise ValueError(f"{source}: 'model' is {results['model']!r} but the model being saved is {arch!r}")
+    if not isinstance(results.get('dataset'), str) or not results['dataset']:
+        raise ValueError(f"{source}: expected a 'dataset' name such as 'market1501', got {results.get('dataset')!r}")
+    metrics = results.get('metrics')
+    if not isinstance(metrics, Mapping):
+        raise ValueError(f"{source}: expected a 'metrics' dict with {', '.join(REQUIRED_METRICS)}, got {metrics!r}")
+    for key in REQUIRED_METRICS + OPTIONAL_METRICS:
+        if key not in metrics and key in OPTIONAL_METRICS:
+            continue
+        value = metrics.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"{source}: metrics['{key}'] must be a fraction in [0, 1], got {value!r}")
+    img_size = results.get('img_size')
+    if img_size is not None and (not isinstance(img_size, (list, tuple)) or len(img_size) != 2
+                                 or not all(isinstance(v, int) and v > 0 for v in img_size)):
+        raise ValueError(f'{source}: img_size must be [H, W] in pixels, got {img_size!r}')
+    model_args = results.get('model_args', {})
+    if not isinstance(model_args, Mapping):
+        raise ValueError(f'{source}: model_args must be a dict of HBFPNet constructor arguments, got {model_args!r}')
+    return dict(results)
+
+
+def _percent(fraction: float) -> float:
+    return round(100.0 * fraction, 2)
+
+
+def _card_metadata(arch: str, results: Optional[Dict], name: str) -> Dict[str, Any]:
+    meta: Dict[str, Any] = {
+        'library_name': 'timm',
+        'license': 'apache-2.0',
+        'pipeline_tag': 'image-feature-extraction',
+        'tags': ['person-reid', 're-identification', 'hbfp', 'timm', 'image-feature-extraction'],
+    }
+    if results is None:
+        return meta
+    dataset, metrics = results['dataset'], results['metrics']
+    meta['datasets'] = [dataset]
+    meta['model-index'] = [{
+        'name': name,
+        'results': [{
+            'task': {'type': 'person-re-identification', 'name': 'Person Re-Identification'},
+            'dataset': {'type': dataset, 'name': DATASET_TITLES.get(dataset, dataset), 'split': 'query/gallery'},
+            'metrics': [
+                {'type': key.lower(), 'name': label, 'value': _percent(metrics[key])}
+                for key, label in (('rank1', 'Rank-1'), ('rank5', 'Rank-5'), ('rank10', 'Rank-10'), ('mAP', 'mAP'))
+                if key in metrics
+            ],
+        }],
+    }]
+    return meta
+
+
+def render_model_card(model: nn.Module, results: Optional[Mapping[str, Any]] = None,
+                      repo_id: Optional[str] = None) -> str:
+    """The ``README.md`` of a Hub repository: YAML metadata (model-index from ``results``), results, usage.
+
+    Args:
+        model: The HBFP model being saved (built by ``timm.create_model``).
+        results: The trainer's results (``dataset``, ``metrics`` as fractions, ``img_size``, ``model_args``), or
+            None for weights that were not evaluated.
+        repo_id: The Hub repository the card is for; the usage snippet loads from it (a local folder otherwise).
+
+    Returns:
+        The model card text, front matter first.
+    """
+    arch = _architecture(model)
+    results = _check_results(results, arch)
+    name = repo_id.split('/')[-1] if repo_id else (f"{arch}.{results['dataset']}" if results else arch)
+    meta = yaml.safe_dump(_card_metadata(arch, results, name), sort_keys=False)
+    source = f'hf-hub:{repo_id}' if repo_id else 'local-dir:PATH/TO/THIS/FOLDER'
+    height, width = _input_size(model, results)
+    lines = [
+        '---', meta.rstrip(), '---', f'# {name}', '',
+        f'HBFP-Net (Hierarchical Bi-directional Feature Perception Network, Liu, Zhang and Yang, ACM MM 2020) for '
+        f'person re-identification, as the timm model `{arch}` of the hbfp-timm package. `model(images)` returns a '
+        f'{model.num_features}-d descriptor per image; people are matched by the distance between descriptors.',
+        '', '## Results', '',
+    ]
+    if results is None:
+        lines.append('These weights come with no evaluation: no results were given when they were saved.')
+    else:
+        dataset, metrics = results['dataset'], results['metrics']
+        title = DATASET_TITLES.get(dataset, dataset)
+        cells = lambda m: ' | '.join(  # noqa: E731
+            f'{v:g}' if v is not None else 'n/a' for v in (m.get(k) for k in ('rank1', 'rank5', 'rank10', 'mAP')))
+        ours = {k: _percent(v) for k, v in metrics.items() if k in REQUIRED_METRICS + OPTIONAL_METRICS}
+        lines += [
+            f'{title} test set, single query, no re-ranking, Market-1501 protocol (same-identity same-camera gallery '
+            f'images removed), input {height}x{width}, percent:', '',
+            '| | Rank-1 | Rank-5 | Rank-10 | mAP |', '|---|---|---|---|---|',
+            f'| these weights | {cells(ours)} |',
+        ]
+        if dataset in PAPER_TABLE1:
+            lines.append(f'| the paper\'s Table 1 (ResNet-50, 384x128; not these weights) | {cells(PAPER_TABLE1[dataset])} |')
+    lines += [
+        '', '## Usage', '',
+        'timm has no plugin entry points: `import hbfp_timm` must come before `timm.create_model`, also for '
+        '`hf-hub:` names.', '',
+        '```python', 'import timm', 'import torch', 'from PIL import Image', '',
+        'import hbfp_timm  # registers the hbfp_* architectures with timm; must come first',
+        'from hbfp_timm.data import build_test_transform', '',
+        f'model = timm.create_model("{source}", pretrained=True).eval()',
+        'transform = build_test_transform(model.pretrained_cfg["input_size"][1:])  # resize to (H, W), normalise',
+        'with torch.no_grad():',
+        '    descriptor = model(transform(Image.open("person.jpg").convert("RGB")).unsqueeze(0))  # (1, D)',
+        '```', '',
+        '## Model details', '',
+        f'- Architecture: `{arch}`, constructor arguments in `config.json` (`model_args`); '
+        f'{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters.',
+        f'- Input: RGB {height}x{width}, ImageNet mean/std normalisation.',
+        f'- Training data: {DATASET_TITLES.get(results["dataset"], results["dataset"]) if results else "not recorded"}.',
+        '- Paper: https://doi.org/10.1145/3394171.3413689. Design choices and the training recipe: MODEL_CARD.md of '
+        'hbfp-timm.', '',
+        '## Intended use and limits', '',
+        'For research on person re-identification benchmarks. Re-identification tracks people across cameras: '
+        'deploying it on real people is surveillance, with legal (e.g. GDPR) and ethical obligations, and is not an '
+        'intended use. The benchmark data sets were collected without individual consent and carry research-only '
+        'terms; accuracy drops on cameras, clothing and populations unlike the training set.', '',
+        '## Citation', '', '```bibtex', PAPER_BIBTEX, '```', '',
+    ]
+    return '\n'.join(lines)
+
+
+def _input_size(model: nn.Module, results: Optional[Mapping[str, Any]]) -> Tuple[int, int]:
+    if results and results.get('img_size'):
+        return tuple(results['img_size'])
+    return tuple(model.pretrained_cfg['input_size'][1:])
+
+
+# --- saving and pushing ----------------------------------------------------------------------------------
+def save_pretrained(model: nn.Module, directory: Union[str, Path],
+                    results: Optional[Mapping[str, Any]] = None, repo_id: Optional[str] = None) -> Path:
+    """Write a Hugging Face Hub repository layout: ``config.json``, ``model.safetensors``, ``README.md``.
+
+    Built on timm's ``save_for_hf`` with ``safe_serialization=True`` (timm's default also writes a pickle
+    ``pytorch_model.bin``; this never does). ``config.json`` holds the architecture and the constructor
+    arguments the model was created with, so ``timm.create_model("hf-hub:ORG/NAME", pretrained=True)`` and
+    ``timm.create_model("local-dir:DIRECTORY", pretrained=True)`` rebuild it.
+
+    Args:
+        model: An HBFP model built with ``timm.create_model`` (it records the architecture and arguments).
+        directory: Output folder, created if needed.
+        results: The trainer's results (``dataset``, ``metrics`` as fractions in [0, 1], ``img_size`` [H, W]) for
+            the model card's ``model-index``; None for weights without evaluation.
+        repo_id: Hub repository the card's usage snippet names (``push_to_hub`` sets it).
+
+    Returns:
+        ``directory`` as a Path.
+    """
+    arch = _architecture(model)
+    results = _check_results(results, arch)
+    directory = Path(directory)
+    recorded = getattr(model, '_model_args', {})  # what timm.create_model was given
+    export_args = {k: v for k, v in BACKBONE_WEIGHT_ARGS.items() if recorded.get(k) not in (None, v)}
+    source_cfg = {'tag': results['dataset'] if results else None}
+    data_config = None
+    if results and results.get('img_size'):
+        data_config = {'input_size': (model.in_chans, *results['img_size'])}
+    save_for_hf(model, directory, model_config={'pretrained_cfg': source_cfg}, model_args=export_args,
+                safe_serialization=True, data_config=data_config)
+    (directory / 'README.md').write_text(render_model_card(model, results, repo_id), encoding='utf-8')
+    return directory
+
+
+def push_to_hub(
+        model: nn.Module,
+        repo_id: str,
+        results: Optional[Mapping[str, Any]] = None,
+        private: bool = False,
+        token: Optional[str] = None,
+        commit_message: str = 'Add HBFP-Net Re-ID weights',
+) -> str:
+    """Upload the :func:`save_pretrained` layout to a Hub model repository (created if missing) in one commit.
+
+    This follows timm's ``push_to_hf_hub`` (create the repository, ``save_for_hf``, ``upload_folder``) but
+    writes our model card every time: timm's version writes a generic image-classification README only when
+    the repository has none, so the card would never carry the ``model-index`` of a new run.
+
+    Args:
+        model: An HBFP model built with ``timm.create_model``.
+        repo_id: ``ORG/NAME`` of the Hub repository.
+        results: The trainer's results for the model card (see :func:`save_pretrained`).
+        private: Create the repository as private.
+        token: Hub token; None uses the locally saved token or ``HF_TOKEN``.
+        commit_message: Message of the upload commit.
+
+    Returns:
+        The URL of the commit.
+    """
+    api = HfApi(token=token, library_name='timm', library_version=timm.__version__)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    with tempfile.TemporaryDirectory() as folder:
+        save_pretrained(model, folder, results, repo_id=repo_id)
+        commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
+    return str(commit.commit_url)
+
+
+# --- trainer output and CLI ------------------------------------------------------------------------------
+def load_run(run: Union[str, Path]) -> Tuple[nn.Module, Dict[str, Any]]:
+    """Rebuild the trained model of a trainer run directory, in eval mode.
+
+    Args:
+        run: The run directory (``results.json`` + ``model.safetensors``), or a ``.safetensors`` file inside one.
+
+    Returns:
+        ``(model, results)``.
+
+    Raises:
+        FileNotFoundError: the directory, ``results.json`` or the weights file is missing.
+        ValueError: ``results.json`` is not valid JSON or lacks what the model card needs.
+    """
+    run = Path(run)
+    weights = run if run.suffix == '.safetensors' else run / WEIGHTS_NAME
+    results_path = weights.parent / RESULTS_NAME
+    if not weights.parent.is_dir():
+        raise FileNotFoundError(f'{weights.parent}: run directory not found; expected the trainer\'s --output folder')
+    if not results_path.is_file():
+        raise FileNotFoundError(
+            f'{results_path}: not found; expected the trainer\'s results.json (model, model_args, dataset, img_size, '
+            f'metrics) in the run directory')
+    try:
+        results = json.loads(results_path.read_text(encoding='utf-8'))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f'{results_path}: not valid JSON ({exc})') from None
+    arch = results.get('model') if isinstance(results, dict) else None
+    if not isinstance(arch, str) or not arch.startswith('hbfp_') or not timm.is_model(arch):
+        raise ValueError(f"{results_path}: 'model' must name a registered HBFP model such as 'hbfp_resnet50', got {arch!r}")
+    _check_results(results, arch, source=str(results_path))
+    if not weights.is_file():
+        raise FileNotFoundError(f'{weights}: weights not found; expected the trainer\'s {WEIGHTS_NAME} next to {RESULTS_NAME}')
+    # The checkpoint holds every weight, so no ImageNet backbone weights are fetched first.
+    model_args = dict(results.get('model_args', {}), num_classes=0, **BACKBONE_WEIGHT_ARGS)
+    model = timm.create_model(arch, pretrained=False, **model_args)
+    load_checkpoint(model, weights)
+    return model.eval(), results
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m hbfp_timm.hub {save,push}``; see ``--help``."""
+    parser = argparse.ArgumentParser(
+        prog='python -m hbfp_timm.hub',
+        description='Export a trained HBFP-Net run (results.json + model.safetensors) as a Hugging Face Hub '
+                    'repository: config.json, model.safetensors and a README.md model card.')
+    commands = parser.add_subparsers(dest='command', required=True)
+    save = commands.add_parser('save', help='write the Hub layout to a local folder (loadable with local-dir:)')
+    save.add_argument('run', help='trainer output directory (or the .safetensors file inside it)')
+    save.add_argument('out', help='output folder')
+    push = commands.add_parser('push', help='upload the Hub layout to a Hub model repository')
+    push.add_argument('run', help='trainer output directory (or the .safetensors file inside it)')
+    push.add_argument('--repo-id', required=True, help='ORG/NAME of the Hub repository, created if missing')
+    push.add_argument('--private', action='store_true', help='create the repository as private')
+    push.add_argument('--token', default=None, help='Hub token (default: saved login or HF_TOKEN)')
+    push.add_argument('--commit-message', default='Add HBFP-Net Re-ID weights')
+    args = parser.parse_args(argv)
+    try:
+        model, results = load_run(args.run)
+        if args.command == 'save':
+            print(save_pretrained(model, args.out, results))
+        else:
+            print(push_to_hub(model, args.repo_id, results, private=args.private, token=args.token,
+                              commit_message=args.commit_message))
+    except (FileNotFoundError, ValueError, CheckpointMismatchError, HfHubHTTPError) as exc:
+        print(f'{parser.prog}: error: {exc}', file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
