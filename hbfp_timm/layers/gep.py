@@ -92,7 +92,7 @@ def generalized_pool2d(
     all K thresholds gives a (positions x K) keep-mask, and one batched matmul of ``[values; ones]`` with
     that mask gives every threshold's kept sum and count. No sort, no loop over lambdas. In eager mode the
     mask is built in cache-sized chunks of channels and rebuilt in backward instead of being stored;
-    under ``torch.compile`` and ONNX export the same arithmetic runs as one plain differentiable
+    under ``torch.compile``, ``torch.export`` and ONNX export the same arithmetic runs as one plain differentiable
     expression (comparison, MatMul, Div), which both can trace.
 
     Args:
@@ -111,7 +111,7 @@ def generalized_pool2d(
     compute_dtype = torch.promote_types(values.dtype, torch.float32)
     with torch.autocast(device_type=x.device.type, enabled=False):
         values = values.to(compute_dtype)
-        if torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+        if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
             low, value_range, thresholds = _normalisation(values, lambdas, eps)
             stats = _kept_sums_and_counts(values, _keep_mask(values, low, value_range, thresholds))
             pooled = stats[:, 0] / stats[:, 1]

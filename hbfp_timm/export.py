@@ -1,0 +1,96 @@
+"""Deployment export of an eval-mode model: ``torch.export`` programs and ONNX files.
+
+Re-id models are usually deployed as a graph that maps an image batch to descriptors. Every layer of HBFP-Net
+traces: BFP is convolutions, batched matmuls and softmax; generalized pooling switches to a plain comparison +
+MatMul formulation while being compiled or exported (see :func:`hbfp_timm.layers.generalized_pool2d`), so
+there is no sort, ``searchsorted`` or custom autograd function in the graph.
+
+ONNX export uses torch's ``torch.export``-based exporter (``torch.onnx.export(..., dynamo=True)``), which needs
+the ``onnx`` and ``onnxscript`` packages; checking the file with ONNX Runtime needs ``onnxruntime``.
+"""
+import importlib.util
+from pathlib import Path
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+from torch.export import Dim, ExportedProgram
+
+__all__ = ['export_program', 'export_onnx', 'ONNX_PACKAGES']
+
+ONNX_PACKAGES = ('onnx', 'onnxscript')
+
+
+def _example_input(model: nn.Module, img_size: Optional[Tuple[int, int]], batch_size: int) -> torch.Tensor:
+    if img_size is None:
+        img_size = tuple(getattr(model, 'pretrained_cfg', {}).get('input_size', (3, 384, 128))[1:])
+    in_chans = getattr(model, 'in_chans', 3)
+    device = next(model.parameters()).device
+    return torch.randn(batch_size, in_chans, *img_size, device=device)
+
+
+def export_program(
+        model: nn.Module,
+        img_size: Optional[Tuple[int, int]] = None,
+        batch_size: int = 2,
+        dynamic_batch: bool = True,
+) -> ExportedProgram:
+    """Capture the eval-mode model with ``torch.export`` (the graph the ONNX exporter translates).
+
+    The model is put in eval mode (BatchNorm uses its running statistics, as in deployment).
+
+    Args:
+        model: An HBFP-Net or any timm model.
+        img_size: (H, W) of the example input; default the model's ``pretrained_cfg`` input size.
+        batch_size: Batch size of the example input (2 or more, so that a dynamic batch is not specialised).
+        dynamic_batch: Export the batch dimension as dynamic.
+
+    Returns:
+        The exported program; ``program.module()(x)`` runs it.
+    """
+    model.eval()
+    example = _example_input(model, img_size, batch_size)
+    dynamic_shapes = {'x': {0: Dim('batch', min=1, max=65536)}} if dynamic_batch else None
+    with torch.no_grad():
+        return torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)
+
+
+def export_onnx(
+        model: nn.Module,
+        path: Union[str, Path],
+        img_size: Optional[Tuple[int, int]] = None,
+        batch_size: int = 2,
+        dynamic_batch: bool = True,
+        opset_version: Optional[int] = None,
+) -> Path:
+    """Export the eval-mode model to an ONNX file: input ``images`` (B, 3, H, W), output ``descriptor``.
+
+    Args:
+        model: An HBFP-Net or any timm model; put in eval mode.
+        path: Output ``.onnx`` file.
+        img_size: (H, W) of the example input; default the model's ``pretrained_cfg`` input size.
+        batch_size: Batch size of the example input.
+        dynamic_batch: Make the batch dimension dynamic in the ONNX graph.
+        opset_version: ONNX opset; default the exporter's.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ImportError: When ``onnx`` or ``onnxscript`` is not installed (the exporter needs both).
+    """
+    missing = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(
+            f'export_onnx needs the packages {", ".join(ONNX_PACKAGES)} (missing: {", ".join(missing)}); '
+            f'install them with `pip install {" ".join(ONNX_PACKAGES)}` (and onnxruntime to run the file)')
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    example = _example_input(model, img_size, batch_size)
+    dynamic_shapes = {'x': {0: Dim('batch', min=1, max=65536)}} if dynamic_batch else None
+    with torch.no_grad():
+        torch.onnx.export(
+            model, (example,), str(path), dynamo=True, dynamic_shapes=dynamic_shapes,
+            input_names=['images'], output_names=['descriptor'], opset_version=opset_version)
+    return path
