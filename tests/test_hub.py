@@ -1,0 +1,404 @@
+"""Tests of hbfp_timm.hub, all offline: a huggingface_hub cache laid out in tmp_path (HF_HUB_OFFLINE=1) for
+loading, and a local HTTP server speaking the Hub API for uploading, so the real client code runs end to end."""
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+import safetensors.torch
+import timm
+import torch
+import yaml
+from PIL import Image
+
+import hbfp_timm  # noqa: F401  (registers the hbfp_* models with timm)
+from hbfp_timm import hub
+from hbfp_timm.models import hbfp as hbfp_models
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCH = 'hbfp_mobilenetv2_100'
+# Non-default constructor arguments: they must survive every round trip through config.json.
+CUSTOM_ARGS = dict(correlation_dim=16, perception_dim=32, gep_learnable=True, gep_lambdas=(0.0, 0.5, 1.0))
+RESULTS = {
+    'model': ARCH, 'model_args': dict(CUSTOM_ARGS, gep_lambdas=[0.0, 0.5, 1.0]), 'dataset': 'market1501',
+    'img_size': [64, 32], 'metrics': {'rank1': 0.8125, 'rank5': 0.9, 'rank10': 0.95, 'mAP': 0.5},
+}
+INPUT = torch.randn(2, 3, 64, 32, generator=torch.Generator().manual_seed(0))
+
+
+def _trained_like(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Move every parameter and BatchNorm statistic away from its initial value (the zero-initialised BFP
+    projections included), so that a model that did not load these weights gives different outputs."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if tensor.is_floating_point():
+                noise = 0.05 * torch.randn(tensor.shape, generator=generator)
+                tensor.copy_(tensor.abs() + 0.5 + noise.abs() if name.endswith('running_var') else tensor + noise)
+    return model.eval()
+
+
+def _outputs(model: torch.nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(INPUT)
+
+
+@pytest.fixture(scope='module')
+def custom_model():
+    return _trained_like(timm.create_model(ARCH, **CUSTOM_ARGS), seed=1)
+
+
+@pytest.fixture(scope='module')
+def saved(custom_model, tmp_path_factory):
+    """The custom model saved once with results, as save_pretrained lays it out."""
+    return hub.save_pretrained(custom_model, tmp_path_factory.mktemp('saved'), RESULTS)
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty huggingface_hub cache in offline mode; returns a function that publishes a folder into it.
+
+    huggingface_hub reads HF_HUB_CACHE and HF_HUB_OFFLINE into its constants module at import, so the constants
+    are patched as well as the environment.
+    """
+    cache = tmp_path / 'hf_cache'
+    cache.mkdir()
+    monkeypatch.setenv('HF_HUB_CACHE', str(cache))
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
+
+    def publish(folder: Path, repo_id: str) -> Path:
+        repo = cache / ('models--' + repo_id.replace('/', '--'))
+        commit = '0123456789abcdef0123456789abcdef01234567'
+        (repo / 'refs').mkdir(parents=True)
+        (repo / 'refs' / 'main').write_text(commit)
+        shutil.copytree(folder, repo / 'snapshots' / commit)
+        return repo
+
+    return publish
+
+
+# --- loading back ------------------------------------------------------------------------------------------
+def test_save_pretrained_writes_safetensors_config_and_card_and_no_pickle(saved):
+    assert sorted(os.listdir(saved)) == ['README.md', 'config.json', 'model.safetensors']
+    config = json.loads((saved / 'config.json').read_text())
+    assert config['architecture'] == ARCH
+    assert config['model_args']['correlation_dim'] == 16 and config['model_args']['gep_learnable'] is True
+    assert config['model_args']['gep_lambdas'] == [0.0, 0.5, 1.0]
+    # The input size the run was trained and evaluated at becomes the exported preprocessing.
+    assert config['pretrained_cfg']['input_size'] == [3, 64, 32] and config['pretrained_cfg']['tag'] == 'market1501'
+
+
+def test_hf_hub_name_rebuilds_the_model_with_its_constructor_args_from_the_offline_cache(
+        custom_model, saved, hub_cache):
+    hub_cache(saved, 'someteam/hbfp-mobile.market1501')
+    loaded = timm.create_model('hf-hub:someteam/hbfp-mobile.market1501', pretrained=True)
+    assert (loaded.gep_learnable, loaded.gep_lambdas) == (True, (0.0, 0.5, 1.0))
+    assert {k: v.shape for k, v in loaded.state_dict().items()} == {k: v.shape for k, v in custom_model.state_dict().items()}
+    assert torch.equal(_outputs(loaded), _outputs(custom_model))
+    # The comparison can fail: the same architecture without these weights gives other outputs.
+    assert not torch.allclose(_outputs(timm.create_model(ARCH, **CUSTOM_ARGS)), _outputs(custom_model))
+
+
+def test_registered_name_with_hub_id_overlay_loads_the_cached_weights(custom_model, saved, hub_cache):
+    hub_cache(saved, 'someteam/my-run')
+    loaded = timm.create_model(ARCH, pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id='someteam/my-run'),
+                               **CUSTOM_ARGS)
+    assert torch.equal(_outputs(loaded), _outputs(custom_model))
+
+
+def test_local_file_overlay_loads_the_weights(custom_model, saved):
+    loaded = timm.create_model(ARCH, pretrained=True, **CUSTOM_ARGS,
+                               pretrained_cfg_overlay=dict(file=str(saved / 'model.safetensors')))
+    assert torch.equal(_outputs(loaded), _outputs(custom_model))
+
+
+def test_local_dir_source_round_trip(custom_model, saved):
+    loaded = timm.create_model(f'local-dir:{saved}', pretrained=True)
+    assert loaded.gep_lambdas == (0.0, 0.5, 1.0)
+    assert torch.equal(_outputs(loaded), _outputs(custom_model))
+
+
+def test_tagged_pretrained_name_reads_its_hub_repository_under_the_namespace(tmp_path, hub_cache):
+    """``hbfp_resnet50.<dataset>`` -> ``<namespace>/hbfp_resnet50.<dataset>`` in the cache (constructor args
+    shrink the model for speed; the tag's weight lookup is what is under test)."""
+    small = dict(backbone='mobilenetv2_100', correlation_dim=16, perception_dim=32)
+    source = _trained_like(timm.create_model('hbfp_resnet50', **small), seed=2)
+    hub_cache(hub.save_pretrained(source, tmp_path / 'duke'), f'{hbfp_models.HUB_NAMESPACE}/hbfp_resnet50.dukemtmc')
+    loaded = timm.create_model('hbfp_resnet50.dukemtmc', pretrained=True, **small)
+    assert torch.equal(_outputs(loaded), _outputs(source))
+
+
+def test_every_dataset_tag_is_registered_with_a_safetensors_hub_source():
+    tags = timm.list_models('hbfp_resnet50.*', pretrained=True, include_tags=True)
+    assert sorted(tags) == sorted(f'hbfp_resnet50.{d}' for d in hbfp_models.REID_DATASETS)
+    for name in tags:
+        cfg = timm.models.get_pretrained_cfg(name)
+        assert cfg.hf_hub_id == f'{hbfp_models.HUB_NAMESPACE}/{name}' and cfg.hf_hub_filename == 'model.safetensors'
+    assert timm.models.get_pretrained_cfg('hbfp_resnet50').tag == 'market1501'  # the default tag
+
+
+def test_hub_namespace_environment_variable_moves_every_tag():
+    code = ("import timm, hbfp_timm; print(timm.models.get_pretrained_cfg('hbfp_resnet50.cuhk03_labeled').hf_hub_id, "
+            "timm.models.get_pretrained_cfg('hbfp_resnet50').hf_hub_id)")
+    env = dict(os.environ, HBFP_TIMM_HUB_NAMESPACE='myteam', PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]))
+    out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ['myteam/hbfp_resnet50.cuhk03_labeled', 'myteam/hbfp_resnet50.market1501']
+
+
+# --- errors ------------------------------------------------------------------------------------------------
+def test_missing_hub_weights_offline_is_one_clear_error_naming_the_ways_out(hub_cache):
+    with pytest.raises(hub.WeightsNotFoundError) as info:
+        timm.create_model('hbfp_resnet50.cuhk03_detected', pretrained=True)
+    message = str(info.value)
+    assert '\n' not in message
+    assert message.startswith('hbfp_resnet50.cuhk03_detected: ')
+    assert f"'{hbfp_models.HUB_NAMESPACE}/hbfp_resnet50.cuhk03_detected' is not in the local Hugging Face cache" in message
+    assert 'No trained HBFP-Net Re-ID weights are published yet' in message
+    assert 'python -m benchmarks.cuhk03 --train' in message and 'python -m hbfp_timm.train' in message
+    assert "pretrained_cfg_overlay=dict(file='RUN_DIR/model.safetensors')" in message
+    # No traceback wall: huggingface_hub's exception is neither the cause nor shown as the context.
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_untagged_default_is_the_market_tag_and_a_model_without_weights_says_so(hub_cache):
+    with pytest.raises(hub.WeightsNotFoundError, match=r'^hbfp_resnet50\.market1501: .*benchmarks\.market --train'):
+        timm.create_model('hbfp_resnet50', pretrained=True)
+    with pytest.raises(hub.WeightsNotFoundError, match=r"^hbfp_mobilenetv2_100: no pretrained Re-ID weights are "
+                                                       r"registered.*dict\(hf_hub_id='ORG/hbfp_mobilenetv2_100'\)"):
+        timm.create_model(ARCH, pretrained=True)
+    with pytest.raises(hub.WeightsNotFoundError, match=r"file '.*nowhere\.safetensors' does not exist"):
+        timm.create_model(ARCH, pretrained=True, pretrained_cfg_overlay=dict(file='/nowhere.safetensors'))
+
+
+def test_mismatched_checkpoint_lists_missing_unexpected_and_shape_mismatched_keys(saved, tmp_path):
+    default_model = timm.create_model(ARCH)
+    with pytest.raises(hub.CheckpointMismatchError) as info:
+        hub.load_checkpoint(default_model, saved / 'model.safetensors')
+    message = str(info.value)
+    assert '\n' not in message and message.startswith(str(saved / 'model.safetensors'))
+    # gep_learnable=True adds the GeP weights; L=16 vs the default L=128 changes the correlation convs.
+    assert 'unexpected keys (1): global_pool.weight' in message
+    assert 'shape mismatches (46): bfp_low_mid.bilinear_weight checkpoint (16,) vs model (128,), ' in message
+    assert 'bfp_low_mid.p_correlation.conv.weight checkpoint (16, 64, 1, 1) vs model (128, 64, 1, 1)' in message
+    assert message.endswith('... and 38 more')  # long lists are cut to keep the error one readable line
+    assert 'missing keys' not in message
+    # A .pt state dict read with weights_only=True, missing one key.
+    state = timm.create_model(ARCH).state_dict()
+    removed = sorted(state)[0]
+    del state[removed]
+    torch.save(state, tmp_path / 'partial.pt')
+    with pytest.raises(hub.CheckpointMismatchError, match=rf'missing keys \(1\): {re.escape(removed)}$'):
+        hub.load_checkpoint(timm.create_model(ARCH), tmp_path / 'partial.pt')
+
+
+def test_mismatched_hub_checkpoint_is_refused_before_loading(saved, hub_cache):
+    hub_cache(saved, 'someteam/my-run')
+    with pytest.raises(hub.CheckpointMismatchError, match=r'^someteam/my-run: checkpoint does not match '
+                                                          r'hbfp_mobilenetv2_100.*unexpected keys \(1\): global_pool.weight'):
+        timm.create_model(ARCH, pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id='someteam/my-run'))
+
+
+class _NotATensor:
+    """An arbitrary object in a pickle: weights_only loading must refuse to rebuild it."""
+
+
+def test_load_checkpoint_refuses_arbitrary_pickles_and_unknown_files(tmp_path):
+    model = timm.create_model(ARCH)
+    torch.save({'state_dict': model.state_dict(), 'payload': _NotATensor()}, tmp_path / 'unsafe.pth')
+    with pytest.raises(RuntimeError, match='weights_only'):
+        hub.load_checkpoint(model, tmp_path / 'unsafe.pth')
+    with pytest.raises(ValueError, match=r'weights\.npz: expected a checkpoint file ending in \.safetensors'):
+        hub.load_checkpoint(model, tmp_path / 'weights.npz')
+    with pytest.raises(FileNotFoundError, match='absent.safetensors: checkpoint file not found'):
+        hub.load_checkpoint(model, tmp_path / 'absent.safetensors')
+
+
+# --- model card --------------------------------------------------------------------------------------------
+def _front_matter(card: str) -> dict:
+    match = re.match(r'^---\n(.*?)\n---\n', card, flags=re.S)
+    assert match, 'the card must start with YAML front matter'
+    return yaml.safe_load(match.group(1))
+
+
+def test_model_card_metadata_and_metrics_come_from_the_results(saved):
+    card = (saved / 'README.md').read_text()
+    meta = _front_matter(card)
+    assert meta['library_name'] == 'timm' and meta['license'] == 'apache-2.0'
+    assert {'person-reid', 're-identification', 'hbfp'} <= set(meta['tags'])
+    assert meta['datasets'] == ['market1501']
+    (entry,) = meta['model-index'][0]['results']
+    assert entry['dataset']['type'] == 'market1501' and entry['dataset']['name'] == 'Market-1501'
+    metrics = {m['name']: m['value'] for m in entry['metrics']}
+    # 0.8125 -> 81.25 %, 0.5 -> 50 %: the card reports percent, as the paper does.
+    assert metrics == {'Rank-1': 81.25, 'Rank-5': 90.0, 'Rank-10': 95.0, 'mAP': 50.0}
+    assert '| these weights | 81.25 | 90 | 95 | 50 |' in card
+    assert "| the paper's Table 1 (ResNet-50, 384x128; not these weights) | 95.8 | n/a | n/a | 89.8 |" in card
+    usage = card[card.index('```python'):]
+    assert usage.index('import hbfp_timm') < usage.index('timm.create_model(')
+
+
+def test_model_card_without_results_has_no_model_index():
+    card = hub.render_model_card(timm.create_model(ARCH))
+    meta = _front_matter(card)
+    assert 'model-index' not in meta and 'datasets' not in meta
+    assert 'no results were given' in card
+
+
+def test_model_card_usage_snippet_runs_and_gives_the_saved_model_descriptor(
+        custom_model, tmp_path, hub_cache, monkeypatch):
+    folder = hub.save_pretrained(custom_model, tmp_path / 'card', RESULTS, repo_id='someteam/card-run')
+    hub_cache(folder, 'someteam/card-run')
+    card = (folder / 'README.md').read_text()
+    snippet = re.search(r'```python\n(.*?)```', card, flags=re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    image = Image.new('RGB', (40, 90), (200, 30, 90))
+    image.save(tmp_path / 'person.jpg')
+    namespace = {}
+    exec(compile(snippet, 'README.md', 'exec'), namespace)
+    expected_input = hbfp_timm.data.build_test_transform((64, 32))(Image.open(tmp_path / 'person.jpg').convert('RGB'))
+    with torch.no_grad():
+        assert torch.equal(namespace['descriptor'], custom_model(expected_input.unsqueeze(0)))
+
+
+def test_results_are_validated_with_clear_errors(custom_model, tmp_path):
+    with pytest.raises(ValueError, match=r"results: metrics\['mAP'\] must be a fraction in \[0, 1\], got 89.8"):
+        hub.save_pretrained(custom_model, tmp_path, dict(RESULTS, metrics={'rank1': 0.9, 'mAP': 89.8}))
+    with pytest.raises(ValueError, match=r"results: 'model' is 'hbfp_resnet50' but the model being saved is"):
+        hub.save_pretrained(custom_model, tmp_path, dict(RESULTS, model='hbfp_resnet50'))
+    with pytest.raises(ValueError, match=r'model: expected an HBFP model built with timm.create_model'):
+        hub.save_pretrained(hbfp_timm.HBFPNet('mobilenetv2_100'), tmp_path)
+
+
+# --- upload ------------------------------------------------------------------------------------------------
+class _FakeHub(BaseHTTPRequestHandler):
+    """The part of the Hub API that HfApi.create_repo / upload_folder use; records what it receives."""
+    received = None  # set per server: dict of lists
+
+    def log_message(self, *args):  # keep test output quiet
+        pass
+
+    def _reply(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header('Content-Type', 'application/json')
+        self.send_header('Content-Length', str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self):  # noqa: N802
+        body = self.rfile.read(int(self.headers.get('Content-Length', 0)))
+        endpoint = f'http://{self.server.server_address[0]}:{self.server.server_address[1]}'
+        self.received['requests'].append(('POST', self.path, self.headers.get('Authorization')))
+        if self.path == '/api/repos/create':
+            payload = json.loads(body)
+            self.received['create'].append(payload)
+            return self._reply(200, {'url': f"{endpoint}/{payload['organization']}/{payload['name']}"})
+        if self.path == '/api/validate-yaml':
+            return self._reply(200, {})
+        match = re.fullmatch(r'/api/models/([^/]+/[^/]+)/(preupload|commit)/main', self.path)
+        if match and match.group(2) == 'preupload':
+            files = json.loads(body)['files']
+            return self._reply(200, {'files': [
+                {'path': f['path'], 'uploadMode': 'regular', 'shouldIgnore': False} for f in files]})
+        if match:
+            for line in body.decode().splitlines():
+                item = json.loads(line)
+                if item['key'] == 'header':
+                    self.received['message'].append(item['value']['summary'])
+                elif item['key'] == 'file':
+                    self.received['files'][item['value']['path']] = base64.b64decode(item['value']['content'])
+            return self._reply(200, {'commitUrl': f'{endpoint}/{match.group(1)}/commit/abc123', 'commitOid': 'abc123'})
+        return self._reply(404, {'error': f'not part of the fake Hub: POST {self.path}'})
+
+    def do_GET(self):  # noqa: N802
+        self.received['requests'].append(('GET', self.path, self.headers.get('Authorization')))
+        self._reply(404, {'error': f'not part of the fake Hub: GET {self.path}'})
+
+    do_HEAD = do_GET
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    received = {'requests': [], 'create': [], 'files': {}, 'message': []}
+    handler = type('Handler', (_FakeHub,), {'received': received})
+    server = ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={'poll_interval': 0.05}, daemon=True)
+    thread.start()
+    stopper = threading.Timer(60.0, server.shutdown)  # bounded even if the test hangs
+    stopper.daemon = True
+    stopper.start()
+    endpoint = f'http://127.0.0.1:{server.server_address[1]}'
+    # huggingface_hub reads HF_ENDPOINT into constants.ENDPOINT at import; HfApi reads the constant.
+    monkeypatch.setenv('HF_ENDPOINT', endpoint)
+    monkeypatch.setattr(huggingface_hub.constants, 'ENDPOINT', endpoint)
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', False)
+    try:
+        yield endpoint, received
+    finally:
+        stopper.cancel()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_push_to_hub_uploads_the_saved_layout_through_the_real_client(custom_model, saved, fake_hub):
+    endpoint, received = fake_hub
+    url = hub.push_to_hub(custom_model, 'someteam/hbfp-mobile.market1501', RESULTS, private=True,
+                          token='hf_fake_token', commit_message='Add run 7')
+    assert url == f'{endpoint}/someteam/hbfp-mobile.market1501/commit/abc123'
+    assert received['create'] == [{'name': 'hbfp-mobile.market1501', 'organization': 'someteam',
+                                   'visibility': 'private'}]
+    assert received['message'] == ['Add run 7']
+    assert sorted(received['files']) == ['README.md', 'config.json', 'model.safetensors']
+    assert received['files']['model.safetensors'] == (saved / 'model.safetensors').read_bytes()
+    assert json.loads(received['files']['config.json']) == json.loads((saved / 'config.json').read_text())
+    card = received['files']['README.md'].decode()
+    assert card == hub.render_model_card(custom_model, RESULTS, repo_id='someteam/hbfp-mobile.market1501')
+    assert 'timm.create_model("hf-hub:someteam/hbfp-mobile.market1501", pretrained=True)' in card
+    assert all(auth == 'Bearer hf_fake_token' for _, _, auth in received['requests'])
+
+
+# --- CLI ---------------------------------------------------------------------------------------------------
+@pytest.fixture
+def run_dir(custom_model, tmp_path):
+    """A run directory as the trainer writes it: results.json + model.safetensors (classifier dropped)."""
+    run = tmp_path / 'run'
+    run.mkdir()
+    (run / 'results.json').write_text(json.dumps(dict(RESULTS, model_args=dict(RESULTS['model_args'],
+                                                                               pretrained_backbone=True))))
+    safetensors.torch.save_file(custom_model.state_dict(), run / 'model.safetensors')
+    return run
+
+
+def test_cli_save_writes_a_loadable_hub_layout_from_a_run_directory(custom_model, run_dir, tmp_path):
+    out = tmp_path / 'export'
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]))
+    done = subprocess.run([sys.executable, '-m', 'hbfp_timm.hub', 'save', str(run_dir), str(out)],
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert sorted(os.listdir(out)) == ['README.md', 'config.json', 'model.safetensors']
+    config = json.loads((out / 'config.json').read_text())
+    # The trainer's ImageNet initialisation is not replayed when the export is loaded.
+    assert config['model_args']['pretrained_backbone'] is False
+    loaded = timm.create_model(f'local-dir:{out}', pretrained=True)
+    assert torch.equal(_outputs(loaded), _outputs(custom_model))
+    assert _front_matter((out / 'README.md').read_text())['datasets'] == ['market1501']
+
+
+def test_cli_reports_a_missing_run_file_in_one_line(run_dir, tmp_path, capsys):
+    (run_dir / 'results.json').unlink()
+    assert hub.main(['save', str(run_dir), str(tmp_path / 'out')]) == 1
+    error = capsys.readouterr().err.strip()
+    assert '\n' not in error
+    assert error.startswith('python -m hbfp_timm.hub: error: ') and f"{run_dir / 'results.json'}: not found" in error
+    assert not (tmp_path / 'out').exists()
