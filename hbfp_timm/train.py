@@ -119,7 +119,7 @@ class TrainConfig:
     backbone_weights: Optional[str] = None
     device: str = 'auto'
     amp: bool = True
-    workers: int = 4
+    workers: int = min(4, os.cpu_count() or 1)
     seed: int = 0
     eval_every: int = 50
     flip_test: bool = False
@@ -323,6 +323,8 @@ def _build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
         return timm.create_model(cfg.model, num_classes=num_classes, **kwargs)
     except TypeError as exc:
         raise TrainSetupError(f'model_args: {cfg.model} does not accept {sorted(cfg.model_args)} ({exc})') from exc
+    except ValueError as exc:
+        raise TrainSetupError(f'model_args: cannot build {cfg.model} with {cfg.model_args} ({exc})') from exc
     except OSError as exc:
         if kwargs['pretrained_backbone'] and cfg.backbone_weights is None:
             raise TrainSetupError(
@@ -461,7 +463,7 @@ def _train(cfg: TrainConfig, command: List[str], rank: int, world_size: int, loc
     if world_size > 1:
         train_module = nn.parallel.DistributedDataParallel(
             train_module, device_ids=[device.index] if device.type == 'cuda' else None,
-            find_unused_parameters=not (cfg.id_weight and cfg.triplet_weight))
+            find_unused_parameters=cfg.id_weight == 0)  # without the ID loss the classifier gets no gradient
     metadata = {'architecture': cfg.model, 'model_args': json.dumps(cfg.model_args), 'dataset': cfg.dataset}
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -478,6 +480,8 @@ def _train(cfg: TrainConfig, command: List[str], rank: int, world_size: int, loc
         results['history'].append(stats)
 
         if is_main:
+            losses = ', '.join(f'{name} {stats[name]:.4f}' for name in ('loss', 'triplet', 'id') if name in stats)
+            tqdm.write(f'epoch {epoch + 1}/{cfg.epochs}: {losses}, lr {stats["lr"]:.2e}, {stats["time"]:.1f}s')
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                 evaluation = evaluate(model, query_loader, gallery_loader, device, metric=cfg.metric,
                                       flip=cfg.flip_test, amp=use_amp)

@@ -129,6 +129,7 @@ def test_cli_reports_a_missing_data_root(tmp_path, capsys):
     (['--model', 'hbfp_nonexistent'], 'unknown timm model'),
     (['--resume', 'missing_dir/checkpoint.pt'], 'resume'),
     (['--batch-size', '6', '--num-instances', '4'], 'batch_size'),
+    (['--model-arg', "branches=('x',)", '--batch-size', '8', '--num-instances', '2'], 'model_args'),
 ])
 def test_cli_rejects_bad_arguments_with_one_line(data_root, tmp_path, capsys, argv, expected):
     common = ['--dataset', 'market_layout', '--data-root', str(data_root), '--no-pretrained-backbone',
