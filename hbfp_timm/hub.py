@@ -260,9 +260,10 @@ def _check_results(results: Optional[Mapping[str, Any]], arch: str, source: str 
     if not isinstance(results.get('dataset'), str) or not results['dataset']:
         raise ValueError(f"{source}: expected a 'dataset' name such as 'market1501', got {results.get('dataset')!r}")
     metrics = results.get('metrics')
-    if not isinstance(metrics, Mapping):
-        raise ValueError(f"{source}: expected a 'metrics' dict with {', '.join(REQUIRED_METRICS)}, got {metrics!r}")
-    for key in REQUIRED_METRICS + OPTIONAL_METRICS:
+    if metrics is not None and not isinstance(metrics, Mapping):
+        raise ValueError(f"{source}: expected 'metrics' to be a dict with {', '.join(REQUIRED_METRICS)} (or null for "
+                         f'a run never evaluated), got {metrics!r}')
+    for key in (REQUIRED_METRICS + OPTIONAL_METRICS) if metrics is not None else ():
         if key not in metrics and key in OPTIONAL_METRICS:
             continue
         value = metrics.get(key)
@@ -293,6 +294,8 @@ def _card_metadata(arch: str, results: Optional[Dict], name: str) -> Dict[str, A
         return meta
     dataset, metrics = results['dataset'], results['metrics']
     meta['datasets'] = [dataset]
+    if metrics is None:
+        return meta
     meta['model-index'] = [{
         'name': name,
         'results': [{
@@ -314,8 +317,8 @@ def render_model_card(model: nn.Module, results: Optional[Mapping[str, Any]] = N
 
     Args:
         model: The HBFP model being saved (built by ``timm.create_model``).
-        results: The trainer's results (``dataset``, ``metrics`` as fractions, ``img_size``, ``model_args``), or
-            None for weights that were not evaluated.
+        results: The trainer's results (``dataset``, ``metrics`` as fractions or None, ``img_size``,
+            ``model_args``), or None for weights without a recorded run.
         repo_id: The Hub repository the card is for; the usage snippet loads from it (a local folder otherwise).
 
     Returns:
@@ -334,8 +337,8 @@ def render_model_card(model: nn.Module, results: Optional[Mapping[str, Any]] = N
         f'{model.num_features}-d descriptor per image; people are matched by the distance between descriptors.',
         '', '## Results', '',
     ]
-    if results is None:
-        lines.append('These weights come with no evaluation: no results were given when they were saved.')
+    if results is None or results['metrics'] is None:
+        lines.append('These weights come with no evaluation: no metrics were given when they were saved.')
     else:
         dataset, metrics = results['dataset'], results['metrics']
         title = DATASET_TITLES.get(dataset, dataset)
