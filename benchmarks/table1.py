@@ -1,0 +1,29 @@
+"""Table 1 of HBFP-Net, all four columns (Market-1501, DukeMTMC-reID, CUHK03-NP labeled and detected):
+`python -m benchmarks.table1 --data-root DIR --help` (see :mod:`benchmarks.harness`).
+
+With ``--data-root``, every data set must be under it; without it, the data sets found under the default
+roots are run and the others listed, and with none found the synthetic embedded default runs.
+"""
+import sys
+from typing import Optional, Sequence
+
+from .harness import main as harness_main
+from .paper import PAPER_TABLE1
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the four Table 1 benchmarks into one table.
+
+    Args:
+        argv: Command line arguments (None: ``sys.argv[1:]``).
+
+    Returns:
+        The exit code.
+    """
+    return harness_main(argv, prog='python -m benchmarks.table1', report_name='table1',
+                        dataset_names=tuple(PAPER_TABLE1),
+                        description='HBFP-Net on the four data sets of the paper\'s Table 1, side by side with it.')
+
+
+if __name__ == '__main__':
+    sys.exit(main())
