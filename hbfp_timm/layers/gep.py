@@ -9,7 +9,7 @@ representation"), optionally with one learnable weight per threshold ("trainable
 Paper: Liu, Zhang, Yang, "Hierarchical Bi-Directional Feature Perception Network for Person
 Re-Identification", ACM MM 2020, Section 3.3.
 """
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -35,9 +35,14 @@ def _normalisation(values: torch.Tensor, lambdas: torch.Tensor, eps: float) -> T
 
 
 def _keep_mask(values: torch.Tensor, low: torch.Tensor, value_range: torch.Tensor,
-               thresholds: torch.Tensor) -> torch.Tensor:
-    """(R, N, K) float mask, 1 where the min-max normalised value reaches the threshold (Eq. 6)."""
+               thresholds: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(R, N, K) float mask, 1 where the min-max normalised value reaches the threshold (Eq. 6).
+
+    ``out`` (no autograd) receives the comparison directly as floats, saving a pass over a bool mask.
+    """
     normalised = (values - low) / value_range
+    if out is not None:
+        return torch.ge(normalised.unsqueeze(-1), thresholds.unsqueeze(-2), out=out)
     return (normalised.unsqueeze(-1) >= thresholds.unsqueeze(-2)).to(values.dtype)
 
 
@@ -59,10 +64,11 @@ class _GeneralizedPoolFunction(torch.autograd.Function):
     def forward(ctx, values: torch.Tensor, lambdas: torch.Tensor, eps: float) -> torch.Tensor:
         low, value_range, thresholds = _normalisation(values, lambdas, eps)
         starts, size = _row_chunks(values, lambdas.numel())
+        mask = values.new_empty(min(size, values.shape[0]), values.shape[1], lambdas.numel())  # reused
         stats = torch.cat([
             _kept_sums_and_counts(values[s:s + size],
                                   _keep_mask(values[s:s + size], low[s:s + size], value_range[s:s + size],
-                                             thresholds[s:s + size]))
+                                             thresholds[s:s + size], out=mask[:len(values[s:s + size])]))
             for s in starts])
         kept_count = stats[:, 1]
         ctx.save_for_backward(values, low, value_range, thresholds, kept_count)
