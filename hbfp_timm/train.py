@@ -15,6 +15,12 @@ through ``torchrun`` (DistributedDataParallel; each process gets whole PK batche
 * ``model.safetensors``: the final Re-ID descriptor model (classifier dropped), loadable with
   ``timm.create_model(name, num_classes=0, **model_args)``; ``best.safetensors``: the same for the
   evaluation with the best mAP.
+
+Determinism: at the start of every epoch the Python, NumPy and torch generators (augmentation in the main
+process) and the generator that seeds the DataLoader workers (augmentation in workers) are reseeded from
+(seed, epoch, rank), and the PK sampler orders batches from (seed, epoch). An epoch's data therefore depends on
+nothing that came before it, and a run resumed after epoch e on the same device replays epochs e+1... exactly
+(tested on CPU with 0 and 2 workers). The checkpoint also stores the process RNG states and restores them.
 """
 import argparse
 import ast
