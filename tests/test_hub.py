@@ -57,6 +57,12 @@ def custom_model():
 
 
 @pytest.fixture(scope='module')
+def expected(custom_model):
+    """The saved model's descriptors of INPUT, computed once."""
+    return _outputs(custom_model)
+
+
+@pytest.fixture(scope='module')
 def saved(custom_model, tmp_path_factory):
     """The custom model saved once with results, as save_pretrained lays it out."""
     return hub.save_pretrained(custom_model, tmp_path_factory.mktemp('saved'), RESULTS)
@@ -99,33 +105,33 @@ def test_save_pretrained_writes_safetensors_config_and_card_and_no_pickle(saved)
 
 
 def test_hf_hub_name_rebuilds_the_model_with_its_constructor_args_from_the_offline_cache(
-        custom_model, saved, hub_cache):
+        custom_model, expected, saved, hub_cache):
     hub_cache(saved, 'someteam/hbfp-mobile.market1501')
     loaded = timm.create_model('hf-hub:someteam/hbfp-mobile.market1501', pretrained=True)
     assert (loaded.gep_learnable, loaded.gep_lambdas) == (True, (0.0, 0.5, 1.0))
     assert {k: v.shape for k, v in loaded.state_dict().items()} == {k: v.shape for k, v in custom_model.state_dict().items()}
-    assert torch.equal(_outputs(loaded), _outputs(custom_model))
+    assert torch.equal(_outputs(loaded), expected)
     # The comparison can fail: the same architecture without these weights gives other outputs.
-    assert not torch.allclose(_outputs(timm.create_model(ARCH, **CUSTOM_ARGS)), _outputs(custom_model))
+    assert not torch.allclose(_outputs(timm.create_model(ARCH, **CUSTOM_ARGS)), expected)
 
 
-def test_registered_name_with_hub_id_overlay_loads_the_cached_weights(custom_model, saved, hub_cache):
+def test_registered_name_with_hub_id_overlay_loads_the_cached_weights(expected, saved, hub_cache):
     hub_cache(saved, 'someteam/my-run')
     loaded = timm.create_model(ARCH, pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id='someteam/my-run'),
                                **CUSTOM_ARGS)
-    assert torch.equal(_outputs(loaded), _outputs(custom_model))
+    assert torch.equal(_outputs(loaded), expected)
 
 
-def test_local_file_overlay_loads_the_weights(custom_model, saved):
+def test_local_file_overlay_loads_the_weights(expected, saved):
     loaded = timm.create_model(ARCH, pretrained=True, **CUSTOM_ARGS,
                                pretrained_cfg_overlay=dict(file=str(saved / 'model.safetensors')))
-    assert torch.equal(_outputs(loaded), _outputs(custom_model))
+    assert torch.equal(_outputs(loaded), expected)
 
 
-def test_local_dir_source_round_trip(custom_model, saved):
+def test_local_dir_source_round_trip(expected, saved):
     loaded = timm.create_model(f'local-dir:{saved}', pretrained=True)
     assert loaded.gep_lambdas == (0.0, 0.5, 1.0)
-    assert torch.equal(_outputs(loaded), _outputs(custom_model))
+    assert torch.equal(_outputs(loaded), expected)
 
 
 def test_tagged_pretrained_name_reads_its_hub_repository_under_the_namespace(tmp_path, hub_cache):
@@ -324,8 +330,16 @@ class _FakeHub(BaseHTTPRequestHandler):
         return self._reply(404, {'error': f'not part of the fake Hub: POST {self.path}'})
 
     def do_GET(self):  # noqa: N802
-        self.received['requests'].append(('GET', self.path, self.headers.get('Authorization')))
-        self._reply(404, {'error': f'not part of the fake Hub: GET {self.path}'})
+        self.received['requests'].append((self.command, self.path, self.headers.get('Authorization')))
+        # No repository exists on this Hub except through commits: file lookups answer as huggingface.co does.
+        data = json.dumps({'error': 'Repository not found'}).encode()
+        self.send_response(404)
+        self.send_header('X-Error-Code', 'RepoNotFound')
+        self.send_header('Content-Type', 'application/json')
+        self.send_header('Content-Length', str(len(data)))
+        self.end_headers()
+        if self.command == 'GET':
+            self.wfile.write(data)
 
     do_HEAD = do_GET
 
@@ -344,6 +358,8 @@ def fake_hub(monkeypatch):
     # huggingface_hub reads HF_ENDPOINT into constants.ENDPOINT at import; HfApi reads the constant.
     monkeypatch.setenv('HF_ENDPOINT', endpoint)
     monkeypatch.setattr(huggingface_hub.constants, 'ENDPOINT', endpoint)
+    monkeypatch.setattr(huggingface_hub.constants, 'HUGGINGFACE_CO_URL_TEMPLATE',
+                        endpoint + '/{repo_id}/resolve/{revision}/{filename}')
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', False)
     try:
         yield endpoint, received
@@ -368,7 +384,11 @@ def test_push_to_hub_uploads_the_saved_layout_through_the_real_client(custom_mod
     card = received['files']['README.md'].decode()
     assert card == hub.render_model_card(custom_model, RESULTS, repo_id='someteam/hbfp-mobile.market1501')
     assert 'timm.create_model("hf-hub:someteam/hbfp-mobile.market1501", pretrained=True)' in card
-    assert all(auth == 'Bearer hf_fake_token' for _, _, auth in received['requests'])
+    posts = [(path, auth) for method, path, auth in received['requests'] if method == 'POST']
+    repo_api = '/api/models/someteam/hbfp-mobile.market1501'
+    assert [path for path, _ in posts] == ['/api/repos/create', '/api/validate-yaml', f'{repo_api}/preupload/main',
+                                           f'{repo_api}/commit/main']
+    assert all(auth == 'Bearer hf_fake_token' for _, auth in posts)
 
 
 # --- CLI ---------------------------------------------------------------------------------------------------
@@ -383,7 +403,7 @@ def run_dir(custom_model, tmp_path):
     return run
 
 
-def test_cli_save_writes_a_loadable_hub_layout_from_a_run_directory(custom_model, run_dir, tmp_path):
+def test_cli_save_writes_a_loadable_hub_layout_from_a_run_directory(expected, run_dir, tmp_path):
     out = tmp_path / 'export'
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]))
     done = subprocess.run([sys.executable, '-m', 'hbfp_timm.hub', 'save', str(run_dir), str(out)],
@@ -394,7 +414,7 @@ def test_cli_save_writes_a_loadable_hub_layout_from_a_run_directory(custom_model
     # The trainer's ImageNet initialisation is not replayed when the export is loaded.
     assert config['model_args']['pretrained_backbone'] is False
     loaded = timm.create_model(f'local-dir:{out}', pretrained=True)
-    assert torch.equal(_outputs(loaded), _outputs(custom_model))
+    assert torch.equal(_outputs(loaded), expected)
     assert _front_matter((out / 'README.md').read_text())['datasets'] == ['market1501']
 
 
@@ -405,3 +425,16 @@ def test_cli_reports_a_missing_run_file_in_one_line(run_dir, tmp_path, capsys):
     assert '\n' not in error
     assert error.startswith('python -m hbfp_timm.hub: error: ') and f"{run_dir / 'results.json'}: not found" in error
     assert not (tmp_path / 'out').exists()
+
+
+def test_missing_hub_repository_online_is_the_same_clear_error(hub_cache, fake_hub):
+    """Online, the Hub answers 404 RepoNotFound for the tag's repository (the fake Hub knows no repository)."""
+    endpoint, received = fake_hub
+    with pytest.raises(hub.WeightsNotFoundError) as info:
+        timm.create_model('hbfp_resnet50.market1501', pretrained=True)
+    message = str(info.value)
+    assert '\n' not in message and info.value.__suppress_context__
+    assert message.startswith(f"hbfp_resnet50.market1501: no pretrained weights could be loaded because the Hub "
+                              f"repository '{hbfp_models.HUB_NAMESPACE}/hbfp_resnet50.market1501' does not exist")
+    assert any(path.startswith(f'/{hbfp_models.HUB_NAMESPACE}/hbfp_resnet50.market1501/resolve/main/model.safetensors')
+               for _, path, _ in received['requests'])
