@@ -611,7 +611,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help='HBFPNet constructor argument, value parsed as a Python literal (repeatable), '
                             'e.g. --model-arg "gep_lambdas=(0, 1)" --model-arg hierarchical=False')
     model.add_argument('--no-pretrained-backbone', dest='pretrained_backbone', action='store_false',
-                       help='start the backbone from random weights instead of timm\'s ImageNet weights')
+                       help='start the backbone from random weights instead of timm\'s ImageNet weights '
+                            '(pretrained_backbone=%(default)s)')
     model.add_argument('--backbone-weights', default=d.backbone_weights, metavar='FILE',
                        help='local ImageNet weights file for the backbone (offline machines)')
 
@@ -632,7 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = parser.add_argument_group('run')
     run.add_argument('--device', default=d.device, help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:N'")
-    run.add_argument('--no-amp', dest='amp', action='store_false', help='disable mixed precision on CUDA')
+    run.add_argument('--no-amp', dest='amp', action='store_false', help='disable mixed precision on CUDA (amp=%(default)s)')
     run.add_argument('--seed', type=int, default=d.seed, help='random seed')
     run.add_argument('--eval-every', type=_positive_int, default=d.eval_every,
                      help='evaluate every N epochs (and after the last)')
