@@ -46,7 +46,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .data import DATASET_NAMES, ImageDataset, RandomIdentitySampler, build_dataset
+from .data import DATASET_NAMES, RandomIdentitySampler, build_dataset, make_dataloaders
 from .data.transforms import build_test_transform, build_train_transform
 from .engine import evaluate
 from .losses import HBFPLoss
@@ -346,22 +346,12 @@ def _build_loaders(cfg: TrainConfig, dataset, rank: int, world_size: int):
         cutout_prob=cfg.cutout_prob)
     test_transform = build_test_transform(tuple(cfg.img_size))
     try:
-        sampler = RandomIdentitySampler([pid for _, pid, _ in dataset.train], num_instances=cfg.num_instances,
-                                        batch_size=cfg.batch_size, seed=cfg.seed, num_replicas=world_size,
-                                        rank=rank)
+        return make_dataloaders(
+            dataset, p=cfg.batch_size // cfg.num_instances, k=cfg.num_instances, batch_size_test=cfg.test_batch_size,
+            workers=cfg.workers, seed=cfg.seed, num_replicas=world_size, rank=rank,
+            train_transform=train_transform, test_transform=test_transform)
     except ValueError as exc:
         raise TrainSetupError(f'{cfg.dataset} at {cfg.data_root}: {exc}') from exc
-    pin_memory = torch.cuda.is_available()
-    # Workers are not persistent and draw their seeds from a generator reseeded every epoch, so each epoch's
-    # augmentation depends only on (seed, epoch, rank): a resumed run replays it exactly.
-    train_loader = DataLoader(ImageDataset(dataset.train, train_transform), batch_size=cfg.batch_size,
-                              sampler=sampler, drop_last=True, num_workers=cfg.workers, pin_memory=pin_memory,
-                              generator=torch.Generator())
-    query_loader, gallery_loader = (
-        DataLoader(ImageDataset(items, test_transform), batch_size=cfg.test_batch_size, shuffle=False,
-                   num_workers=cfg.workers, pin_memory=pin_memory)
-        for items in (dataset.query, dataset.gallery))
-    return train_loader, query_loader, gallery_loader
 
 
 def _load_checkpoint(path_or_dir: str, model_name: str) -> Dict[str, Any]:
