@@ -116,7 +116,8 @@ def draw_cmc_curves(
         y = y_of(percent / 100)
         draw.line([(left, y), (left + plot_w, y)], fill=(225, 225, 225))
         draw.text((left - 30, y - 6), f'{percent:>3d}', fill='black', font=font)
-    ticks = sorted({1, max_rank, *range(5, max_rank + 1, 5 if max_rank <= 20 else 10)})
+    step = 5 if max_rank <= 20 else 10
+    ticks = sorted({1, max_rank, *range(step, max_rank + 1, step)} | ({5} if max_rank >= 5 else set()))
     for rank in ticks:
         x = x_of(rank)
         draw.line([(x, top + plot_h), (x, top + plot_h + 5)], fill='black')

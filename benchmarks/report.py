@@ -6,6 +6,7 @@ A benchmark result is a plain dict (the content of ``results.json``). The part t
       "synthetic": false,                      # true: rows are labelled "not comparable with the paper"
       "entries": [                             # one per data set (Table 1) or configuration (Tables 2-3)
         {"title": "Market-1501",
+         "paper_title": "Market-1501",                   # optional: first cell of the paper row (default title)
          "paper": {"rank1": 95.8, "mAP": 89.8},          # percent, only what the paper prints
          "runs": [{"label": "hbfp_resnet50, checkpoint",
                    "metrics": {"rank1": .., "rank5": .., "rank10": .., "mAP": ..},   # percent
@@ -64,7 +65,8 @@ def comparison_table(results: Mapping[str, Any], first_column: str = 'Data set')
     for entry in results['entries']:
         title, paper = entry['title'], entry.get('paper') or {}
         if paper:
-            lines.append(_row(title, 'paper' + (' (real data set)' if synthetic else ''), paper))
+            lines.append(_row(entry.get('paper_title', title), 'paper' + (' (real data set)' if synthetic else ''),
+                              paper))
         for run in entry['runs']:
             label = f"ours: {run['label']}" + (f' ({SYNTHETIC_LABEL})' if synthetic else '')
             lines.append(_row(title, label, run['metrics']))

@@ -15,7 +15,8 @@ from benchmarks.paper import PAPER_TABLE1
 from benchmarks.report import comparison_table
 from hbfp_timm.synthetic import generate_synthetic_dataset
 
-TINY_PRESET = dict(harness.SYNTHETIC_PRESET, num_ids=12, num_cams=3, images_per_id=6, img_size=(64, 32))
+TINY_PRESET = dict(harness.SYNTHETIC_PRESET, num_ids=12, num_cams=3, images_per_id=6, img_size=(64, 32),
+                   image_size=(64, 32))
 TINY_FLAGS = ['--epochs', '1', '--max-steps-per-epoch', '2', '--batch-size', '8', '--num-instances', '4',
               '--device', 'cpu', '--workers', '0']
 
@@ -24,7 +25,8 @@ def _results(synthetic, reranked=None):
     return {
         'synthetic': synthetic,
         'entries': [{
-            'title': 'Market-1501',
+            'title': 'synthetic Market layout' if synthetic else 'Market-1501',
+            'paper_title': 'Market-1501',
             'paper': {'rank1': 95.8, 'mAP': 89.8},
             'runs': [{'label': 'hbfp_resnet50, checkpoint',
                       'metrics': {'rank1': 93.25, 'rank5': 97.5, 'rank10': 98.04, 'mAP': 90.0},
@@ -57,7 +59,7 @@ def test_comparison_table_on_synthetic_data_labels_rows_and_omits_differences():
         '| Configuration | Row | Rank-1 | Rank-5 | Rank-10 | mAP |',
         '|---|---|---:|---:|---:|---:|',
         '| Market-1501 | paper (real data set) | 95.8 | – | – | 89.8 |',
-        '| Market-1501 | ours: hbfp_resnet50, checkpoint (synthetic — not comparable with the paper) '
+        '| synthetic Market layout | ours: hbfp_resnet50, checkpoint (synthetic — not comparable with the paper) '
         '| 93.2 | 97.5 | 98.0 | 90.0 |',
     ])
 
@@ -133,7 +135,7 @@ def test_pretrained_without_published_weights_fails_in_one_line(tiny_market, tmp
                         '--output', str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and err.count('\n') == 1
-    assert err.startswith('error: --pretrained hbfp_resnet18: ') and 'No pretrained weights' in err
+    assert err.startswith('error: --pretrained hbfp_resnet18: ') and 'no pretrained' in err.lower()
 
 
 def test_embedded_default_trains_evaluates_and_writes_table_json_and_pictures(
@@ -199,7 +201,9 @@ def test_ablation_rows_map_to_the_model_configurations_the_paper_describes():
         assert model.hierarchical is hierarchical and type(model.global_pool).__name__ == pool
     assert rows['gep035'].model_args['gep_lambdas'] == (0.0, 0.3, 0.5)
     assert rows['baseline'].train_overrides == {'id_weight': 0.0, 'cutout_prob': 0.0}
-    assert rows['ls'].train_overrides['cutout_prob'] == 0.0 and rows['cutout'].train_overrides == {}
+    assert rows['ls'].train_overrides == {'id_weight': 1.0, 'label_smoothing': 0.3, 'cutout_prob': 0.0}
+    assert all(row.train_overrides == {'id_weight': 1.0, 'label_smoothing': 0.3, 'cutout_prob': 0.5}
+               for row in ablation.ABLATION_ROWS[2:])
     assert [row.key for row in ablation.select_rows('table3,hbfp')] == ['hbfp', 'gep0', 'gep03', 'gep035',
                                                                          'gep0357', 'gep03571']
 
