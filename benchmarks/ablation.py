@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from .harness import (
-    SYNTHETIC_PRESET, BenchmarkError, Run, add_common_arguments, create_model, evaluate_runs, exact_command,
+    BenchmarkError, Run, add_common_arguments, create_model, evaluate_runs, exact_command,
     find_datasets, guarded, load_weights, prepare_synthetic, resolve_settings, seed_everything, train_model,
     write_outputs, _no_data_notice, _root_of,
 )
