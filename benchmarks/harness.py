@@ -537,8 +537,8 @@ def build_parser(prog: str, description: str, cuhk03_split: bool = False) -> arg
     Returns:
         The parser.
     """
-    parser = argparse.ArgumentParser(prog=prog, description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog=prog, description=description + ' Without a mode, a found data set is '
+                                     'evaluated with --pretrained and the synthetic embedded default with --train.')
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument('--checkpoint', default=None, metavar='FILE', help='evaluate this safetensors file')
     mode.add_argument('--pretrained', action='store_true', help="evaluate the Hub weights of --model")
