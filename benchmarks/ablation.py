@@ -176,7 +176,7 @@ def run_ablation(args: argparse.Namespace, argv: Sequence[str]) -> Dict[str, Any
     settings = resolve_settings(args, synthetic)
     output.mkdir(parents=True, exist_ok=True)
     if synthetic:
-        print(_no_data_notice(missing, prog), flush=True)
+        print(_no_data_notice(missing, prog, modes=' each row trains with the paper\'s recipe.'), flush=True)
         print(f'Running the ablations on synthetic data instead ({SYNTHETIC_LABEL}): {settings.model}, '
               f'{settings.epochs} epochs per row, {len(rows)} rows', flush=True)
         dataset, reader, root = prepare_synthetic(output / 'synthetic', args.seed), 'market_layout', output / 'synthetic'

@@ -253,13 +253,14 @@ def prepare_synthetic(folder: Path, seed: int) -> ReIDDataset:
     return build_dataset('market_layout', folder)
 
 
-def _no_data_notice(missing: Dict[str, str], prog: str) -> str:
+def _no_data_notice(missing: Dict[str, str], prog: str,
+                    modes: str = " add --train to train with the paper's recipe or --checkpoint FILE to evaluate "
+                                 "weights.") -> str:
     lines = []
     for name, error in missing.items():
         lines.append(f'No {DATASET_TITLES.get(name, name)} data set found (no --data-root given; looked under '
                      f'${DATA_ROOT_ENV} and ~/data): {error}')
-    lines.append(f'To benchmark the real data set: {prog} --data-root DIR (or set ${DATA_ROOT_ENV}); '
-                 'add --train to train with the paper\'s recipe or --checkpoint FILE to evaluate weights.')
+    lines.append(f'To benchmark the real data set: {prog} --data-root DIR (or set ${DATA_ROOT_ENV});{modes}')
     return '\n'.join(lines)
 
 
