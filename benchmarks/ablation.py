@@ -53,7 +53,7 @@ from .harness import (
     find_datasets, guarded, load_weights, prepare_synthetic, resolve_settings, seed_everything, train_model,
     write_outputs, _no_data_notice, _root_of,
 )
-from .paper import PAPER_CITATION, PAPER_TABLE2, PAPER_TABLE3
+from hbfp_timm.paper import PAPER_CITATION, PAPER_TABLE2, PAPER_TABLE3
 from .report import SYNTHETIC_LABEL, library_versions
 
 __all__ = ['AblationRow', 'ABLATION_ROWS', 'select_rows', 'main']

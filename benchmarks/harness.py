@@ -53,7 +53,7 @@ from hbfp_timm.hub import load_checkpoint
 from hbfp_timm.metrics import compute_distance_matrix, evaluate_rank, re_ranking
 
 from .figures import draw_cmc_curves, draw_ranked_lists
-from .paper import DATASET_TITLES, PAPER_CITATION, PAPER_TABLE1
+from hbfp_timm.paper import DATASET_TITLES, PAPER_CITATION, PAPER_TABLE1
 from .report import SYNTHETIC_LABEL, library_versions, render_report, sha256_file
 
 __all__ = [

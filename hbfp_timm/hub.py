@@ -36,7 +36,7 @@ from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, OfflineMo
     RepositoryNotFoundError, RevisionNotFoundError
 from timm.models import load_state_dict, resolve_pretrained_cfg, save_for_hf
 
-from benchmarks.paper import DATASET_TITLES, PAPER_TABLE1
+from .paper import DATASET_TITLES, PAPER_TABLE1
 
 __all__ = [
     'WEIGHTS_NAME', 'RESULTS_NAME', 'WeightsNotFoundError', 'CheckpointMismatchError', 'save_pretrained',

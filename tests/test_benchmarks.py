@@ -11,7 +11,7 @@ from PIL import Image
 import hbfp_timm  # noqa: F401  (registers the models)
 from benchmarks import ablation, harness, market
 from benchmarks.figures import MATCH_COLOUR, MISMATCH_COLOUR, draw_cmc_curves, draw_ranked_lists
-from benchmarks.paper import PAPER_TABLE1
+from hbfp_timm.paper import PAPER_TABLE1
 from benchmarks.report import comparison_table
 from hbfp_timm.synthetic import generate_synthetic_dataset
 
