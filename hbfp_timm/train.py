@@ -95,6 +95,8 @@ class TrainConfig:
         workers: Data loading processes.
         seed: Seed of model initialisation, PK sampling and augmentation.
         eval_every: Evaluate on query/gallery every this many epochs (and always after the last).
+        checkpoint_every: Write the resumable checkpoint every this many epochs (and always after the last);
+            it holds the model and Adam's moments (about 3x the weights), so short CPU runs write it rarely.
         flip_test: Average test descriptors with those of mirrored images (the paper does not).
         metric: Distance between descriptors at test time, ``'euclidean'`` or ``'cosine'``.
         test_batch_size: Batch size of feature extraction.
@@ -128,6 +130,7 @@ class TrainConfig:
     workers: int = min(4, os.cpu_count() or 1)
     seed: int = 0
     eval_every: int = 50
+    checkpoint_every: int = 1
     flip_test: bool = False
     metric: str = 'euclidean'
     test_batch_size: int = 128
@@ -279,6 +282,7 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.weight_decay >= 0, f'weight_decay: expected >= 0, got {cfg.weight_decay}'),
         (cfg.workers >= 0, f'workers: expected >= 0, got {cfg.workers}'),
         (cfg.eval_every >= 1, f'eval_every: expected >= 1, got {cfg.eval_every}'),
+        (cfg.checkpoint_every >= 1, f'checkpoint_every: expected >= 1, got {cfg.checkpoint_every}'),
         (cfg.test_batch_size >= 1, f'test_batch_size: expected >= 1, got {cfg.test_batch_size}'),
         (cfg.metric in ('euclidean', 'cosine'), f"metric: expected 'euclidean' or 'cosine', got {cfg.metric!r}"),
         (cfg.max_steps_per_epoch is None or cfg.max_steps_per_epoch >= 1,
@@ -491,13 +495,13 @@ def _train(cfg: TrainConfig, command: List[str], rank: int, world_size: int, loc
                     results['best'] = entry
                     _save_descriptor_model(model, output / BEST_MODEL_NAME, {**metadata, 'epoch': str(epoch + 1)})
                 tqdm.write(f'epoch {epoch + 1}: rank-1 {entry["rank1"]:.2%}  mAP {entry["mAP"]:.2%}')
-            state = {
-                'model_name': cfg.model, 'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
-                'scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict(), 'epoch': epoch + 1,
-                'sampler_epoch': sampler.epoch, 'rng': _rng_states(), 'config': json.dumps(asdict(cfg)),
-                'results': json.dumps(results),
-            }
-            _atomic_write(output / CHECKPOINT_NAME, lambda tmp_name: torch.save(state, tmp_name))
+            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+                _save_checkpoint(output / CHECKPOINT_NAME, {
+                    'model_name': cfg.model, 'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
+                    'scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict(), 'epoch': epoch + 1,
+                    'sampler_epoch': sampler.epoch, 'rng': _rng_states(), 'config': json.dumps(asdict(cfg)),
+                    'results': json.dumps(results),
+                })
             _write_json(output / RESULTS_NAME, results)
         if world_size > 1:
             dist.barrier()
@@ -505,6 +509,10 @@ def _train(cfg: TrainConfig, command: List[str], rank: int, world_size: int, loc
     if is_main:
         _save_descriptor_model(model, output / MODEL_NAME, {**metadata, 'epoch': str(cfg.epochs)})
     return results
+
+
+def _save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
+    _atomic_write(path, lambda tmp_name: torch.save(state, tmp_name))
 
 
 def _train_one_epoch(
@@ -627,6 +635,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument('--seed', type=int, default=d.seed, help='random seed')
     run.add_argument('--eval-every', type=_positive_int, default=d.eval_every,
                      help='evaluate every N epochs (and after the last)')
+    run.add_argument('--checkpoint-every', type=_positive_int, default=d.checkpoint_every,
+                     help='write the resumable checkpoint every N epochs (and after the last)')
     run.add_argument('--flip-test', action='store_true', help='average test descriptors with mirrored images')
     run.add_argument('--metric', default=d.metric, choices=('euclidean', 'cosine'), help='test distance')
     run.add_argument('--test-batch-size', type=_positive_int, default=d.test_batch_size,
