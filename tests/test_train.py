@@ -95,6 +95,18 @@ def test_resume_gives_the_same_weights_as_a_straight_run(data_root, tmp_path, wo
     assert resumed['resumed_from'][0]['epoch'] == 1
 
 
+def test_checkpoint_is_written_every_n_epochs_and_after_the_last(data_root, tmp_path, monkeypatch):
+    import hbfp_timm.train as train_module
+    written = []
+    real_save = train_module._save_checkpoint
+    monkeypatch.setattr(train_module, '_save_checkpoint',
+                        lambda path, state: (written.append(state['epoch']), real_save(path, state)))
+    train(_config(data_root, tmp_path / 'run', epochs=3, max_steps_per_epoch=1, eval_every=5, checkpoint_every=2),
+          command=['test'])
+    assert written == [2, 3]
+    assert torch.load(tmp_path / 'run' / 'checkpoint.pt', weights_only=True)['epoch'] == 3
+
+
 def test_lr_is_constant_then_decays_exponentially_to_the_final_factor():
     factor = ConstantThenExponentialDecay(constant_epochs=200, total_epochs=500, final_factor=1e-3)
     assert factor(0) == factor(199) == factor(200) == 1.0
