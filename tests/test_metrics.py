@@ -111,11 +111,108 @@ def test_vectorised_equals_reference_loop(num_q, num_g, dtype, tie_levels, max_r
     fast = evaluate_rank_detailed(*case, max_rank=max_rank, chunk_size=chunk_size)
     reference = evaluate_rank_reference(*case, max_rank=max_rank)
     assert reference.num_skipped > 0  # the random case exercises skipping
-    np.testing.assert_array_equal(fast.valid_mask, reference.valid_mask)
-    np.testing.assert_allclose(fast.cmc, reference.cmc, atol=1e-6)
-    np.testing.assert_allclose(fast.all_AP, reference.all_AP, atol=1e-6)
-    assert fast.mAP == pytest.approx(reference.mAP, abs=1e-6)
+    _assert_same_result(fast, reference)
     assert fast.cmc.shape == (max_rank,)
+
+
+def _assert_same_result(fast, reference):
+    np.testing.assert_array_equal(fast.valid_mask, reference.valid_mask)
+    np.testing.assert_allclose(fast.cmc, reference.cmc, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(fast.all_AP, reference.all_AP, rtol=0, atol=1e-9)
+    assert fast.mAP == pytest.approx(reference.mAP, abs=1e-9)
+
+
+def test_ties_with_negatives_on_both_sides_of_the_match():
+    # All at the same distance: the gallery index decides. Kept order: neg(0), match(1), removed, neg(3), match(4).
+    result = _single_query([0.5] * 5, g_pids=[2, 1, 1, 3, 1], g_camids=[1, 1, 0, 1, 2])
+    assert result.cmc[0] == 0 and result.cmc[1] == 1
+    assert result.mAP == pytest.approx((1 / 2 + 2 / 4) / 2)
+
+
+def test_tie_between_match_and_removed_entry_does_not_count_the_removed_one():
+    result = _single_query([0.3, 0.3, 0.3, 0.1], g_pids=[1, 1, 2, 3], g_camids=[0, 1, 1, 1])
+    # Ranked: pid3 (0.1), removed (0.3, idx 0), match (0.3, idx 1), pid2 -> match at kept rank 2.
+    np.testing.assert_allclose(result.cmc[:2], [0, 1])
+    assert result.mAP == pytest.approx(1 / 2)
+
+
+def test_query_whose_only_matches_share_its_camera_is_skipped_among_valid_ones():
+    distmat = np.array([[0.1, 0.2, 0.3, 0.4], [0.4, 0.3, 0.2, 0.1]], dtype=np.float32)
+    q_pids, q_camids = np.array([1, 2]), np.array([0, 0])
+    g_pids, g_camids = np.array([2, 2, 1, -1]), np.array([0, 0, 1, 1])  # both images of pid 2 in camera 0
+    result = evaluate_rank_detailed(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=3)
+    np.testing.assert_array_equal(result.valid_mask, [True, False])
+    assert result.num_skipped == 1
+    np.testing.assert_allclose(result.cmc, [0, 0, 1])  # pid 2 entries are negatives for query 1; junk ignored
+    assert result.mAP == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize('tie_levels', [None, 3])
+def test_many_matches_per_query_and_uneven_match_counts_equal_reference(tie_levels):
+    rng = np.random.default_rng(7)
+    num_q, num_g = 12, 400
+    q_pids = np.array([1, 1, 2, 2, 3, 4, 5, 6, 7, 8, 0, 9])  # pid 0: a distractor used as query
+    g_pids = np.concatenate([np.ones(150, int), np.full(60, 2), np.full(3, 3), rng.integers(4, 9, 87),
+                             np.zeros(80, int), np.full(20, -1)])
+    rng.shuffle(g_pids)
+    q_camids, g_camids = rng.integers(0, 3, num_q), rng.integers(0, 3, num_g)
+    if tie_levels is None:
+        distmat = rng.random((num_q, num_g), dtype=np.float32)
+    else:
+        distmat = rng.integers(0, tie_levels, (num_q, num_g)).astype(np.float32)
+    fast = evaluate_rank_detailed(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=20, chunk_size=5)
+    _assert_same_result(fast, evaluate_rank_reference(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=20))
+    assert fast.num_skipped == 1  # pid 9 has no gallery image
+
+
+def test_rows_of_only_distractors_and_junk_are_skipped():
+    distmat = np.array([[0.2, 0.1, 0.3], [0.3, 0.2, 0.1]], dtype=np.float32)
+    result = evaluate_rank_detailed(distmat, np.array([1, 2]), np.array([0, -1, 1]), np.array([0, 0]),
+                                    np.array([1, 1, 1]), max_rank=3)
+    np.testing.assert_array_equal(result.valid_mask, [True, False])
+    np.testing.assert_allclose(result.cmc, [0, 1, 1])  # junk at 0.1 ignored, distractor at 0.2 ranks first
+
+
+@pytest.mark.parametrize('dtype', [np.float16, np.float64, np.longdouble])
+def test_other_float_dtypes_equal_reference(dtype):
+    rng = np.random.default_rng(11)
+    case = _random_protocol_case(rng, 30, 90, num_ids=8, num_cams=3, dtype=dtype)
+    _assert_same_result(evaluate_rank_detailed(*case, max_rank=10, chunk_size=4),
+                        evaluate_rank_reference(*case, max_rank=10))
+
+
+def test_infinite_distances_and_signed_zeros_rank_like_a_stable_argsort():
+    rng = np.random.default_rng(5)
+    case = list(_random_protocol_case(rng, 25, 80, num_ids=6, num_cams=3, dtype=np.float32))
+    choices = np.array([np.inf, -np.inf, 0.0, -0.0, 1.0], dtype=np.float32)
+    case[0] = choices[rng.integers(0, len(choices), case[0].shape)]
+    _assert_same_result(evaluate_rank_detailed(*case, max_rank=10, chunk_size=3),
+                        evaluate_rank_reference(*case, max_rank=10))
+
+
+def test_result_does_not_depend_on_thread_count():
+    rng = np.random.default_rng(9)
+    case = _random_protocol_case(rng, 70, 150, num_ids=10, num_cams=3, dtype=np.float32, tie_levels=5)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = evaluate_rank_detailed(*case, chunk_size=4)
+        torch.set_num_threads(2)
+        several = evaluate_rank_detailed(*case, chunk_size=4)
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(single.all_AP, several.all_AP)
+    np.testing.assert_array_equal(single.cmc, several.cmc)
+
+
+@pytest.mark.parametrize('nan_at', ['ranked row', 'junk column', 'skipped row'])
+def test_nan_anywhere_is_an_error(nan_at):
+    distmat = np.array([[0.1, 0.2, 0.3], [0.3, 0.2, 0.1]], dtype=np.float32)
+    row, column = {'ranked row': (0, 1), 'junk column': (0, 2), 'skipped row': (1, 0)}[nan_at]
+    distmat[row, column] = np.nan
+    with pytest.raises(ValueError, match='NaN'):
+        evaluate_rank_detailed(distmat, np.array([1, 5]), np.array([1, 2, -1]), np.array([0, 0]),
+                               np.array([1, 1, 1]))
 
 
 def test_accepts_torch_tensors():
