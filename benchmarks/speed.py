@@ -271,7 +271,7 @@ def layer_costs(model: hbfp_timm.HBFPNet, batch_size: int, img_size: Tuple[int, 
         'batch_size': batch_size,
         'map_shapes': {'low': list(low.shape), 'mid': list(mid.shape), 'high': list(high.shape),
                        'gep_input': list(features.shape)},
-        'lambdas': model.global_pool.lambdas.tolist() if hasattr(model.global_pool, 'lambdas') else None,
+        'lambdas': [round(v, 4) for v in model.global_pool.lambdas.tolist()] if hasattr(model.global_pool, 'lambdas') else None,
         'seconds': times,
         'median_seconds': median,
         'share_of_forward': {name: median_ratio(t, times['forward']) for name, t in times.items()
