@@ -358,19 +358,20 @@ def _build_loaders(cfg: TrainConfig, dataset, rank: int, world_size: int):
         raise TrainSetupError(f'{cfg.dataset} at {cfg.data_root}: {exc}') from exc
 
 
-def _load_checkpoint(path_or_dir: str, model_name: str) -> Dict[str, Any]:
+def _load_checkpoint(path_or_dir: str, model_name: Optional[str] = None) -> Dict[str, Any]:
+    """Read a checkpoint written by :func:`train` (memory-mapped), checking its model name when given."""
     path = Path(path_or_dir).expanduser()
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise TrainSetupError(f'resume: {path} does not exist (expected {CHECKPOINT_NAME} or the folder holding it)')
     try:
-        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+        checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
     except Exception as exc:  # unpickling reports many error types; all mean "not our checkpoint"
         raise TrainSetupError(f'resume: cannot read {path} as a training checkpoint ({exc})') from exc
     if not isinstance(checkpoint, dict) or 'model' not in checkpoint or 'epoch' not in checkpoint:
         raise TrainSetupError(f'resume: {path} is not a checkpoint written by hbfp_timm.train')
-    if checkpoint.get('model_name') != model_name:
+    if model_name is not None and checkpoint.get('model_name') != model_name:
         raise TrainSetupError(f'resume: {path} holds a {checkpoint.get("model_name")!r} model, not {model_name!r}')
     return checkpoint
 
@@ -662,11 +663,25 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = vars(parser.parse_args(argv))
     args['model_args'] = dict(args.pop('model_arg'))
     args['img_size'] = tuple(args['img_size'])
-    cfg = TrainConfig(**args)
     try:
-        return train(cfg, command=['python', '-m', 'hbfp_timm.train', *argv])
+        if args['resume']:
+            # A resumed run keeps its own configuration; flags given on this command line override it.
+            saved = json.loads(_load_checkpoint(args['resume'])['config'])
+            given = _given_arguments(argv)
+            args = {**saved, **{key: value for key, value in args.items() if key in given}}
+            args['img_size'] = tuple(args['img_size'])
+        return train(TrainConfig(**args), command=['python', '-m', 'hbfp_timm.train', *argv])
     except TrainSetupError as exc:
         parser.exit(2, f'{parser.prog}: error: {exc}\n')
+
+
+def _given_arguments(argv: Sequence[str]) -> set:
+    """``TrainConfig`` field names of the options present on the command line (not left at their default)."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    given = set(vars(parser.parse_args(argv)))
+    return {'model_args' if name == 'model_arg' else name for name in given} | {'resume'}
 
 
 if __name__ == '__main__':

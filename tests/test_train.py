@@ -95,6 +95,18 @@ def test_resume_gives_the_same_weights_as_a_straight_run(data_root, tmp_path, wo
     assert resumed['resumed_from'][0]['epoch'] == 1
 
 
+def test_cli_resume_keeps_the_run_configuration_and_takes_new_flags(data_root, tmp_path):
+    run = tmp_path / 'run'
+    main(['--dataset', 'market_layout', '--data-root', str(data_root), '--model', 'hbfp_resnet18',
+          '--img-size', str(IMG_SIZE[0]), str(IMG_SIZE[1]), '--batch-size', '8', '--num-instances', '2',
+          '--epochs', '1', '--max-steps-per-epoch', '1', '--no-pretrained-backbone', '--workers', '0',
+          '--eval-every', '5', '--lr', '0.001', '--output', str(run)])
+    resumed = main(['--resume', str(run), '--epochs', '2'])
+    assert [h['epoch'] for h in resumed['history']] == [1, 2]
+    assert resumed['config']['data_root'] == str(data_root) and resumed['config']['lr'] == 0.001
+    assert resumed['config']['epochs'] == 2 and tuple(resumed['config']['img_size']) == IMG_SIZE
+
+
 def test_checkpoint_is_written_every_n_epochs_and_after_the_last(data_root, tmp_path, monkeypatch):
     import hbfp_timm.train as train_module
     written = []
