@@ -418,6 +418,17 @@ def test_cli_save_writes_a_loadable_hub_layout_from_a_run_directory(expected, ru
     assert _front_matter((out / 'README.md').read_text())['datasets'] == ['market1501']
 
 
+def test_cli_push_uploads_a_run_directory(run_dir, fake_hub, capsys):
+    endpoint, received = fake_hub
+    assert hub.main(['push', str(run_dir), '--repo-id', 'someteam/run7', '--token', 'hf_fake_token']) == 0
+    assert sorted(received['files']) == ['README.md', 'config.json', 'model.safetensors']
+    assert received['files']['model.safetensors'] == (run_dir / 'model.safetensors').read_bytes()
+    config = json.loads(received['files']['config.json'])
+    assert config['architecture'] == ARCH and config['model_args']['pretrained_backbone'] is False
+    assert 'value: 81.25' in received['files']['README.md'].decode()
+    assert f'{endpoint}/someteam/run7/commit/abc123' in capsys.readouterr().out
+
+
 def test_cli_reports_a_missing_run_file_in_one_line(run_dir, tmp_path, capsys):
     (run_dir / 'results.json').unlink()
     assert hub.main(['save', str(run_dir), str(tmp_path / 'out')]) == 1
