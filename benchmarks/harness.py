@@ -46,7 +46,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-import hbfp_timm
+import hbfp_timm  # noqa: F401  (registers the hbfp_* models with timm)
 from hbfp_timm.data import ImageDataset, ReIDDataset, build_dataset, build_test_transform
 from hbfp_timm.engine import extract_features
 from hbfp_timm.hub import load_checkpoint

@@ -20,7 +20,7 @@ ablations are configurations of the same class (``branches``, ``bfp_pairs``, ``h
 import copy
 import os
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
