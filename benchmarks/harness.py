@@ -48,9 +48,8 @@ from torch.utils.data import DataLoader
 
 import hbfp_timm  # noqa: F401  (registers the hbfp_* models with timm)
 from hbfp_timm.data import ImageDataset, ReIDDataset, build_dataset, build_test_transform
-from hbfp_timm.engine import extract_features
+from hbfp_timm.engine import evaluate
 from hbfp_timm.hub import load_checkpoint
-from hbfp_timm.metrics import compute_distance_matrix, evaluate_rank, re_ranking
 
 from .figures import draw_cmc_curves, draw_ranked_lists
 from hbfp_timm.paper import DATASET_TITLES, PAPER_CITATION, PAPER_TABLE1
@@ -356,11 +355,8 @@ class Evaluation:
     num_gallery: int
 
 
-def _scores(distmat: np.ndarray, q_pids, g_pids, q_cams, g_cams, max_rank: int) -> Tuple[Dict[str, float], List[float]]:
-    cmc, mean_ap = evaluate_rank(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=max_rank)
-    metrics = {'rank1': 100 * float(cmc[0]), 'rank5': 100 * float(cmc[4]), 'rank10': 100 * float(cmc[9]),
-               'mAP': 100 * float(mean_ap)}
-    return metrics, [float(v) for v in cmc]
+def _percent(scores: Dict[str, Any]) -> Dict[str, float]:
+    return {key: 100 * float(scores[key]) for key in ('rank1', 'rank5', 'rank10', 'mAP')}
 
 
 def _test_loader(items, settings: Settings) -> DataLoader:
@@ -369,7 +365,7 @@ def _test_loader(items, settings: Settings) -> DataLoader:
 
 
 def evaluate_model(model: nn.Module, dataset: ReIDDataset, settings: Settings, max_rank: int = 50) -> Evaluation:
-    """Single-query Rank-1/5/10 and mAP under the Market-1501 protocol (``hbfp_timm.metrics``).
+    """Single-query Rank-1/5/10 and mAP under the Market-1501 protocol, through ``hbfp_timm.engine.evaluate``.
 
     Args:
         model: Descriptor model.
@@ -380,18 +376,11 @@ def evaluate_model(model: nn.Module, dataset: ReIDDataset, settings: Settings, m
     Returns:
         The evaluation.
     """
-    q_feats, q_pids, q_cams = extract_features(model, _test_loader(dataset.query, settings), settings.device,
-                                               desc='query')
-    g_feats, g_pids, g_cams = extract_features(model, _test_loader(dataset.gallery, settings), settings.device,
-                                               desc='gallery')
-    distmat = compute_distance_matrix(q_feats, g_feats, metric='euclidean')
-    metrics, cmc = _scores(distmat, q_pids, g_pids, q_cams, g_cams, max_rank)
-    reranked = None
-    if settings.rerank:
-        reranked_distmat = re_ranking(distmat, compute_distance_matrix(q_feats, q_feats),
-                                      compute_distance_matrix(g_feats, g_feats))
-        reranked, _ = _scores(reranked_distmat, q_pids, g_pids, q_cams, g_cams, max_rank)
-    return Evaluation(metrics, reranked, cmc, distmat, len(q_pids), len(g_pids))
+    scores = evaluate(model, _test_loader(dataset.query, settings), _test_loader(dataset.gallery, settings),
+                      settings.device, rerank=settings.rerank, max_rank=max_rank, keep_distmat=True)
+    reranked = _percent(scores['reranked']) if settings.rerank else None
+    return Evaluation(_percent(scores), reranked, scores['cmc'], scores['distmat'], scores['num_query'],
+                      scores['num_gallery'])
 
 
 # --- training --------------------------------------------------------------------------------------------------

@@ -114,6 +114,7 @@ def evaluate(
         flip: bool = False,
         max_rank: int = 50,
         amp: bool = False,
+        keep_distmat: bool = False,
 ) -> Dict[str, Any]:
     """Rank-1/5/10, mAP and CMC of a model on a query/gallery split (Market-1501 protocol, single query).
 
@@ -128,6 +129,8 @@ def evaluate(
         flip: Average each descriptor with that of the mirrored image.
         max_rank: Length of the returned CMC curve.
         amp: Extract features under autocast.
+        keep_distmat: Also return the (num_query, num_gallery) distances under ``'distmat'`` (for ranked-list
+            pictures).
 
     Returns:
         ``{'rank1', 'rank5', 'rank10', 'mAP'}`` (fractions), ``'cmc'`` (list of max_rank fractions),
@@ -141,6 +144,8 @@ def evaluate(
     distmat = compute_distance_matrix(q_feats, g_feats, metric=metric)
     results: Dict[str, Any] = _scores(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
     results.update(num_query=len(q_pids), num_gallery=len(g_pids), metric=metric, flip=flip)
+    if keep_distmat:
+        results['distmat'] = distmat
     if rerank:
         reranked = re_ranking(distmat, compute_distance_matrix(q_feats, q_feats, metric=metric),
                               compute_distance_matrix(g_feats, g_feats, metric=metric))
