@@ -72,7 +72,15 @@ def test_evaluate_on_a_hand_worked_split():
     assert results['mAP'] == pytest.approx(0.75)
     assert results['cmc'] == pytest.approx([0.5, 1.0, 1.0])
     assert (results['num_query'], results['num_gallery'], results['num_skipped_queries']) == (3, 4, 1)
-    assert 'reranked' not in results
+    assert 'reranked' not in results and 'distmat' not in results
+
+
+def test_evaluate_can_return_the_distances_behind_the_scores():
+    query, gallery = _toy_split()
+    results = evaluate(nn.Identity(), query, gallery, 'cpu', max_rank=3, keep_distmat=True)
+    assert results['distmat'].shape == (3, 4)
+    # q1 at (0.2, 0) against the gallery (0, 0), (1, 0), (3, 0), (0, 5).
+    assert results['distmat'][1] == pytest.approx([0.2, 0.8, 2.8, (0.04 + 25) ** 0.5], abs=1e-5)
 
 
 def test_evaluate_keeps_reranked_scores_apart_from_the_plain_ones():
