@@ -33,10 +33,72 @@ def test_gep_lambda_one_is_max_pooling():
     torch.testing.assert_close(pooled, F.adaptive_max_pool2d(x, 1).flatten(1))
 
 
-def test_gep_default_is_sum_of_the_five_thresholds():
+def test_gep_default_is_the_mean_of_the_five_thresholds():
+    x = torch.randn(2, 7, 5, 3)
+    expected = sum(_gep_reference(x, lam) for lam in (0.0, 0.3, 0.5, 0.7, 1.0)) / 5
+    torch.testing.assert_close(GeneralizedPooling()(x), expected)
+
+
+def test_gep_combine_sum_is_the_papers_literal_sum():
     x = torch.randn(2, 7, 5, 3)
     expected = sum(_gep_reference(x, lam) for lam in (0.0, 0.3, 0.5, 0.7, 1.0))
-    torch.testing.assert_close(GeneralizedPooling()(x), expected)
+    torch.testing.assert_close(GeneralizedPooling(combine='sum')(x), expected)
+
+
+def test_gep_default_lies_between_average_and_max_pooling_for_every_channel():
+    x = torch.randn(4, 64, 12, 4) * torch.rand(1, 64, 1, 1) * 10 + torch.randn(1, 64, 1, 1)
+    pooled = GeneralizedPooling()(x)
+    average, maximum = x.mean(dim=(2, 3)), x.amax(dim=(2, 3))
+    tol = 1e-5 * (1 + x.abs().amax())
+    assert (pooled >= average - tol).all() and (pooled <= maximum + tol).all()
+    assert (pooled > average + 1e-3).all() and (pooled < maximum - 1e-3).all()  # strictly inside on random maps
+
+
+@pytest.mark.parametrize('implementation', ['chunked', 'bucket', 'plain'])
+def test_gep_implementations_match_the_reference_in_values_and_gradients(implementation):
+    # Unsorted and repeated thresholds, a constant channel, and ties at the maximum.
+    lambdas = torch.tensor([0.7, 0.0, 1.0, 0.3, 0.5, 0.5])
+    x = torch.randn(3, 6, 5, 4)
+    x[1, 2] = 0.25
+    x[2, 3, 0, :2] = x[2, 3].max()
+    reference = torch.stack([_gep_reference_guarded(x, float(lam)) for lam in lambdas], dim=-1)
+    x = x.requires_grad_()
+    pooled = generalized_pool2d(x, lambdas, implementation=implementation)
+    torch.testing.assert_close(pooled, reference)
+    weights = torch.randn_like(pooled)
+    (grad,) = torch.autograd.grad((pooled * weights).sum(), x)
+    x_ref = x.detach().clone().requires_grad_()
+    expected_pooled = torch.stack([_gep_reference_guarded(x_ref, float(lam)) for lam in lambdas], dim=-1)
+    (expected_grad,) = torch.autograd.grad((expected_pooled * weights).sum(), x_ref)
+    torch.testing.assert_close(grad, expected_grad)
+
+
+def _gep_reference_guarded(x: torch.Tensor, lam: float) -> torch.Tensor:
+    """:func:`_gep_reference`, differentiable, with constant channels kept whole (the layer's eps guard)."""
+    rows = []
+    for b in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            values = x[b, c].flatten()
+            span = values.max() - values.min()
+            if span < 1e-6:
+                rows.append(values.mean())
+                continue
+            rows.append(values[(values - values.min()) / span >= lam].mean())
+    return torch.stack(rows).reshape(x.shape[:2])
+
+
+def test_gep_half_precision_input_is_pooled_in_float32_and_returned_in_its_dtype():
+    x = torch.randn(2, 5, 6, 4)
+    pooled = GeneralizedPooling()(x.to(torch.bfloat16))
+    assert pooled.dtype == torch.bfloat16
+    torch.testing.assert_close(pooled, GeneralizedPooling()(x.to(torch.bfloat16).float()).to(torch.bfloat16),
+                               rtol=0, atol=0)
+
+
+def test_gep_scripts_with_torchscript_and_matches_eager():
+    x = torch.randn(2, 7, 5, 3)
+    for pool in (GeneralizedPooling(), GeneralizedPooling(combine='sum', learnable=True, flatten=False)):
+        torch.testing.assert_close(torch.jit.script(pool)(x), pool(x))
 
 
 def test_gep_matches_hand_computed_channel():
@@ -49,7 +111,8 @@ def test_gep_matches_hand_computed_channel():
 
 def test_gep_constant_channel_gives_the_constant_for_every_lambda():
     x = torch.full((1, 2, 3, 3), 1.5)
-    torch.testing.assert_close(GeneralizedPooling()(x), torch.full((1, 2), 5 * 1.5))
+    torch.testing.assert_close(generalized_pool2d(x, torch.tensor([0.0, 0.5, 1.0])), torch.full((1, 2, 3), 1.5))
+    torch.testing.assert_close(GeneralizedPooling()(x), torch.full((1, 2), 1.5))
 
 
 def test_gep_gradients_flow_to_the_kept_values_only():
@@ -62,6 +125,7 @@ def test_gep_gradients_flow_to_the_kept_values_only():
 def test_gep_learnable_weights_scale_each_threshold_and_train():
     x = torch.randn(2, 3, 4, 4)
     pool = GeneralizedPooling(lambdas=(0.0, 1.0), learnable=True)
+    torch.testing.assert_close(pool(x), (x.mean(dim=(2, 3)) + x.amax(dim=(2, 3))) / 2)  # starts at the mean
     with torch.no_grad():
         pool.weight.copy_(torch.tensor([2.0, -1.0]))
     expected = 2 * x.mean(dim=(2, 3)) - x.amax(dim=(2, 3))
@@ -74,6 +138,10 @@ def test_gep_learnable_weights_scale_each_threshold_and_train():
 def test_gep_rejects_bad_lambdas_and_shapes():
     with pytest.raises(ValueError, match='lambdas'):
         GeneralizedPooling(lambdas=(0.0, 1.5))
+    with pytest.raises(ValueError, match='^lambdas:'):
+        GeneralizedPooling(lambdas='abc')
+    with pytest.raises(ValueError, match='^combine:'):
+        GeneralizedPooling(combine='max')
     with pytest.raises(ValueError, match=r'\(B, C, H, W\)'):
         GeneralizedPooling()(torch.randn(2, 3))
 

@@ -195,6 +195,38 @@ def test_pretrained_backbone_loads_a_local_weights_file(tmp_path):
     assert torch.equal(model.refeed_block4[0][0].conv1.weight, source.layer4[0].conv1.weight)
 
 
+@pytest.mark.parametrize('name', ['resnet18', 'mobilenetv2_100'])
+def test_headless_backbone_weights_load_and_the_unused_head_is_ignored(tmp_path, name):
+    """A feature-extractor checkpoint saved without its classifier (num_classes=0) fits: HBFP drops the head."""
+    from safetensors.torch import save_file
+    source = timm.create_model(name, num_classes=0)
+    weights = tmp_path / 'headless.safetensors'
+    save_file(source.state_dict(), str(weights))
+    model = hbfp_timm.HBFPNet(name, correlation_dim=8, perception_dim=16, backbone_weights=str(weights))
+    for key, value in model.backbone.state_dict().items():
+        if key in source.state_dict():
+            assert torch.equal(value, source.state_dict()[key]), key
+    first_block4 = model._cuts.block4[0]
+    torch.testing.assert_close(model.refeed_block4[0].state_dict(), source.get_submodule(first_block4).state_dict())
+
+
+def test_backbone_weights_problems_name_the_file(tmp_path):
+    from safetensors.torch import save_file
+    missing = tmp_path / 'missing.safetensors'
+    with pytest.raises(FileNotFoundError, match=f'^backbone_weights: file {missing} does not exist'):
+        hbfp_timm.HBFPNet('resnet18', correlation_dim=8, perception_dim=16, backbone_weights=str(missing))
+    garbage = tmp_path / 'garbage.safetensors'
+    garbage.write_bytes(b'not a weights file')
+    with pytest.raises(ValueError, match=f'^backbone_weights: cannot read {garbage}'):
+        hbfp_timm.HBFPNet('resnet18', correlation_dim=8, perception_dim=16, backbone_weights=str(garbage))
+    state = timm.create_model('resnet18').state_dict()
+    del state['layer3.0.conv1.weight']
+    partial = tmp_path / 'partial.safetensors'
+    save_file(state, str(partial))
+    with pytest.raises(ValueError, match=r'does not fit backbone ResNet \(missing: layer3.0.conv1.weight\)'):
+        hbfp_timm.HBFPNet('resnet18', correlation_dim=8, perception_dim=16, backbone_weights=str(partial))
+
+
 def test_variant_names_follow_timm_filters():
     assert fnmatch.filter(timm.list_models(), 'hbfp_resnet*') == ['hbfp_resnet18', 'hbfp_resnet50', 'hbfp_resnet101']
     assert hbfp_timm.__version__

@@ -3,8 +3,24 @@
 For one feature map each channel is min-max normalised over its H*W positions; for a threshold
 lambda the positions whose normalised value is >= lambda are kept and their *raw* values averaged.
 lambda = 0 keeps every position (average pooling), lambda = 1 keeps only the maxima (max pooling).
-The layer evaluates a set of thresholds and sums the results (paper 4.5, "sum them as the final
-representation"), optionally with one learnable weight per threshold ("trainable" GeP).
+The layer evaluates a set of thresholds and combines the results, optionally with one learnable weight per
+threshold ("trainable" GeP).
+
+**(choice)** The combination is the *mean* over the thresholds by default. The paper (4.5) says "sum them as
+the final representation"; the two differ by the constant factor K (number of thresholds), but that factor
+scales the pooled feature the batch-hard triplet loss sees, so with the sum BoT's margin 0.3 acts like 0.3 / K
+and Table 3's rows (1 to 5 thresholds) would be trained at different feature scales. With the mean, every
+channel's output lies between its average and its maximum, at the scale of average pooling whatever K is.
+``combine='sum'`` gives the paper's literal sum.
+
+Two exact implementations of the same arithmetic, chosen by device:
+
+* CPU: the keep-mask (positions x thresholds) is built in cache-sized chunks of channels into one reused
+  buffer and multiplied with the values (fast where large fresh allocations are costly);
+* CUDA and other accelerators: no mask at all. Each value's *bucket* (how many thresholds its normalised
+  value reaches) comes from one ``bucketize``; two ``scatter_add`` give each bucket's sum and count, and a
+  reversed cumulative sum over buckets gives every threshold's kept sum and count. A fixed handful of
+  kernels whatever the map size, O(positions) memory, and backward is one ``gather``.
 
 Paper: Liu, Zhang, Yang, "Hierarchical Bi-Directional Feature Perception Network for Person
 Re-Identification", ACM MM 2020, Section 3.3.
@@ -13,8 +29,11 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-__all__ = ['GeneralizedPooling', 'generalized_pool2d']
+__all__ = ['GeneralizedPooling', 'generalized_pool2d', 'GEP_COMBINES']
+
+GEP_COMBINES = ('mean', 'sum')
 
 # Elements of the (rows, N, K) keep-mask materialised at once by the eager path: about 4 MB of float32,
 # so that the mask is written and read back from cache instead of memory (measured 3-6x faster than one
@@ -22,7 +41,7 @@ __all__ = ['GeneralizedPooling', 'generalized_pool2d']
 _MASK_CHUNK_ELEMENTS = 1 << 20
 
 
-def _normalisation(values: torch.Tensor, lambdas: torch.Tensor, eps: float) -> Tuple[torch.Tensor, ...]:
+def _normalisation(values: torch.Tensor, lambdas: torch.Tensor, eps: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-row minimum, guarded range and thresholds for rows of ``values`` (R, N).
 
     A row whose max - min is below ``eps`` is constant: every position counts as a maximum, which a
@@ -88,19 +107,91 @@ class _GeneralizedPoolFunction(torch.autograd.Function):
         return grad_values, None, None
 
 
+class _BucketPoolFunction(torch.autograd.Function):
+    """Mask-free GeP over rows (R, N), for accelerators: thresholds must be sorted ascending.
+
+    ``bucket[r, n]`` = number of thresholds that the normalised value reaches, so a value is kept by
+    threshold k exactly when ``bucket > k``; per-bucket sums and counts, summed from the top bucket down,
+    give every threshold's kept sum and count. Backward: the value's gradient is the sum of
+    ``grad_k / count_k`` over the thresholds that keep it, a prefix sum gathered at its bucket.
+    """
+
+    @staticmethod
+    def forward(ctx, values: torch.Tensor, sorted_lambdas: torch.Tensor, eps: float) -> torch.Tensor:
+        num_lambdas = sorted_lambdas.numel()
+        low, value_range, thresholds = _normalisation(values, sorted_lambdas, eps)
+        bucket = torch.bucketize((values - low) / value_range, sorted_lambdas.to(values.dtype), right=True)
+        bucket.masked_fill_(torch.isinf(thresholds[:, :1]), num_lambdas)  # constant rows: every value is a max
+        sums = values.new_zeros(values.shape[0], num_lambdas + 1).scatter_add_(1, bucket, values)
+        counts = values.new_zeros(values.shape[0], num_lambdas + 1).scatter_add_(
+            1, bucket, values.new_ones(()).expand_as(values))
+        kept_sum = sums.flip(-1).cumsum(-1).flip(-1)[:, 1:]
+        kept_count = counts.flip(-1).cumsum(-1).flip(-1)[:, 1:]
+        # A byte per value is enough to rebuild the gradient (K < 255 thresholds, checked by the layer).
+        ctx.save_for_backward(bucket.to(torch.uint8), kept_count)
+        return kept_sum / kept_count
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        bucket, kept_count = ctx.saved_tensors
+        per_bucket = F.pad((grad_output / kept_count).cumsum(-1), (1, 0))  # (R, K + 1); bucket 0 keeps nothing
+        return per_bucket.gather(1, bucket.long()), None, None
+
+
+def _plain_pool(values: torch.Tensor, lambdas: torch.Tensor, eps: float) -> torch.Tensor:
+    """The same arithmetic as one differentiable expression over the whole (R, N, K) mask, for tracers
+    (``torch.compile`` fuses it into one reduction; ``torch.export`` and ONNX see comparison, MatMul, ReduceSum,
+    Div) and for TorchScript."""
+    low, value_range, thresholds = _normalisation(values, lambdas, eps)
+    mask = _keep_mask(values, low, value_range, thresholds)
+    return torch.bmm(values.unsqueeze(1), mask).squeeze(1) / mask.sum(dim=1)
+
+
+def _bucket_pool(values: torch.Tensor, lambdas: torch.Tensor, eps: float) -> torch.Tensor:
+    sorted_lambdas, order = lambdas.sort()
+    pooled = _BucketPoolFunction.apply(values, sorted_lambdas, eps)
+    return pooled[:, order.argsort()]  # back to the caller's order of thresholds
+
+
+@torch.jit.unused
+def _dispatch(values: torch.Tensor, lambdas: torch.Tensor, eps: float, implementation: Optional[str]) -> torch.Tensor:
+    """Eager and traced paths (TorchScript takes :func:`_plain_pool` directly)."""
+    if implementation is None:
+        tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+        implementation = 'plain' if tracing else 'chunked' if values.device.type == 'cpu' else 'bucket'
+    functions = {'plain': _plain_pool, 'bucket': _bucket_pool, 'chunked': _GeneralizedPoolFunction.apply}
+    if implementation not in functions:
+        raise ValueError(f"implementation: expected one of {sorted(functions)} or None, got {implementation!r}")
+    with torch.autocast(device_type=values.device.type, enabled=False):
+        return functions[implementation](values, lambdas, eps)
+
+
+def _pool_float(x: torch.Tensor, lambdas: torch.Tensor, eps: float, implementation: Optional[str]) -> torch.Tensor:
+    """:func:`generalized_pool2d` in float32 (or float64 for float64 input), before the cast back."""
+    batch, channels = x.shape[0], x.shape[1]
+    values = x.reshape(batch * channels, -1)
+    # Sums of up to H*W values: half-precision inputs (AMP) are pooled in float32.
+    values = values.to(torch.promote_types(values.dtype, torch.float32))
+    if torch.jit.is_scripting():
+        pooled = _plain_pool(values, lambdas, eps)
+    else:
+        pooled = _dispatch(values, lambdas, eps, implementation)
+    return pooled.reshape(batch, channels, -1)
+
+
 def generalized_pool2d(
         x: torch.Tensor,
         lambdas: torch.Tensor,
         eps: float = 1e-6,
+        implementation: Optional[str] = None,
 ) -> torch.Tensor:
     """Pool a (B, C, H, W) map once per threshold, all thresholds in one pass.
 
-    A min and a max reduction give every channel's normalisation; one comparison of the normalised map with
-    all K thresholds gives a (positions x K) keep-mask; a batched matmul of the values with that mask gives
-    every threshold's kept sum, and a sum of the mask over positions its count. No sort, no loop over
-    lambdas. In eager mode the mask is built in cache-sized chunks of channels and rebuilt in backward
-    instead of being stored; under ``torch.compile``, ``torch.export`` and ONNX export the same arithmetic
-    runs as one plain differentiable expression (comparison, MatMul, ReduceSum, Div), which all can trace.
+    A min and a max reduction give every channel's normalisation; every value is compared with all K
+    thresholds at once, and each threshold's kept sum and count follow without a sort and without a loop over
+    thresholds (see the module docstring for the two implementations). Under ``torch.compile``,
+    ``torch.export``, ONNX export and TorchScript the same arithmetic runs as one plain differentiable
+    expression, which all of them can trace.
 
     Args:
         x: Feature map of shape (B, C, H, W).
@@ -108,33 +199,26 @@ def generalized_pool2d(
         eps: A channel whose max - min is below ``eps`` is constant; all its positions count as maxima
             (a numerical guard: min-max normalisation is undefined there, and every lambda gives the
             constant itself).
+        implementation: ``'chunked'`` (the CPU default), ``'bucket'`` (the accelerator default) or
+            ``'plain'``; None picks by ``x.device``. All three give the same values and gradients.
 
     Returns:
         Tensor of shape (B, C, K) and the dtype of ``x``: the mean of the kept raw values per threshold.
     """
-    batch, channels = x.shape[:2]
-    values = x.reshape(batch * channels, -1)
-    # Sums of up to H*W values: half-precision inputs (AMP) are pooled in float32.
-    compute_dtype = torch.promote_types(values.dtype, torch.float32)
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        values = values.to(compute_dtype)
-        if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
-            low, value_range, thresholds = _normalisation(values, lambdas, eps)
-            mask = _keep_mask(values, low, value_range, thresholds)
-            pooled = torch.bmm(values.unsqueeze(1), mask).squeeze(1) / mask.sum(dim=1)
-        else:
-            pooled = _GeneralizedPoolFunction.apply(values, lambdas, eps)
-    return pooled.to(x.dtype).reshape(batch, channels, -1)
+    return _pool_float(x, lambdas, eps, implementation).to(x.dtype)
 
 
 class GeneralizedPooling(nn.Module):
-    """Generalized pooling over several thresholds (Eq. 6), summed.
+    """Generalized pooling over several thresholds (Eq. 6), combined by their mean (default) or sum.
 
     Args:
         lambdas: Thresholds on the min-max normalised map; the paper's default set is
             (0, 0.3, 0.5, 0.7, 1.0) (Table 3).
-        learnable: **(choice)** One weight per threshold, initialised to 1, trained with the network;
-            the paper's default is the plain sum (``False``).
+        combine: **(choice)** ``'mean'`` (default): the mean over the thresholds, so every channel's output lies
+            between its average and its maximum and keeps the scale of average pooling whatever the number of
+            thresholds. ``'sum'``: the paper's literal sum, K times larger.
+        learnable: **(choice)** One weight per threshold, trained with the network ("trainable" GeP),
+            initialised to the fixed combination (1/K each for ``'mean'``, 1 for ``'sum'``).
         flatten: Return (B, C) when True, else (B, C, 1, 1).
         eps: Guard for constant channels (see :func:`generalized_pool2d`).
     """
@@ -142,25 +226,41 @@ class GeneralizedPooling(nn.Module):
     def __init__(
             self,
             lambdas: Sequence[float] = (0.0, 0.3, 0.5, 0.7, 1.0),
+            combine: str = 'mean',
             learnable: bool = False,
             flatten: bool = True,
             eps: float = 1e-6,
     ):
         super().__init__()
-        lambdas = tuple(float(v) for v in lambdas)
-        if not lambdas or any(not 0.0 <= v <= 1.0 for v in lambdas):
-            raise ValueError(f'lambdas: expected a non-empty sequence of values in [0, 1], got {lambdas}')
+        try:
+            lambdas = tuple(float(v) for v in lambdas)
+        except (TypeError, ValueError):
+            raise ValueError(f'lambdas: expected a sequence of numbers in [0, 1], got {lambdas!r}') from None
+        if not lambdas or len(lambdas) > 254 or any(not 0.0 <= v <= 1.0 for v in lambdas):
+            raise ValueError(f'lambdas: expected 1 to 254 values in [0, 1], got {lambdas}')
+        if combine not in GEP_COMBINES:
+            raise ValueError(f'combine: expected one of {GEP_COMBINES}, got {combine!r}')
         self.register_buffer('lambdas', torch.tensor(lambdas), persistent=False)
-        self.weight = nn.Parameter(torch.ones(len(lambdas))) if learnable else None
+        self.combine = combine
+        initial = 1.0 / len(lambdas) if combine == 'mean' else 1.0
+        self.weight = nn.Parameter(torch.full((len(lambdas),), initial)) if learnable else None
         self.flatten = flatten
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4:
-            raise ValueError(f'GeneralizedPooling: expected a (B, C, H, W) map, got shape {tuple(x.shape)}')
-        pooled = generalized_pool2d(x, self.lambdas, self.eps)
-        out = pooled @ self.weight.to(pooled.dtype) if self.weight is not None else pooled.sum(dim=-1)
+            raise ValueError('GeneralizedPooling: expected a (B, C, H, W) map, got shape ' + str(list(x.shape)))
+        pooled = _pool_float(x, self.lambdas, self.eps, None)  # combined in float32, cast once
+        weight = self.weight
+        if weight is not None:
+            out = pooled @ weight.to(pooled.dtype)
+        elif self.combine == 'mean':
+            out = pooled.mean(dim=-1)
+        else:
+            out = pooled.sum(dim=-1)
+        out = out.to(x.dtype)
         return out if self.flatten else out[..., None, None]
 
     def extra_repr(self) -> str:
-        return f'lambdas={tuple(round(v, 4) for v in self.lambdas.tolist())}, learnable={self.weight is not None}'
+        lambdas = tuple(round(v, 4) for v in self.lambdas.tolist())
+        return f'lambdas={lambdas}, combine={self.combine!r}, learnable={self.weight is not None}'

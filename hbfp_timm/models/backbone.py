@@ -13,13 +13,15 @@ block to 1 without dilation (as the paper and BoT do); for every other family th
 does it, ``output_stride=16`` (dilation in the last stage).
 """
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import List, Sequence, Tuple
 
 import timm
 import torch
 import torch.nn as nn
+from timm.models._manipulate import adapt_input_conv
 
-__all__ = ['BackboneCuts', 'create_backbone', 'cut_backbone', 'run_modules']
+__all__ = ['BackboneCuts', 'create_backbone', 'cut_backbone', 'load_backbone_weights', 'run_modules']
 
 
 @dataclass(frozen=True)
@@ -42,25 +44,23 @@ def run_modules(root: nn.Module, names: Sequence[str], x: torch.Tensor) -> torch
 def create_backbone(
         name: str,
         pretrained: bool = False,
-        weights_file: Optional[str] = None,
         in_chans: int = 3,
+        **kwargs,
 ) -> nn.Module:
     """Create a timm model with its last stride removed, ready for :func:`cut_backbone`.
 
     Args:
         name: Any timm model name with at least three feature levels (``resnet50``, ``convnext_tiny``...).
-        pretrained: Load timm's ImageNet weights for this backbone (through timm's own hub path).
-        weights_file: A local weights file for offline machines; implies ``pretrained`` and is passed to
-            timm as ``pretrained_cfg_overlay=dict(file=...)``.
+        pretrained: Load timm's ImageNet weights for this backbone (through timm's own hub path). A local
+            weights file is loaded after the cut instead, by :func:`load_backbone_weights`.
         in_chans: Input channels.
+        **kwargs: Further ``timm.create_model`` arguments (``drop_path_rate``...).
     """
     if not isinstance(name, str) or not timm.is_model(name):
         raise ValueError(f"backbone: unknown timm model name {name!r}; see timm.list_models() for valid names")
     if name.startswith('hbfp_'):
         raise ValueError(f'backbone: {name!r} is an HBFP model itself; pass a plain timm backbone such as resnet50')
-    kwargs: Dict = dict(pretrained=pretrained or weights_file is not None, in_chans=in_chans)
-    if weights_file is not None:
-        kwargs['pretrained_cfg_overlay'] = dict(file=str(weights_file))
+    kwargs.update(pretrained=pretrained, in_chans=in_chans)
     is_resnet = issubclass(_model_class(name), timm.models.ResNet)
     if not is_resnet:
         kwargs['output_stride'] = 16
@@ -71,6 +71,56 @@ def create_backbone(
     if is_resnet:
         _remove_resnet_last_stride(model)
     return model
+
+
+def load_backbone_weights(model: nn.Module, path: str, used: Sequence[str]) -> None:
+    """Load a local weights file into a backbone whose unused modules :func:`cut_backbone` made redundant.
+
+    Keys of modules HBFP-Net never runs (the ImageNet classifier, a head convolution, final norm) may be
+    missing from the file or present in it: many feature-extractor checkpoints are saved headless. Every other
+    missing, unexpected or mis-shaped key is an error naming the file. A first convolution saved for 3 input
+    channels is adapted to the model's own, the way timm adapts its pretrained weights.
+
+    Args:
+        model: The backbone (from :func:`create_backbone`).
+        path: A safetensors or PyTorch weights file of the backbone in timm's key layout.
+        used: The module paths HBFP-Net runs (``cuts.stem + cuts.block3 + cuts.block4``).
+    """
+    path = str(path)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f'backbone_weights: file {path} does not exist (expected a local weights file of '
+                                f'the backbone, safetensors or .pth)')
+    try:
+        state = timm.models.load_state_dict(path, use_ema=False, weights_only=True)
+    except Exception as exc:  # safetensors, zipfile and unpickling report many error types
+        raise ValueError(f'backbone_weights: cannot read {path} as a weights file ({type(exc).__name__}: '
+                         f'{str(exc).splitlines()[0] if str(exc) else "no detail"})') from None
+    first_conv = model.pretrained_cfg.get('first_conv') if hasattr(model, 'pretrained_cfg') else None
+    first_conv = first_conv[0] if isinstance(first_conv, (list, tuple)) else first_conv
+    expected = model.state_dict()
+    if first_conv and f'{first_conv}.weight' in state and f'{first_conv}.weight' in expected:
+        in_chans = expected[f'{first_conv}.weight'].shape[1]
+        if state[f'{first_conv}.weight'].shape[1] != in_chans:
+            state[f'{first_conv}.weight'] = adapt_input_conv(in_chans, state[f'{first_conv}.weight'])
+
+    def is_used(key: str) -> bool:
+        return any(key.startswith(name + '.') for name in used)
+
+    state = {key: value for key, value in state.items() if is_used(key)}
+    needed = {key for key in expected if is_used(key)}
+    missing = sorted(needed - set(state))
+    unexpected = sorted(set(state) - needed)
+    mismatched = sorted(key for key in needed & set(state) if state[key].shape != expected[key].shape)
+    if missing or unexpected or mismatched:
+        details = '; '.join(f'{what}: {_listing(keys)}' for what, keys in (
+            ('missing', missing), ('unexpected', unexpected), ('shape differs', mismatched)) if keys)
+        raise ValueError(f'backbone_weights: {path} does not fit backbone {type(model).__name__} ({details})')
+    model.load_state_dict(state, strict=False)
+
+
+def _listing(keys: Sequence[str], limit: int = 5) -> str:
+    shown = ', '.join(keys[:limit])
+    return shown + (f' and {len(keys) - limit} more' if len(keys) > limit else '')
 
 
 def _model_class(name: str) -> type:

@@ -30,7 +30,7 @@ from timm.layers import SelectAdaptivePool2d
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from ..layers import BFP, GeneralizedPooling
-from .backbone import create_backbone, cut_backbone, run_modules
+from .backbone import create_backbone, cut_backbone, load_backbone_weights, run_modules
 
 __all__ = ['HBFPNet', 'BranchOutputs', 'BatchNormNeck']
 
@@ -73,7 +73,10 @@ class HBFPNet(nn.Module):
         num_classes: Identities of the ID classifier; 0 (default) gives the descriptor from ``forward``.
         in_chans: Input channels.
         global_pool: ``'gep'`` (generalized pooling, Eq. 6), ``'avg'``, ``'max'`` or ``''`` (no pooling).
-        gep_lambdas: Thresholds of generalized pooling (Table 3), summed.
+        gep_lambdas: Thresholds of generalized pooling (Table 3).
+        gep_combine: **(choice)** How the thresholds' poolings are combined: ``'mean'`` (default; keeps the
+            scale of average pooling, so the triplet margin means the same for any number of thresholds) or
+            ``'sum'`` (the paper's literal wording, K times larger).
         gep_learnable: **(choice)** One learnable weight per threshold (the "trainable" GeP).
         branches: Which learned features are trained and concatenated, subset of ('low', 'mid', 'high').
         bfp_pairs: Which BFP modules exist, subset of ('low_mid', 'mid_high') (Table 2 ablations).
@@ -97,6 +100,7 @@ class HBFPNet(nn.Module):
             in_chans: int = 3,
             global_pool: str = 'gep',
             gep_lambdas: Sequence[float] = (0.0, 0.3, 0.5, 0.7, 1.0),
+            gep_combine: str = 'mean',
             gep_learnable: bool = False,
             branches: Sequence[str] = BRANCHES,
             bfp_pairs: Sequence[str] = BFP_PAIRS,
@@ -121,13 +125,17 @@ class HBFPNet(nn.Module):
         self.residual = residual
         self.descriptor = descriptor
         self.gep_lambdas = tuple(gep_lambdas)
+        self.gep_combine = gep_combine
         self.gep_learnable = gep_learnable
 
-        self.backbone = create_backbone(backbone, pretrained_backbone, backbone_weights, in_chans)
+        # A local weights file is loaded after the cut, so that a headless file fits (load_backbone_weights).
+        self.backbone = create_backbone(backbone, pretrained_backbone and backbone_weights is None, in_chans)
         cuts = cut_backbone(self.backbone)
         self._cuts = cuts
         self.reduction = cuts.reduction
         _strip_unused(self.backbone, cuts.stem + cuts.block3 + cuts.block4)
+        if backbone_weights is not None:
+            load_backbone_weights(self.backbone, backbone_weights, cuts.stem + cuts.block3 + cuts.block4)
         low_chs, mid_chs, high_chs = cuts.channels
 
         bfp_args = dict(correlation_dim=correlation_dim, perception_dim=perception_dim, residual=residual)
@@ -150,7 +158,7 @@ class HBFPNet(nn.Module):
     # --- construction helpers -------------------------------------------------------------------
     def _create_pool(self, global_pool: str) -> nn.Module:
         if global_pool == 'gep':
-            return GeneralizedPooling(self.gep_lambdas, learnable=self.gep_learnable)
+            return GeneralizedPooling(self.gep_lambdas, combine=self.gep_combine, learnable=self.gep_learnable)
         if global_pool in ('avg', 'max', ''):
             return SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         raise ValueError(f"global_pool: expected 'gep', 'avg', 'max' or '', got {global_pool!r}")
