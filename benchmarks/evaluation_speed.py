@@ -1,0 +1,67 @@
+"""Speed of ``hbfp_timm.metrics.evaluate_rank`` at Market-1501 test scale against the per-query reference loop."""
+import statistics
+import time
+from typing import Dict, Tuple
+
+import numpy as np
+
+from hbfp_timm.metrics import evaluate_rank, evaluate_rank_reference
+
+__all__ = ['MARKET_QUERIES', 'MARKET_GALLERY', 'market_like_ids', 'evaluation_speed']
+
+# Market-1501 test split: 3,368 queries and 15,913 gallery images (junk removed) of 750 identities in 6
+# cameras, 2,798 of the gallery images distractors (identity 0).
+MARKET_QUERIES, MARKET_GALLERY, MARKET_IDS, MARKET_CAMS, MARKET_DISTRACTORS = 3368, 15913, 750, 6, 2798
+
+
+def market_like_ids(seed: int = 0) -> Tuple[np.ndarray, ...]:
+    """Random identities and cameras with the structure of the Market-1501 test split.
+
+    Every identity has queries in distinct cameras and gallery images in random cameras; distractors
+    (identity 0) fill the rest of the gallery.
+
+    Returns:
+        (q_pids, g_pids, q_camids, g_camids) int64 arrays of lengths 3,368 and 15,913.
+    """
+    rng = np.random.default_rng(seed)
+    ids = np.arange(1, MARKET_IDS + 1)
+    q_pids = np.concatenate([ids, rng.choice(ids, MARKET_QUERIES - MARKET_IDS)])
+    q_camids = rng.integers(1, MARKET_CAMS + 1, MARKET_QUERIES)
+    num_id_images = MARKET_GALLERY - MARKET_DISTRACTORS
+    g_pids = np.concatenate([ids, rng.choice(ids, num_id_images - MARKET_IDS), np.zeros(MARKET_DISTRACTORS, int)])
+    g_camids = rng.integers(1, MARKET_CAMS + 1, MARKET_GALLERY)
+    # Every identity keeps at least one gallery image in a camera other than its first query's.
+    g_camids[:MARKET_IDS] = q_camids[:MARKET_IDS] % MARKET_CAMS + 1
+    return q_pids.astype(np.int64), g_pids.astype(np.int64), q_camids.astype(np.int64), g_camids.astype(np.int64)
+
+
+def evaluation_speed(repeats: int, reference_queries: int, seed: int = 0) -> Dict:
+    """``evaluate_rank`` at Market-1501 scale against the per-query loop (extrapolated from a subset)."""
+    q_pids, g_pids, q_camids, g_camids = market_like_ids(seed)
+    distmat = np.random.default_rng(seed + 1).random((MARKET_QUERIES, MARKET_GALLERY), dtype=np.float32)
+    vectorised = []
+    for _ in range(repeats):
+        begin = time.perf_counter()
+        cmc, mAP = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids)
+        vectorised.append(time.perf_counter() - begin)
+    subset = min(reference_queries, MARKET_QUERIES)
+    begin = time.perf_counter()
+    reference = evaluate_rank_reference(distmat[:subset], q_pids[:subset], g_pids, q_camids[:subset], g_camids)
+    reference_subset_seconds = time.perf_counter() - begin
+    subset_cmc, subset_mAP = evaluate_rank(distmat[:subset], q_pids[:subset], g_pids, q_camids[:subset], g_camids)
+    reference_seconds = reference_subset_seconds * MARKET_QUERIES / subset
+    median = statistics.median(vectorised)
+    return {
+        'shape': [MARKET_QUERIES, MARKET_GALLERY],
+        'seconds': vectorised,
+        'median_seconds': median,
+        'rank1': float(cmc[0]),
+        'mAP': mAP,
+        'reference_queries_timed': subset,
+        'reference_subset_seconds': reference_subset_seconds,
+        'reference_seconds': reference_seconds,
+        'reference_extrapolated': subset < MARKET_QUERIES,
+        'reference_agrees_on_subset': bool(np.allclose(reference.cmc, subset_cmc)
+                                           and abs(reference.mAP - subset_mAP) < 1e-9),
+        'speedup': reference_seconds / median,
+    }
