@@ -1,9 +1,18 @@
 """BFP (Eq. 1-5) and generalized pooling (Eq. 6) against direct computations."""
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from hbfp_timm.layers import BFP, GeneralizedPooling, generalized_pool2d
+from hbfp_timm.layers import gep as gep_module
+
+DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
 
 torch.manual_seed(0)
 
@@ -71,6 +80,70 @@ def test_gep_implementations_match_the_reference_in_values_and_gradients(impleme
     expected_pooled = torch.stack([_gep_reference_guarded(x_ref, float(lam)) for lam in lambdas], dim=-1)
     (expected_grad,) = torch.autograd.grad((expected_pooled * weights).sum(), x_ref)
     torch.testing.assert_close(grad, expected_grad)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_gep_default_implementation_of_each_device_matches_the_reference(device):
+    """On CUDA this is the fused Triton path (or its fallback); on CPU the chunked one."""
+    lambdas = torch.tensor([0.0, 0.3, 0.5, 0.7, 1.0])
+    x = torch.randn(4, 16, 24, 8)
+    x[0, 3] = -2.0
+    x_dev = x.to(device).requires_grad_()
+    pooled = generalized_pool2d(x_dev, lambdas.to(device))
+    weights = torch.randn(pooled.shape)
+    (grad,) = torch.autograd.grad((pooled * weights.to(device)).sum(), x_dev)
+    x_ref = x.clone().requires_grad_()
+    expected = torch.stack([_gep_reference_guarded(x_ref, float(lam)) for lam in lambdas], dim=-1)
+    (expected_grad,) = torch.autograd.grad((expected * weights).sum(), x_ref)
+    torch.testing.assert_close(pooled.cpu(), expected)
+    torch.testing.assert_close(grad.cpu(), expected_grad)
+
+
+def test_gep_triton_kernels_match_the_reference_in_the_triton_interpreter():
+    """The fused CUDA kernels, run by Triton's interpreter on CPU tensors (TRITON_INTERPRET=1 must be set before
+    the kernels are defined, hence a fresh process): float32 and bfloat16 input, values and gradients."""
+    pytest.importorskip('triton', reason='the fused kernels are Triton code; without Triton they are never used')
+    script = textwrap.dedent("""
+        import torch
+        from hbfp_timm.layers.gep import generalized_pool2d, _check_triton
+        torch.manual_seed(0)
+        lambdas = torch.tensor([0.7, 0.0, 1.0, 0.3, 0.5, 0.5])
+        x = torch.randn(3, 6, 5, 4)
+        x[1, 2] = 0.25
+        x[2, 3, 0, :2] = x[2, 3].max()
+        for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 1e-2)):
+            xd = x.to(dtype).requires_grad_()
+            pooled = generalized_pool2d(xd, lambdas, implementation='triton')
+            xr = x.to(dtype).float().requires_grad_()
+            expected = generalized_pool2d(xr, lambdas, implementation='chunked')
+            assert pooled.dtype == dtype, pooled.dtype
+            torch.testing.assert_close(pooled.float(), expected.to(dtype).float(), rtol=tol, atol=tol)
+            weights = torch.randn(pooled.shape)
+            (grad,) = torch.autograd.grad((pooled.float() * weights).sum(), xd)
+            (expected_grad,) = torch.autograd.grad((expected * weights).sum(), xr)
+            assert grad.dtype == dtype, grad.dtype
+            torch.testing.assert_close(grad.float(), expected_grad, rtol=tol, atol=tol)
+        assert _check_triton(torch.device('cpu'), 7)
+        print('ok')
+    """)
+    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                            env=dict(os.environ, TRITON_INTERPRET='1'))
+    assert result.returncode == 0 and result.stdout.strip().endswith('ok'), result.stderr[-2000:]
+
+
+def test_gep_triton_check_failure_warns_once_and_says_no(monkeypatch):
+    class Broken(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, values, lambdas, eps):
+            raise RuntimeError('cannot compile')
+
+    monkeypatch.setattr(gep_module, '_triton_function', lambda: Broken)
+    monkeypatch.setattr(gep_module, '_TRITON_CHECKED', {})
+    with pytest.warns(RuntimeWarning, match="RuntimeError: cannot compile.*using the 'bucket' implementation"):
+        assert gep_module._check_triton(torch.device('cpu'), 12) is False
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # remembered: no second check, no second warning
+        assert gep_module._check_triton(torch.device('cpu'), 12) is False
 
 
 def _gep_reference_guarded(x: torch.Tensor, lam: float) -> torch.Tensor:

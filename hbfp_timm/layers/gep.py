@@ -13,19 +13,24 @@ and Table 3's rows (1 to 5 thresholds) would be trained at different feature sca
 channel's output lies between its average and its maximum, at the scale of average pooling whatever K is.
 ``combine='sum'`` gives the paper's literal sum.
 
-Two exact implementations of the same arithmetic, chosen by device:
+Exact implementations of the same arithmetic, chosen by device:
 
-* CPU: the keep-mask (positions x thresholds) is built in cache-sized chunks of channels into one reused
-  buffer and multiplied with the values (fast where large fresh allocations are costly);
-* CUDA and other accelerators: no mask at all. Each value's *bucket* (how many thresholds its normalised
-  value reaches) comes from one ``bucketize``; two ``scatter_add`` give each bucket's sum and count, and a
-  reversed cumulative sum over buckets gives every threshold's kept sum and count. A fixed handful of
-  kernels whatever the map size, O(positions) memory, and backward is one ``gather``.
+* CPU (``'chunked'``): the keep-mask (positions x thresholds) is built in cache-sized chunks of channels into one
+  reused buffer and multiplied with the values (fast where large fresh allocations are costly);
+* CUDA (``'triton'``, when Triton is installed): fused kernels that read the map once in forward and once in
+  backward, in its own dtype, with every threshold's sum and count kept in registers (``_gep_triton.py``). Before
+  its first use on a device it is checked against ``'bucket'`` on a small input, forward and backward; a failure
+  (a Triton that cannot compile it, a mismatch) is reported once as a warning and ``'bucket'`` is used instead;
+* other accelerators, and CUDA without Triton (``'bucket'``): no mask at all. Each value's *bucket* (how many
+  thresholds its normalised value reaches) comes from one ``bucketize``; two ``scatter_add`` give each bucket's sum
+  and count, and a reversed cumulative sum over buckets gives every threshold's kept sum and count. A fixed handful
+  of kernels whatever the map size, O(positions) memory, and backward is one ``gather``.
 
 Paper: Liu, Zhang, Yang, "Hierarchical Bi-Directional Feature Perception Network for Person
 Re-Identification", ACM MM 2020, Section 3.3.
 """
-from typing import Optional, Sequence, Tuple
+import warnings
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -153,15 +158,76 @@ def _bucket_pool(values: torch.Tensor, lambdas: torch.Tensor, eps: float) -> tor
     return pooled[:, order.argsort()]  # back to the caller's order of thresholds
 
 
+# Devices on which the Triton kernels passed (True) or failed (False) their first-use check.
+_TRITON_CHECKED: Dict[torch.device, bool] = {}
+
+
+def _triton_function():
+    """The fused Triton autograd function, or None where Triton is not installed."""
+    try:
+        from ._gep_triton import TritonPoolFunction
+    except ImportError:
+        return None
+    return TritonPoolFunction
+
+
+def _check_triton(device: torch.device, positions: int) -> bool:
+    """Compare the Triton kernels with the bucket path once per device, forward and backward, on a small input with
+    ties, a constant row and unsorted thresholds; warn once and say no if they fail or differ."""
+    if device not in _TRITON_CHECKED:
+        generator = torch.Generator().manual_seed(0)
+        probe = torch.randn(16, positions, generator=generator)
+        probe[3] = 0.5
+        probe[5, :2] = probe[5].max()
+        probe = probe.to(device).requires_grad_()
+        lambdas = torch.tensor([0.7, 0.0, 1.0, 0.3, 0.5], device=device)
+        weights = torch.randn(16, 5, generator=generator).to(device)
+        try:
+            fused = _triton_function().apply(probe, lambdas, 1e-6)
+            (fused_grad,) = torch.autograd.grad((fused * weights).sum(), probe)
+            expected = _bucket_pool(probe, lambdas, 1e-6)
+            (expected_grad,) = torch.autograd.grad((expected * weights).sum(), probe)
+            ok = torch.allclose(fused, expected, rtol=1e-5, atol=1e-5) and \
+                torch.allclose(fused_grad, expected_grad, rtol=1e-5, atol=1e-6)
+            problem = 'its results differ from the reference'
+        except Exception as exc:  # a Triton or driver that cannot build the kernels: any error type
+            ok, problem = False, f'{type(exc).__name__}: {exc}'.splitlines()[0]
+        if not ok:
+            warnings.warn(f'generalized pooling: the fused Triton kernels failed their check on {device} ({problem}); '
+                          f"using the 'bucket' implementation there instead", RuntimeWarning, stacklevel=4)
+        _TRITON_CHECKED[device] = ok
+    return _TRITON_CHECKED[device]
+
+
+def _default_implementation(values: torch.Tensor) -> str:
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+        return 'plain'
+    if values.device.type == 'cpu':
+        return 'chunked'
+    half_or_single = values.dtype in (torch.float32, torch.float16, torch.bfloat16)  # the kernels add in float32
+    if values.device.type == 'cuda' and half_or_single and _triton_function() is not None:
+        from ._gep_triton import MAX_POSITIONS
+        if values.shape[1] <= MAX_POSITIONS and _check_triton(values.device, values.shape[1]):
+            return 'triton'
+    return 'bucket'
+
+
 @torch.jit.unused
 def _dispatch(values: torch.Tensor, lambdas: torch.Tensor, eps: float, implementation: Optional[str]) -> torch.Tensor:
-    """Eager and traced paths (TorchScript takes :func:`_plain_pool` directly)."""
-    if implementation is None:
-        tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
-        implementation = 'plain' if tracing else 'chunked' if values.device.type == 'cpu' else 'bucket'
+    """Eager and traced paths over rows (R, N) of any float dtype (TorchScript takes :func:`_plain_pool` directly)."""
+    implementation = implementation or _default_implementation(values)
+    if implementation == 'triton':
+        function = _triton_function()
+        if function is None:
+            raise ValueError("implementation: 'triton' needs the triton package")
+        with torch.autocast(device_type=values.device.type, enabled=False):
+            return function.apply(values, lambdas, eps)  # reads half-precision input itself, returns float32
     functions = {'plain': _plain_pool, 'bucket': _bucket_pool, 'chunked': _GeneralizedPoolFunction.apply}
     if implementation not in functions:
-        raise ValueError(f"implementation: expected one of {sorted(functions)} or None, got {implementation!r}")
+        raise ValueError(f"implementation: expected 'chunked', 'bucket', 'triton', 'plain' or None, "
+                         f"got {implementation!r}")
+    # Sums of up to H*W values: half-precision inputs (AMP) are pooled in float32.
+    values = values.to(torch.promote_types(values.dtype, torch.float32))
     with torch.autocast(device_type=values.device.type, enabled=False):
         return functions[implementation](values, lambdas, eps)
 
@@ -170,10 +236,8 @@ def _pool_float(x: torch.Tensor, lambdas: torch.Tensor, eps: float, implementati
     """:func:`generalized_pool2d` in float32 (or float64 for float64 input), before the cast back."""
     batch, channels = x.shape[0], x.shape[1]
     values = x.reshape(batch * channels, -1)
-    # Sums of up to H*W values: half-precision inputs (AMP) are pooled in float32.
-    values = values.to(torch.promote_types(values.dtype, torch.float32))
     if torch.jit.is_scripting():
-        pooled = _plain_pool(values, lambdas, eps)
+        pooled = _plain_pool(values.to(torch.promote_types(values.dtype, torch.float32)), lambdas, eps)
     else:
         pooled = _dispatch(values, lambdas, eps, implementation)
     return pooled.reshape(batch, channels, -1)
@@ -199,8 +263,9 @@ def generalized_pool2d(
         eps: A channel whose max - min is below ``eps`` is constant; all its positions count as maxima
             (a numerical guard: min-max normalisation is undefined there, and every lambda gives the
             constant itself).
-        implementation: ``'chunked'`` (the CPU default), ``'bucket'`` (the accelerator default) or
-            ``'plain'``; None picks by ``x.device``. All three give the same values and gradients.
+        implementation: ``'chunked'`` (the CPU default), ``'triton'`` (the CUDA default where Triton is installed
+            and passes its check), ``'bucket'`` (other accelerators) or ``'plain'``; None picks by ``x.device``. All
+            give the same values and gradients, to float32 rounding.
 
     Returns:
         Tensor of shape (B, C, K) and the dtype of ``x``: the mean of the kept raw values per threshold.
