@@ -108,10 +108,10 @@ def test_cli_resume_keeps_the_run_configuration_and_takes_new_flags(data_root, t
 
 
 def test_checkpoint_is_written_every_n_epochs_and_after_the_last(data_root, tmp_path, monkeypatch):
-    import hbfp_timm.train as train_module
+    from hbfp_timm.training import loop
     written = []
-    real_save = train_module._save_checkpoint
-    monkeypatch.setattr(train_module, '_save_checkpoint',
+    real_save = loop.save_checkpoint
+    monkeypatch.setattr(loop, 'save_checkpoint',
                         lambda path, state: (written.append(state['epoch']), real_save(path, state)))
     train(_config(data_root, tmp_path / 'run', epochs=3, max_steps_per_epoch=1, eval_every=5, checkpoint_every=2),
           command=['test'])
