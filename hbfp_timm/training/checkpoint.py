@@ -1,51 +1,29 @@
 """Run outputs written atomically (checkpoint, results, descriptor weights) and the RNG state of exact resume."""
 import json
-import os
 import random
-import tempfile
+import shutil
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
+from ..files import atomic_write, format_size
 from .config import TrainSetupError
 
 __all__ = [
-    'CHECKPOINT_NAME', 'RESULTS_NAME', 'MODEL_NAME', 'BEST_MODEL_NAME', 'atomic_write', 'write_json',
+    'CHECKPOINT_NAME', 'RESULTS_NAME', 'MODEL_NAME', 'BEST_MODEL_NAME', 'OUTPUT_NAMES', 'write_json',
     'descriptor_state_dict', 'save_descriptor_model', 'save_checkpoint', 'load_checkpoint', 'epoch_seeds',
-    'rng_states', 'set_rng_states',
+    'rng_states', 'set_rng_states', 'planned_outputs', 'describe_outputs',
 ]
 
 CHECKPOINT_NAME = 'checkpoint.pt'
 RESULTS_NAME = 'results.json'
 MODEL_NAME = 'model.safetensors'
 BEST_MODEL_NAME = 'best.safetensors'
-
-
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write ``path`` through ``write(tmp_path)`` on a temporary file in the same folder, fsync it, then
-    ``os.replace`` it into place: a crash mid-write leaves the previous file intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    os.close(handle)
-    try:
-        write(tmp_name)
-        with open(tmp_name, 'rb+') as tmp_file:
-            os.fsync(tmp_file.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)
-        raise
-    if hasattr(os, 'O_DIRECTORY'):  # make the rename itself durable
-        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+OUTPUT_NAMES = (CHECKPOINT_NAME, RESULTS_NAME, MODEL_NAME, BEST_MODEL_NAME)
 
 
 def write_json(path: Path, data: Dict[str, Any]) -> None:
@@ -130,3 +108,37 @@ def load_checkpoint(path_or_dir: str, model_name: Optional[str] = None) -> Dict[
         raise TrainSetupError(f'resume: {path} holds a {checkpoint.get("model_name")!r} model, not {model_name!r}')
     return checkpoint
 
+
+def _tensor_bytes(tensors) -> int:
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+
+
+def planned_outputs(model: nn.Module, folder: Path, checkpoint_every: int) -> str:
+    """One line: where the run writes, which files and about how large, and a warning if the disk is too full.
+
+    Args:
+        model: The model being trained (its size sets the sizes of the files).
+        folder: The output folder.
+        checkpoint_every: Epochs between two checkpoints.
+    """
+    descriptor = _tensor_bytes(descriptor_state_dict(model).values())
+    # Adam keeps two moments per trainable weight next to the model's own state.
+    checkpoint = _tensor_bytes(model.state_dict().values()) + 2 * _tensor_bytes(
+        p for p in model.parameters() if p.requires_grad)
+    every = 'every epoch' if checkpoint_every == 1 else f'every {checkpoint_every} epochs'
+    line = (f'writing to {folder}: {CHECKPOINT_NAME} ~{format_size(checkpoint)} ({every}), {MODEL_NAME} '
+            f'~{format_size(descriptor)} (at the end), {BEST_MODEL_NAME} ~{format_size(descriptor)} (best '
+            f'evaluation), {RESULTS_NAME} (every epoch)')
+    # A rewrite holds the old and the new checkpoint at once.
+    needed = 2 * checkpoint + 2 * descriptor
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        line += f'; warning: only {format_size(free)} free there, about {format_size(needed)} needed'
+    return line
+
+
+def describe_outputs(folder: Path) -> str:
+    """One line naming the run's output files in ``folder`` with their sizes."""
+    files = [folder / name for name in (CHECKPOINT_NAME, MODEL_NAME, BEST_MODEL_NAME, RESULTS_NAME)
+             if (folder / name).is_file()]
+    return f'wrote {folder}: ' + ', '.join(f'{path.name} {format_size(path.stat().st_size)}' for path in files)

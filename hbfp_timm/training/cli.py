@@ -1,16 +1,108 @@
-"""``python -m hbfp_timm.train``: the command line of the trainer."""
+"""``python -m hbfp_timm.train``: the command line of the trainer.
+
+Every failure ends in one line on stderr naming the argument or the file: exit status 2 for a problem found
+before training (arguments, data, output folder, checkpoint, weights), 1 for one met during training (divergence,
+a full disk, an image that became unreadable), 130 on Ctrl-C and 143 on SIGTERM (the last checkpoint is intact;
+the line says how to resume).
+"""
+import _thread
 import argparse
 import ast
 import json
+import re
+import signal
 import sys
+import threading
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-from ..data import DATASET_NAMES
-from .checkpoint import load_checkpoint
-from .config import TrainConfig, TrainSetupError
-from .loop import train
+from ..data import DATASET_NAMES, ImageReadError
+from ..files import OutputWriteError
+from .checkpoint import CHECKPOINT_NAME, RESULTS_NAME, load_checkpoint
+from .config import AMP_DTYPES, DEVICE_DEFAULTS, TrainConfig, TrainSetupError
+from .loop import TrainingDivergedError, train
+from .prepare import output_dir
 
 __all__ = ['build_parser', 'main']
+
+PROG = 'python -m hbfp_timm.train'
+
+
+class _Interruptions:
+    """Ctrl-C (SIGINT) and SIGTERM end the run as a KeyboardInterrupt, delivered until it is handled.
+
+    Python loses a KeyboardInterrupt that a signal raises while the process forks (the DataLoader starts its
+    workers every epoch, and forking a large process takes long enough to be hit often): the exception is raised
+    inside a fork hook, printed as "Exception ignored" and dropped, and the run goes on. So the signal is
+    remembered and raised again every ``REDELIVER_S`` seconds until :meth:`settle` says it was handled, and the
+    "Exception ignored" report of the lost one is left out.
+    """
+
+    NAMES = {signal.SIGINT: 'Ctrl-C', signal.SIGTERM: 'SIGTERM'}
+    REDELIVER_S = 5.0  # longer than unwinding takes (stopping DataLoader workers waits up to 5 s)
+
+    def __init__(self):
+        self.received: Optional[str] = None
+        self._previous: Dict[int, Any] = {}
+        self._redelivery: Optional[threading.Timer] = None
+        self._unraisablehook = sys.unraisablehook
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = self.NAMES[signum]
+        if self._redelivery is None:
+            self._schedule(signum)
+        raise KeyboardInterrupt(self.received)
+
+    def _schedule(self, signum: int) -> None:
+        self._redelivery = threading.Timer(self.REDELIVER_S, self._redeliver, args=(signum,))
+        self._redelivery.daemon = True
+        self._redelivery.start()
+
+    def _redeliver(self, signum: int) -> None:
+        if self._previous:  # not settled yet
+            _thread.interrupt_main(signum)
+            self._schedule(signum)
+
+    def _drop_lost_interrupt(self, unraisable: Any) -> None:
+        if not (self.received and isinstance(unraisable.exc_value, KeyboardInterrupt)):
+            self._unraisablehook(unraisable)
+
+    def __enter__(self) -> '_Interruptions':
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for signum in self.NAMES:
+                if signal.getsignal(signum) is not signal.SIG_IGN:  # e.g. nohup: the user asked to ignore it
+                    self._previous[signum] = signal.signal(signum, self._handle)
+            sys.unraisablehook = self._drop_lost_interrupt
+        return self
+
+    def settle(self) -> None:
+        """Stop raising: restore the previous handlers."""
+        previous, self._previous = self._previous, {}
+        if self._redelivery is not None:
+            self._redelivery.cancel()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        sys.unraisablehook = self._unraisablehook
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.settle()
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: ...)`` only where there is a value to show (not None, [] or an on/off flag's), and a
+    list default as it is typed (``384 128``)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ''
+        if action.default in (None, argparse.SUPPRESS, []) or action.nargs == 0 or '%(default)' in help_text:
+            return help_text
+        if isinstance(action.default, (list, tuple)):
+            return f'{help_text} (default: {" ".join(str(value) for value in action.default)})'
+        return super()._get_help_string(action)
+
+
+def _device_defaults(option: str) -> str:
+    return ', '.join(f'{"on" if values[option] else "off"} on {device.upper()}'
+                     for device, values in DEVICE_DEFAULTS.items())
 
 
 def _model_arg(text: str) -> Tuple[str, Any]:
@@ -34,13 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``python -m hbfp_timm.train`` argument parser; defaults come from :class:`TrainConfig`."""
     d = TrainConfig()
     parser = argparse.ArgumentParser(
-        prog='python -m hbfp_timm.train',
+        prog=PROG,
         description='Train HBFP-Net for person re-identification. Every default is the paper\'s recipe '
                     '(HBFP-Net, ACM MM 2020, section 4.2): 384x128 input, flip + random erasing + cutout, '
                     'PK batches 16x4, triplet margin 0.3, label smoothing 0.3, Adam lr 2e-4 wd 5e-4, constant '
                     'for 200 epochs then exponential decay to epoch 500. Several GPUs: torchrun --nproc-per-node '
                     'N -m hbfp_timm.train ...',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     data = parser.add_argument_group('data')
     data.add_argument('--dataset', default=d.dataset, choices=DATASET_NAMES, help='data set reader')
     data.add_argument('--data-root', default=d.data_root, help='folder holding the data set')
@@ -55,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help='random erasing probability')
     data.add_argument('--cutout-prob', type=float, default=d.cutout_prob, help='cutout probability')
     data.add_argument('--workers', type=int, default=d.workers, help='data loading processes')
+    data.add_argument('--check-images', action='store_true',
+                      help='decode every image before training (by default only cheap header and size checks run)')
 
     model = parser.add_argument_group('model')
     model.add_argument('--model', default=d.model, help='timm name of the HBFP model')
@@ -62,8 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help='HBFPNet constructor argument, value parsed as a Python literal (repeatable), '
                             'e.g. --model-arg "gep_lambdas=(0, 1)" --model-arg hierarchical=False')
     model.add_argument('--no-pretrained-backbone', dest='pretrained_backbone', action='store_false',
-                       help='start the backbone from random weights instead of timm\'s ImageNet weights '
-                            '(pretrained_backbone=%(default)s)')
+                       help='start the backbone from random weights instead of timm\'s ImageNet weights')
     model.add_argument('--backbone-weights', default=d.backbone_weights, metavar='FILE',
                        help='local ImageNet weights file for the backbone (offline machines)')
 
@@ -84,7 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = parser.add_argument_group('run')
     run.add_argument('--device', default=d.device, help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:N'")
-    run.add_argument('--no-amp', dest='amp', action='store_false', help='disable mixed precision on CUDA (amp=%(default)s)')
+    run.add_argument('--no-amp', dest='amp', action='store_false', help='disable mixed precision on CUDA')
+    run.add_argument('--amp-dtype', default=d.amp_dtype, choices=AMP_DTYPES,
+                     help='mixed-precision type on CUDA; auto: bfloat16 where the GPU has it, else float16 (with '
+                          'gradient scaling)')
+    run.add_argument('--channels-last', default=d.channels_last, action=argparse.BooleanOptionalAction,
+                     help='channels-last memory format for model and images '
+                          f'(default: {_device_defaults("channels_last")})')
+    run.add_argument('--compile', default=d.compile, action=argparse.BooleanOptionalAction,
+                     help=f'torch.compile the training forward pass (default: {_device_defaults("compile")})')
     run.add_argument('--seed', type=int, default=d.seed, help='random seed')
     run.add_argument('--eval-every', type=_positive_int, default=d.eval_every,
                      help='evaluate every N epochs (and after the last)')
@@ -115,16 +216,65 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = vars(parser.parse_args(argv))
     args['model_args'] = dict(args.pop('model_arg'))
     args['img_size'] = tuple(args['img_size'])
+    cfg: Optional[TrainConfig] = None
+    with _Interruptions() as interruptions:
+        try:
+            if args['resume']:
+                # A resumed run keeps its own configuration; flags given on this command line override it.
+                saved = json.loads(load_checkpoint(args['resume'])['config'])
+                given = _given_arguments(argv)
+                args = {**saved, **{key: value for key, value in args.items() if key in given}}
+                args['img_size'] = tuple(args['img_size'])
+            cfg = TrainConfig(**args)
+            return train(cfg, command=['python', '-m', 'hbfp_timm.train', *argv])
+        except (Exception, KeyboardInterrupt) as exc:
+            interruptions.settle()
+            if isinstance(exc, KeyboardInterrupt) or interruptions.received:
+                name = interruptions.received or 'Ctrl-C'
+                parser.exit(143 if name == 'SIGTERM' else 130, f'{PROG}: interrupted ({name}); {_resume_hint(cfg)}\n')
+            if isinstance(exc, TrainSetupError):
+                parser.exit(2, f'{PROG}: error: {_as_flags(str(exc), parser)}\n')
+            if isinstance(exc, OutputWriteError):
+                parser.exit(1, f'{PROG}: error: {exc.strerror or exc}\n')
+            if isinstance(exc, ImageReadError):
+                parser.exit(1, f'{PROG}: error: {_last_line(exc)}; --check-images finds every unreadable image '
+                               f'before training\n')
+            if isinstance(exc, TrainingDivergedError):
+                parser.exit(1, f'{PROG}: error: {exc}\n')
+            raise
+
+
+def _resume_hint(cfg: Optional[TrainConfig]) -> str:
+    """What an interrupted run leaves behind, and how to continue it."""
+    if cfg is None:
+        return 'nothing was written'
+    folder = output_dir(cfg)
+    if not (folder / CHECKPOINT_NAME).is_file():
+        return f'no checkpoint was written yet in {folder}'
     try:
-        if args['resume']:
-            # A resumed run keeps its own configuration; flags given on this command line override it.
-            saved = json.loads(load_checkpoint(args['resume'])['config'])
-            given = _given_arguments(argv)
-            args = {**saved, **{key: value for key, value in args.items() if key in given}}
-            args['img_size'] = tuple(args['img_size'])
-        return train(TrainConfig(**args), command=['python', '-m', 'hbfp_timm.train', *argv])
-    except TrainSetupError as exc:
-        parser.exit(2, f'{parser.prog}: error: {exc}\n')
+        epoch = json.loads((folder / RESULTS_NAME).read_text()).get('checkpoint_epoch')
+    except (OSError, ValueError, AttributeError):
+        epoch = None
+    held = f' (epoch {epoch})' if epoch else ''
+    return f'{folder / CHECKPOINT_NAME}{held} is intact; continue with: {PROG} --resume {folder}'
+
+
+def _as_flags(message: str, parser: argparse.ArgumentParser) -> str:
+    """``'label_smoothing: ...'`` -> ``'--label-smoothing: ...'``: name the option the user typed."""
+    flags = {action.dest: action.option_strings[0] for action in parser._actions if action.option_strings}
+    flags['model_args'] = flags.pop('model_arg')
+    flags['pretrained_backbone'] = '--no-pretrained-backbone'
+    match = re.match(r'^([a-z_]+(?:, [a-z_]+)*): ', message)
+    if match is None or not all(name in flags for name in match[1].split(', ')):
+        return message
+    return ', '.join(flags[name] for name in match[1].split(', ')) + message[len(match[1]):]
+
+
+def _last_line(exc: BaseException) -> str:
+    """The message of an exception raised in a DataLoader worker, whose text holds the worker's traceback."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else type(exc).__name__
+    return re.sub(r'^[\w.]+(Error|Exception): ', '', last)
 
 
 def _given_arguments(argv: Sequence[str]) -> set:

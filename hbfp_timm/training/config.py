@@ -1,4 +1,5 @@
 """Training configuration: :class:`TrainConfig` (the paper's recipe as defaults) and its validation."""
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -8,7 +9,16 @@ import timm
 
 from ..data import DATASET_NAMES
 
-__all__ = ['TrainConfig', 'TrainSetupError', 'validate_config']
+__all__ = ['TrainConfig', 'TrainSetupError', 'validate_config', 'AMP_DTYPES', 'DEVICE_DEFAULTS']
+
+AMP_DTYPES = ('auto', 'bfloat16', 'float16')
+# Speed options whose best value depends on the device type; a TrainConfig field left at None takes the value
+# here. They change speed, not results. On CPU both stay off (channels-last and torch.compile do not pay off for
+# the short CPU runs this package is tested with); the CUDA values follow the GPU measurements of benchmarks/speed.py.
+DEVICE_DEFAULTS: Dict[str, Dict[str, bool]] = {
+    'cpu': {'channels_last': False, 'compile': False},
+    'cuda': {'channels_last': False, 'compile': False},
+}
 
 
 class TrainSetupError(ValueError):
@@ -43,7 +53,13 @@ class TrainConfig:
         pretrained_backbone: Start the backbone from timm's ImageNet weights (downloaded from the Hub).
         backbone_weights: Local ImageNet weights file for the backbone (offline machines).
         device: ``'auto'`` (CUDA when available, else CPU), ``'cpu'``, ``'cuda'``, ``'cuda:1'``...
-        amp: Mixed precision (autocast + GradScaler); applies on CUDA only.
+        amp: Mixed precision (autocast); applies on CUDA only.
+        amp_dtype: ``'bfloat16'``, ``'float16'`` (with a GradScaler, which bfloat16 does not need) or ``'auto'``:
+            bfloat16 where the GPU supports it, else float16.
+        channels_last: Channels-last memory format for the model and its inputs; None takes the device's
+            default (``DEVICE_DEFAULTS``).
+        compile: ``torch.compile`` the training forward pass; None takes the device's default.
+        check_images: Decode every image before training (by default only cheap header and size checks run).
         workers: Data loading processes.
         seed: Seed of model initialisation, PK sampling and augmentation.
         eval_every: Evaluate on query/gallery every this many epochs (and always after the last).
@@ -79,6 +95,10 @@ class TrainConfig:
     backbone_weights: Optional[str] = None
     device: str = 'auto'
     amp: bool = True
+    amp_dtype: str = 'auto'
+    channels_last: Optional[bool] = None
+    compile: Optional[bool] = None
+    check_images: bool = False
     workers: int = min(4, os.cpu_count() or 1)
     seed: int = 0
     eval_every: int = 50
@@ -91,8 +111,16 @@ class TrainConfig:
     max_steps_per_epoch: Optional[int] = None
 
 
+def _finite(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
 
 def validate_config(cfg: TrainConfig) -> None:
+    """Check every field that can be checked without the data or the model.
+
+    Raises:
+        TrainSetupError: The first problem, as ``'<field>: expected ..., got ...'``.
+    """
     checks = [
         (cfg.dataset in DATASET_NAMES, f'dataset: expected one of {", ".join(DATASET_NAMES)}, got {cfg.dataset!r}'),
         (timm.is_model(cfg.model), f'model: unknown timm model {cfg.model!r} (e.g. hbfp_resnet50, hbfp_resnet18)'),
@@ -106,8 +134,27 @@ def validate_config(cfg: TrainConfig) -> None:
         (cfg.batch_size >= 2 * cfg.num_instances and cfg.batch_size % cfg.num_instances == 0,
          f'batch_size: expected a multiple of num_instances={cfg.num_instances} holding at least two identities, '
          f'got {cfg.batch_size}'),
-        (cfg.lr > 0, f'lr: expected > 0, got {cfg.lr}'),
-        (cfg.weight_decay >= 0, f'weight_decay: expected >= 0, got {cfg.weight_decay}'),
+        # Adam steps are about lr in size whatever the gradient: above 1 the weights are lost in a few steps.
+        (_finite(cfg.lr) and 0 < cfg.lr <= 1, f'lr: expected a value in (0, 1] (the paper uses 2e-4), got {cfg.lr}'),
+        (_finite(cfg.weight_decay) and cfg.weight_decay >= 0,
+         f'weight_decay: expected a finite value >= 0, got {cfg.weight_decay}'),
+        (_finite(cfg.margin) and cfg.margin >= 0, f'margin: expected a finite value >= 0, got {cfg.margin}'),
+        (_finite(cfg.label_smoothing) and 0 <= cfg.label_smoothing < 1,
+         f'label_smoothing: expected a value in [0, 1), got {cfg.label_smoothing}'),
+        (_finite(cfg.triplet_weight) and cfg.triplet_weight >= 0,
+         f'triplet_weight: expected a finite value >= 0, got {cfg.triplet_weight}'),
+        (_finite(cfg.id_weight) and cfg.id_weight >= 0,
+         f'id_weight: expected a finite value >= 0, got {cfg.id_weight}'),
+        (cfg.triplet_weight > 0 or cfg.id_weight > 0,
+         'triplet_weight, id_weight: expected at least one above 0 (with both at 0 nothing is learnt)'),
+        (_finite(cfg.flip_prob) and 0 <= cfg.flip_prob <= 1,
+         f'flip_prob: expected a probability in [0, 1], got {cfg.flip_prob}'),
+        (_finite(cfg.random_erasing_prob) and 0 <= cfg.random_erasing_prob <= 1,
+         f'random_erasing_prob: expected a probability in [0, 1], got {cfg.random_erasing_prob}'),
+        (_finite(cfg.cutout_prob) and 0 <= cfg.cutout_prob <= 1,
+         f'cutout_prob: expected a probability in [0, 1], got {cfg.cutout_prob}'),
+        (cfg.amp_dtype in AMP_DTYPES, f'amp_dtype: expected one of {", ".join(AMP_DTYPES)}, got {cfg.amp_dtype!r}'),
+        (cfg.seed >= 0, f'seed: expected an integer >= 0, got {cfg.seed}'),
         (cfg.workers >= 0, f'workers: expected >= 0, got {cfg.workers}'),
         (cfg.eval_every >= 1, f'eval_every: expected >= 1, got {cfg.eval_every}'),
         (cfg.checkpoint_every >= 1, f'checkpoint_every: expected >= 1, got {cfg.checkpoint_every}'),
@@ -121,4 +168,3 @@ def validate_config(cfg: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise TrainSetupError(message)
-

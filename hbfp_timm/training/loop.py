@@ -5,11 +5,9 @@ import random
 import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
-import timm
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -18,39 +16,29 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..data import RandomIdentitySampler, build_dataset, make_dataloaders
+from ..data import RandomIdentitySampler, make_dataloaders
+from ..data.loader import interruptions_deferred
 from ..data.transforms import build_test_transform, build_train_transform
 from ..engine import evaluate
 from ..losses import HBFPLoss
+from ..progress import progress
+from ..synthetic import read_synthetic_marker
 from .checkpoint import (
-    BEST_MODEL_NAME, CHECKPOINT_NAME, MODEL_NAME, RESULTS_NAME, epoch_seeds, load_checkpoint, rng_states,
-    save_checkpoint, save_descriptor_model, set_rng_states, write_json,
+    BEST_MODEL_NAME, CHECKPOINT_NAME, MODEL_NAME, RESULTS_NAME, describe_outputs, epoch_seeds, load_checkpoint,
+    planned_outputs, rng_states, save_checkpoint, save_descriptor_model, set_rng_states, write_json,
 )
-from .config import TrainConfig, TrainSetupError, validate_config
+from .config import DEVICE_DEFAULTS, TrainConfig, TrainSetupError, validate_config
 from .distributed import BranchForward, init_distributed, resolve_device
+from .prepare import (
+    build_model, check_images, check_input_size, check_resume_fits, output_dir, prepare_output, read_dataset,
+)
 from .schedule import ConstantThenExponentialDecay
 
-__all__ = ['train']
+__all__ = ['train', 'TrainingDivergedError']
 
 
-def _build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
-    kwargs = dict(cfg.model_args)
-    kwargs.setdefault('pretrained_backbone', cfg.pretrained_backbone)
-    if cfg.backbone_weights is not None:
-        kwargs['backbone_weights'] = cfg.backbone_weights
-    try:
-        return timm.create_model(cfg.model, num_classes=num_classes, **kwargs)
-    except TypeError as exc:
-        raise TrainSetupError(f'model_args: {cfg.model} does not accept {sorted(cfg.model_args)} ({exc})') from exc
-    except ValueError as exc:
-        raise TrainSetupError(f'model_args: cannot build {cfg.model} with {cfg.model_args} ({exc})') from exc
-    except OSError as exc:
-        if kwargs['pretrained_backbone'] and cfg.backbone_weights is None:
-            raise TrainSetupError(
-                f'pretrained backbone weights for {cfg.model} could not be loaded ({type(exc).__name__}: '
-                f'{str(exc).splitlines()[0] if str(exc) else ""}); offline, pass --backbone-weights FILE (a '
-                f'local ImageNet checkpoint) or --no-pretrained-backbone') from exc
-        raise TrainSetupError(f'backbone_weights: cannot load {cfg.backbone_weights} ({exc})') from exc
+class TrainingDivergedError(FloatingPointError):
+    """The loss or the weights stopped being finite; the message says when and suggests a lower ``--lr``."""
 
 
 def _build_loaders(cfg: TrainConfig, dataset, rank: int, world_size: int):
@@ -67,22 +55,37 @@ def _build_loaders(cfg: TrainConfig, dataset, rank: int, world_size: int):
         raise TrainSetupError(f'{cfg.dataset} at {cfg.data_root}: {exc}') from exc
 
 
+def _amp_dtype(cfg: TrainConfig, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype, or None for full precision (CPU, or ``amp=False``)."""
+    if not cfg.amp or device.type != 'cuda':
+        return None
+    bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+    if cfg.amp_dtype == 'auto':
+        return torch.bfloat16 if bf16 else torch.float16
+    if cfg.amp_dtype == 'bfloat16' and not bf16:
+        raise TrainSetupError(f'amp_dtype: {torch.cuda.get_device_name(device)} has no native bfloat16; '
+                              f'use --amp-dtype float16 (or auto)')
+    return getattr(torch, cfg.amp_dtype)
 
-def _output_dir(cfg: TrainConfig) -> Path:
-    if cfg.output:
-        return Path(cfg.output).expanduser()
-    if cfg.resume:
-        resume = Path(cfg.resume).expanduser()
-        return resume if resume.is_dir() else resume.parent
-    return Path('runs') / f'{cfg.model}_{cfg.dataset}'
+
+def _speed_option(value: Optional[bool], name: str, device: torch.device) -> bool:
+    return DEVICE_DEFAULTS.get(device.type, DEVICE_DEFAULTS['cpu'])[name] if value is None else value
 
 
 def _headline(evaluation: Dict[str, Any]) -> Dict[str, float]:
     return {key: evaluation[key] for key in ('rank1', 'rank5', 'rank10', 'mAP')}
 
 
+def _epochs(count: int) -> str:
+    return f'{count} epoch{"" if count == 1 else "s"}'
+
+
 def train(cfg: TrainConfig, command: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    """Train (or resume) a model, evaluate it periodically and write the outputs described in the module doc.
+    """Train (or resume) a model, evaluate it periodically and write the outputs described in the package doc.
+
+    Everything that can be checked before the first epoch is: the configuration, the output folder, the data set
+    and its images (cheaply; fully with ``check_images``), the model's weights and input size, and whether a
+    resumed checkpoint fits.
 
     Args:
         cfg: The run configuration.
@@ -93,7 +96,10 @@ def train(cfg: TrainConfig, command: Optional[Sequence[str]] = None) -> Dict[str
         other ranks hold no evaluations).
 
     Raises:
-        TrainSetupError: On an invalid configuration, data set, checkpoint or unavailable weights.
+        TrainSetupError: On an invalid configuration, output folder, data set, checkpoint or unavailable weights.
+        TrainingDivergedError: The loss or the weights became NaN or infinite.
+        hbfp_timm.files.OutputWriteError: An output could not be written (e.g. no space left on the device).
+        hbfp_timm.data.ImageReadError: An image became unreadable during training.
     """
     validate_config(cfg)
     we_initialised, rank, world_size, local_rank = init_distributed(cfg.device)
@@ -107,54 +113,73 @@ def train(cfg: TrainConfig, command: Optional[Sequence[str]] = None) -> Dict[str
 def _train(cfg: TrainConfig, command: List[str], rank: int, world_size: int, local_rank: int) -> Dict[str, Any]:
     is_main = rank == 0
     device = resolve_device(cfg.device, local_rank)
-    use_amp = cfg.amp and device.type == 'cuda'
-    output = _output_dir(cfg)
+    amp_dtype = _amp_dtype(cfg, device)
+    output = output_dir(cfg)
+    prepare_output(output, remove_stale=is_main)
     checkpoint = load_checkpoint(cfg.resume, cfg.model) if cfg.resume else None
 
-    try:
-        dataset = build_dataset(cfg.dataset, cfg.data_root)
-    except (FileNotFoundError, ValueError) as exc:
-        raise TrainSetupError(f'data_root: {exc}') from exc
+    dataset = read_dataset(cfg)
+    if is_main:
+        tqdm.write(dataset.summary())
+
+    torch.manual_seed(cfg.seed)  # model initialisation (identical on every rank; DDP broadcasts it anyway)
+    model = build_model(cfg, dataset.num_train_pids).to(device)
+    check_input_size(model, cfg, device)
+    if checkpoint is not None:
+        check_resume_fits(checkpoint, cfg, dataset, model)
+    num_images, seconds = check_images(dataset, cfg.check_images, rank, world_size)
+    if is_main:
+        tqdm.write(f'{"decoded" if cfg.check_images else "checked"} {num_images} images in {seconds:.1f}s')
     train_loader, query_loader, gallery_loader = _build_loaders(cfg, dataset, rank, world_size)
     sampler: RandomIdentitySampler = train_loader.sampler
 
-    torch.manual_seed(cfg.seed)  # model initialisation (identical on every rank; DDP broadcasts it anyway)
-    model = _build_model(cfg, dataset.num_train_pids).to(device)
     criterion = HBFPLoss(margin=cfg.margin, label_smoothing=cfg.label_smoothing,
                          triplet_weight=cfg.triplet_weight, id_weight=cfg.id_weight)
     optimizer = create_optimizer_v2(model, 'adam', lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = LambdaLR(optimizer, ConstantThenExponentialDecay(cfg.lr_constant_epochs, cfg.epochs,
                                                                  cfg.lr_final_factor))
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+    # bfloat16 has float32's exponent range: only float16 gradients need scaling to stay representable.
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     results: Dict[str, Any] = {
         'model': cfg.model, 'model_args': dict(cfg.model_args), 'dataset': cfg.dataset,
         'img_size': list(cfg.img_size), 'config': asdict(cfg), 'command': command,
         'num_train_pids': dataset.num_train_pids, 'world_size': world_size, 'device': str(device),
-        'history': [], 'evaluations': [], 'best': None, 'last': None, 'metrics': None,
+        'amp_dtype': str(amp_dtype).replace('torch.', '') if amp_dtype else None,
+        'synthetic_data': read_synthetic_marker(cfg.data_root),
+        'history': [], 'evaluations': [], 'best': None, 'last': None, 'metrics': None, 'checkpoint_epoch': None,
     }
     start_epoch = 0
     if checkpoint is not None:
         model.load_state_dict(checkpoint['model'])
         optimizer.load_state_dict(checkpoint['optimizer'])
         scheduler.load_state_dict(checkpoint['scheduler'])
-        scaler.load_state_dict(checkpoint['scaler'])
+        if checkpoint['scaler'] and scaler.is_enabled():  # a float16 run resumed as float16
+            scaler.load_state_dict(checkpoint['scaler'])
         start_epoch = int(checkpoint['epoch'])
         sampler.set_epoch(int(checkpoint['sampler_epoch']))
         set_rng_states(checkpoint['rng'])
         previous = json.loads(checkpoint['results'])
         for key in ('history', 'evaluations', 'best', 'last', 'metrics'):
             results[key] = previous[key]
+        results['checkpoint_epoch'] = start_epoch
         results['resumed_from'] = previous.get('resumed_from', []) + [{'epoch': start_epoch, 'command': command}]
         if start_epoch >= cfg.epochs:
-            raise TrainSetupError(f'resume: the checkpoint has already completed {start_epoch} epochs; '
+            raise TrainSetupError(f'resume: the checkpoint has already completed {_epochs(start_epoch)}; '
                                   f'pass --epochs greater than {start_epoch} to train further')
+    if is_main:
+        tqdm.write(planned_outputs(model, output, cfg.checkpoint_every))
 
+    channels_last = _speed_option(cfg.channels_last, 'channels_last', device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     train_module: nn.Module = BranchForward(model)
     if world_size > 1:
         train_module = nn.parallel.DistributedDataParallel(
             train_module, device_ids=[device.index] if device.type == 'cuda' else None,
             find_unused_parameters=cfg.id_weight == 0)  # without the ID loss the classifier gets no gradient
+    if _speed_option(cfg.compile, 'compile', device):
+        train_module = torch.compile(train_module)
     metadata = {'architecture': cfg.model, 'model_args': json.dumps(cfg.model_args), 'dataset': cfg.dataset}
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -164,8 +189,10 @@ def _train(cfg: TrainConfig, command: List[str], rank: int, world_size: int, loc
         torch.manual_seed(augmentation_seed)
         train_loader.generator.manual_seed(worker_seed)
         sampler.set_epoch(epoch)
-        stats = _train_one_epoch(train_module, criterion, optimizer, scaler, train_loader, device, use_amp,
-                                 cfg.max_steps_per_epoch, desc=f'epoch {epoch + 1}/{cfg.epochs}', show=is_main)
+        stats = _train_one_epoch(train_module, criterion, optimizer, scaler, train_loader, device, amp_dtype,
+                                 channels_last, cfg.max_steps_per_epoch, epoch=epoch + 1, epochs=cfg.epochs,
+                                 show=is_main)
+        _check_weights(model, epoch + 1, stats)
         stats.update(epoch=epoch + 1, lr=optimizer.param_groups[0]['lr'])
         scheduler.step()
         results['history'].append(stats)
@@ -175,7 +202,7 @@ def _train(cfg: TrainConfig, command: List[str], rank: int, world_size: int, loc
             tqdm.write(f'epoch {epoch + 1}/{cfg.epochs}: {losses}, lr {stats["lr"]:.2e}, {stats["time"]:.1f}s')
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                 evaluation = evaluate(model, query_loader, gallery_loader, device, metric=cfg.metric,
-                                      flip=cfg.flip_test, amp=use_amp)
+                                      flip=cfg.flip_test, amp=amp_dtype is not None)
                 entry = {'epoch': epoch + 1, **_headline(evaluation),
                          'num_skipped_queries': evaluation['num_skipped_queries']}
                 results['evaluations'].append(entry)
@@ -187,6 +214,7 @@ def _train(cfg: TrainConfig, command: List[str], rank: int, world_size: int, loc
                     save_descriptor_model(model, output / BEST_MODEL_NAME, {**metadata, 'epoch': str(epoch + 1)})
                 tqdm.write(f'epoch {epoch + 1}: rank-1 {entry["rank1"]:.2%}  mAP {entry["mAP"]:.2%}')
             if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+                results['checkpoint_epoch'] = epoch + 1
                 save_checkpoint(output / CHECKPOINT_NAME, {
                     'model_name': cfg.model, 'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
                     'scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict(), 'epoch': epoch + 1,
@@ -199,8 +227,18 @@ def _train(cfg: TrainConfig, command: List[str], rank: int, world_size: int, loc
 
     if is_main:
         save_descriptor_model(model, output / MODEL_NAME, {**metadata, 'epoch': str(cfg.epochs)})
+        tqdm.write(describe_outputs(output))
     return results
 
+
+def _check_weights(model: nn.Module, epoch: int, stats: Dict[str, Any]) -> None:
+    """Stop before a model with NaN or infinite weights is evaluated or written (the last step of an epoch can
+    break the weights with a loss that was still finite)."""
+    finite = torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()
+    if not bool(finite):
+        raise TrainingDivergedError(
+            f'training diverged at epoch {epoch} step {stats["steps"]} (the weights became NaN or infinite; mean loss '
+            f'of the epoch {stats.get("loss", float("nan")):.4g}); lower --lr')
 
 
 def _train_one_epoch(
@@ -210,38 +248,48 @@ def _train_one_epoch(
         scaler: torch.amp.GradScaler,
         loader: DataLoader,
         device: torch.device,
-        use_amp: bool,
+        amp_dtype: Optional[torch.dtype],
+        channels_last: bool,
         max_steps: Optional[int],
-        desc: str,
+        epoch: int,
+        epochs: int,
         show: bool,
 ) -> Dict[str, Any]:
-    """One pass over the PK batches; returns the mean losses, the number of steps and the wall time."""
+    """One pass over the PK batches; returns the mean losses, the number of steps and the wall time.
+
+    Raises:
+        TrainingDivergedError: A loss that is NaN or infinite, before it reaches the weights.
+    """
     train_module.train()
     start = time.perf_counter()
     sums: Dict[str, float] = {}
     steps = len(loader) if max_steps is None else min(len(loader), max_steps)
-    progress = tqdm(total=steps, desc=desc, leave=False, dynamic_ncols=True, disable=not show)
-    for step, (images, targets, _, _) in enumerate(loader):
+    memory_format = torch.channels_last if channels_last else torch.preserve_format
+    bar = progress(total=steps, desc=f'epoch {epoch}/{epochs}', disable=not show, leave=False)
+    with interruptions_deferred():  # while the workers are forked
+        batches = iter(loader)
+    for step, (images, targets, _, _) in enumerate(batches):
         if step >= steps:
             break
-        images = images.to(device, non_blocking=True)
+        images = images.to(device, non_blocking=True, memory_format=memory_format)
         targets = targets.to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             outputs = train_module(images)
         loss, parts = criterion(outputs, targets)
+        values = {'loss': loss.item(), **{name: value.item() for name, value in parts.items()}}
+        if not math.isfinite(values['loss']):
+            bar.close()
+            raise TrainingDivergedError(f'training diverged at epoch {epoch} step {step + 1} (loss '
+                                        f'{values["loss"]}); lower --lr (now {optimizer.param_groups[0]["lr"]:g})')
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        values = {'loss': loss.item(), **{name: value.item() for name, value in parts.items()}}
-        if not math.isfinite(values['loss']):
-            raise FloatingPointError(f'loss became {values["loss"]} at step {step} ({desc}); lower --lr')
         for name, value in values.items():
             sums[name] = sums.get(name, 0.0) + value
-        progress.update()
-        progress.set_postfix({name: f'{value:.3f}' for name, value in values.items()})
-    progress.close()
+        bar.update()
+        bar.set_postfix({name: f'{value:.3f}' for name, value in values.items()})
+    bar.close()
     stats: Dict[str, Any] = {name: total / max(steps, 1) for name, total in sums.items()}
     stats.update(steps=steps, time=time.perf_counter() - start)
     return stats
-
