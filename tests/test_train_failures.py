@@ -130,9 +130,16 @@ def test_resume_with_other_model_arguments_says_what_differs(finished_run, capsy
                     f'to continue it, or start a new run with another --output')
     code, line = _exit(['--resume', str(finished_run), '--epochs', '2', '--model-arg', 'correlation_dim=8'], capsys)
     assert '(checkpoint -> this run: perception_dim 16 -> default)' in line
-    # Repeating the run's own arguments is no difference: the run goes on to the next check.
-    code, line = _exit(['--resume', str(finished_run), *own], capsys)
-    assert 'already completed 1 epoch' in line
+
+
+def test_resume_of_a_checkpoint_whose_weights_do_not_fit_lists_the_keys(finished_run, tmp_path, capsys):
+    checkpoint = torch.load(finished_run / 'checkpoint.pt', weights_only=True)
+    key = sorted(checkpoint['model'])[0]
+    checkpoint['model'][key + '_renamed'] = checkpoint['model'].pop(key)
+    torch.save(checkpoint, tmp_path / 'checkpoint.pt')
+    code, line = _exit(['--resume', str(tmp_path), '--epochs', '2'], capsys)
+    assert code == 2 and line.startswith(f'{PROG}: error: --resume: {tmp_path}: checkpoint does not match')
+    assert f'missing keys (1): {key};' in line and f'unexpected keys (1): {key}_renamed' in line
 
 
 def test_resume_on_a_data_set_with_other_identities_says_so(finished_run, tmp_path, capsys):
@@ -222,8 +229,7 @@ class _NanGradients(HBFPLoss):
         return loss + 0 * torch.sqrt(at_zero), parts
 
 
-def test_a_nan_loss_stops_training_with_one_line_before_it_reaches_the_weights(data_root, tmp_path, capsys,
-                                                                               monkeypatch):
+def test_a_nan_loss_stops_training_with_one_line_and_writes_nothing(data_root, tmp_path, capsys, monkeypatch):
     _NanLossAtStep2.calls = 0
     monkeypatch.setattr(loop, 'HBFPLoss', _NanLossAtStep2)
     code, line = _exit(_argv(data_root, tmp_path / 'out', '--max-steps-per-epoch', '3'), capsys)
@@ -258,6 +264,29 @@ def test_sigterm_during_a_checkpoint_write_is_one_line_exit_143_and_no_temporary
     assert code == 143
     assert line == f'{PROG}: interrupted (SIGTERM); no checkpoint was written yet in {tmp_path / "out"}'
     assert _leftovers(tmp_path / 'out') == [] and signal.getsignal(signal.SIGTERM) is handler
+
+
+class _LostInterrupt:
+    """Raises Ctrl-C where Python can only report and drop the KeyboardInterrupt (as in a fork hook)."""
+
+    def __del__(self):
+        signal.raise_signal(signal.SIGINT)
+
+
+def test_a_ctrl_c_that_python_dropped_is_delivered_again(data_root, tmp_path, capsys, monkeypatch):
+    real_write_json = loop.write_json
+
+    def write_json(path, data):
+        _LostInterrupt()  # collected at once: the interrupt is raised in __del__ and dropped
+        monkeypatch.setattr(loop, 'write_json', real_write_json)
+        real_write_json(path, data)
+
+    monkeypatch.setattr(loop, 'write_json', write_json)
+    start = time.perf_counter()
+    code, line = _exit(_argv(data_root, tmp_path / 'out', '--max-steps-per-epoch', '1', '--epochs', '1000',
+                             '--eval-every', '1000', '--checkpoint-every', '1000'), capsys)  # _exit: no other line
+    assert code == 130 and line == f'{PROG}: interrupted (Ctrl-C); no checkpoint was written yet in {tmp_path / "out"}'
+    assert time.perf_counter() - start < 120
 
 
 def test_a_full_disk_during_a_checkpoint_write_says_no_space_left_naming_the_file(data_root, tmp_path, capsys,

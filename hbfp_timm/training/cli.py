@@ -30,11 +30,11 @@ PROG = 'python -m hbfp_timm.train'
 class _Interruptions:
     """Ctrl-C (SIGINT) and SIGTERM end the run as a KeyboardInterrupt, delivered until it is handled.
 
-    Python loses a KeyboardInterrupt that a signal raises while the process forks (the DataLoader starts its
-    workers every epoch, and forking a large process takes long enough to be hit often): the exception is raised
-    inside a fork hook, printed as "Exception ignored" and dropped, and the run goes on. So the signal is
-    remembered and raised again every ``REDELIVER_S`` seconds until :meth:`settle` says it was handled, and the
-    "Exception ignored" report of the lost one is left out.
+    Python loses a KeyboardInterrupt that a signal raises while the process forks: the exception is raised inside
+    a fork hook, printed as "Exception ignored" and dropped, and the run goes on. The training loop holds the
+    signals back while it starts its workers (``hbfp_timm.data.loader.interruptions_deferred``); for forks
+    elsewhere (the evaluation's loaders) the signal is remembered and raised again every ``REDELIVER_S`` seconds
+    until :meth:`settle` says it was handled, and the "Exception ignored" report of the lost one is left out.
     """
 
     NAMES = {signal.SIGINT: 'Ctrl-C', signal.SIGTERM: 'SIGTERM'}

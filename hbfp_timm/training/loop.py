@@ -59,7 +59,10 @@ def _amp_dtype(cfg: TrainConfig, device: torch.device) -> Optional[torch.dtype]:
     """The autocast dtype, or None for full precision (CPU, or ``amp=False``)."""
     if not cfg.amp or device.type != 'cuda':
         return None
-    bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+    try:
+        bf16 = torch.cuda.is_bf16_supported(including_emulation=False)  # emulated bfloat16 speeds nothing up
+    except TypeError:  # torch before 2.4 does not emulate it
+        bf16 = torch.cuda.is_bf16_supported()
     if cfg.amp_dtype == 'auto':
         return torch.bfloat16 if bf16 else torch.float16
     if cfg.amp_dtype == 'bfloat16' and not bf16:
@@ -74,10 +77,6 @@ def _speed_option(value: Optional[bool], name: str, device: torch.device) -> boo
 
 def _headline(evaluation: Dict[str, Any]) -> Dict[str, float]:
     return {key: evaluation[key] for key in ('rank1', 'rank5', 'rank10', 'mAP')}
-
-
-def _epochs(count: int) -> str:
-    return f'{count} epoch{"" if count == 1 else "s"}'
 
 
 def train(cfg: TrainConfig, command: Optional[Sequence[str]] = None) -> Dict[str, Any]:
@@ -164,9 +163,6 @@ def _train(cfg: TrainConfig, command: List[str], rank: int, world_size: int, loc
             results[key] = previous[key]
         results['checkpoint_epoch'] = start_epoch
         results['resumed_from'] = previous.get('resumed_from', []) + [{'epoch': start_epoch, 'command': command}]
-        if start_epoch >= cfg.epochs:
-            raise TrainSetupError(f'resume: the checkpoint has already completed {_epochs(start_epoch)}; '
-                                  f'pass --epochs greater than {start_epoch} to train further')
     if is_main:
         tqdm.write(planned_outputs(model, output, cfg.checkpoint_every))
 
@@ -258,7 +254,7 @@ def _train_one_epoch(
     """One pass over the PK batches; returns the mean losses, the number of steps and the wall time.
 
     Raises:
-        TrainingDivergedError: A loss that is NaN or infinite, before it reaches the weights.
+        TrainingDivergedError: A loss that is NaN or infinite.
     """
     train_module.train()
     start = time.perf_counter()
@@ -276,15 +272,17 @@ def _train_one_epoch(
         with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             outputs = train_module(images)
         loss, parts = criterion(outputs, targets)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        # Read after the step, so that the GPU is not left idle waiting for it; a NaN loss has then spoilt the
+        # weights in memory, but the run stops before anything is evaluated or written.
         values = {'loss': loss.item(), **{name: value.item() for name, value in parts.items()}}
         if not math.isfinite(values['loss']):
             bar.close()
             raise TrainingDivergedError(f'training diverged at epoch {epoch} step {step + 1} (loss '
                                         f'{values["loss"]}); lower --lr (now {optimizer.param_groups[0]["lr"]:g})')
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
         for name, value in values.items():
             sums[name] = sums.get(name, 0.0) + value
         bar.update()

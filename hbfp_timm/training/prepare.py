@@ -158,11 +158,17 @@ def _differences(saved: Dict[str, Any], asked: Dict[str, Any]) -> str:
 
 
 def check_resume_fits(checkpoint: Dict[str, Any], cfg: TrainConfig, dataset: ReIDDataset, model: nn.Module) -> None:
-    """Refuse to continue a checkpoint with another model or other identities, saying what differs.
+    """Refuse to continue a checkpoint that is complete, or with another model or other identities, saying what
+    differs.
 
     Raises:
-        TrainSetupError: ``model_args``, the number of training identities or the state dict differ.
+        TrainSetupError: No epochs left, or ``model_args``, the number of training identities or the state dict
+            differ.
     """
+    done = int(checkpoint['epoch'])
+    if done >= cfg.epochs:
+        raise TrainSetupError(f'resume: the checkpoint has already completed {done} epoch{"" if done == 1 else "s"}; '
+                              f'pass --epochs greater than {done} to train further')
     saved_cfg = json.loads(checkpoint['config'])
     saved_args = saved_cfg.get('model_args', {})
     asked_args = json.loads(json.dumps(cfg.model_args))  # tuples as lists, as the checkpoint stores them
