@@ -31,20 +31,23 @@ import timm
 import torch
 import torch.nn as nn
 import yaml
-from huggingface_hub import HfApi
+from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled, \
     RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.utils import get_session
 from timm.models import load_state_dict, resolve_pretrained_cfg, save_for_hf
 
+from .files import follow_umask
 from .paper import DATASET_TITLES, PAPER_TABLE1
 
 __all__ = [
     'WEIGHTS_NAME', 'RESULTS_NAME', 'WeightsNotFoundError', 'CheckpointMismatchError', 'save_pretrained',
     'push_to_hub', 'load_checkpoint', 'load_run', 'render_model_card', 'check_state_dict',
-    'check_pretrained_state_dict', 'explain_pretrained_errors', 'main',
+    'check_pretrained_state_dict', 'explain_pretrained_errors', 'hub_reachable', 'offline_if_hub_unreachable', 'main',
 ]
 
 WEIGHTS_NAME = 'model.safetensors'  # the trainer's and the Hub's weights file
+HUB_LAYOUT = ('config.json', WEIGHTS_NAME, 'README.md')
 RESULTS_NAME = 'results.json'  # the trainer's run summary
 CHECKPOINT_SUFFIXES = ('.safetensors', '.pt', '.pth', '.bin')
 REQUIRED_METRICS = ('rank1', 'mAP')
@@ -74,6 +77,39 @@ class WeightsNotFoundError(FileNotFoundError):
 
 class CheckpointMismatchError(RuntimeError):
     """A checkpoint whose keys or tensor shapes do not match the model it is loaded into."""
+
+
+# --- reaching the Hub ------------------------------------------------------------------------------------
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub (``HF_ENDPOINT``, through the usual proxy variables) answers within
+    ``timeout`` seconds; one request, no retries."""
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+    except Exception:  # requests, httpx and socket errors alike (huggingface_hub's HTTP client varies by version)
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def offline_if_hub_unreachable(timeout: float = 3.0) -> Iterator[bool]:
+    """Inside the block, use only the local Hugging Face cache when the Hub cannot be reached.
+
+    Without a network huggingface_hub retries every download for about 50 s before it falls back on its cache
+    or fails; one probe of at most ``timeout`` seconds decides instead, and the block then runs as under
+    ``HF_HUB_OFFLINE=1``: cached weights load at once, missing ones fail at once. Nothing is probed when
+    ``HF_HUB_OFFLINE`` is already set.
+
+    Yields:
+        True when the block runs offline.
+    """
+    if constants.HF_HUB_OFFLINE or hub_reachable(timeout):
+        yield bool(constants.HF_HUB_OFFLINE)
+        return
+    constants.HF_HUB_OFFLINE = True  # read by huggingface_hub at every request
+    try:
+        yield True
+    finally:
+        constants.HF_HUB_OFFLINE = False
 
 
 # --- loading ---------------------------------------------------------------------------------------------
@@ -276,7 +312,20 @@ def _check_results(results: Optional[Mapping[str, Any]], arch: str, source: str 
     model_args = results.get('model_args', {})
     if not isinstance(model_args, Mapping):
         raise ValueError(f'{source}: model_args must be a dict of HBFPNet constructor arguments, got {model_args!r}')
+    synthetic = results.get('synthetic_data')
+    if synthetic is not None and not isinstance(synthetic, Mapping):
+        raise ValueError(f"{source}: synthetic_data must be the generator's settings (a dict) or null, "
+                         f'got {synthetic!r}')
     return dict(results)
+
+
+def _dataset_title(results: Mapping[str, Any]) -> str:
+    """The training data of a run as a reader should see it; synthetic data says so."""
+    synthetic = results.get('synthetic_data')
+    if synthetic:
+        return (f"synthetic pedestrians (python -m hbfp_timm.synthetic, seed {synthetic.get('seed', '?')}, "
+                f"{synthetic.get('num_ids', '?')} identities)")
+    return DATASET_TITLES.get(results['dataset'], results['dataset'])
 
 
 def _percent(fraction: float) -> float:
@@ -292,6 +341,8 @@ def _card_metadata(arch: str, results: Optional[Dict], name: str) -> Dict[str, A
     }
     if results is None:
         return meta
+    if results.get('synthetic_data'):
+        meta['tags'].append('synthetic-data')
     dataset, metrics = results['dataset'], results['metrics']
     meta['datasets'] = [dataset]
     if metrics is None:
@@ -300,7 +351,7 @@ def _card_metadata(arch: str, results: Optional[Dict], name: str) -> Dict[str, A
         'name': name,
         'results': [{
             'task': {'type': 'person-re-identification', 'name': 'Person Re-Identification'},
-            'dataset': {'type': dataset, 'name': DATASET_TITLES.get(dataset, dataset), 'split': 'query/gallery'},
+            'dataset': {'type': dataset, 'name': _dataset_title(results), 'split': 'query/gallery'},
             'metrics': [
                 {'type': key.lower(), 'name': label, 'value': _percent(metrics[key])}
                 for key, label in (('rank1', 'Rank-1'), ('rank5', 'Rank-5'), ('rank10', 'Rank-10'), ('mAP', 'mAP'))
@@ -337,11 +388,15 @@ def render_model_card(model: nn.Module, results: Optional[Mapping[str, Any]] = N
         f'{model.num_features}-d descriptor per image; people are matched by the distance between descriptors.',
         '', '## Results', '',
     ]
+    if results is not None and results.get('synthetic_data'):
+        lines += ['**Trained on synthetic data.** These weights learnt from generated pictures of pedestrians '
+                  '(`python -m hbfp_timm.synthetic`), not from photographs of people: they exercise the pipeline, '
+                  'and their scores say nothing about re-identifying real people.', '']
     if results is None or results['metrics'] is None:
         lines.append('These weights come with no evaluation: no metrics were given when they were saved.')
     else:
         dataset, metrics = results['dataset'], results['metrics']
-        title = DATASET_TITLES.get(dataset, dataset)
+        title = _dataset_title(results)
         cells = lambda m: ' | '.join(  # noqa: E731
             f'{v:g}' if v is not None else 'n/a' for v in (m.get(k) for k in ('rank1', 'rank5', 'rank10', 'mAP')))
         ours = {k: _percent(v) for k, v in metrics.items() if k in REQUIRED_METRICS + OPTIONAL_METRICS}
@@ -369,7 +424,7 @@ def render_model_card(model: nn.Module, results: Optional[Mapping[str, Any]] = N
         f'- Architecture: `{arch}`, constructor arguments in `config.json` (`model_args`); '
         f'{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters.',
         f'- Input: RGB {height}x{width}, ImageNet mean/std normalisation.',
-        f'- Training data: {DATASET_TITLES.get(results["dataset"], results["dataset"]) if results else "not recorded"}.',
+        f'- Training data: {_dataset_title(results) if results else "not recorded"}.',
         '- Paper: https://doi.org/10.1145/3394171.3413689. Design choices and the training recipe: MODEL_CARD.md of '
         'hbfp-timm.', '',
         '## Intended use and limits', '',
@@ -420,6 +475,8 @@ def save_pretrained(model: nn.Module, directory: Union[str, Path],
     save_for_hf(model, directory, model_config={'pretrained_cfg': source_cfg}, model_args=export_args,
                 safe_serialization=True, data_config=data_config)
     (directory / 'README.md').write_text(render_model_card(model, results, repo_id), encoding='utf-8')
+    for name in HUB_LAYOUT:
+        follow_umask(directory / name)  # safetensors writes its file readable by the owner only
     return directory
 
 
@@ -520,7 +577,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             print(push_to_hub(model, args.repo_id, results, private=args.private, token=args.token,
                               commit_message=args.commit_message))
-    except (FileNotFoundError, ValueError, CheckpointMismatchError, HfHubHTTPError) as exc:
+    except (OSError, ValueError, CheckpointMismatchError, HfHubHTTPError) as exc:  # OSError: a full disk too
         print(f'{parser.prog}: error: {exc}', file=sys.stderr)
         return 1
     return 0

@@ -13,9 +13,12 @@ It imitates what makes re-ID hard, at a size a CPU can train on:
   appears in, the rest of its images go to the gallery, with distractors (id 0000, people of no identity) and
   junk (id -1, background fragments) in the gallery as in Market-1501.
 
-Output is deterministic for a seed (byte-identical JPEG files). Only numpy and PIL are used.
+Output is deterministic for a seed (byte-identical JPEG files). Only numpy and PIL are used. The folder also gets
+``synthetic.json`` (the generator's settings): the trainer records it in ``results.json``, and the model card of
+a model trained on it says that the data was synthetic.
 """
 import argparse
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +26,13 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
-from tqdm import tqdm
 
-__all__ = ['generate_synthetic_dataset', 'main']
+from .progress import progress as progress_bar
+
+__all__ = ['generate_synthetic_dataset', 'read_synthetic_marker', 'MARKER_NAME', 'main']
+
+# Written next to the split folders; its presence marks a data set as synthetic.
+MARKER_NAME = 'synthetic.json'
 
 SPLIT_FOLDERS = ('bounding_box_train', 'query', 'bounding_box_test')
 VIEWS = ('front', 'back', 'side')
@@ -326,7 +333,7 @@ def generate_synthetic_dataset(
 
     frame_counter: Dict[Tuple[int, int], int] = {}
     counts = {folder: 0 for folder in SPLIT_FOLDERS}
-    for index, (split, pid, camera) in enumerate(tqdm(plan, desc='synthetic images', disable=not progress)):
+    for index, (split, pid, camera) in enumerate(progress_bar(plan, desc='synthetic images', disable=not progress)):
         # One generator per image keeps each image independent of how many came before it.
         image_rng = np.random.default_rng([seed, index])
         if pid == 0:
@@ -341,7 +348,7 @@ def generate_synthetic_dataset(
         image.save(out / split / _file_name(pid, camera, frame, image_rng), quality=90)
         counts[split] += 1
 
-    return {
+    summary = {
         'out': str(out),
         'num_train_ids': len(train_pids),
         'num_test_ids': len(test_pids),
@@ -351,6 +358,21 @@ def generate_synthetic_dataset(
         'num_distractors': num_distractors,
         'num_junk': num_junk,
     }
+    marker = {'generator': 'python -m hbfp_timm.synthetic', 'seed': seed, 'num_ids': num_ids, 'num_cams': num_cams,
+              'images_per_id': images_per_id, 'height': height, 'width': width,
+              **{key: value for key, value in summary.items() if key != 'out'}}
+    (out / MARKER_NAME).write_text(json.dumps(marker, indent=2) + '\n')
+    return summary
+
+
+def read_synthetic_marker(root: Union[str, Path]) -> Optional[Dict[str, Union[int, str]]]:
+    """The settings :func:`generate_synthetic_dataset` recorded in ``root``, or None for a data set that was not
+    generated (or whose marker is unreadable)."""
+    try:
+        marker = json.loads((Path(root).expanduser() / MARKER_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) else None
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Union[int, str]]:
@@ -372,10 +394,13 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Union[int, str]]:
     parser.add_argument('--overwrite', action='store_true', help='replace existing split folders')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
     args = parser.parse_args(argv)
-    summary = generate_synthetic_dataset(
-        args.out, num_ids=args.num_ids, num_cams=args.num_cams, seed=args.seed, images_per_id=args.images_per_id,
-        height=args.height, width=args.width, num_distractors=args.num_distractors, num_junk=args.num_junk,
-        overwrite=args.overwrite, progress=not args.quiet)
+    try:
+        summary = generate_synthetic_dataset(
+            args.out, num_ids=args.num_ids, num_cams=args.num_cams, seed=args.seed, images_per_id=args.images_per_id,
+            height=args.height, width=args.width, num_distractors=args.num_distractors, num_junk=args.num_junk,
+            overwrite=args.overwrite, progress=not args.quiet)
+    except (ValueError, OSError) as exc:  # bad sizes; a filled, unwritable or full output folder
+        parser.exit(2 if isinstance(exc, (ValueError, FileExistsError)) else 1, f'{parser.prog}: error: {exc}\n')
     print(', '.join(f'{key}={value}' for key, value in summary.items()))
     return summary
 

@@ -1,4 +1,7 @@
 """Tests of hbfp_timm.data: readers on tiny on-disk layouts, the PK sampler, transforms and loaders."""
+import os
+import signal
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -8,9 +11,11 @@ import torch
 from PIL import Image
 
 from hbfp_timm.data import (
-    DATASET_NAMES, Cutout, ImageDataset, RandomIdentitySampler, build_dataset, build_test_transform,
+    DATASET_NAMES, Cutout, ImageDataset, ImageReadError, RandomIdentitySampler, build_dataset, build_test_transform,
     build_train_transform, cuhk03, dukemtmc, make_dataloaders, market1501, market_layout, msmt17,
 )
+from hbfp_timm.data.checks import find_unreadable_images, image_problem
+from hbfp_timm.data.loader import interruptions_deferred
 
 
 def _write_images(folder: Path, names, size=(8, 16)):
@@ -83,6 +88,31 @@ def test_camera_zero_is_rejected(tmp_path):
     _write_images(tmp_path / 'query', ['0003_c0s1_000101_00.jpg'])
     with pytest.raises(ValueError, match='camera numbers start at 1'):
         market1501(tmp_path)
+
+
+def test_dropped_images_are_counted_by_reason_and_shown_in_the_summary(tmp_path):
+    _market_tree(tmp_path)
+    _write_images(tmp_path / 'bounding_box_train', ['0000_c1s1_000001_01.jpg', '-1_c2s1_000001_01.jpg'])
+    _write_images(tmp_path / 'query', ['0000_c2s1_000002_01.jpg'])
+    dataset = market1501(tmp_path)
+    # Junk: one each in train, query (MARKET_QUERY) and gallery (MARKET_GALLERY); distractors: one in train, one in
+    # query (the gallery's distractor is kept).
+    assert dataset.dropped == {'junk (id -1)': 3, 'distractors (id 0) in train or query': 2,
+                               'entries that are not readable files': 0}
+    assert dataset.summary().splitlines()[-1] == '  dropped: junk (id -1): 3; distractors (id 0) in train or query: 2'
+
+
+def test_dangling_links_and_link_loops_named_like_images_are_skipped_with_a_counted_warning(tmp_path):
+    _market_tree(tmp_path)
+    (tmp_path / 'query' / '0003_c2s1_000102_00.jpg').symlink_to(tmp_path / 'deleted.jpg')
+    loop = tmp_path / 'query' / '0004_c1s1_000102_00.jpg'
+    loop.symlink_to(loop)
+    with pytest.warns(UserWarning, match=r'skipped 2 entries named like images but not readable files.*'
+                                         r'0003_c2s1_000102_00\.jpg, '
+                                         r'0004_c1s1_000102_00\.jpg'):
+        dataset = market1501(tmp_path)
+    assert len(dataset.query) == 2 and dataset.dropped['entries that are not readable files'] == 2
+    assert 'entries that are not readable files: 2' in dataset.summary()
 
 
 def test_non_image_files_are_ignored(tmp_path):
@@ -185,8 +215,66 @@ def test_image_dataset_returns_tensor_ids_and_path(tmp_path):
 def test_image_dataset_unreadable_image_names_the_path(tmp_path):
     broken = tmp_path / '0001_c1s1_000001_01.jpg'
     broken.write_bytes(b'not a jpeg')
-    with pytest.raises(OSError, match='cannot read image .*0001_c1s1_000001_01.jpg'):
+    with pytest.raises(ImageReadError, match='cannot read image .*0001_c1s1_000001_01.jpg'):
         ImageDataset([(str(broken), 1, 0)])[0]
+
+
+def test_image_dataset_names_a_decompression_bomb(tmp_path, monkeypatch):
+    # A 64x32 image stands for a 10000x20000 one: PIL refuses images above twice MAX_IMAGE_PIXELS.
+    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 1000)
+    _write_images(tmp_path, ['0001_c1s1_000001_01.jpg'], size=(32, 64))
+    with pytest.raises(ImageReadError, match=r'cannot read image .*0001_c1s1_000001_01\.jpg: .*decompression bomb'):
+        ImageDataset([(str(tmp_path / '0001_c1s1_000001_01.jpg'), 1, 0)])[0]
+
+
+@pytest.fixture
+def image_files(tmp_path):
+    """Good and broken images, by name."""
+    rng = np.random.default_rng(0)
+    picture = Image.fromarray(rng.integers(0, 255, (64, 32, 3), dtype=np.uint8))
+    picture.save(tmp_path / 'good.jpg', quality=90)
+    picture.save(tmp_path / 'good.png')
+    jpeg, png = (tmp_path / 'good.jpg').read_bytes(), (tmp_path / 'good.png').read_bytes()
+    corrupt_png = bytearray(png)
+    corrupt_png[len(png) // 2:len(png) // 2 + 64] = bytes(64)  # damaged pixel data, intact end marker
+    contents = {
+        'trailing.jpg': jpeg + bytes(5000),  # valid: some writers pad after the end marker
+        'truncated.jpg': jpeg[:len(jpeg) // 2],
+        'truncated.png': png[:len(png) // 2],
+        'empty.jpg': b'',
+        'text.jpg': b'not an image at all',
+        'corrupt.png': bytes(corrupt_png),
+    }
+    for name, data in contents.items():
+        (tmp_path / name).write_bytes(data)
+    return {name: str(tmp_path / name) for name in ['good.jpg', 'good.png', *contents, 'missing.jpg']}
+
+
+def test_cheap_image_check_finds_empty_truncated_undecodable_and_missing_files(image_files):
+    problems = {name: image_problem(path) for name, path in image_files.items()}
+    assert problems['good.jpg'] is problems['good.png'] is problems['trailing.jpg'] is None
+    assert 'truncated' in problems['truncated.jpg'] and 'truncated' in problems['truncated.png']
+    assert problems['empty.jpg'] == 'empty file (0 bytes)'
+    assert 'cannot identify image file' in problems['text.jpg']
+    assert 'No such file' in problems['missing.jpg']
+    assert problems['corrupt.png'] is None  # intact header and end marker: only decoding finds it
+
+
+def test_full_image_check_also_finds_damaged_pixel_data(image_files):
+    assert image_problem(image_files['corrupt.png'], full=True) is not None
+    assert image_problem(image_files['trailing.jpg'], full=True) is None
+    paths = list(image_files.values())
+    cheap = [path for path, _ in find_unreadable_images(paths)]
+    full = [path for path, _ in find_unreadable_images(paths, full=True)]
+    assert cheap == [image_files[n] for n in ('truncated.jpg', 'truncated.png', 'empty.jpg', 'text.jpg',
+                                              'missing.jpg')]
+    assert full == [image_files[n] for n in ('truncated.jpg', 'truncated.png', 'empty.jpg', 'text.jpg',
+                                             'corrupt.png', 'missing.jpg')]
+
+
+def test_cheap_image_check_finds_a_decompression_bomb_without_decoding_it(image_files, monkeypatch):
+    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 1000)
+    assert 'too large to decode safely' in image_problem(image_files['good.png'])
 
 
 def _pids_with_sizes(sizes):
@@ -284,3 +372,15 @@ def test_make_dataloaders_batches(tmp_path):
     assert images.shape == (4, 3, 32, 16) and len(set(pids.tolist())) == 2
     assert len(train) == len(train.sampler) // 4
     assert next(iter(gallery))[0].shape == (2, 3, 32, 16) and len(query.dataset) == 1
+
+
+def test_an_interruption_while_workers_start_is_delivered_after_they_have_started():
+    delivered_inside, handler = [], signal.getsignal(signal.SIGINT)
+    assert handler is signal.default_int_handler  # Python's own, which raises KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        with interruptions_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # time enough for Python to run a handler, had the signal come through
+            delivered_inside.append(False)
+    assert delivered_inside == [False]
+    assert signal.getsignal(signal.SIGINT) is handler  # the handler is back

@@ -5,9 +5,12 @@ import json
 import os
 import re
 import shutil
+import socket
+import stat
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from PIL import Image
 
 import hbfp_timm  # noqa: F401  (registers the hbfp_* models with timm)
 from hbfp_timm import hub
+from hbfp_timm.files import current_umask
 from hbfp_timm.models import hbfp as hbfp_models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -279,6 +283,18 @@ def test_model_card_usage_snippet_runs_and_gives_the_saved_model_descriptor(
         assert torch.equal(namespace['descriptor'], custom_model(expected_input.unsqueeze(0)))
 
 
+def test_model_card_of_a_run_on_synthetic_data_says_so(custom_model):
+    synthetic = {'generator': 'python -m hbfp_timm.synthetic', 'seed': 3, 'num_ids': 12}
+    card = hub.render_model_card(custom_model, dict(RESULTS, dataset='market_layout', synthetic_data=synthetic))
+    meta = _front_matter(card)
+    assert 'synthetic-data' in meta['tags']
+    assert meta['model-index'][0]['results'][0]['dataset']['name'].startswith('synthetic pedestrians')
+    assert '**Trained on synthetic data.**' in card
+    assert '- Training data: synthetic pedestrians (python -m hbfp_timm.synthetic, seed 3, 12 identities).' in card
+    real = hub.render_model_card(custom_model, RESULTS)
+    assert 'synthetic' not in real and '- Training data: Market-1501.' in real
+
+
 def test_results_are_validated_with_clear_errors(custom_model, tmp_path):
     with pytest.raises(ValueError, match=r"results: metrics\['mAP'\] must be a fraction in \[0, 1\], got 89.8"):
         hub.save_pretrained(custom_model, tmp_path, dict(RESULTS, metrics={'rank1': 0.9, 'mAP': 89.8}))
@@ -416,6 +432,10 @@ def test_cli_save_writes_a_loadable_hub_layout_from_a_run_directory(expected, ru
     loaded = timm.create_model(f'local-dir:{out}', pretrained=True)
     assert torch.equal(_outputs(loaded), expected)
     assert _front_matter((out / 'README.md').read_text())['datasets'] == ['market1501']
+    # The export is as readable as any file the user writes (safetensors alone would make it owner-only).
+    umask = current_umask()
+    assert {name: stat.S_IMODE((out / name).stat().st_mode) for name in os.listdir(out)} == {
+        name: 0o666 & ~umask for name in os.listdir(out)}
 
 
 def test_cli_push_uploads_a_run_directory(run_dir, fake_hub, capsys):
@@ -449,3 +469,41 @@ def test_missing_hub_repository_online_is_the_same_clear_error(hub_cache, fake_h
                               f"repository '{hbfp_models.HUB_NAMESPACE}/hbfp_resnet50.market1501' does not exist")
     assert any(path.startswith(f'/{hbfp_models.HUB_NAMESPACE}/hbfp_resnet50.market1501/resolve/main/model.safetensors')
                for _, path, _ in received['requests'])
+
+
+# --- reaching the Hub ---------------------------------------------------------------------------------------
+def _closed_port_endpoint() -> str:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return f'http://127.0.0.1:{sock.getsockname()[1]}'
+
+
+def test_hub_reachable_asks_the_endpoint_once(fake_hub, monkeypatch):
+    endpoint, received = fake_hub
+    assert hub.hub_reachable()
+    assert [method for method, _, _ in received['requests']] == ['HEAD']
+    monkeypatch.setattr(huggingface_hub.constants, 'ENDPOINT', _closed_port_endpoint())
+    assert not hub.hub_reachable(timeout=1.0)
+
+
+def test_unreachable_hub_switches_to_the_cache_for_the_block_only(monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', False)
+    monkeypatch.setattr(huggingface_hub.constants, 'ENDPOINT', _closed_port_endpoint())
+    with hub.offline_if_hub_unreachable(timeout=1.0) as offline:
+        assert offline and huggingface_hub.constants.HF_HUB_OFFLINE
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is False
+    monkeypatch.setattr(hub, 'hub_reachable', lambda timeout: True)
+    with hub.offline_if_hub_unreachable() as offline:
+        assert not offline and not huggingface_hub.constants.HF_HUB_OFFLINE
+
+
+def test_offline_pretrained_load_without_cache_fails_at_once(hub_cache, monkeypatch):
+    """With the Hub unreachable, a weights file missing from the cache is one clear error within seconds, not
+    after huggingface_hub's retries (about 50 s without a network)."""
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', False)
+    monkeypatch.setattr(hub, 'hub_reachable', lambda timeout: False)
+    start = time.perf_counter()
+    with pytest.raises(OSError, match='cannot find the requested files in the local cache'):
+        with hub.offline_if_hub_unreachable():
+            timm.create_model('resnet18', pretrained=True)
+    assert time.perf_counter() - start < 10

@@ -9,7 +9,7 @@ from PIL import Image
 
 from hbfp_timm.data import market_layout
 from hbfp_timm.metrics import compute_distance_matrix, evaluate_rank_detailed
-from hbfp_timm.synthetic import generate_synthetic_dataset, main
+from hbfp_timm.synthetic import generate_synthetic_dataset, main, read_synthetic_marker
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,6 +88,27 @@ def test_refuses_to_write_into_a_filled_folder_unless_overwrite(tmp_path):
 def test_bad_arguments_are_clear_errors(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         generate_synthetic_dataset(tmp_path, **{'num_ids': 4, 'num_cams': 2, 'progress': False, **kwargs})
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--num-cams', '1'], 'num_cams must be >= 2'),
+    (['--num-ids', '0'], 'num_ids must be in'),
+])
+def test_cli_reports_bad_arguments_in_one_line(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        main([str(tmp_path), '--quiet', *argv])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and '\n' not in err
+    assert err.startswith('python -m hbfp_timm.synthetic: error: ') and message in err
+
+
+def test_the_folder_is_marked_synthetic_with_the_generator_settings(tmp_path):
+    summary = generate_synthetic_dataset(tmp_path, num_ids=4, num_cams=2, images_per_id=2, height=32, width=16,
+                                         seed=7, progress=False)
+    marker = read_synthetic_marker(tmp_path)
+    assert marker['seed'] == 7 and marker['num_ids'] == 4 and marker['generator'] == 'python -m hbfp_timm.synthetic'
+    assert marker['num_train_images'] == summary['num_train_images']
+    assert read_synthetic_marker(tmp_path / 'bounding_box_train') is None  # not a generated data set root
 
 
 def _colour_histogram_features(items):

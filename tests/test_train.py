@@ -1,55 +1,33 @@
 """The trainer (hbfp_timm.train) on a tiny synthetic data set, CPU only, a few seconds per run."""
 import json
 import os
+import re
 import socket
+import stat
 from dataclasses import replace
 
 import pytest
 import timm
 import torch
 import torch.multiprocessing as mp
-from huggingface_hub.errors import LocalEntryNotFoundError
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 import hbfp_timm  # noqa: F401  (registers the hbfp_* models)
 from hbfp_timm.data import ImageDataset, build_dataset, build_test_transform
 from hbfp_timm.engine import evaluate
-from hbfp_timm.synthetic import generate_synthetic_dataset
-from hbfp_timm.train import ConstantThenExponentialDecay, TrainConfig, main, train
+from hbfp_timm.files import current_umask, format_size
+from hbfp_timm.train import ConstantThenExponentialDecay, TrainConfig, TrainSetupError, main, train
+from hbfp_timm.training import loop
 
 IMG_SIZE = (64, 32)
+pytestmark = pytest.mark.usefixtures('single_thread')
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One intra-op thread: on a busy 2-core CI machine, OpenMP threads waiting on each other make these
-    tiny training steps many times slower than one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope='module')
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp('synthetic')
-    generate_synthetic_dataset(root, num_ids=12, num_cams=3, seed=0, images_per_id=8, height=64, width=32,
-                               progress=False)
-    return root
-
-
-def _config(data_root, output, **overrides) -> TrainConfig:
-    settings = dict(dataset='market_layout', data_root=str(data_root), model='hbfp_resnet18', img_size=IMG_SIZE,
-                    batch_size=8, num_instances=2, epochs=2, pretrained_backbone=False, workers=0,
-                    eval_every=1, test_batch_size=32, output=str(output), seed=0)
-    settings.update(overrides)
-    return TrainConfig(**settings)
-
-
-def test_training_lowers_the_loss_and_writes_loadable_outputs(data_root, tmp_path):
-    cfg = _config(data_root, tmp_path / 'run', epochs=3, lr=1e-3)
+def test_training_lowers_the_loss_and_writes_loadable_outputs(make_config, data_root, tmp_path, capsys):
+    cfg = make_config(tmp_path / 'run', epochs=3, lr=1e-3)
     results = train(cfg, command=['test'])
+    log = capsys.readouterr().out.splitlines()
 
     losses = [epoch['loss'] for epoch in results['history']]
     assert len(losses) == 3 and losses[-1] < losses[0]
@@ -61,11 +39,22 @@ def test_training_lowers_the_loss_and_writes_loadable_outputs(data_root, tmp_pat
     assert on_disk['last'] == on_disk['evaluations'][-1]
     assert on_disk['best']['mAP'] == max(e['mAP'] for e in on_disk['evaluations'])
     assert on_disk['img_size'] == list(IMG_SIZE) and on_disk['config']['lr'] == 1e-3
-    assert (tmp_path / 'run' / 'checkpoint.pt').is_file() and (tmp_path / 'run' / 'best.safetensors').is_file()
-    assert not [p for p in (tmp_path / 'run').iterdir() if p.name.endswith('.tmp')]
+    assert on_disk['synthetic_data']['seed'] == 0 and on_disk['checkpoint_epoch'] == 3
+    names = ['checkpoint.pt', 'model.safetensors', 'best.safetensors', 'results.json']
+    assert sorted(p.name for p in (tmp_path / 'run').iterdir()) == sorted(names)  # no temporaries left
+    umask = current_umask()
+    assert all(stat.S_IMODE((tmp_path / 'run' / name).stat().st_mode) == 0o666 & ~umask for name in names)
+
+    # The log says up front what the run writes and how large, and at the end what it wrote.
+    sizes = {name: (tmp_path / 'run' / name).stat().st_size for name in names}
+    planned = next(line for line in log if line.startswith(f'writing to {tmp_path / "run"}: '))
+    estimate = float(re.search(r'checkpoint\.pt ~([\d.]+) MB', planned)[1]) * 1e6
+    assert estimate == pytest.approx(sizes['checkpoint.pt'], rel=0.02)
+    assert log[-1] == f'wrote {tmp_path / "run"}: ' + ', '.join(
+        f'{name} {format_size(sizes[name])}' for name in names)
 
     # The descriptor model loads strictly and reproduces the final evaluation.
-    descriptor_model = timm.create_model('hbfp_resnet18', num_classes=0)
+    descriptor_model = timm.create_model(cfg.model, num_classes=0, **cfg.model_args)
     descriptor_model.load_state_dict(load_file(tmp_path / 'run' / 'model.safetensors'), strict=True)
     dataset = build_dataset('market_layout', data_root)
     query, gallery = (DataLoader(ImageDataset(items, build_test_transform(IMG_SIZE)), batch_size=32)
@@ -76,8 +65,8 @@ def test_training_lowers_the_loss_and_writes_loadable_outputs(data_root, tmp_pat
 
 
 @pytest.mark.parametrize('workers', [0, 2])
-def test_resume_gives_the_same_weights_as_a_straight_run(data_root, tmp_path, workers):
-    base = _config(data_root, tmp_path / 'straight', epochs=2, max_steps_per_epoch=2, eval_every=5,
+def test_resume_gives_the_same_weights_as_a_straight_run(make_config, data_root, tmp_path, workers):
+    base = make_config(tmp_path / 'straight', epochs=2, max_steps_per_epoch=2, eval_every=5,
                    workers=workers)
     train(base, command=['test'])
     train(replace(base, output=str(tmp_path / 'stopped'), epochs=1), command=['test'])
@@ -95,25 +84,30 @@ def test_resume_gives_the_same_weights_as_a_straight_run(data_root, tmp_path, wo
     assert resumed['resumed_from'][0]['epoch'] == 1
 
 
-def test_cli_resume_keeps_the_run_configuration_and_takes_new_flags(data_root, tmp_path):
+def test_cli_resume_keeps_the_run_configuration_and_takes_new_flags(data_root, tmp_path, capsys):
     run = tmp_path / 'run'
-    main(['--dataset', 'market_layout', '--data-root', str(data_root), '--model', 'hbfp_resnet18',
+    main(['--dataset', 'market_layout', '--data-root', str(data_root), '--model', 'hbfp_mobilenetv2_100',
+          '--model-arg', 'correlation_dim=8', '--model-arg', 'perception_dim=16',
           '--img-size', str(IMG_SIZE[0]), str(IMG_SIZE[1]), '--batch-size', '8', '--num-instances', '2',
           '--epochs', '1', '--max-steps-per-epoch', '1', '--no-pretrained-backbone', '--workers', '0',
-          '--eval-every', '5', '--lr', '0.001', '--output', str(run)])
+          '--eval-every', '5', '--lr', '0.001', '--output', str(run), '--device', 'cpu'])
+    # The data set's summary, with the junk images (id -1) of the gallery counted as dropped.
+    junk = len(list((data_root / 'bounding_box_test').glob('-1_*.jpg')))
+    assert junk > 0 and f'  dropped: junk (id -1): {junk}' in capsys.readouterr().out.splitlines()
     resumed = main(['--resume', str(run), '--epochs', '2'])
     assert [h['epoch'] for h in resumed['history']] == [1, 2]
     assert resumed['config']['data_root'] == str(data_root) and resumed['config']['lr'] == 0.001
     assert resumed['config']['epochs'] == 2 and tuple(resumed['config']['img_size']) == IMG_SIZE
+    assert resumed['config']['model_args'] == {'correlation_dim': 8, 'perception_dim': 16}
 
 
-def test_checkpoint_is_written_every_n_epochs_and_after_the_last(data_root, tmp_path, monkeypatch):
-    import hbfp_timm.train as train_module
+def test_checkpoint_is_written_every_n_epochs_and_after_the_last(make_config, data_root, tmp_path, monkeypatch):
+    from hbfp_timm.training import loop
     written = []
-    real_save = train_module._save_checkpoint
-    monkeypatch.setattr(train_module, '_save_checkpoint',
+    real_save = loop.save_checkpoint
+    monkeypatch.setattr(loop, 'save_checkpoint',
                         lambda path, state: (written.append(state['epoch']), real_save(path, state)))
-    train(_config(data_root, tmp_path / 'run', epochs=3, max_steps_per_epoch=1, eval_every=5, checkpoint_every=2),
+    train(make_config(tmp_path / 'run', epochs=3, max_steps_per_epoch=1, eval_every=5, checkpoint_every=2),
           command=['test'])
     assert written == [2, 3]
     assert torch.load(tmp_path / 'run' / 'checkpoint.pt', weights_only=True)['epoch'] == 3
@@ -136,41 +130,42 @@ def test_defaults_are_the_paper_recipe():
     assert (cfg.lr_constant_epochs, cfg.epochs, cfg.model) == (200, 500, 'hbfp_resnet50')
 
 
-def test_cli_reports_a_missing_data_root(tmp_path, capsys):
-    missing = tmp_path / 'nowhere'
-    with pytest.raises(SystemExit) as exit_info:
-        main(['--dataset', 'market_layout', '--data-root', str(missing), '--model', 'hbfp_resnet18',
-              '--no-pretrained-backbone', '--output', str(tmp_path / 'out')])
-    assert exit_info.value.code == 2
-    error = capsys.readouterr().err.strip()
-    assert len(error.splitlines()) == 1 and str(missing) in error and 'data_root' in error
-
-
-@pytest.mark.parametrize('argv, expected', [
-    (['--model-arg', 'no_equals_sign'], 'KEY=VALUE'),
-    (['--img-size', '384'], '--img-size'),
-    (['--epochs', '0'], 'positive integer'),
-    (['--model', 'hbfp_nonexistent'], 'unknown timm model'),
-    (['--resume', 'missing_dir/checkpoint.pt'], 'resume'),
-    (['--batch-size', '6', '--num-instances', '4'], 'batch_size'),
-    (['--model-arg', "branches=('x',)", '--batch-size', '8', '--num-instances', '2'], 'model_args'),
+@pytest.mark.parametrize('setting, bf16, expected', [
+    ('auto', True, torch.bfloat16), ('auto', False, torch.float16), ('float16', True, torch.float16),
+    ('bfloat16', True, torch.bfloat16),
 ])
-def test_cli_rejects_bad_arguments_with_one_line(data_root, tmp_path, capsys, argv, expected):
-    common = ['--dataset', 'market_layout', '--data-root', str(data_root), '--no-pretrained-backbone',
-              '--model', 'hbfp_resnet18', '--output', str(tmp_path / 'out')]
-    with pytest.raises(SystemExit) as exit_info:
-        main(common + argv)
-    assert exit_info.value.code == 2
-    assert expected in capsys.readouterr().err.strip().splitlines()[-1]
+def test_mixed_precision_type_on_cuda(make_config, tmp_path, monkeypatch, setting, bf16, expected):
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda including_emulation=True: bf16)
+    cfg = make_config(tmp_path, amp_dtype=setting)
+    assert loop._amp_dtype(cfg, torch.device('cuda')) == expected
+    assert loop._amp_dtype(replace(cfg, amp=False), torch.device('cuda')) is None
+    assert loop._amp_dtype(cfg, torch.device('cpu')) is None  # full precision on CPU
 
 
-def test_offline_pretrained_backbone_failure_suggests_the_offline_flags(data_root, tmp_path, monkeypatch):
-    def offline_create_model(*args, **kwargs):
-        raise LocalEntryNotFoundError('cannot find the requested files in the local cache')
+def test_bfloat16_on_a_gpu_without_it_is_refused(make_config, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda including_emulation=True: False)
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'Tesla V100')
+    with pytest.raises(TrainSetupError, match='amp_dtype: Tesla V100 has no native bfloat16; use --amp-dtype float16'):
+        loop._amp_dtype(make_config(tmp_path, amp_dtype='bfloat16'), torch.device('cuda'))
 
-    monkeypatch.setattr(timm, 'create_model', offline_create_model)
-    with pytest.raises(ValueError, match='--backbone-weights FILE.*--no-pretrained-backbone'):
-        train(_config(data_root, tmp_path / 'out', pretrained_backbone=True), command=['test'])
+
+def test_channels_last_and_compile_train_the_same_model(make_config, tmp_path, monkeypatch):
+    compiled = []
+    real_compile = torch.compile
+
+    def eager_compile(module, **kwargs):  # dynamo tracing without code generation: the CPU suite needs no compiler
+        compiled.append(module)
+        return real_compile(module, backend='eager', **kwargs)
+
+    monkeypatch.setattr(torch, 'compile', eager_compile)
+    # One step: its loss comes from the same weights and batch. (After it, Adam's first update, about lr times the
+    # sign of each gradient, turns rounding differences of near-zero gradients into different weights.)
+    base = make_config(tmp_path / 'plain', epochs=1, max_steps_per_epoch=1, eval_every=5)
+    plain = train(base, command=['test'])
+    fast = train(replace(base, output=str(tmp_path / 'fast'), channels_last=True, compile=True), command=['test'])
+    assert len(compiled) == 1 and plain['config']['compile'] is None
+    for part in ('loss', 'triplet', 'id'):  # channels-last convolutions add up in another order
+        assert fast['history'][0][part] == pytest.approx(plain['history'][0][part], rel=1e-3)
 
 
 def _free_port() -> int:
@@ -187,8 +182,8 @@ def _ddp_worker(rank: int, world_size: int, port: int, cfg: TrainConfig, out_dir
     torch.save({'num_steps': [h['steps'] for h in results['history']]}, os.path.join(out_dir, f'rank{rank}.pt'))
 
 
-def test_distributed_training_on_two_cpu_processes_writes_once(data_root, tmp_path):
-    cfg = _config(data_root, tmp_path / 'ddp', epochs=1, max_steps_per_epoch=2, eval_every=1)
+def test_distributed_training_on_two_cpu_processes_writes_once(make_config, data_root, tmp_path):
+    cfg = make_config(tmp_path / 'ddp', epochs=1, max_steps_per_epoch=2, eval_every=1)
     mp.spawn(_ddp_worker, args=(2, _free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
     assert (tmp_path / 'ddp' / 'model.safetensors').is_file()
     results = json.loads((tmp_path / 'ddp' / 'results.json').read_text())

@@ -1,14 +1,14 @@
 """Re-ID data: data set readers, PK sampler, transforms and loaders."""
 from .datasets import (
-    DATASET_NAMES, ImageDataset, Item, ReIDDataset, build_dataset, cuhk03, dukemtmc, market1501, market_layout,
-    msmt17,
+    DATASET_NAMES, ImageDataset, ImageReadError, Item, ReIDDataset, build_dataset, cuhk03, dukemtmc, market1501,
+    market_layout, msmt17,
 )
 from .loader import ReIDLoaders, make_dataloaders
 from .sampler import RandomIdentitySampler
 from .transforms import Cutout, build_test_transform, build_train_transform
 
 __all__ = [
-    'DATASET_NAMES', 'ImageDataset', 'Item', 'ReIDDataset', 'build_dataset', 'cuhk03', 'dukemtmc', 'market1501',
-    'market_layout', 'msmt17', 'ReIDLoaders', 'make_dataloaders', 'RandomIdentitySampler', 'Cutout',
+    'DATASET_NAMES', 'ImageDataset', 'ImageReadError', 'Item', 'ReIDDataset', 'build_dataset', 'cuhk03', 'dukemtmc',
+    'market1501', 'market_layout', 'msmt17', 'ReIDLoaders', 'make_dataloaders', 'RandomIdentitySampler', 'Cutout',
     'build_test_transform', 'build_train_transform',
 ]

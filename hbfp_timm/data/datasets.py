@@ -12,11 +12,15 @@ Every reader follows the same rules:
   protocol ignores them). Distractors (id 0) stay in the gallery as negatives; they are not identities, so they
   are dropped from train and query (a distractor query would "match" unrelated distractors). MSMT17 is the
   exception: its labels count from 0, so id 0 is a person there;
+* an entry named like an image that is not a readable file (a dangling symbolic link, a link loop) is skipped
+  with a warning naming it;
+* whatever is dropped is counted in ``ReIDDataset.dropped`` and shown by ``summary()``;
 * a missing folder or an empty split is an error naming the path.
 """
 import os
 import re
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -25,7 +29,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 __all__ = [
-    'Item', 'ReIDDataset', 'ImageDataset', 'DATASET_NAMES', 'IMAGE_EXTENSIONS', 'build_dataset',
+    'Item', 'ReIDDataset', 'ImageDataset', 'ImageReadError', 'DATASET_NAMES', 'IMAGE_EXTENSIONS', 'build_dataset',
     'market1501', 'dukemtmc', 'cuhk03', 'msmt17', 'market_layout',
 ]
 
@@ -58,11 +62,13 @@ class ReIDDataset:
         train: training items, pids relabelled to 0..num_train_pids-1.
         query: query items, original pids.
         gallery: gallery items, original pids (0 = distractor).
+        dropped: what the reader left out, by reason (e.g. ``'junk (id -1)'``), as image counts.
     """
     name: str
     train: List[Item]
     query: List[Item]
     gallery: List[Item]
+    dropped: Dict[str, int] = field(default_factory=dict)
 
     @property
     def num_train_pids(self) -> int:
@@ -81,6 +87,9 @@ class ReIDDataset:
             items = getattr(self, split)
             lines.append(f'  {split:<8}{len({p for _, p, _ in items}):>7}{len(items):>9}'
                          f'{len({c for _, _, c in items}):>9}')
+        dropped = [(reason, count) for reason, count in self.dropped.items() if count]
+        if dropped:
+            lines.append('  dropped: ' + '; '.join(f'{reason}: {count}' for reason, count in dropped))
         return '\n'.join(lines)
 
     def __str__(self) -> str:
@@ -98,10 +107,19 @@ def _resolve_root(root: PathLike, candidates: Sequence[str], marker: str, layout
         f'no data set found under {root}; tried {", ".join(str(p) for p in tried)}; expected {layout}')
 
 
-def _image_files(folder: Path, example: str) -> List[Path]:
+def _image_files(folder: Path, example: str) -> Tuple[List[Path], int]:
+    """The image files of a folder, and how many entries named like images are not readable files."""
     if not folder.is_dir():
         raise FileNotFoundError(f'missing folder {folder}; expected it to hold images named like {example}')
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    named = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = [p for p in named if p.is_file()]  # False for dangling links and link loops
+    unreadable = [p.name for p in named if not p.is_file()]
+    if unreadable:
+        shown = ', '.join(unreadable[:3]) + (f' and {len(unreadable) - 3} more' if len(unreadable) > 3 else '')
+        what = 'entry' if len(unreadable) == 1 else 'entries'
+        warnings.warn(f'{folder}: skipped {len(unreadable)} {what} named like images but not readable files '
+                      f'(dangling symbolic links, link loops or folders): {shown}', stacklevel=3)
+    return files, len(unreadable)
 
 
 def _parse_name(path: Path, pattern: re.Pattern, example: str) -> Tuple[int, int]:
@@ -115,13 +133,19 @@ def _parse_name(path: Path, pattern: re.Pattern, example: str) -> Tuple[int, int
 
 
 def _finalise(name: str, train: List[Item], query: List[Item], gallery: List[Item],
-              sources: Dict[str, object], has_distractors: bool = True) -> ReIDDataset:
-    """Apply the junk / distractor rules, relabel train, and refuse empty splits."""
+              sources: Dict[str, object], has_distractors: bool = True, unreadable: int = 0) -> ReIDDataset:
+    """Apply the junk / distractor rules, relabel train, refuse empty splits and count what was dropped."""
     not_identities = (JUNK_PID, DISTRACTOR_PID) if has_distractors else (JUNK_PID,)
 
     def identities(items):
         return [item for item in items if item[1] not in not_identities]
 
+    dropped = {
+        'junk (id -1)': sum(pid == JUNK_PID for items in (train, query, gallery) for _, pid, _ in items),
+        'distractors (id 0) in train or query': sum(
+            has_distractors and pid == DISTRACTOR_PID for items in (train, query) for _, pid, _ in items),
+        'entries that are not readable files': unreadable,
+    }
     train, query = identities(train), identities(query)
     gallery = [item for item in gallery if item[1] != JUNK_PID]
     for split, items in (('train', train), ('query', query), ('gallery', gallery)):
@@ -129,16 +153,17 @@ def _finalise(name: str, train: List[Item], query: List[Item], gallery: List[Ite
             raise ValueError(f'{name}: split {split!r} read from {sources[split]} has no usable images')
     relabel = {pid: label for label, pid in enumerate(sorted({pid for _, pid, _ in train}))}
     train = [(path, relabel[pid], camid) for path, pid, camid in train]
-    return ReIDDataset(name, train, query, gallery)
+    return ReIDDataset(name, train, query, gallery, dropped)
 
 
 def _read_market_style(name: str, root: Path, pattern: re.Pattern, example: str) -> ReIDDataset:
-    splits, sources = {}, {}
+    splits, sources, unreadable = {}, {}, 0
     for split, folder in MARKET_SPLITS.items():
         sources[split] = root / folder
-        files = _image_files(root / folder, example)
+        files, num_unreadable = _image_files(root / folder, example)
+        unreadable += num_unreadable
         splits[split] = [(str(path), *_parse_name(path, pattern, example)) for path in files]
-    return _finalise(name, splits['train'], splits['query'], splits['gallery'], sources)
+    return _finalise(name, splits['train'], splits['query'], splits['gallery'], sources, unreadable=unreadable)
 
 
 def _market_layout_description(example: str) -> str:
@@ -290,6 +315,10 @@ def build_dataset(name: str, root: PathLike, **kwargs) -> ReIDDataset:
     return _FACTORIES[name](root, **kwargs)
 
 
+class ImageReadError(OSError):
+    """An image that cannot be opened or decoded; the message starts with ``cannot read image <path>``."""
+
+
 class ImageDataset(Dataset):
     """Torch dataset over (path, pid, camid) items; yields (image, pid, camid, path).
 
@@ -310,8 +339,8 @@ class ImageDataset(Dataset):
         try:
             with Image.open(path) as image:
                 image = image.convert('RGB')
-        except (OSError, ValueError) as error:
-            raise OSError(f'cannot read image {path}: {error}') from error
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            raise ImageReadError(f'cannot read image {path}: {error}') from error
         if self.transform is not None:
             image = self.transform(image)
         return image, pid, camid, path

@@ -1,5 +1,9 @@
 """Data loaders for training (PK batches) and evaluation (query, gallery)."""
-from typing import Callable, NamedTuple, Optional, Tuple
+import contextlib
+import os
+import signal
+import threading
+from typing import Callable, Iterator, NamedTuple, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader
@@ -8,7 +12,7 @@ from .datasets import ImageDataset, ReIDDataset
 from .sampler import RandomIdentitySampler
 from .transforms import build_test_transform, build_train_transform
 
-__all__ = ['ReIDLoaders', 'make_dataloaders']
+__all__ = ['ReIDLoaders', 'make_dataloaders', 'ignore_interruptions', 'interruptions_deferred']
 
 
 class ReIDLoaders(NamedTuple):
@@ -16,6 +20,54 @@ class ReIDLoaders(NamedTuple):
     train: DataLoader
     query: DataLoader
     gallery: DataLoader
+
+
+# A terminal's Ctrl-C and a scheduler's SIGTERM reach the whole process group, workers included.
+INTERRUPTIONS = {signal.SIGINT, signal.SIGTERM}
+
+
+def _exit_quietly(signum: int, frame: object) -> None:
+    os._exit(0)
+
+
+def ignore_interruptions(worker_id: int) -> None:
+    """``worker_init_fn``: leave Ctrl-C to the main process and end quietly on SIGTERM.
+
+    The main process handles the interruption and stops the workers in order; a worker that died of the signal
+    would turn it into "DataLoader worker exited unexpectedly", and one that ignored SIGTERM would hang the exit
+    (multiprocessing stops leftover workers with SIGTERM). Unblocks what :func:`interruptions_deferred` held back
+    during the fork.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_quietly)
+    if hasattr(signal, 'pthread_sigmask'):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, INTERRUPTIONS)
+
+
+@contextlib.contextmanager
+def interruptions_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM back while DataLoader workers are forked: ``with interruptions_deferred():
+    batches = iter(loader)``; a signal that arrives meanwhile is delivered when the block ends.
+
+    A KeyboardInterrupt raised halfway through starting the workers leaves a half-built iterator (an error when it
+    is collected), and one raised inside a fork hook is printed as "Exception ignored" and lost. The workers are
+    forked with the signals blocked, so that they ignore them (:func:`ignore_interruptions`) before they see them.
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, 'pthread_sigmask'):
+        yield  # signal handlers belong to the main thread; Windows has no signal masks and spawns workers
+        return
+    arrived = []
+    handlers = {signum: signal.signal(signum, lambda number, frame: arrived.append(number))
+                for signum in INTERRUPTIONS}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPTIONS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        for signum in arrived:
+            signal.raise_signal(signum)
 
 
 def make_dataloaders(
@@ -60,7 +112,8 @@ def make_dataloaders(
     sampler = RandomIdentitySampler(
         [pid for _, pid, _ in dataset.train], num_instances=k, batch_size=p * k, seed=seed,
         num_replicas=num_replicas, rank=rank)
-    common = dict(num_workers=workers, pin_memory=torch.cuda.is_available())
+    common = dict(num_workers=workers, pin_memory=torch.cuda.is_available(),
+                  worker_init_fn=ignore_interruptions if workers > 0 else None)
     train = DataLoader(ImageDataset(dataset.train, train_transform), batch_size=p * k, sampler=sampler,
                        drop_last=True, generator=torch.Generator().manual_seed(seed), **common)
     query, gallery = (

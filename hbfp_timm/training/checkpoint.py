@@ -1,0 +1,144 @@
+"""Run outputs written atomically (checkpoint, results, descriptor weights) and the RNG state of exact resume."""
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+from safetensors.torch import save_file
+
+from ..files import atomic_write, format_size
+from .config import TrainSetupError
+
+__all__ = [
+    'CHECKPOINT_NAME', 'RESULTS_NAME', 'MODEL_NAME', 'BEST_MODEL_NAME', 'OUTPUT_NAMES', 'write_json',
+    'descriptor_state_dict', 'save_descriptor_model', 'save_checkpoint', 'load_checkpoint', 'epoch_seeds',
+    'rng_states', 'set_rng_states', 'planned_outputs', 'describe_outputs',
+]
+
+CHECKPOINT_NAME = 'checkpoint.pt'
+RESULTS_NAME = 'results.json'
+MODEL_NAME = 'model.safetensors'
+BEST_MODEL_NAME = 'best.safetensors'
+OUTPUT_NAMES = (CHECKPOINT_NAME, RESULTS_NAME, MODEL_NAME, BEST_MODEL_NAME)
+
+
+def write_json(path: Path, data: Dict[str, Any]) -> None:
+    def write(tmp_name: str) -> None:
+        with open(tmp_name, 'w') as tmp_file:
+            json.dump(data, tmp_file, indent=2)
+    atomic_write(path, write)
+
+
+def descriptor_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """The model's state dict without the ID classifier: the weights of the Re-ID descriptor model
+    (``timm.create_model(name, num_classes=0)``), as contiguous CPU tensors ready for safetensors.
+
+    Args:
+        model: A timm model; its ``pretrained_cfg['classifier']`` names the classifier module.
+
+    Returns:
+        Name -> tensor.
+    """
+    classifier = getattr(model, 'pretrained_cfg', {}).get('classifier', 'classifier')
+    return {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()
+            if not name.startswith(classifier + '.')}
+
+
+def save_descriptor_model(model: nn.Module, path: Path, metadata: Dict[str, str]) -> None:
+    state = descriptor_state_dict(model)
+    atomic_write(path, lambda tmp_name: save_file(state, tmp_name, metadata=metadata))
+
+
+def epoch_seeds(seed: int, epoch: int, rank: int) -> Tuple[int, int]:
+    """Two 32-bit seeds (augmentation RNGs, loader workers) that depend only on (seed, epoch, rank)."""
+    augmentation, workers = np.random.SeedSequence([seed, epoch, rank]).generate_state(2)
+    return int(augmentation), int(workers)
+
+
+def rng_states() -> Dict[str, Any]:
+    np_state = np.random.get_state()
+    states = {
+        'python': random.getstate(),
+        # numpy's state as plain types and a tensor, so the checkpoint loads with weights_only=True.
+        'numpy': (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *[
+            v.item() if isinstance(v, np.generic) else v for v in np_state[2:]]),
+        'torch': torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states['cuda'] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: Dict[str, Any]) -> None:
+    random.setstate(_as_tuples(states['python']))
+    np_state = states['numpy']
+    np.random.set_state((np_state[0], np_state[1].numpy().astype(np.uint32), *np_state[2:]))
+    torch.set_rng_state(states['torch'])
+    if 'cuda' in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states['cuda'])
+
+
+def _as_tuples(value: Any) -> Any:
+    """Lists back to tuples (random.setstate wants the exact nesting of random.getstate)."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
+    atomic_write(path, lambda tmp_name: torch.save(state, tmp_name))
+
+
+def load_checkpoint(path_or_dir: str, model_name: Optional[str] = None) -> Dict[str, Any]:
+    """Read a checkpoint written by :func:`train` (memory-mapped), checking its model name when given."""
+    path = Path(path_or_dir).expanduser()
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise TrainSetupError(f'resume: {path} does not exist (expected {CHECKPOINT_NAME} or the folder holding it)')
+    try:
+        checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+    except Exception as exc:  # unpickling reports many error types; all mean "not our checkpoint"
+        raise TrainSetupError(f'resume: cannot read {path} as a training checkpoint ({exc})') from exc
+    if not isinstance(checkpoint, dict) or 'model' not in checkpoint or 'epoch' not in checkpoint:
+        raise TrainSetupError(f'resume: {path} is not a checkpoint written by hbfp_timm.train')
+    if model_name is not None and checkpoint.get('model_name') != model_name:
+        raise TrainSetupError(f'resume: {path} holds a {checkpoint.get("model_name")!r} model, not {model_name!r}')
+    return checkpoint
+
+
+def _tensor_bytes(tensors) -> int:
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+
+
+def planned_outputs(model: nn.Module, folder: Path, checkpoint_every: int) -> str:
+    """One line: where the run writes, which files and about how large, and a warning if the disk is too full.
+
+    Args:
+        model: The model being trained (its size sets the sizes of the files).
+        folder: The output folder.
+        checkpoint_every: Epochs between two checkpoints.
+    """
+    descriptor = _tensor_bytes(descriptor_state_dict(model).values())
+    # Adam keeps two moments per trainable weight next to the model's own state.
+    checkpoint = _tensor_bytes(model.state_dict().values()) + 2 * _tensor_bytes(
+        p for p in model.parameters() if p.requires_grad)
+    every = 'every epoch' if checkpoint_every == 1 else f'every {checkpoint_every} epochs'
+    line = (f'writing to {folder}: {CHECKPOINT_NAME} ~{format_size(checkpoint)} ({every}), {MODEL_NAME} '
+            f'~{format_size(descriptor)} (at the end), {BEST_MODEL_NAME} ~{format_size(descriptor)} (best '
+            f'evaluation), {RESULTS_NAME} (every epoch)')
+    # A rewrite holds the old and the new checkpoint at once.
+    needed = 2 * checkpoint + 2 * descriptor
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        line += f'; warning: only {format_size(free)} free there, about {format_size(needed)} needed'
+    return line
+
+
+def describe_outputs(folder: Path) -> str:
+    """One line naming the run's output files in ``folder`` with their sizes."""
+    files = [folder / name for name in (CHECKPOINT_NAME, MODEL_NAME, BEST_MODEL_NAME, RESULTS_NAME)
+             if (folder / name).is_file()]
+    return f'wrote {folder}: ' + ', '.join(f'{path.name} {format_size(path.stat().st_size)}' for path in files)

@@ -1,0 +1,287 @@
+"""``python -m hbfp_timm.train``: the command line of the trainer.
+
+Every failure ends in one line on stderr naming the argument or the file: exit status 2 for a problem found
+before training (arguments, data, output folder, checkpoint, weights), 1 for one met during training (divergence,
+a full disk, an image that became unreadable), 130 on Ctrl-C and 143 on SIGTERM (the last checkpoint is intact;
+the line says how to resume).
+"""
+import _thread
+import argparse
+import ast
+import json
+import re
+import signal
+import sys
+import threading
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+from ..data import DATASET_NAMES, ImageReadError
+from ..files import OutputWriteError
+from .checkpoint import CHECKPOINT_NAME, RESULTS_NAME, load_checkpoint
+from .config import AMP_DTYPES, DEVICE_DEFAULTS, TrainConfig, TrainSetupError
+from .loop import TrainingDivergedError, train
+from .prepare import output_dir
+
+__all__ = ['build_parser', 'main']
+
+PROG = 'python -m hbfp_timm.train'
+
+
+class _Interruptions:
+    """Ctrl-C (SIGINT) and SIGTERM end the run as a KeyboardInterrupt, delivered until it is handled.
+
+    Python loses a KeyboardInterrupt that a signal raises while the process forks: the exception is raised inside
+    a fork hook, printed as "Exception ignored" and dropped, and the run goes on. The training loop holds the
+    signals back while it starts its workers (``hbfp_timm.data.loader.interruptions_deferred``); for forks
+    elsewhere (the evaluation's loaders) the signal is remembered and raised again every ``REDELIVER_S`` seconds
+    until :meth:`settle` says it was handled, and the "Exception ignored" report of the lost one is left out.
+    """
+
+    NAMES = {signal.SIGINT: 'Ctrl-C', signal.SIGTERM: 'SIGTERM'}
+    REDELIVER_S = 5.0  # longer than unwinding takes (stopping DataLoader workers waits up to 5 s)
+
+    def __init__(self):
+        self.received: Optional[str] = None
+        self._previous: Dict[int, Any] = {}
+        self._redelivery: Optional[threading.Timer] = None
+        self._unraisablehook = sys.unraisablehook
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = self.NAMES[signum]
+        if self._redelivery is None:
+            self._schedule(signum)
+        raise KeyboardInterrupt(self.received)
+
+    def _schedule(self, signum: int) -> None:
+        self._redelivery = threading.Timer(self.REDELIVER_S, self._redeliver, args=(signum,))
+        self._redelivery.daemon = True
+        self._redelivery.start()
+
+    def _redeliver(self, signum: int) -> None:
+        if self._previous:  # not settled yet
+            _thread.interrupt_main(signum)
+            self._schedule(signum)
+
+    def _drop_lost_interrupt(self, unraisable: Any) -> None:
+        if not (self.received and isinstance(unraisable.exc_value, KeyboardInterrupt)):
+            self._unraisablehook(unraisable)
+
+    def __enter__(self) -> '_Interruptions':
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for signum in self.NAMES:
+                if signal.getsignal(signum) is not signal.SIG_IGN:  # e.g. nohup: the user asked to ignore it
+                    self._previous[signum] = signal.signal(signum, self._handle)
+            sys.unraisablehook = self._drop_lost_interrupt
+        return self
+
+    def settle(self) -> None:
+        """Stop raising: restore the previous handlers."""
+        previous, self._previous = self._previous, {}
+        if self._redelivery is not None:
+            self._redelivery.cancel()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        sys.unraisablehook = self._unraisablehook
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.settle()
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: ...)`` only where there is a value to show (not None, [] or an on/off flag's), and a
+    list default as it is typed (``384 128``)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ''
+        if action.default in (None, argparse.SUPPRESS, []) or action.nargs == 0 or '%(default)' in help_text:
+            return help_text
+        if isinstance(action.default, (list, tuple)):
+            return f'{help_text} (default: {" ".join(str(value) for value in action.default)})'
+        return super()._get_help_string(action)
+
+
+def _device_defaults(option: str) -> str:
+    return ', '.join(f'{"on" if values[option] else "off"} on {device.upper()}'
+                     for device, values in DEVICE_DEFAULTS.items())
+
+
+def _model_arg(text: str) -> Tuple[str, Any]:
+    key, sep, value = text.partition('=')
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f'expected KEY=VALUE with KEY a Python identifier, got {text!r}')
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value  # a bare word such as global_pool=avg is a string
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'expected a positive integer, got {text}')
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m hbfp_timm.train`` argument parser; defaults come from :class:`TrainConfig`."""
+    d = TrainConfig()
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description='Train HBFP-Net for person re-identification. Every default is the paper\'s recipe '
+                    '(HBFP-Net, ACM MM 2020, section 4.2): 384x128 input, flip + random erasing + cutout, '
+                    'PK batches 16x4, triplet margin 0.3, label smoothing 0.3, Adam lr 2e-4 wd 5e-4, constant '
+                    'for 200 epochs then exponential decay to epoch 500. Several GPUs: torchrun --nproc-per-node '
+                    'N -m hbfp_timm.train ...',
+        formatter_class=_HelpFormatter)
+    data = parser.add_argument_group('data')
+    data.add_argument('--dataset', default=d.dataset, choices=DATASET_NAMES, help='data set reader')
+    data.add_argument('--data-root', default=d.data_root, help='folder holding the data set')
+    data.add_argument('--img-size', nargs=2, type=_positive_int, default=list(d.img_size), metavar=('H', 'W'),
+                      help='input height and width')
+    data.add_argument('--batch-size', type=_positive_int, default=d.batch_size,
+                      help='P x K images per batch (per process under torchrun)')
+    data.add_argument('--num-instances', type=_positive_int, default=d.num_instances,
+                      help='K, images per identity in a batch')
+    data.add_argument('--flip-prob', type=float, default=d.flip_prob, help='horizontal flip probability')
+    data.add_argument('--random-erasing-prob', type=float, default=d.random_erasing_prob,
+                      help='random erasing probability')
+    data.add_argument('--cutout-prob', type=float, default=d.cutout_prob, help='cutout probability')
+    data.add_argument('--workers', type=int, default=d.workers, help='data loading processes')
+    data.add_argument('--check-images', action='store_true',
+                      help='decode every image before training (by default only cheap header and size checks run)')
+
+    model = parser.add_argument_group('model')
+    model.add_argument('--model', default=d.model, help='timm name of the HBFP model')
+    model.add_argument('--model-arg', action='append', type=_model_arg, default=[], metavar='KEY=VALUE',
+                       help='HBFPNet constructor argument, value parsed as a Python literal (repeatable), '
+                            'e.g. --model-arg "gep_lambdas=(0, 1)" --model-arg hierarchical=False')
+    model.add_argument('--no-pretrained-backbone', dest='pretrained_backbone', action='store_false',
+                       help='start the backbone from random weights instead of timm\'s ImageNet weights')
+    model.add_argument('--backbone-weights', default=d.backbone_weights, metavar='FILE',
+                       help='local ImageNet weights file for the backbone (offline machines)')
+
+    optim = parser.add_argument_group('optimisation')
+    optim.add_argument('--epochs', type=_positive_int, default=d.epochs, help='training epochs')
+    optim.add_argument('--lr-constant-epochs', type=int, default=d.lr_constant_epochs,
+                       help='epochs at the base learning rate before the exponential decay')
+    optim.add_argument('--lr-final-factor', type=float, default=d.lr_final_factor,
+                       help='learning-rate factor reached at the last epoch (the paper\'s "decays to 0")')
+    optim.add_argument('--lr', type=float, default=d.lr, help='Adam learning rate')
+    optim.add_argument('--weight-decay', type=float, default=d.weight_decay, help='Adam weight decay')
+    optim.add_argument('--margin', type=float, default=d.margin, help='triplet loss margin')
+    optim.add_argument('--label-smoothing', type=float, default=d.label_smoothing, help='ID loss label smoothing')
+    optim.add_argument('--triplet-weight', type=float, default=d.triplet_weight, help='weight of the triplet loss')
+    optim.add_argument('--id-weight', type=float, default=d.id_weight, help='weight of the ID loss')
+    optim.add_argument('--max-steps-per-epoch', type=_positive_int, default=d.max_steps_per_epoch,
+                       help='cap on steps per epoch (smoke runs)')
+
+    run = parser.add_argument_group('run')
+    run.add_argument('--device', default=d.device, help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:N'")
+    run.add_argument('--no-amp', dest='amp', action='store_false', help='disable mixed precision on CUDA')
+    run.add_argument('--amp-dtype', default=d.amp_dtype, choices=AMP_DTYPES,
+                     help='mixed-precision type on CUDA; auto: bfloat16 where the GPU has it, else float16 (with '
+                          'gradient scaling)')
+    run.add_argument('--channels-last', default=d.channels_last, action=argparse.BooleanOptionalAction,
+                     help='channels-last memory format for model and images '
+                          f'(default: {_device_defaults("channels_last")})')
+    run.add_argument('--compile', default=d.compile, action=argparse.BooleanOptionalAction,
+                     help=f'torch.compile the training forward pass (default: {_device_defaults("compile")})')
+    run.add_argument('--seed', type=int, default=d.seed, help='random seed')
+    run.add_argument('--eval-every', type=_positive_int, default=d.eval_every,
+                     help='evaluate every N epochs (and after the last)')
+    run.add_argument('--checkpoint-every', type=_positive_int, default=d.checkpoint_every,
+                     help='write the resumable checkpoint every N epochs (and after the last)')
+    run.add_argument('--flip-test', action='store_true', help='average test descriptors with mirrored images')
+    run.add_argument('--metric', default=d.metric, choices=('euclidean', 'cosine'), help='test distance')
+    run.add_argument('--test-batch-size', type=_positive_int, default=d.test_batch_size,
+                     help='feature extraction batch size')
+    run.add_argument('--output', default=d.output, metavar='DIR',
+                     help='output folder (default: the --resume folder, else runs/<model>_<dataset>)')
+    run.add_argument('--resume', default=d.resume, metavar='PATH_OR_DIR',
+                     help='checkpoint.pt (or its folder) to continue from')
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """Command-line entry point; see ``python -m hbfp_timm.train --help``.
+
+    Args:
+        argv: Arguments without the program name; default ``sys.argv[1:]``.
+
+    Returns:
+        The results dict of :func:`train`.
+    """
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = vars(parser.parse_args(argv))
+    args['model_args'] = dict(args.pop('model_arg'))
+    args['img_size'] = tuple(args['img_size'])
+    cfg: Optional[TrainConfig] = None
+    with _Interruptions() as interruptions:
+        try:
+            if args['resume']:
+                # A resumed run keeps its own configuration; flags given on this command line override it.
+                saved = json.loads(load_checkpoint(args['resume'])['config'])
+                given = _given_arguments(argv)
+                args = {**saved, **{key: value for key, value in args.items() if key in given}}
+                args['img_size'] = tuple(args['img_size'])
+            cfg = TrainConfig(**args)
+            return train(cfg, command=['python', '-m', 'hbfp_timm.train', *argv])
+        except (Exception, KeyboardInterrupt) as exc:
+            interruptions.settle()
+            if isinstance(exc, KeyboardInterrupt) or interruptions.received:
+                name = interruptions.received or 'Ctrl-C'
+                parser.exit(143 if name == 'SIGTERM' else 130, f'{PROG}: interrupted ({name}); {_resume_hint(cfg)}\n')
+            if isinstance(exc, TrainSetupError):
+                parser.exit(2, f'{PROG}: error: {_as_flags(str(exc), parser)}\n')
+            if isinstance(exc, OutputWriteError):
+                parser.exit(1, f'{PROG}: error: {exc.strerror or exc}\n')
+            if isinstance(exc, ImageReadError):
+                parser.exit(1, f'{PROG}: error: {_last_line(exc)}; --check-images finds every unreadable image '
+                               f'before training\n')
+            if isinstance(exc, TrainingDivergedError):
+                parser.exit(1, f'{PROG}: error: {exc}\n')
+            raise
+
+
+def _resume_hint(cfg: Optional[TrainConfig]) -> str:
+    """What an interrupted run leaves behind, and how to continue it."""
+    if cfg is None:
+        return 'nothing was written'
+    folder = output_dir(cfg)
+    if not (folder / CHECKPOINT_NAME).is_file():
+        return f'no checkpoint was written yet in {folder}'
+    try:
+        epoch = json.loads((folder / RESULTS_NAME).read_text()).get('checkpoint_epoch')
+    except (OSError, ValueError, AttributeError):
+        epoch = None
+    held = f' (epoch {epoch})' if epoch else ''
+    return f'{folder / CHECKPOINT_NAME}{held} is intact; continue with: {PROG} --resume {folder}'
+
+
+def _as_flags(message: str, parser: argparse.ArgumentParser) -> str:
+    """``'label_smoothing: ...'`` -> ``'--label-smoothing: ...'``: name the option the user typed."""
+    flags = {action.dest: action.option_strings[0] for action in parser._actions if action.option_strings}
+    flags['model_args'] = flags.pop('model_arg')
+    flags['pretrained_backbone'] = '--no-pretrained-backbone'
+    match = re.match(r'^([a-z_]+(?:, [a-z_]+)*): ', message)
+    if match is None or not all(name in flags for name in match[1].split(', ')):
+        return message
+    return ', '.join(flags[name] for name in match[1].split(', ')) + message[len(match[1]):]
+
+
+def _last_line(exc: BaseException) -> str:
+    """The message of an exception raised in a DataLoader worker, whose text holds the worker's traceback."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else type(exc).__name__
+    return re.sub(r'^[\w.]+(Error|Exception): ', '', last)
+
+
+def _given_arguments(argv: Sequence[str]) -> set:
+    """``TrainConfig`` field names of the options present on the command line (not left at their default)."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    given = set(vars(parser.parse_args(argv)))
+    return {'model_args' if name == 'model_arg' else name for name in given} | {'resume'}
+

@@ -1,0 +1,170 @@
+"""Training configuration: :class:`TrainConfig` (the paper's recipe as defaults) and its validation."""
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import timm
+
+from ..data import DATASET_NAMES
+
+__all__ = ['TrainConfig', 'TrainSetupError', 'validate_config', 'AMP_DTYPES', 'DEVICE_DEFAULTS']
+
+AMP_DTYPES = ('auto', 'bfloat16', 'float16')
+# Speed options whose best value depends on the device type; a TrainConfig field left at None takes the value
+# here. They change speed, not results. On CPU both stay off (channels-last and torch.compile do not pay off for
+# the short CPU runs this package is tested with); the CUDA values follow the GPU measurements of benchmarks/speed.py.
+DEVICE_DEFAULTS: Dict[str, Dict[str, bool]] = {
+    'cpu': {'channels_last': False, 'compile': False},
+    'cuda': {'channels_last': False, 'compile': False},
+}
+
+
+class TrainSetupError(ValueError):
+    """A configuration, data set, checkpoint or weights problem found before training starts."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; the defaults are the paper's recipe (4.2).
+
+    Attributes:
+        dataset: Data set name (``hbfp_timm.data.DATASET_NAMES``; ``market_layout`` for any Market-style folder).
+        data_root: Folder holding the data set.
+        model: timm name of the HBFP model.
+        model_args: Extra ``HBFPNet`` constructor kwargs (Table 2 / Table 3 ablations).
+        img_size: Network input (height, width).
+        epochs: Training epochs.
+        lr_constant_epochs: Epochs at the base learning rate before the exponential decay starts.
+        lr_final_factor: **(choice)** Learning-rate factor reached at the last epoch. The paper says "decays
+            exponentially to 0", which an exponential never reaches; 1e-3 of the base rate stands for 0.
+        batch_size: P x K images per batch (per process under torchrun).
+        num_instances: K, images per identity in a batch.
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        margin: Triplet margin.
+        label_smoothing: Label-smoothing epsilon of the ID loss.
+        triplet_weight: Weight of the triplet loss.
+        id_weight: Weight of the ID loss.
+        flip_prob: Probability of a horizontal flip in training.
+        random_erasing_prob: Probability of random erasing in training.
+        cutout_prob: Probability of cutout in training.
+        pretrained_backbone: Start the backbone from timm's ImageNet weights (downloaded from the Hub).
+        backbone_weights: Local ImageNet weights file for the backbone (offline machines).
+        device: ``'auto'`` (CUDA when available, else CPU), ``'cpu'``, ``'cuda'``, ``'cuda:1'``...
+        amp: Mixed precision (autocast); applies on CUDA only.
+        amp_dtype: ``'bfloat16'``, ``'float16'`` (with a GradScaler, which bfloat16 does not need) or ``'auto'``:
+            bfloat16 where the GPU supports it, else float16.
+        channels_last: Channels-last memory format for the model and its inputs; None takes the device's
+            default (``DEVICE_DEFAULTS``).
+        compile: ``torch.compile`` the training forward pass; None takes the device's default.
+        check_images: Decode every image before training (by default only cheap header and size checks run).
+        workers: Data loading processes.
+        seed: Seed of model initialisation, PK sampling and augmentation.
+        eval_every: Evaluate on query/gallery every this many epochs (and always after the last).
+        checkpoint_every: Write the resumable checkpoint every this many epochs (and always after the last);
+            it holds the model and Adam's moments (about 3x the weights), so short CPU runs write it rarely.
+        flip_test: Average test descriptors with those of mirrored images (the paper does not).
+        metric: Distance between descriptors at test time, ``'euclidean'`` or ``'cosine'``.
+        test_batch_size: Batch size of feature extraction.
+        output: Output folder; default the folder of ``resume``, else ``runs/<model>_<dataset>``.
+        resume: ``checkpoint.pt`` (or the folder holding it) to continue from.
+        max_steps_per_epoch: Cap on training steps per epoch (smoke runs); None trains on full epochs.
+    """
+    dataset: str = 'market1501'
+    data_root: str = 'data'
+    model: str = 'hbfp_resnet50'
+    model_args: Dict[str, Any] = field(default_factory=dict)
+    img_size: Tuple[int, int] = (384, 128)
+    epochs: int = 500
+    lr_constant_epochs: int = 200
+    lr_final_factor: float = 1e-3
+    batch_size: int = 64
+    num_instances: int = 4
+    lr: float = 2e-4
+    weight_decay: float = 5e-4
+    margin: float = 0.3
+    label_smoothing: float = 0.3
+    triplet_weight: float = 1.0
+    id_weight: float = 1.0
+    flip_prob: float = 0.5
+    random_erasing_prob: float = 0.5
+    cutout_prob: float = 0.5
+    pretrained_backbone: bool = True
+    backbone_weights: Optional[str] = None
+    device: str = 'auto'
+    amp: bool = True
+    amp_dtype: str = 'auto'
+    channels_last: Optional[bool] = None
+    compile: Optional[bool] = None
+    check_images: bool = False
+    workers: int = min(4, os.cpu_count() or 1)
+    seed: int = 0
+    eval_every: int = 50
+    checkpoint_every: int = 1
+    flip_test: bool = False
+    metric: str = 'euclidean'
+    test_batch_size: int = 128
+    output: Optional[str] = None
+    resume: Optional[str] = None
+    max_steps_per_epoch: Optional[int] = None
+
+
+def _finite(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Check every field that can be checked without the data or the model.
+
+    Raises:
+        TrainSetupError: The first problem, as ``'<field>: expected ..., got ...'``.
+    """
+    checks = [
+        (cfg.dataset in DATASET_NAMES, f'dataset: expected one of {", ".join(DATASET_NAMES)}, got {cfg.dataset!r}'),
+        (timm.is_model(cfg.model), f'model: unknown timm model {cfg.model!r} (e.g. hbfp_resnet50, hbfp_resnet18)'),
+        (len(cfg.img_size) == 2 and all(int(s) > 0 for s in cfg.img_size),
+         f'img_size: expected two positive integers (height, width), got {cfg.img_size!r}'),
+        (cfg.epochs >= 1, f'epochs: expected >= 1, got {cfg.epochs}'),
+        (cfg.lr_constant_epochs >= 0, f'lr_constant_epochs: expected >= 0, got {cfg.lr_constant_epochs}'),
+        (0 < cfg.lr_final_factor <= 1, f'lr_final_factor: expected a value in (0, 1], got {cfg.lr_final_factor}'),
+        (cfg.num_instances >= 2, f'num_instances: expected >= 2 (batch-hard triplets need positives), '
+                                 f'got {cfg.num_instances}'),
+        (cfg.batch_size >= 2 * cfg.num_instances and cfg.batch_size % cfg.num_instances == 0,
+         f'batch_size: expected a multiple of num_instances={cfg.num_instances} holding at least two identities, '
+         f'got {cfg.batch_size}'),
+        # Adam steps are about lr in size whatever the gradient: above 1 the weights are lost in a few steps.
+        (_finite(cfg.lr) and 0 < cfg.lr <= 1, f'lr: expected a value in (0, 1] (the paper uses 2e-4), got {cfg.lr}'),
+        (_finite(cfg.weight_decay) and cfg.weight_decay >= 0,
+         f'weight_decay: expected a finite value >= 0, got {cfg.weight_decay}'),
+        (_finite(cfg.margin) and cfg.margin >= 0, f'margin: expected a finite value >= 0, got {cfg.margin}'),
+        (_finite(cfg.label_smoothing) and 0 <= cfg.label_smoothing < 1,
+         f'label_smoothing: expected a value in [0, 1), got {cfg.label_smoothing}'),
+        (_finite(cfg.triplet_weight) and cfg.triplet_weight >= 0,
+         f'triplet_weight: expected a finite value >= 0, got {cfg.triplet_weight}'),
+        (_finite(cfg.id_weight) and cfg.id_weight >= 0,
+         f'id_weight: expected a finite value >= 0, got {cfg.id_weight}'),
+        (cfg.triplet_weight > 0 or cfg.id_weight > 0,
+         'triplet_weight, id_weight: expected at least one above 0 (with both at 0 nothing is learnt)'),
+        (_finite(cfg.flip_prob) and 0 <= cfg.flip_prob <= 1,
+         f'flip_prob: expected a probability in [0, 1], got {cfg.flip_prob}'),
+        (_finite(cfg.random_erasing_prob) and 0 <= cfg.random_erasing_prob <= 1,
+         f'random_erasing_prob: expected a probability in [0, 1], got {cfg.random_erasing_prob}'),
+        (_finite(cfg.cutout_prob) and 0 <= cfg.cutout_prob <= 1,
+         f'cutout_prob: expected a probability in [0, 1], got {cfg.cutout_prob}'),
+        (cfg.amp_dtype in AMP_DTYPES, f'amp_dtype: expected one of {", ".join(AMP_DTYPES)}, got {cfg.amp_dtype!r}'),
+        (cfg.seed >= 0, f'seed: expected an integer >= 0, got {cfg.seed}'),
+        (cfg.workers >= 0, f'workers: expected >= 0, got {cfg.workers}'),
+        (cfg.eval_every >= 1, f'eval_every: expected >= 1, got {cfg.eval_every}'),
+        (cfg.checkpoint_every >= 1, f'checkpoint_every: expected >= 1, got {cfg.checkpoint_every}'),
+        (cfg.test_batch_size >= 1, f'test_batch_size: expected >= 1, got {cfg.test_batch_size}'),
+        (cfg.metric in ('euclidean', 'cosine'), f"metric: expected 'euclidean' or 'cosine', got {cfg.metric!r}"),
+        (cfg.max_steps_per_epoch is None or cfg.max_steps_per_epoch >= 1,
+         f'max_steps_per_epoch: expected >= 1 or None, got {cfg.max_steps_per_epoch}'),
+        (cfg.backbone_weights is None or Path(cfg.backbone_weights).is_file(),
+         f'backbone_weights: file {cfg.backbone_weights} does not exist (expected a local ImageNet weights file)'),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise TrainSetupError(message)

@@ -1,0 +1,191 @@
+"""What a run checks and builds before its first epoch, so that a problem costs seconds rather than an epoch:
+the output folder, the data set and its images, the model (weights, input size) and a resumed checkpoint's fit.
+"""
+import json
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import timm
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from ..data import ReIDDataset, build_dataset
+from ..data.checks import find_unreadable_images
+from ..files import OutputWriteError, check_writable_folder, format_size, remove_stale_temporaries
+from ..hub import CheckpointMismatchError, check_state_dict, offline_if_hub_unreachable
+from .checkpoint import OUTPUT_NAMES
+from .config import TrainConfig, TrainSetupError
+
+__all__ = [
+    'output_dir', 'prepare_output', 'read_dataset', 'check_images', 'build_model', 'check_input_size',
+    'check_resume_fits',
+]
+
+# Unreadable images named in the error line; the rest are counted.
+MAX_NAMED_IMAGES = 3
+
+
+def output_dir(cfg: TrainConfig) -> Path:
+    """``--output``; else the folder of ``--resume``; else ``runs/<model>_<dataset>``."""
+    if cfg.output:
+        return Path(cfg.output).expanduser()
+    if cfg.resume:
+        resume = Path(cfg.resume).expanduser()
+        return resume if resume.is_dir() else resume.parent
+    return Path('runs') / f'{cfg.model}_{cfg.dataset}'
+
+
+def prepare_output(folder: Path, remove_stale: bool = True) -> None:
+    """Make sure the run can write its outputs, and clear temporaries left by a killed run.
+
+    Args:
+        folder: The output folder, created if missing.
+        remove_stale: Remove temporaries of the run's outputs that no running process writes (the process that
+            writes the outputs does; every process checks that the folder is writable, so that all stop alike).
+
+    Raises:
+        TrainSetupError: The folder is a file, cannot be created or is not writable.
+    """
+    try:
+        check_writable_folder(folder)
+    except OutputWriteError as exc:
+        raise TrainSetupError(f'output: {exc.strerror}') from None
+    if not remove_stale:
+        return
+    removed, size = remove_stale_temporaries(folder, OUTPUT_NAMES)
+    if removed:
+        tqdm.write(f'removed {len(removed)} temporary file{"s" if len(removed) > 1 else ""} ({format_size(size)}) '
+                   f'left in {folder} by an interrupted run')
+
+
+def read_dataset(cfg: TrainConfig) -> ReIDDataset:
+    """The data set of ``cfg``; a missing or malformed one is a :class:`TrainSetupError` naming the path."""
+    try:
+        return build_dataset(cfg.dataset, cfg.data_root)
+    except (FileNotFoundError, ValueError) as exc:
+        raise TrainSetupError(f'data_root: {exc}') from exc
+
+
+def check_images(dataset: ReIDDataset, full: bool, rank: int, world_size: int) -> Tuple[int, float]:
+    """Look for unusable images of every split (see :mod:`hbfp_timm.data.checks`), each process a share.
+
+    Returns:
+        The number of images checked and the seconds it took.
+
+    Raises:
+        TrainSetupError: Some images are empty, truncated, undecodable or too large; the line names the first.
+    """
+    start = time.perf_counter()
+    paths = sorted({path for items in (dataset.train, dataset.query, dataset.gallery) for path, _, _ in items})
+    problems = find_unreadable_images(paths[rank::world_size], full=full, show_progress=full and rank == 0)
+    if world_size > 1:
+        gathered: List[Any] = [None] * world_size
+        dist.all_gather_object(gathered, problems)
+        problems = sorted(problem for share in gathered for problem in share)
+    if problems:
+        named = '; '.join(f'{path} ({reason})' for path, reason in problems[:MAX_NAMED_IMAGES])
+        more = f'; and {len(problems) - MAX_NAMED_IMAGES} more' if len(problems) > MAX_NAMED_IMAGES else ''
+        raise TrainSetupError(
+            f'data_root: {len(problems)} of {len(paths)} images cannot be used: {named}{more}; remove or replace them '
+            f'({"every image was decoded" if full else "--check-images decodes every image to find all problems"})')
+    return len(paths), time.perf_counter() - start
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    """``timm.create_model`` of ``cfg``; weights that cannot be had fail at once with the ways out.
+
+    Raises:
+        TrainSetupError: Bad ``model_args``, unreadable ``backbone_weights``, or ImageNet weights that are neither
+            cached nor downloadable.
+    """
+    kwargs = dict(cfg.model_args)
+    kwargs.setdefault('pretrained_backbone', cfg.pretrained_backbone)
+    if cfg.backbone_weights is not None:
+        kwargs['backbone_weights'] = cfg.backbone_weights
+    downloads = kwargs['pretrained_backbone'] and cfg.backbone_weights is None
+    try:
+        if not downloads:
+            return timm.create_model(cfg.model, num_classes=num_classes, **kwargs)
+        with offline_if_hub_unreachable() as offline:
+            if offline:
+                tqdm.write('the Hugging Face Hub is not reachable (or HF_HUB_OFFLINE is set): looking for the '
+                           'backbone weights in the local cache only')
+            return timm.create_model(cfg.model, num_classes=num_classes, **kwargs)
+    except TypeError as exc:
+        raise TrainSetupError(f'model_args: {cfg.model} does not accept {sorted(cfg.model_args)} ({exc})') from exc
+    except ValueError as exc:
+        raise TrainSetupError(f'model_args: cannot build {cfg.model} with {cfg.model_args} ({exc})') from exc
+    except OSError as exc:
+        if downloads:
+            raise TrainSetupError(
+                f'pretrained backbone weights for {cfg.model} could not be loaded ({type(exc).__name__}: '
+                f'{str(exc).splitlines()[0] if str(exc) else ""}); offline, pass --backbone-weights FILE (a '
+                f'local ImageNet checkpoint) or --no-pretrained-backbone') from exc
+        raise TrainSetupError(f'backbone_weights: cannot load {cfg.backbone_weights} ({exc})') from exc
+
+
+@torch.no_grad()
+def check_input_size(model: nn.Module, cfg: TrainConfig, device: torch.device) -> None:
+    """Run the model once on one blank image of ``cfg.img_size``, so that a size the model cannot take (or a
+    constructor argument that only fails in the forward pass) stops the run before any data is loaded.
+
+    Raises:
+        TrainSetupError: The forward pass refused the input.
+    """
+    height, width = cfg.img_size
+    was_training = model.training
+    model.eval()  # no batch statistics, no dropout: the probe changes nothing in the model or the RNG streams
+    try:
+        model(torch.zeros(1, getattr(model, "in_chans", 3), height, width, device=device))
+    except (ValueError, RuntimeError) as exc:
+        raise TrainSetupError(f'img_size: {cfg.model} cannot run on {height}x{width} images '
+                              f'({str(exc).strip().splitlines()[0]})') from exc
+    finally:
+        model.train(was_training)
+
+
+def _differences(saved: Dict[str, Any], asked: Dict[str, Any]) -> str:
+    """``'hierarchical default -> False, perception_dim 16 -> default'`` (checkpoint -> this run)."""
+    def shown(arguments: Dict[str, Any], key: str) -> str:
+        return repr(arguments[key]) if key in arguments else 'default'
+
+    absent = object()
+    return ', '.join(f'{key} {shown(saved, key)} -> {shown(asked, key)}'
+                     for key in sorted(set(saved) | set(asked)) if saved.get(key, absent) != asked.get(key, absent))
+
+
+def check_resume_fits(checkpoint: Dict[str, Any], cfg: TrainConfig, dataset: ReIDDataset, model: nn.Module) -> None:
+    """Refuse to continue a checkpoint that is complete, or with another model or other identities, saying what
+    differs.
+
+    Raises:
+        TrainSetupError: No epochs left, or ``model_args``, the number of training identities or the state dict
+            differ.
+    """
+    done = int(checkpoint['epoch'])
+    if done >= cfg.epochs:
+        raise TrainSetupError(f'resume: the checkpoint has already completed {done} epoch{"" if done == 1 else "s"}; '
+                              f'pass --epochs greater than {done} to train further')
+    saved_cfg = json.loads(checkpoint['config'])
+    saved_args = saved_cfg.get('model_args', {})
+    asked_args = json.loads(json.dumps(cfg.model_args))  # tuples as lists, as the checkpoint stores them
+    if saved_args != asked_args:
+        raise TrainSetupError(
+            f'resume: {cfg.resume} was trained with other model arguments (checkpoint -> this run: '
+            f'{_differences(saved_args, asked_args)}); '
+            f'a run continues only with its own: drop --model-arg to continue it, or start a new run with another '
+            f'--output')
+    saved_pids = json.loads(checkpoint['results']).get('num_train_pids')
+    if saved_pids is not None and saved_pids != dataset.num_train_pids:
+        raise TrainSetupError(
+            f'resume: {cfg.resume} was trained on {saved_pids} identities ({saved_cfg.get("dataset")} at '
+            f'{saved_cfg.get("data_root")}) but {cfg.dataset} at {cfg.data_root} has {dataset.num_train_pids}; its '
+            f'classifier fits only its own identities: resume on the same data, or start a new run with another '
+            f'--output')
+    try:
+        check_state_dict(model, checkpoint['model'], f'resume: {cfg.resume}')
+    except CheckpointMismatchError as exc:
+        raise TrainSetupError(str(exc)) from None

@@ -1,0 +1,365 @@
+"""Every way a training run can go wrong ends in one line naming the argument or the file, with a non-zero exit
+and no traceback: found before the first epoch where it can be, and leaving no temporary files where it cannot."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+import torch
+from PIL import Image
+
+from hbfp_timm import files, hub
+from hbfp_timm.losses import HBFPLoss
+from hbfp_timm.synthetic import generate_synthetic_dataset
+from hbfp_timm.train import TrainSetupError, build_parser, main, train
+from hbfp_timm.training import loop, prepare
+
+pytestmark = pytest.mark.usefixtures('single_thread')
+ROOT = Path(__file__).resolve().parents[1]
+PROG = 'python -m hbfp_timm.train'
+
+
+def _argv(data_root, output, *extra) -> list:
+    """A small CPU run: a 3.6M-parameter HBFP-Net (43 MB checkpoints), PK batches 4 x 2, one epoch."""
+    return ['--dataset', 'market_layout', '--data-root', str(data_root), '--model', 'hbfp_mobilenetv2_100',
+            '--model-arg', 'correlation_dim=8', '--model-arg', 'perception_dim=16', '--img-size', '64', '32',
+            '--batch-size', '8', '--num-instances', '2', '--no-pretrained-backbone', '--workers', '0', '--device', 'cpu',
+            '--epochs', '1', '--eval-every', '5', '--output', str(output), *extra]
+
+
+def _exit(argv, capsys):
+    """Run the CLI expecting it to stop; returns (exit status, the one line it printed on stderr)."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert 'Traceback' not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return info.value.code, lines[0]
+
+
+def _leftovers(folder: Path) -> list:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith('.tmp')) if folder.is_dir() else []
+
+
+# --- arguments and output folder ----------------------------------------------------------------------------
+def test_a_missing_data_root_is_one_line(tmp_path, capsys):
+    missing = tmp_path / 'nowhere'
+    code, line = _exit(_argv(missing, tmp_path / 'out'), capsys)
+    assert code == 2 and line.startswith(f'{PROG}: error: --data-root: ') and str(missing) in line
+
+
+@pytest.mark.parametrize('argv, expected', [
+    (['--model-arg', 'no_equals_sign'], 'KEY=VALUE'),
+    (['--img-size', '384'], '--img-size'),
+    (['--epochs', '0'], 'positive integer'),
+    (['--model', 'hbfp_nonexistent'], 'unknown timm model'),
+    (['--resume', 'missing_dir/checkpoint.pt'], '--resume: '),
+    (['--batch-size', '6', '--num-instances', '4'], '--batch-size: '),
+    (['--model-arg', "branches=('x',)"], '--model-arg: '),
+    (['--label-smoothing', '1.5'], '--label-smoothing: expected a value in [0, 1), got 1.5'),
+    (['--lr', 'inf'], '--lr: expected a value in (0, 1] (the paper uses 2e-4), got inf'),
+    (['--lr', '1e30'], '--lr: expected a value in (0, 1] (the paper uses 2e-4), got 1e+30'),
+    (['--lr', 'nan'], '--lr: '),
+    (['--random-erasing-prob', '2'], '--random-erasing-prob: expected a probability in [0, 1], got 2.0'),
+    (['--cutout-prob', '-1'], '--cutout-prob: expected a probability in [0, 1], got -1.0'),
+    (['--flip-prob', 'nan'], '--flip-prob: '),
+    (['--margin', '-0.1'], '--margin: '),
+    (['--triplet-weight', '0', '--id-weight', '0'], '--triplet-weight, --id-weight: expected at least one above 0'),
+    (['--seed', '-1'], '--seed: '),
+    (['--img-size', '8', '4'], '--img-size: hbfp_mobilenetv2_100 cannot run on 8x4 images'),
+])
+def test_bad_arguments_stop_before_training_with_one_line(data_root, tmp_path, capsys, argv, expected):
+    with pytest.raises(SystemExit) as info:
+        main(_argv(data_root, tmp_path / 'out', *argv))
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and 'Traceback' not in err
+    assert expected in err.strip().splitlines()[-1]
+    assert not (tmp_path / 'out' / 'checkpoint.pt').exists()
+
+
+def test_help_shows_defaults_only_where_there_is_one():
+    text = build_parser().format_help()
+    assert '(default: None)' not in text and '(default: [])' not in text
+    assert '(default: 384 128)' in text and '(default: 500)' in text
+
+
+@pytest.mark.parametrize('inside', ['', 'run'])
+def test_an_output_that_cannot_be_a_folder_is_refused_before_training(data_root, tmp_path, capsys, inside):
+    (tmp_path / 'a_file').write_text('')
+    output = tmp_path / 'a_file' / inside  # the file itself, or a folder inside it
+    start = time.perf_counter()
+    code, line = _exit(_argv(data_root, output), capsys)
+    assert code == 2 and line.startswith(f'{PROG}: error: --output: ') and 'a_file' in line
+    assert time.perf_counter() - start < 10  # before the data set, model and first epoch
+
+
+def test_stale_temporaries_of_a_killed_run_are_removed_when_the_next_run_starts(tmp_path, capsys):
+    stale = tmp_path / '.checkpoint.pt.k3x_9qzw.tmp'  # what a kill -9 during a checkpoint write leaves
+    stale.write_bytes(bytes(2000))
+    prepare.prepare_output(tmp_path)
+    assert not stale.exists()
+    assert capsys.readouterr().out.strip() == (f'removed 1 temporary file (2.0 kB) left in {tmp_path} by an '
+                                               f'interrupted run')
+
+
+# --- resuming -----------------------------------------------------------------------------------------------
+@pytest.fixture(scope='module')
+def finished_run(data_root, tmp_path_factory):
+    """A one-epoch, one-step run to resume from."""
+    run = tmp_path_factory.mktemp('finished') / 'run'
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the single_thread fixture, which module fixtures come before
+    main(_argv(data_root, run, '--max-steps-per-epoch', '1'))
+    torch.set_num_threads(threads)
+    return run
+
+
+def test_resume_with_other_model_arguments_says_what_differs(finished_run, capsys):
+    own = ['--model-arg', 'correlation_dim=8', '--model-arg', 'perception_dim=16']
+    code, line = _exit(['--resume', str(finished_run), '--epochs', '2', *own, '--model-arg', 'hierarchical=False'],
+                       capsys)
+    assert code == 2
+    assert line == (f'{PROG}: error: --resume: {finished_run} was trained with other model arguments (checkpoint -> '
+                    f'this run: hierarchical default -> False); a run continues only with its own: drop --model-arg '
+                    f'to continue it, or start a new run with another --output')
+    code, line = _exit(['--resume', str(finished_run), '--epochs', '2', '--model-arg', 'correlation_dim=8'], capsys)
+    assert '(checkpoint -> this run: perception_dim 16 -> default)' in line
+
+
+def test_resume_of_a_checkpoint_whose_weights_do_not_fit_lists_the_keys(finished_run, tmp_path, capsys):
+    checkpoint = torch.load(finished_run / 'checkpoint.pt', weights_only=True)
+    key = sorted(checkpoint['model'])[0]
+    checkpoint['model'][key + '_renamed'] = checkpoint['model'].pop(key)
+    torch.save(checkpoint, tmp_path / 'checkpoint.pt')
+    code, line = _exit(['--resume', str(tmp_path), '--epochs', '2'], capsys)
+    assert code == 2 and line.startswith(f'{PROG}: error: --resume: {tmp_path}: checkpoint does not match')
+    assert f'missing keys (1): {key};' in line and f'unexpected keys (1): {key}_renamed' in line
+
+
+def test_resume_on_a_data_set_with_other_identities_says_so(finished_run, tmp_path, capsys):
+    other = tmp_path / 'bigger'
+    generate_synthetic_dataset(other, num_ids=16, num_cams=3, seed=1, images_per_id=4, height=64, width=32,
+                               progress=False)
+    code, line = _exit(['--resume', str(finished_run), '--epochs', '2', '--data-root', str(other)], capsys)
+    assert code == 2 and line.startswith(f'{PROG}: error: --resume: {finished_run} was trained on 6 identities')
+    assert f'market_layout at {other} has 8' in line
+
+
+def test_resuming_a_finished_run_asks_for_more_epochs(finished_run, capsys):
+    code, line = _exit(['--resume', str(finished_run)], capsys)
+    assert code == 2 and 'has already completed 1 epoch; pass --epochs greater than 1' in line
+
+
+# --- images -------------------------------------------------------------------------------------------------
+@pytest.fixture
+def own_copy(data_root, tmp_path):
+    copy = tmp_path / 'data'
+    shutil.copytree(data_root, copy)
+    return copy
+
+
+def test_truncated_and_empty_images_are_found_before_training(own_copy, tmp_path, capsys):
+    truncated = sorted((own_copy / 'bounding_box_train').iterdir())[3]
+    truncated.write_bytes(truncated.read_bytes()[:-200])  # cut inside the pixel data
+    empty = sorted((own_copy / 'query').iterdir())[0]
+    empty.write_bytes(b'')
+    code, line = _exit(_argv(own_copy, tmp_path / 'out'), capsys)
+    total = sum(1 for p in own_copy.rglob('*.jpg') if not p.name.startswith('-1_'))
+    assert code == 2 and f'--data-root: 2 of {total} images cannot be used: ' in line
+    assert f'{truncated} (image file is truncated' in line and f'{empty} (empty file (0 bytes))' in line
+    assert not (tmp_path / 'out' / 'checkpoint.pt').exists()
+
+
+def test_a_decompression_bomb_is_named_before_training(data_root, tmp_path, capsys, monkeypatch):
+    # PIL refuses images above twice MAX_IMAGE_PIXELS; lowering it turns the 64x32 images into "bombs".
+    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 1000)
+    code, line = _exit(_argv(data_root, tmp_path / 'out'), capsys)
+    first = sorted(p for p in data_root.rglob('*.jpg') if not p.name.startswith('-1_'))[0]
+    assert code == 2 and f'{first} (too large to decode safely (Image size (2048 pixels) exceeds limit' in line
+
+
+def _damage_pixel_data(image: Path) -> None:
+    """PNG data under the .jpg name with a damaged middle: header and end marker intact, decoding fails."""
+    Image.open(image).save(image, format='PNG')
+    data = bytearray(image.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 64] = bytes(64)
+    image.write_bytes(bytes(data))
+
+
+def test_damaged_pixel_data_is_found_by_check_images_or_named_when_training_reads_it(own_copy, tmp_path, capsys):
+    by_identity = {}
+    for image in sorted((own_copy / 'bounding_box_train').iterdir()):
+        by_identity.setdefault(image.name[:4], image)
+    for image in by_identity.values():  # one per identity: the first batch meets one
+        _damage_pixel_data(image)
+    damaged = sorted(str(p) for p in by_identity.values())
+
+    code, line = _exit(_argv(own_copy, tmp_path / 'checked', '--check-images'), capsys)
+    assert code == 2 and f'{len(damaged)} of ' in line and damaged[0] in line and 'every image was decoded' in line
+
+    # Without the full check the cheap one lets them through; the worker that reads one names it.
+    code, line = _exit(_argv(own_copy, tmp_path / 'unchecked', '--workers', '2'), capsys)
+    assert code == 1 and line.startswith(f'{PROG}: error: cannot read image ')
+    assert any(path in line for path in damaged) and line.endswith('--check-images finds every unreadable image '
+                                                                   'before training')
+
+
+# --- during training ----------------------------------------------------------------------------------------
+class _NanLossAtStep2(HBFPLoss):
+    calls = 0
+
+    def forward(self, outputs, targets):
+        loss, parts = super().forward(outputs, targets)
+        type(self).calls += 1
+        return (loss * float('nan'), parts) if type(self).calls == 2 else (loss, parts)
+
+
+class _NanGradients(HBFPLoss):
+    """A finite loss whose gradient is NaN (0 * d sqrt(x)/dx at x = 0), as exploding gradients end up."""
+
+    def forward(self, outputs, targets):
+        loss, parts = super().forward(outputs, targets)
+        at_zero = 0 * outputs.pooled[0].sum()
+        return loss + 0 * torch.sqrt(at_zero), parts
+
+
+def test_a_nan_loss_stops_training_with_one_line_and_writes_nothing(data_root, tmp_path, capsys, monkeypatch):
+    _NanLossAtStep2.calls = 0
+    monkeypatch.setattr(loop, 'HBFPLoss', _NanLossAtStep2)
+    code, line = _exit(_argv(data_root, tmp_path / 'out', '--max-steps-per-epoch', '3'), capsys)
+    assert code == 1
+    assert line == f'{PROG}: error: training diverged at epoch 1 step 2 (loss nan); lower --lr (now 0.0002)'
+    assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == []
+
+
+def test_weights_that_become_nan_stop_training_before_anything_is_written(data_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(loop, 'HBFPLoss', _NanGradients)
+    code, line = _exit(_argv(data_root, tmp_path / 'out', '--max-steps-per-epoch', '1'), capsys)
+    assert code == 1 and line.startswith(f'{PROG}: error: training diverged at epoch 1 step 1 (the weights became '
+                                         f'NaN or infinite; mean loss of the epoch ')
+    assert line.endswith('); lower --lr') and sorted(p.name for p in (tmp_path / 'out').iterdir()) == []
+
+
+def _interrupted_save(exc_or_signal):
+    """torch.save that writes part of the file, then is interrupted (by a signal) or fails."""
+    def save(obj, path, *args, **kwargs):
+        Path(path).write_bytes(bytes(1000))
+        if isinstance(exc_or_signal, BaseException):
+            raise exc_or_signal
+        signal.raise_signal(exc_or_signal)
+    return save
+
+
+def test_sigterm_during_a_checkpoint_write_is_one_line_exit_143_and_no_temporary(data_root, tmp_path, capsys,
+                                                                                  monkeypatch):
+    handler = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(torch, 'save', _interrupted_save(signal.SIGTERM))
+    code, line = _exit(_argv(data_root, tmp_path / 'out', '--max-steps-per-epoch', '1', '--epochs', '2'), capsys)
+    assert code == 143
+    assert line == f'{PROG}: interrupted (SIGTERM); no checkpoint was written yet in {tmp_path / "out"}'
+    assert _leftovers(tmp_path / 'out') == [] and signal.getsignal(signal.SIGTERM) is handler
+
+
+class _LostInterrupt:
+    """Raises Ctrl-C where Python can only report and drop the KeyboardInterrupt (as in a fork hook)."""
+
+    def __del__(self):
+        signal.raise_signal(signal.SIGINT)
+
+
+def test_a_ctrl_c_that_python_dropped_is_delivered_again(data_root, tmp_path, capsys, monkeypatch):
+    real_write_json = loop.write_json
+
+    def write_json(path, data):
+        _LostInterrupt()  # collected at once: the interrupt is raised in __del__ and dropped
+        monkeypatch.setattr(loop, 'write_json', real_write_json)
+        real_write_json(path, data)
+
+    monkeypatch.setattr(loop, 'write_json', write_json)
+    start = time.perf_counter()
+    code, line = _exit(_argv(data_root, tmp_path / 'out', '--max-steps-per-epoch', '1', '--epochs', '1000',
+                             '--eval-every', '1000', '--checkpoint-every', '1000'), capsys)  # _exit: no other line
+    assert code == 130 and line == f'{PROG}: interrupted (Ctrl-C); no checkpoint was written yet in {tmp_path / "out"}'
+    assert time.perf_counter() - start < 120
+
+
+def test_a_full_disk_during_a_checkpoint_write_says_no_space_left_naming_the_file(data_root, tmp_path, capsys,
+                                                                                   monkeypatch):
+    monkeypatch.setattr(torch, 'save', _interrupted_save(RuntimeError(
+        '[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/0: file write '
+        'failed')))
+    real_usage = shutil.disk_usage
+    monkeypatch.setattr(files.shutil, 'disk_usage', lambda path: real_usage(path)._replace(free=0))
+    code, line = _exit(_argv(data_root, tmp_path / 'out', '--max-steps-per-epoch', '1', '--epochs', '2'), capsys)
+    assert code == 1 and line.startswith(f'{PROG}: error: {tmp_path / "out" / "checkpoint.pt"}: no space left on '
+                                         f'device (0 B free)')
+    assert _leftovers(tmp_path / 'out') == []
+
+
+@pytest.mark.parametrize('signum, code, name', [(signal.SIGINT, 130, 'Ctrl-C'), (signal.SIGTERM, 143, 'SIGTERM')])
+def test_ctrl_c_or_sigterm_to_a_running_job_is_one_line_and_no_temporary(data_root, tmp_path, signum, code, name):
+    """A terminal's Ctrl-C or a scheduler's SIGTERM: the signal reaches the whole process group, data-loading
+    workers included, as the next epoch starts them (the hardest moment: Python can lose a signal during fork)."""
+    output = tmp_path / 'out'
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]),
+               OMP_NUM_THREADS='1')
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'hbfp_timm.train', *_argv(data_root, output, '--epochs', '1000', '--eval-every',
+                                                         '1000', '--max-steps-per-epoch', '1', '--workers', '2')],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (output / 'results.json').exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert process.poll() is None, process.stderr.read()
+        os.killpg(process.pid, signum)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == code and 'Traceback' not in err
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f'{PROG}: interrupted ({name}); {output / "checkpoint.pt"} (epoch ')
+    assert line.endswith(f') is intact; continue with: {PROG} --resume {output}')
+    assert _leftovers(output) == []
+
+
+# --- setup on the machine -----------------------------------------------------------------------------------
+def test_offline_pretrained_backbone_fails_at_once_with_the_offline_flags(make_config, tmp_path, monkeypatch):
+    """No network and no cached ImageNet weights: the ways out within seconds, not after ~50 s of retries."""
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', False)
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(tmp_path / 'empty_cache'))
+    monkeypatch.setattr(hub, 'hub_reachable', lambda timeout: False)
+    start = time.perf_counter()
+    with pytest.raises(TrainSetupError, match='offline, pass --backbone-weights FILE.*or --no-pretrained-backbone'):
+        train(make_config(tmp_path / 'out', pretrained_backbone=True), command=['test'])
+    assert time.perf_counter() - start < 20 and huggingface_hub.constants.HF_HUB_OFFLINE is False
+
+
+def test_more_processes_than_gpus_is_one_error_in_every_process(make_config, tmp_path, monkeypatch):
+    """torchrun --nproc-per-node 2 on a machine with one GPU (simulated): refused before joining the group."""
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
+    monkeypatch.setattr(torch.distributed, 'init_process_group', lambda *a, **k: pytest.fail('joined the group'))
+    for rank in (0, 1):  # both processes stop alike, so neither waits for the other
+        monkeypatch.setenv('WORLD_SIZE', '2')
+        monkeypatch.setenv('LOCAL_WORLD_SIZE', '2')
+        monkeypatch.setenv('RANK', str(rank))
+        monkeypatch.setenv('LOCAL_RANK', str(rank))
+        with pytest.raises(TrainSetupError, match=r'device: 2 training processes run on this machine .* but 1 CUDA '
+                                                  r'device is visible; start one process per GPU \(torchrun '
+                                                  r'--nproc-per-node 1\), or train on CPU with --device cpu'):
+            train(make_config(tmp_path / 'out', device='auto'), command=['test'])
+
+
+def test_a_gpu_index_that_is_not_visible_is_refused(make_config, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
+    with pytest.raises(TrainSetupError, match=r'device: this process needs cuda:1 but 1 CUDA device is visible'):
+        train(make_config(tmp_path / 'out', device='cuda:1'), command=['test'])
