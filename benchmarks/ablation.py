@@ -8,7 +8,7 @@ run on the synthetic Market-layout set with a tiny budget, labelled "synthetic â
 How each paper row maps to ``HBFPNet`` kwargs and trainer settings. Unless a row says otherwise: label
 smoothing 0.3 and ID loss on (``id_weight=1``), cutout 0.5, triplet loss on; random erasing and flip as the
 run's defaults (the paper's 0.5 each on real data; on synthetic data the CPU preset of
-:data:`benchmarks.harness.SYNTHETIC_PRESET` turns random erasing off, cutout still follows the row).
+:data:`benchmarks.settings.SYNTHETIC_PRESET` turns random erasing off, cutout still follows the row).
 
 ======================  ==========  ====================================================================
 row (paper label)       ``--rows``  configuration
@@ -48,13 +48,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from .harness import (
-    BenchmarkError, Run, add_common_arguments, create_model, evaluate_runs, exact_command,
-    find_datasets, guarded, load_weights, prepare_synthetic, resolve_settings, seed_everything, train_model,
-    write_outputs, _no_data_notice, _root_of,
-)
 from hbfp_timm.paper import PAPER_CITATION, PAPER_TABLE2, PAPER_TABLE3
+
+from .cli import BenchmarkError, exact_command, guarded
+from .datasets import find_datasets, no_data_notice, prepare_synthetic, root_of
+from .models import create_model, load_weights
+from .outputs import write_outputs
 from .report import SYNTHETIC_LABEL, library_versions
+from .runs import Run, evaluate_runs, train_model
+from .settings import add_common_arguments, resolve_settings, seed_everything
 
 __all__ = ['AblationRow', 'ABLATION_ROWS', 'select_rows', 'main']
 
@@ -176,13 +178,13 @@ def run_ablation(args: argparse.Namespace, argv: Sequence[str]) -> Dict[str, Any
     settings = resolve_settings(args, synthetic)
     output.mkdir(parents=True, exist_ok=True)
     if synthetic:
-        print(_no_data_notice(missing, prog, modes=' each row trains with the paper\'s recipe.'), flush=True)
+        print(no_data_notice(missing, prog, modes=' each row trains with the paper\'s recipe.'), flush=True)
         print(f'Running the ablations on synthetic data instead ({SYNTHETIC_LABEL}): {settings.model}, '
               f'{settings.epochs} epochs per row, {len(rows)} rows', flush=True)
-        dataset, reader, root = prepare_synthetic(output / 'synthetic', args.seed), 'market_layout', output / 'synthetic'
+        dataset, reader, root = prepare_synthetic(output / 'synthetic', args.seed, settings.synthetic_data), 'market_layout', output / 'synthetic'
     else:
         dataset, reader = found['market1501'], 'market1501'
-        root = Path(args.data_root) if args.data_root else _root_of(dataset)
+        root = Path(args.data_root) if args.data_root else root_of(dataset)
     entries = []
     for index, row in enumerate(rows, start=1):
         print(f'[{index}/{len(rows)}] Table {row.table}: {row.label}', flush=True)

@@ -9,13 +9,13 @@ import timm
 from PIL import Image
 
 import hbfp_timm  # noqa: F401  (registers the models)
-from benchmarks import ablation, harness, market
+from benchmarks import ablation, datasets, market, settings
 from benchmarks.figures import MATCH_COLOUR, MISMATCH_COLOUR, draw_cmc_curves, draw_ranked_lists
 from hbfp_timm.paper import PAPER_TABLE1
 from benchmarks.report import comparison_table
 from hbfp_timm.synthetic import generate_synthetic_dataset
 
-TINY_PRESET = dict(harness.SYNTHETIC_PRESET, num_ids=12, num_cams=3, images_per_id=6, img_size=(64, 32),
+TINY_PRESET = dict(settings.SYNTHETIC_PRESET, num_ids=12, num_cams=3, images_per_id=6, img_size=(64, 32),
                    image_size=(64, 32))
 TINY_FLAGS = ['--epochs', '1', '--max-steps-per-epoch', '2', '--batch-size', '8', '--num-instances', '4',
               '--device', 'cpu', '--workers', '0']
@@ -142,9 +142,9 @@ def test_embedded_default_trains_evaluates_and_writes_table_json_and_pictures(
         tiny_market, tmp_path, monkeypatch, capsys):
     """No --data-root and nothing under the default roots: the synthetic pipeline runs end to end; then the
     trained weights, evaluated through --checkpoint on a Market-layout root, give the same numbers."""
-    monkeypatch.setenv(harness.DATA_ROOT_ENV, str(tmp_path / 'empty'))
-    monkeypatch.setattr(harness, 'DEFAULT_DATA_ROOTS', ())
-    monkeypatch.setattr(harness, 'SYNTHETIC_PRESET', TINY_PRESET)
+    monkeypatch.setenv(datasets.DATA_ROOT_ENV, str(tmp_path / 'empty'))
+    monkeypatch.setattr(datasets, 'DEFAULT_DATA_ROOTS', ())
+    monkeypatch.setattr(settings, 'SYNTHETIC_PRESET', TINY_PRESET)
     out = tmp_path / 'run'
     assert market.main(TINY_FLAGS + ['--output', str(out)]) == 0
     printed = capsys.readouterr().out
@@ -215,9 +215,9 @@ def test_ablation_unknown_row_is_one_line_error(capsys):
 
 
 def test_ablation_runs_a_row_on_synthetic_data_beside_the_paper(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv(harness.DATA_ROOT_ENV, str(tmp_path / 'empty'))
-    monkeypatch.setattr(harness, 'DEFAULT_DATA_ROOTS', ())
-    monkeypatch.setattr(harness, 'SYNTHETIC_PRESET', TINY_PRESET)
+    monkeypatch.setenv(datasets.DATA_ROOT_ENV, str(tmp_path / 'empty'))
+    monkeypatch.setattr(datasets, 'DEFAULT_DATA_ROOTS', ())
+    monkeypatch.setattr(settings, 'SYNTHETIC_PRESET', TINY_PRESET)
     assert ablation.main(['--rows', 'baseline'] + TINY_FLAGS + ['--output', str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert '| T2 Baseline | paper (real data set) | 89.0 | 93.4 | – | 75.2 |' in printed

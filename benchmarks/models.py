@@ -1,0 +1,62 @@
+"""The models the benchmarks evaluate: created from their timm name, with Hub weights or a checkpoint file."""
+from pathlib import Path
+from typing import Optional
+
+import timm
+import torch.nn as nn
+
+import hbfp_timm  # noqa: F401  (registers the hbfp_* models with timm)
+from hbfp_timm.hub import load_checkpoint
+
+from .cli import BenchmarkError, one_line
+from .settings import Settings
+
+__all__ = ['create_model', 'load_weights', 'hub_weights_file']
+
+
+def create_model(settings: Settings, pretrained: bool = False) -> nn.Module:
+    """The descriptor model (``num_classes=0``) of the settings, randomly initialised or with Hub weights.
+
+    Args:
+        settings: Run settings.
+        pretrained: Load the Hub weights of ``settings.model``.
+
+    Returns:
+        The model on ``settings.device``, in eval mode.
+    """
+    try:
+        model = timm.create_model(settings.model, pretrained=pretrained, num_classes=0, **settings.model_args)
+    except (RuntimeError, OSError, ValueError) as error:
+        flag = '--pretrained' if pretrained else '--model'
+        raise BenchmarkError(f'{flag} {settings.model}: {one_line(error)}') from error
+    return model.to(settings.device).eval()
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load a checkpoint into ``model`` with ``hbfp_timm.hub.load_checkpoint`` (strict; safetensors or .pt).
+
+    Args:
+        model: The model.
+        path: The checkpoint file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BenchmarkError(f'--checkpoint {path}: no such file (expected a .safetensors state dict)')
+    try:
+        load_checkpoint(model, path)
+    except (RuntimeError, OSError, ValueError, KeyError) as error:
+        raise BenchmarkError(f'--checkpoint {path}: {one_line(error)}') from error
+
+
+def hub_weights_file(model: nn.Module) -> Optional[Path]:
+    """The cached Hub file the pretrained weights came from, for its checksum (None if it cannot be found)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    repo_id = (getattr(model, 'pretrained_cfg', None) or {}).get('hf_hub_id')
+    if not repo_id:
+        return None
+    for filename in ('model.safetensors', 'pytorch_model.bin'):
+        cached = try_to_load_from_cache(repo_id, filename)
+        if isinstance(cached, str):
+            return Path(cached)
+    return None
