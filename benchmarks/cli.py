@@ -1,16 +1,27 @@
 """Command-line plumbing shared by the benchmark commands: the user-facing :class:`BenchmarkError`, its one-line
-form, the guard that turns it into an exit code, and the recorded command line."""
+form, the guard that turns it into an exit code, the parser whose errors are one line, and the recorded command
+line."""
+import argparse
 import shlex
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 import torch
 
-__all__ = ['BenchmarkError', 'one_line', 'exact_command', 'guarded']
+__all__ = ['BenchmarkError', 'ArgumentParser', 'one_line', 'exact_command', 'guarded']
+
+INTERRUPTED_EXIT_CODE = 130  # what a shell reports for a process ended by SIGINT (128 + 2)
 
 
 class BenchmarkError(Exception):
     """A user-facing error (bad data root, missing weights...): printed on one line, exit code 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose errors are one line (the usage is in ``--help``), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f'{self.prog}: error: {" ".join(message.split())} (see --help)\n')
 
 
 def one_line(error: BaseException) -> str:
@@ -42,7 +53,8 @@ def exact_command(prog: str, argv: Sequence[str]) -> str:
 
 
 def guarded(function: Callable[[], Any]) -> int:
-    """Run ``function``; a :class:`BenchmarkError` becomes one ``error:`` line on stderr and exit code 2.
+    """Run ``function``; a :class:`BenchmarkError` becomes one ``error:`` line on stderr and exit code 2, Ctrl-C
+    one line and exit code 130.
 
     Args:
         function: The benchmark body.
@@ -57,6 +69,10 @@ def guarded(function: Callable[[], Any]) -> int:
     except BenchmarkError as error:
         print(f'error: {one_line(error)}', file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt:
+        print('interrupted (Ctrl-C); no report written (finished training runs stay in their train_* folders)',
+              file=sys.stderr, flush=True)
+        return INTERRUPTED_EXIT_CODE
     finally:
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
     return 0

@@ -24,7 +24,21 @@ sha256 of the weights, library versions, device, wall time), a ranked-list image
 curve per data set under ``figures/``. Re-ranked numbers (``--rerank``) are a separate table, never set beside
 the paper's.
 
-Reproducibility: ``--seed`` seeds python, numpy and torch (and the trainer and the PK sampler), and
+A user's own data in the layout of a paper's data set (a Market-1501-style folder that is not Market-1501, told
+by its identity counts) is benchmarked under its folder name, beside the paper's numbers without differences.
+
+Recipe: with ``--train``, the trainer's recipe flags (``--lr``, ``--lr-constant-epochs``, ``--margin``,
+``--label-smoothing``, ``--eval-every``, ``--weight-decay``, the augmentation probabilities) and
+``--model-arg KEY=VALUE`` set up a comparison on a user's own data; they are refused in the evaluation modes,
+where they would mean nothing. ``--seeds 0 1 2`` trains once per seed; the report gives per row the mean, the
+standard deviation and n of Rank-1 and mAP at the final and at the best evaluation, and ``results.json`` keeps
+every seed's numbers.
+
+Checked before any evaluation or training: the flags, the data, the output folder (``--output``), that the model
+builds with the ``--model-arg`` values, and the checkpoint file. Training says up front about how much it will
+write (each trainer run keeps a resumable ``checkpoint.pt``) and at the end what it wrote.
+
+Reproducibility: each seed seeds python, numpy and torch (and the trainer and the PK sampler), and
 ``torch.use_deterministic_algorithms(True, warn_only=True)`` is on for the run.
 
 The pieces live beside this module: :mod:`.settings` (flags and presets), :mod:`.datasets` (finding the data),
@@ -33,30 +47,30 @@ The pieces live beside this module: :mod:`.settings` (flags and presets), :mod:`
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
-import torch.nn as nn
-
-from hbfp_timm.data import ReIDDataset
 from hbfp_timm.paper import DATASET_TITLES, PAPER_CITATION, PAPER_TABLE1
 
-from .cli import exact_command, guarded
-from .datasets import find_datasets, no_data_notice, prepare_synthetic, root_of
+from .cli import ArgumentParser, BenchmarkError, exact_command, guarded
+from .datasets import (
+    BenchmarkData, benchmark_data, find_datasets, no_data_notice, own_data_note, prepare_synthetic,
+    synthetic_benchmark_data)
 from .models import create_model, hub_weights_file, load_weights
-from .outputs import write_outputs
-from .report import SYNTHETIC_LABEL, library_versions
-from .runs import Run, evaluate_runs, train_model
-from .settings import Settings, add_common_arguments, resolve_settings, seed_everything
+from .outputs import announce_training, prepare_output, training_footprint, write_outputs
+from .report import SYNTHETIC_LABEL, library_versions, summarize_seeds
+from .runs import Run, evaluate_runs, train_model, trained_run
+from .settings import Settings, add_common_arguments, resolve_settings, seed_everything, seeds_of, training_flags_given
 
 __all__ = ['build_parser', 'run_table1', 'main']
 
 
-def _runs_for(args: argparse.Namespace, mode: str, settings: Settings, dataset_name: str, data_root: Path,
-              output: Path) -> List[Run]:
+def _runs_for(args: argparse.Namespace, mode: str, settings: Settings, data: BenchmarkData, output: Path,
+              train_dir_name: str) -> List[Run]:
     model_name = settings.model
     if mode == 'checkpoint':
         checkpoint = Path(args.checkpoint).expanduser()
@@ -70,17 +84,11 @@ def _runs_for(args: argparse.Namespace, mode: str, settings: Settings, dataset_n
     runs = []
     if settings.synthetic:
         untrained = create_model(settings)  # random initialisation, as training starts from (no ImageNet here)
-        runs.append(Run(f'{model_name}, untrained', lambda: untrained))
-    train_dir = output / f'train_{dataset_name}'
-    weights, train_results = train_model(dataset_name, data_root, settings, train_dir, args.command)
-
-    def trained() -> nn.Module:
-        model = create_model(settings)
-        load_weights(model, weights)
-        return model.to(settings.device).eval()
+        runs.append(Run(f'{model_name}, untrained', lambda: untrained, seed=settings.seed))
+    train_dir = output / train_dir_name
+    weights, train_results = train_model(data.reader, data.root, settings, train_dir, args.command)
     epochs = train_results['config']['epochs']
-    runs.append(Run(f'{model_name}, trained {epochs} epochs', trained, weights,
-                    dict(train_output=str(train_dir), trainer_metrics=train_results.get('metrics'))))
+    runs.append(trained_run(f'{model_name}, trained {epochs} epochs', settings, weights, train_results, train_dir))
     return runs
 
 
@@ -95,8 +103,8 @@ def build_parser(prog: str, description: str, cuhk03_split: bool = False) -> arg
     Returns:
         The parser.
     """
-    parser = argparse.ArgumentParser(prog=prog, description=description + ' Without a mode, a found data set is '
-                                     'evaluated with --pretrained and the synthetic embedded default with --train.')
+    parser = ArgumentParser(prog=prog, description=description + ' Without a mode, a found data set is '
+                            'evaluated with --pretrained and the synthetic embedded default with --train.')
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument('--checkpoint', default=None, metavar='FILE', help='evaluate this safetensors file')
     mode.add_argument('--pretrained', action='store_true', help="evaluate the Hub weights of --model")
@@ -106,6 +114,18 @@ def build_parser(prog: str, description: str, cuhk03_split: bool = False) -> arg
                             help='CUHK03-NP bounding boxes: hand-labeled or DPM-detected')
     add_common_arguments(parser)
     return parser
+
+
+def _mode_of(args: argparse.Namespace, synthetic: bool) -> str:
+    mode = 'checkpoint' if args.checkpoint else 'pretrained' if args.pretrained else 'train' if args.train else None
+    mode = mode or ('train' if synthetic else 'pretrained')
+    given = training_flags_given(args)
+    if mode != 'train' and given:
+        chosen = '--checkpoint' if mode == 'checkpoint' else '--pretrained' + ('' if args.pretrained else
+                                                                               ', the mode of a found data set')
+        raise BenchmarkError(f'{", ".join(given)}: training flag{"s" if len(given) > 1 else ""}, but this run only '
+                             f'evaluates ({chosen}); add --train to train')
+    return mode
 
 
 def run_table1(args: argparse.Namespace, dataset_names: Sequence[str], prog: str, argv: Sequence[str],
@@ -124,50 +144,57 @@ def run_table1(args: argparse.Namespace, dataset_names: Sequence[str], prog: str
     """
     start = time.perf_counter()
     command = args.command = exact_command(prog, argv)
-    output = Path(args.output or Path('runs') / report_name).expanduser()
+    seeds = seeds_of(args)
     found, missing = find_datasets(dataset_names, args.data_root)
     synthetic = not found
+    mode = _mode_of(args, synthetic)
+    settings = resolve_settings(args, synthetic)
+    model = create_model(settings)  # builds with the --model-arg's, before any work
+    if mode == 'checkpoint':
+        load_weights(model, Path(args.checkpoint).expanduser())
+    output = prepare_output(args.output or Path('runs') / report_name)
     if missing:
         print(no_data_notice(missing, prog), flush=True)
-    mode = 'checkpoint' if args.checkpoint else 'pretrained' if args.pretrained else 'train' if args.train else None
-    mode = mode or ('train' if synthetic else 'pretrained')
-    output.mkdir(parents=True, exist_ok=True)
-    seed_everything(args.seed)
-    settings = resolve_settings(args, synthetic)
-    data: Dict[str, Tuple[str, ReIDDataset, Path]] = {}
+    data: List[BenchmarkData] = []
     if synthetic:
         print(f'Running the embedded default instead ({SYNTHETIC_LABEL}): {settings.model}, '
               f'{settings.img_size[0]}x{settings.img_size[1]} images, mode {mode}, on {settings.device}; '
               f'synthetic data in {output / "synthetic"}', flush=True)
-        dataset = prepare_synthetic(output / 'synthetic', args.seed, settings.synthetic_data)
-        data['market1501'] = ('market_layout', dataset, output / 'synthetic')
+        dataset = prepare_synthetic(output / 'synthetic', seeds[0], settings.synthetic_data)
+        data.append(synthetic_benchmark_data(dataset, output / 'synthetic'))
     else:
-        for name in dataset_names:
-            if name in found:
-                root = Path(args.data_root or root_of(found[name]))
-                data[name] = (name, found[name], root)
+        data = [benchmark_data(name, found[name], args.data_root) for name in dataset_names if name in found]
+    if own_data_note(data):
+        print(own_data_note(data), flush=True)
+    if mode == 'train':
+        announce_training([training_footprint(model)] * (len(data) * len(seeds)), output)
+    del model
     entries = []
-    for paper_key, (reader_name, dataset, root) in data.items():
-        print(dataset.summary(), flush=True)
-        seed_everything(args.seed)
-        runs = _runs_for(args, mode, settings, reader_name, root, output)
-        title = 'synthetic Market layout' if synthetic else DATASET_TITLES[paper_key]
-        run_results = evaluate_runs(title, dataset, runs, settings, output / 'figures')
-        entries.append(dict(key=paper_key, title=title, dataset=dataset.name, paper_title=DATASET_TITLES[paper_key],
-                            paper=PAPER_TABLE1[paper_key],
-                            runs=run_results))
+    for item in data:
+        print(item.dataset.summary(), flush=True)
+        runs = []
+        for seed in seeds:
+            seed_everything(seed)
+            train_dir = f'train_{item.reader}' + (f'_seed{seed}' if len(seeds) > 1 else '')
+            runs += _runs_for(args, mode, dataclasses.replace(settings, seed=seed), item, output, train_dir)
+        run_results = evaluate_runs(item.title, item.dataset, runs, settings, output / 'figures')
+        entries.append(dict(key=item.key, title=item.title, dataset=item.dataset.name,
+                            paper_title=DATASET_TITLES[item.key], paper=PAPER_TABLE1[item.key],
+                            comparable=not synthetic and not item.own_data, own_data=item.own_data,
+                            runs=run_results, seeds=summarize_seeds(run_results)))
     results = dict(
         benchmark=report_name, command=command, cwd=os.getcwd(), mode=mode, synthetic=synthetic,
         data_root=str(output / 'synthetic') if synthetic else args.data_root,
+        data_note=own_data_note(data),
         model=settings.model, model_args=settings.model_args, img_size=list(settings.img_size),
         epochs=settings.epochs, batch_size=settings.batch_size, num_instances=settings.num_instances,
-        seed=settings.seed, device=settings.device, versions=library_versions(), units='percent',
+        train_overrides=settings.train_overrides if mode == 'train' else None,
+        seed=seeds[0], seeds=seeds, device=settings.device, versions=library_versions(), units='percent',
         paper_citation=PAPER_CITATION, entries=entries, missing_datasets=missing,
     )
     results['wall_time_s'] = round(time.perf_counter() - start, 1)
     write_outputs(results, output, report_name, f'HBFP-Net Table 1: {", ".join(e["title"] for e in entries)}')
     return results
-
 
 
 def main(argv: Optional[Sequence[str]], prog: str, description: str, dataset_names: Sequence[str],

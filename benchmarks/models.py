@@ -1,6 +1,6 @@
 """The models the benchmarks evaluate: created from their timm name, with Hub weights or a checkpoint file."""
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 import timm
 import torch.nn as nn
@@ -11,7 +11,7 @@ from hbfp_timm.hub import load_checkpoint
 from .cli import BenchmarkError, one_line
 from .settings import Settings
 
-__all__ = ['create_model', 'load_weights', 'hub_weights_file']
+__all__ = ['create_model', 'state_bytes', 'load_weights', 'hub_weights_file']
 
 
 def create_model(settings: Settings, pretrained: bool = False) -> nn.Module:
@@ -26,10 +26,25 @@ def create_model(settings: Settings, pretrained: bool = False) -> nn.Module:
     """
     try:
         model = timm.create_model(settings.model, pretrained=pretrained, num_classes=0, **settings.model_args)
-    except (RuntimeError, OSError, ValueError) as error:
+    except (RuntimeError, OSError, ValueError, TypeError) as error:
         flag = '--pretrained' if pretrained else '--model'
-        raise BenchmarkError(f'{flag} {settings.model}: {one_line(error)}') from error
+        model_args = ''.join(f' --model-arg {key}={value!r}' for key, value in settings.model_args.items())
+        raise BenchmarkError(f'{flag} {settings.model}{model_args}: {one_line(error)}') from error
     return model.to(settings.device).eval()
+
+
+def state_bytes(model: nn.Module) -> Tuple[int, int]:
+    """Bytes of a model's parameters and of its buffers, as a state dict on disk holds them.
+
+    Args:
+        model: The model.
+
+    Returns:
+        ``(parameter_bytes, buffer_bytes)``.
+    """
+    parameters = sum(p.numel() * p.element_size() for p in model.parameters())
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    return parameters, buffers
 
 
 def load_weights(model: nn.Module, path: Path) -> None:
@@ -44,8 +59,9 @@ def load_weights(model: nn.Module, path: Path) -> None:
         raise BenchmarkError(f'--checkpoint {path}: no such file (expected a .safetensors state dict)')
     try:
         load_checkpoint(model, path)
-    except (RuntimeError, OSError, ValueError, KeyError) as error:
-        raise BenchmarkError(f'--checkpoint {path}: {one_line(error)}') from error
+    except Exception as error:  # the readers (safetensors, unpickling) raise many types; all mean "not loadable"
+        raise BenchmarkError(f'--checkpoint {path}: cannot load it ({type(error).__name__}: {one_line(error)})') \
+            from error
 
 
 def hub_weights_file(model: nn.Module) -> Optional[Path]:

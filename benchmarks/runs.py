@@ -12,13 +12,15 @@ from torch.utils.data import DataLoader
 
 from hbfp_timm.data import ImageDataset, ReIDDataset, build_test_transform
 from hbfp_timm.engine import evaluate
+from hbfp_timm.train import MODEL_NAME, TrainConfig, train
 
 from .cli import BenchmarkError, one_line
 from .figures import draw_cmc_curves, draw_ranked_lists
+from .models import create_model, load_weights
 from .report import sha256_file
 from .settings import Settings
 
-__all__ = ['Evaluation', 'evaluate_model', 'train_model', 'Run', 'evaluate_runs']
+__all__ = ['Evaluation', 'evaluate_model', 'train_model', 'best_evaluation', 'Run', 'trained_run', 'evaluate_runs']
 
 
 @dataclass
@@ -61,7 +63,7 @@ def evaluate_model(model: nn.Module, dataset: ReIDDataset, settings: Settings, m
 
 
 def train_model(dataset_name: str, data_root: Path, settings: Settings, output: Path,
-                command: Optional[str] = None) -> Tuple[Path, Dict[str, Any]]:
+                command: Optional[str] = None, context: str = '--train') -> Tuple[Path, Dict[str, Any]]:
     """Train with the library's trainer (the paper's recipe, overridden by the settings).
 
     Args:
@@ -70,12 +72,14 @@ def train_model(dataset_name: str, data_root: Path, settings: Settings, output: 
         settings: Run settings.
         output: Trainer output folder.
         command: Command line recorded in the trainer's results.
+        context: What a training error is reported against (``--train``, an ablation row).
 
     Returns:
         ``(weights_file, trainer_results)``: the ``num_classes=0`` safetensors file and the trainer's results.
-    """
-    from hbfp_timm.train import TrainConfig, train
 
+    Raises:
+        BenchmarkError: The trainer refused the settings or the data, or training diverged.
+    """
     fields = dict(
         dataset=dataset_name, data_root=str(data_root), model=settings.model, model_args=dict(settings.model_args),
         img_size=tuple(settings.img_size), batch_size=settings.batch_size, num_instances=settings.num_instances,
@@ -87,21 +91,71 @@ def train_model(dataset_name: str, data_root: Path, settings: Settings, output: 
     try:
         config = TrainConfig(**fields)
         results = train(config, command=shlex.split(command) if command else None)
-    except (FileNotFoundError, ValueError) as error:
-        raise BenchmarkError(f'--train: {one_line(error)}') from error
-    weights = output / 'model.safetensors'
+    except (OSError, ValueError, ArithmeticError) as error:  # setup, data or output errors; a diverged loss
+        raise BenchmarkError(f'{context}: {one_line(error)}') from error
+    weights = output / MODEL_NAME
     if not weights.is_file():
-        raise BenchmarkError(f'--train: the trainer wrote no {weights}')
+        raise BenchmarkError(f'{context}: the trainer wrote no {weights}')
     return weights, results
+
+
+def best_evaluation(trainer_results: Dict[str, Any]) -> Optional[Dict[str, float]]:
+    """The trainer's evaluation with the best mAP (every ``eval_every`` epochs and after the last), in percent.
+
+    Args:
+        trainer_results: The trainer's results dict.
+
+    Returns:
+        ``epoch`` and the four metrics in percent; None when the trainer evaluated nothing.
+    """
+    best = trainer_results.get('best')
+    if not best:
+        return None
+    return {'epoch': best['epoch'], **_percent(best)}
 
 
 @dataclass
 class Run:
-    """A model to evaluate: a label, how to get it, and the weights file it came from (if any)."""
+    """A model to evaluate: a label (runs of one row over several seeds share it), how to get the model, and
+    where it came from.
+
+    Attributes:
+        label: Row label.
+        build: Returns the model, on the device, in eval mode.
+        weights: The weights file, if any (its sha256 is recorded).
+        seed: Seed of the training (or initialisation) behind the model; None for given weights.
+        best: The trainer's best evaluation (:func:`best_evaluation`); None when not trained here.
+        extra: Further fields of the run's result.
+    """
     label: str
     build: Callable[[], nn.Module]
     weights: Optional[Path] = None
+    seed: Optional[int] = None
+    best: Optional[Dict[str, float]] = None
     extra: Dict[str, Any] = field(default_factory=dict)
+
+
+def trained_run(label: str, settings: Settings, weights: Path, trainer_results: Dict[str, Any], train_dir: Path,
+                extra: Optional[Dict[str, Any]] = None) -> Run:
+    """The :class:`Run` of a model trained by :func:`train_model`.
+
+    Args:
+        label: Row label.
+        settings: The settings it was trained with (model, model kwargs, device, seed).
+        weights: Its ``model.safetensors``.
+        trainer_results: The trainer's results.
+        train_dir: The trainer's output folder.
+        extra: Further fields of the run's result.
+
+    Returns:
+        The run; its model is built and loaded when evaluated.
+    """
+    def build() -> nn.Module:
+        model = create_model(settings)
+        load_weights(model, weights)
+        return model.to(settings.device).eval()
+    return Run(label, build, weights, seed=settings.seed, best=best_evaluation(trainer_results),
+               extra=dict(train_output=str(train_dir), trainer_metrics=trainer_results.get('metrics'), **(extra or {})))
 
 
 def _slug(text: str) -> str:
@@ -127,20 +181,22 @@ def evaluate_runs(
         figure_name: Stem of the picture file names (default: the data set name).
 
     Returns:
-        One result dict per run (label, metrics, reranked, cmc, sizes, weights, figure files).
+        One result dict per run (label, seed, metrics, best, reranked, cmc, sizes, weights, figure files).
     """
     results, curves = [], {}
     stem = _slug(figure_name or dataset.name)
+    several_seeds = len({run.seed for run in runs}) > 1
     for run in runs:
-        print(f'evaluating {run.label} on {title} ({len(dataset.query)} queries, {len(dataset.gallery)} gallery)',
+        name = f'{run.label} (seed {run.seed})' if several_seeds else run.label
+        print(f'evaluating {name} on {title} ({len(dataset.query)} queries, {len(dataset.gallery)} gallery)',
               flush=True)
         evaluation = evaluate_model(run.build(), dataset, settings)
         ranked = draw_ranked_lists(evaluation.distmat, dataset.query, dataset.gallery,
-                                   figures / f'ranked_{stem}_{_slug(run.label)}.png')
-        curves[run.label] = evaluation.cmc
+                                   figures / f'ranked_{stem}_{_slug(name)}.png')
+        curves[name] = evaluation.cmc
         results.append(dict(
-            label=run.label, metrics=evaluation.metrics, reranked=evaluation.reranked, cmc=evaluation.cmc,
-            num_query=evaluation.num_query, num_gallery=evaluation.num_gallery,
+            label=run.label, seed=run.seed, metrics=evaluation.metrics, best=run.best, reranked=evaluation.reranked,
+            cmc=evaluation.cmc, num_query=evaluation.num_query, num_gallery=evaluation.num_gallery,
             weights=str(run.weights) if run.weights else None,
             weights_sha256=sha256_file(run.weights) if run.weights else None,
             ranked_list_image=str(ranked), **run.extra))
