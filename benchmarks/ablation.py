@@ -66,9 +66,9 @@ from hbfp_timm.train import TrainConfig
 from .cli import ArgumentParser, BenchmarkError, exact_command, guarded
 from .datasets import (
     benchmark_data, find_datasets, no_data_notice, own_data_note, prepare_synthetic, synthetic_benchmark_data)
-from .models import create_model
+from .models import outline_model
 from .outputs import announce_training, prepare_output, training_footprint, write_outputs
-from .report import SYNTHETIC_LABEL, library_versions, summarize_seeds
+from .report import SYNTHETIC_LABEL, count, library_versions, summarize_seeds
 from .runs import evaluate_runs, train_model, trained_run
 from .settings import Settings, add_common_arguments, resolve_settings, seed_everything, seeds_of
 
@@ -244,14 +244,14 @@ def run_ablation(args: argparse.Namespace, argv: Sequence[str]) -> Dict[str, Any
     footprints = []
     for row in rows:  # every configuration builds, before any training
         try:
-            footprints += [training_footprint(create_model(configured[row.key]))] * len(seeds)
+            footprints += [training_footprint(outline_model(configured[row.key]))] * len(seeds)
         except BenchmarkError as error:
             raise BenchmarkError(f'row {row.key}: {error}') from error
     output = prepare_output(args.output or Path('runs') / 'ablation')
     if synthetic:
         print(no_data_notice(missing, prog, modes=' each row trains with the paper\'s recipe.'), flush=True)
         print(f'Running the ablations on synthetic data instead ({SYNTHETIC_LABEL}): {settings.model}, '
-              f'{settings.epochs} epochs per row, {len(rows)} rows x {len(seeds)} seed{"s" if len(seeds) > 1 else ""}',
+              f'{count(settings.epochs, "epoch")} per row, {count(len(rows), "row")} x {count(len(seeds), "seed")}',
               flush=True)
         data = synthetic_benchmark_data(
             prepare_synthetic(output / 'synthetic', seeds[0], settings.synthetic_data), output / 'synthetic')
@@ -273,9 +273,9 @@ def run_ablation(args: argparse.Namespace, argv: Sequence[str]) -> Dict[str, Any
             weights, train_results = train_model(
                 data.reader, data.root, seeded, output / f'train_{name}', command,
                 context=f'row {row.key}' + (f' (seed {seed})' if len(seeds) > 1 else ''))
-            runs.append(trained_run(
-                f'{settings.model}, {train_results["config"]["epochs"]} epochs', seeded, weights, train_results,
-                output / f'train_{name}', dict(model_args=seeded.model_args, train_overrides=seeded.train_overrides)))
+            label = f'{settings.model}, {count(train_results["config"]["epochs"], "epoch")}'
+            runs.append(trained_run(label, seeded, weights, train_results, output / f'train_{name}',
+                                    dict(model_args=seeded.model_args, train_overrides=seeded.train_overrides)))
         run_results = evaluate_runs(row.label, data.dataset, runs, configured[row.key], output / 'figures',
                                     figure_name=row.key)
         entries.append(dict(key=row.key, title=f'T{row.table} {row.label}', paper=row.paper,

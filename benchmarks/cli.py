@@ -53,8 +53,8 @@ def exact_command(prog: str, argv: Sequence[str]) -> str:
 
 
 def guarded(function: Callable[[], Any]) -> int:
-    """Run ``function``; a :class:`BenchmarkError` becomes one ``error:`` line on stderr and exit code 2, Ctrl-C
-    one line and exit code 130.
+    """Run ``function``; a :class:`BenchmarkError` becomes one ``error:`` line on stderr and exit code 2, an
+    ``OSError`` (disk full, a file gone) one line and exit code 1, Ctrl-C one line and exit code 130.
 
     Args:
         function: The benchmark body.
@@ -69,6 +69,9 @@ def guarded(function: Callable[[], Any]) -> int:
     except BenchmarkError as error:
         print(f'error: {one_line(error)}', file=sys.stderr, flush=True)
         return 2
+    except OSError as error:  # the machine's part (disk full, a file gone): its message names the file
+        print(f'error: {one_line(error)}', file=sys.stderr, flush=True)
+        return 1
     except KeyboardInterrupt:
         print('interrupted (Ctrl-C); no report written (finished training runs stay in their train_* folders)',
               file=sys.stderr, flush=True)

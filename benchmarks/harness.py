@@ -54,15 +54,17 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+import torch.nn as nn
+
 from hbfp_timm.paper import DATASET_TITLES, PAPER_CITATION, PAPER_TABLE1
 
 from .cli import ArgumentParser, BenchmarkError, exact_command, guarded
 from .datasets import (
     BenchmarkData, benchmark_data, find_datasets, no_data_notice, own_data_note, prepare_synthetic,
     synthetic_benchmark_data)
-from .models import create_model, hub_weights_file, load_weights
+from .models import create_model, hub_weights_file, load_weights, outline_model
 from .outputs import announce_training, prepare_output, training_footprint, write_outputs
-from .report import SYNTHETIC_LABEL, library_versions, summarize_seeds
+from .report import SYNTHETIC_LABEL, count, library_versions, summarize_seeds
 from .runs import Run, evaluate_runs, train_model, trained_run
 from .settings import Settings, add_common_arguments, resolve_settings, seed_everything, seeds_of, training_flags_given
 
@@ -70,14 +72,11 @@ __all__ = ['build_parser', 'run_table1', 'main']
 
 
 def _runs_for(args: argparse.Namespace, mode: str, settings: Settings, data: BenchmarkData, output: Path,
-              train_dir_name: str) -> List[Run]:
+              train_dir_name: str, checkpoint_model: Optional[nn.Module]) -> List[Run]:
     model_name = settings.model
     if mode == 'checkpoint':
         checkpoint = Path(args.checkpoint).expanduser()
-        model = create_model(settings)
-        load_weights(model, checkpoint)
-        return [Run(f'{model_name}, checkpoint {checkpoint.name}', lambda: model.to(settings.device).eval(),
-                    checkpoint)]
+        return [Run(f'{model_name}, checkpoint {checkpoint.name}', lambda: checkpoint_model, checkpoint)]
     if mode == 'pretrained':
         model = create_model(settings, pretrained=True)
         return [Run(f'{model_name}, Hub weights', lambda: model, hub_weights_file(model))]
@@ -87,8 +86,8 @@ def _runs_for(args: argparse.Namespace, mode: str, settings: Settings, data: Ben
         runs.append(Run(f'{model_name}, untrained', lambda: untrained, seed=settings.seed))
     train_dir = output / train_dir_name
     weights, train_results = train_model(data.reader, data.root, settings, train_dir, args.command)
-    epochs = train_results['config']['epochs']
-    runs.append(trained_run(f'{model_name}, trained {epochs} epochs', settings, weights, train_results, train_dir))
+    epochs = count(train_results['config']['epochs'], 'epoch')
+    runs.append(trained_run(f'{model_name}, trained {epochs}', settings, weights, train_results, train_dir))
     return runs
 
 
@@ -149,9 +148,11 @@ def run_table1(args: argparse.Namespace, dataset_names: Sequence[str], prog: str
     synthetic = not found
     mode = _mode_of(args, synthetic)
     settings = resolve_settings(args, synthetic)
-    model = create_model(settings)  # builds with the --model-arg's, before any work
+    outline = outline_model(settings)  # the model builds with its --model-arg values, before any work
+    checkpoint_model = None
     if mode == 'checkpoint':
-        load_weights(model, Path(args.checkpoint).expanduser())
+        checkpoint_model = create_model(settings)
+        load_weights(checkpoint_model, Path(args.checkpoint).expanduser())
     output = prepare_output(args.output or Path('runs') / report_name)
     if missing:
         print(no_data_notice(missing, prog), flush=True)
@@ -167,8 +168,7 @@ def run_table1(args: argparse.Namespace, dataset_names: Sequence[str], prog: str
     if own_data_note(data):
         print(own_data_note(data), flush=True)
     if mode == 'train':
-        announce_training([training_footprint(model)] * (len(data) * len(seeds)), output)
-    del model
+        announce_training([training_footprint(outline)] * (len(data) * len(seeds)), output)
     entries = []
     for item in data:
         print(item.dataset.summary(), flush=True)
@@ -176,7 +176,8 @@ def run_table1(args: argparse.Namespace, dataset_names: Sequence[str], prog: str
         for seed in seeds:
             seed_everything(seed)
             train_dir = f'train_{item.reader}' + (f'_seed{seed}' if len(seeds) > 1 else '')
-            runs += _runs_for(args, mode, dataclasses.replace(settings, seed=seed), item, output, train_dir)
+            runs += _runs_for(args, mode, dataclasses.replace(settings, seed=seed), item, output, train_dir,
+                              checkpoint_model)
         run_results = evaluate_runs(item.title, item.dataset, runs, settings, output / 'figures')
         entries.append(dict(key=item.key, title=item.title, dataset=item.dataset.name,
                             paper_title=DATASET_TITLES[item.key], paper=PAPER_TABLE1[item.key],

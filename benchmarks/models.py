@@ -1,8 +1,10 @@
 """The models the benchmarks evaluate: created from their timm name, with Hub weights or a checkpoint file."""
+import dataclasses
 from pathlib import Path
 from typing import Optional, Tuple
 
 import timm
+import torch
 import torch.nn as nn
 
 import hbfp_timm  # noqa: F401  (registers the hbfp_* models with timm)
@@ -11,7 +13,7 @@ from hbfp_timm.hub import load_checkpoint
 from .cli import BenchmarkError, one_line
 from .settings import Settings
 
-__all__ = ['create_model', 'state_bytes', 'load_weights', 'hub_weights_file']
+__all__ = ['create_model', 'outline_model', 'state_bytes', 'load_weights', 'hub_weights_file']
 
 
 def create_model(settings: Settings, pretrained: bool = False) -> nn.Module:
@@ -31,6 +33,20 @@ def create_model(settings: Settings, pretrained: bool = False) -> nn.Module:
         model_args = ''.join(f' --model-arg {key}={value!r}' for key, value in settings.model_args.items())
         raise BenchmarkError(f'{flag} {settings.model}{model_args}: {one_line(error)}') from error
     return model.to(settings.device).eval()
+
+
+def outline_model(settings: Settings) -> nn.Module:
+    """The model of the settings built on the meta device: no memory and no initialisation, so it checks the model
+    name and the ``--model-arg`` values, and gives the model's size, in a fraction of the time of a real build.
+
+    Args:
+        settings: Run settings.
+
+    Returns:
+        The model, its tensors without data.
+    """
+    with torch.device('meta'):
+        return create_model(dataclasses.replace(settings, device='meta'))
 
 
 def state_bytes(model: nn.Module) -> Tuple[int, int]:

@@ -12,7 +12,7 @@ from hbfp_timm.train import CHECKPOINT_NAME
 
 from .cli import BenchmarkError, one_line
 from .models import state_bytes
-from .report import render_report
+from .report import count, render_report
 
 __all__ = ['prepare_output', 'training_footprint', 'announce_training', 'format_bytes', 'bytes_written',
            'write_outputs']
@@ -65,9 +65,9 @@ def announce_training(footprints: Sequence[int], output: Path) -> None:
         footprints: :func:`training_footprint` of each run.
         output: The output folder.
     """
-    runs = f'{len(footprints)} training run{"s" if len(footprints) > 1 else ""}'
-    print(f'The {runs} will write about {format_bytes(sum(footprints))} under {output}/train_* (per run: '
-          f'{CHECKPOINT_NAME} to resume training, model.safetensors and best.safetensors)', flush=True)
+    print(f'The {count(len(footprints), "training run")} will write about {format_bytes(sum(footprints))} under '
+          f'{output}/train_* (per run: {CHECKPOINT_NAME} to resume training, model.safetensors and best.safetensors)',
+          flush=True)
 
 
 def format_bytes(size: float) -> str:
@@ -122,7 +122,7 @@ def write_outputs(results: Dict[str, Any], output: Path, report_name: str, headi
                          if run.get('train_output')})
     if train_dirs:
         total, checkpoints = bytes_written(train_dirs)
-        print(f'the {len(train_dirs)} training run{"s" if len(train_dirs) > 1 else ""} wrote {format_bytes(total)} '
+        print(f'the {count(len(train_dirs), "training run")} wrote {format_bytes(total)} '
               f'under {output}/train_*, of which {format_bytes(checkpoints)} are {CHECKPOINT_NAME} files (needed '
               f'only to resume or extend training)', flush=True)
     return report

@@ -29,13 +29,18 @@ import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ['METRIC_COLUMNS', 'SYNTHETIC_LABEL', 'summarize_seeds', 'comparison_table', 'seed_table',
+__all__ = ['METRIC_COLUMNS', 'SYNTHETIC_LABEL', 'count', 'summarize_seeds', 'comparison_table', 'seed_table',
            'render_report', 'sha256_file', 'library_versions']
 
 METRIC_COLUMNS = (('rank1', 'Rank-1'), ('rank5', 'Rank-5'), ('rank10', 'Rank-10'), ('mAP', 'mAP'))
 SPREAD_COLUMNS = (('rank1', 'Rank-1'), ('mAP', 'mAP'))
 SYNTHETIC_LABEL = 'synthetic — not comparable with the paper'
 MISSING = '–'
+
+
+def count(number: int, noun: str) -> str:
+    """``number`` and ``noun``, plural unless it is one: ``count(1, 'epoch')`` is ``'1 epoch'``."""
+    return f'{number} {noun}' + ('' if number == 1 else 's')
 
 
 def _cell(value: Optional[float], signed: bool = False) -> str:
@@ -126,7 +131,7 @@ def comparison_table(results: Mapping[str, Any], first_column: str = 'Data set')
         if paper:
             lines.append(_row(entry.get('paper_title', title), _paper_label(synthetic, comparable), paper))
         for label, group in _groups(entry['runs']):
-            name = label if len(group) == 1 else f'{label}, mean of {len(group)} seeds'
+            name = label if len(group) == 1 else f'{label}, mean of {count(len(group), "seed")}'
             metrics = _mean_metrics([run['metrics'] for run in group])
             lines.append(_row(title, f'ours: {name}' + (f' ({SYNTHETIC_LABEL})' if synthetic else ''), metrics))
             if paper and comparable:

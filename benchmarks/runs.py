@@ -190,7 +190,10 @@ def evaluate_runs(
         name = f'{run.label} (seed {run.seed})' if several_seeds else run.label
         print(f'evaluating {name} on {title} ({len(dataset.query)} queries, {len(dataset.gallery)} gallery)',
               flush=True)
-        evaluation = evaluate_model(run.build(), dataset, settings)
+        try:
+            evaluation = evaluate_model(run.build(), dataset, settings)
+        except (OSError, ValueError, RuntimeError) as error:  # an unreadable image, a diverged model, memory
+            raise BenchmarkError(f'evaluating {name} on {title}: {one_line(error)}') from error
         ranked = draw_ranked_lists(evaluation.distmat, dataset.query, dataset.gallery,
                                    figures / f'ranked_{stem}_{_slug(name)}.png')
         curves[name] = evaluation.cmc

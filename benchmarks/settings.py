@@ -164,7 +164,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, synthetic_epochs: Opti
                         help=f'folder holding the data set; default: ${DATA_ROOT_ENV}, then ~/data, else the '
                              f'synthetic embedded default')
     parser.add_argument('--model', default=None, metavar='NAME',
-                        help=f'timm model name (default {DEFAULT_MODEL}; {SYNTHETIC_PRESET["model"]} on synthetic data)')
+                        help=f'timm model name (default {DEFAULT_MODEL}; {SYNTHETIC_PRESET["model"]} on synthetic '
+                             'data)')
     parser.add_argument('--model-arg', dest='model_args', action='append', type=parse_model_arg, default=[],
                         metavar='KEY=VALUE',
                         help='HBFPNet constructor argument, the value read as a Python literal (repeatable), e.g. '

@@ -152,7 +152,7 @@ def test_embedded_default_trains_evaluates_and_writes_table_json_and_pictures(
     assert 'No Market-1501 data set found' in printed and 'bounding_box_train/' in printed
     assert '| Market-1501 | paper (real data set) | 95.8 | – | – | 89.8 |' in printed
     assert 'hbfp_resnet18, untrained (synthetic — not comparable with the paper)' in printed
-    assert 'hbfp_resnet18, trained 1 epochs (synthetic — not comparable with the paper)' in printed
+    assert 'hbfp_resnet18, trained 1 epoch (synthetic — not comparable with the paper)' in printed
     assert (out / 'market.md').read_text() in printed
 
     results = json.loads((out / 'results.json').read_text())
@@ -436,3 +436,10 @@ def test_ctrl_c_is_one_line_and_exit_code_130(capsys):
         raise KeyboardInterrupt
     assert cli.guarded(interrupted) == 130
     assert capsys.readouterr().err.count('\n') == 1
+
+
+def test_an_os_error_such_as_a_full_disk_is_one_line_naming_the_file(capsys):
+    def disk_full():
+        raise OSError(28, 'No space left on device', '/out/results.json')
+    assert cli.guarded(disk_full) == 1
+    assert capsys.readouterr().err == "error: [Errno 28] No space left on device: '/out/results.json'\n"
