@@ -161,6 +161,9 @@ def test_embedded_default_trains_evaluates_and_writes_table_json_and_pictures(
     assert set(results['versions']) >= {'python', 'torch', 'timm', 'hbfp_timm'}
     assert results['device'] == 'cpu' and results['wall_time_s'] > 0
     untrained, trained = results['entries'][0]['runs']
+    # The trainer evaluated once, after the last epoch: its best evaluation is the harness's final one.
+    assert trained['best'] == pytest.approx({'epoch': 1, **trained['metrics']}) and untrained['best'] is None
+    assert '| synthetic Market layout | hbfp_resnet18, trained 1 epoch | 1 | ' in printed
     weights = out / 'train_market_layout' / 'model.safetensors'
     assert trained['weights_sha256'] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert untrained['weights'] is None
