@@ -4,29 +4,43 @@ A benchmark result is a plain dict (the content of ``results.json``). The part t
 
     {
       "synthetic": false,                      # true: rows are labelled "not comparable with the paper"
+      "data_note": "...",                      # optional: a line under the heading (e.g. the user's own data)
       "entries": [                             # one per data set (Table 1) or configuration (Tables 2-3)
         {"title": "Market-1501",
          "paper_title": "Market-1501",                   # optional: first cell of the paper row (default title)
          "paper": {"rank1": 95.8, "mAP": 89.8},          # percent, only what the paper prints
-         "runs": [{"label": "hbfp_resnet50, checkpoint",
-                   "metrics": {"rank1": .., "rank5": .., "rank10": .., "mAP": ..},   # percent
+         "comparable": true,                             # optional (default: not synthetic): show differences
+         "runs": [{"label": "hbfp_resnet50, checkpoint", # runs of one row over several seeds share the label
+                   "seed": 0,                            # optional
+                   "metrics": {"rank1": .., "rank5": .., "rank10": .., "mAP": ..},   # percent, final evaluation
+                   "best": {"epoch": .., "rank1": .., ..., "mAP": ..} or null,     # the trainer's best evaluation
                    "reranked": {...} or null}]}
       ]
     }
 
+A row trained with several seeds is one line of the comparison (the mean over its seeds) and one line of the
+seed table: mean, standard deviation and n of Rank-1 and mAP at the final and at the best evaluation.
 Re-ranked scores go to a table of their own: the paper's numbers are without re-ranking, so they are never
 set beside them.
 """
 import hashlib
 import platform
+import statistics
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ['METRIC_COLUMNS', 'SYNTHETIC_LABEL', 'comparison_table', 'render_report', 'sha256_file', 'library_versions']
+__all__ = ['METRIC_COLUMNS', 'SYNTHETIC_LABEL', 'count', 'summarize_seeds', 'comparison_table', 'seed_table',
+           'render_report', 'sha256_file', 'library_versions']
 
 METRIC_COLUMNS = (('rank1', 'Rank-1'), ('rank5', 'Rank-5'), ('rank10', 'Rank-10'), ('mAP', 'mAP'))
+SPREAD_COLUMNS = (('rank1', 'Rank-1'), ('mAP', 'mAP'))
 SYNTHETIC_LABEL = 'synthetic — not comparable with the paper'
 MISSING = '–'
+
+
+def count(number: int, noun: str) -> str:
+    """``number`` and ``noun``, plural unless it is one: ``count(1, 'epoch')`` is ``'1 epoch'``."""
+    return f'{number} {noun}' + ('' if number == 1 else 's')
 
 
 def _cell(value: Optional[float], signed: bool = False) -> str:
@@ -45,12 +59,61 @@ def _header(first_column: str) -> List[str]:
     return ['| ' + ' | '.join(names) + ' |', '|' + '|'.join(['---'] * 2 + ['---:'] * len(METRIC_COLUMNS)) + '|']
 
 
+def _groups(runs: Sequence[Mapping[str, Any]]) -> List[Tuple[str, List[Mapping[str, Any]]]]:
+    """Runs grouped by label, in order of first appearance (a row's runs over its seeds)."""
+    groups: Dict[str, List[Mapping[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault(run['label'], []).append(run)
+    return list(groups.items())
+
+
+def _mean_metrics(metrics: Sequence[Mapping[str, Optional[float]]]) -> Dict[str, Optional[float]]:
+    means: Dict[str, Optional[float]] = {}
+    for key, _ in METRIC_COLUMNS:
+        values = [m[key] for m in metrics if m.get(key) is not None]
+        means[key] = sum(values) / len(values) if len(values) == len(metrics) else None
+    return means
+
+
+def _spread(values: Sequence[float]) -> Dict[str, Optional[float]]:
+    return {'mean': sum(values) / len(values), 'std': statistics.stdev(values) if len(values) > 1 else None}
+
+
+def summarize_seeds(runs: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+    """Per row (runs sharing a label): n, the seeds, and mean and sample standard deviation of every metric at
+    the final evaluation and of Rank-1 and mAP at the best one.
+
+    Args:
+        runs: An entry's runs (see the module docstring).
+
+    Returns:
+        One dict per row, in order: ``label``, ``n``, ``seeds``, ``final`` (metric -> ``{mean, std}``) and
+        ``best`` (Rank-1 and mAP -> ``{mean, std}``; None unless every run has a best evaluation). ``std`` is
+        None for a single run.
+    """
+    summaries = []
+    for label, group in _groups(runs):
+        final = {key: _spread([run['metrics'][key] for run in group]) for key, _ in METRIC_COLUMNS}
+        bests = [run.get('best') for run in group]
+        best = {key: _spread([b[key] for b in bests]) for key, _ in SPREAD_COLUMNS} if all(bests) else None
+        summaries.append(dict(label=label, n=len(group), seeds=[run.get('seed') for run in group], final=final,
+                              best=best))
+    return summaries
+
+
+def _paper_label(synthetic: bool, comparable: bool) -> str:
+    if synthetic:
+        return 'paper (real data set)'
+    return 'paper' if comparable else 'paper (its data set, not this one)'
+
+
 def comparison_table(results: Mapping[str, Any], first_column: str = 'Data set') -> str:
     """The markdown comparison of our numbers with the paper's (percent, one decimal).
 
-    Per entry: the paper's row, one row per run of ours and, on real data, the difference ours - paper on the
-    metrics the paper prints. On synthetic data every row of ours carries :data:`SYNTHETIC_LABEL` and no
-    difference is shown. Re-ranked runs, if any, follow in a second table with no paper row.
+    Per entry: the paper's row, one row per run of ours (the mean over seeds for a row run with several) and,
+    where the entry is comparable with the paper (real data set of the paper's size), the difference
+    ours - paper on the metrics the paper prints. On synthetic data every row of ours carries
+    :data:`SYNTHETIC_LABEL`. Re-ranked runs, if any, follow in a second table with no paper row.
 
     Args:
         results: The benchmark result (see the module docstring).
@@ -64,27 +127,64 @@ def comparison_table(results: Mapping[str, Any], first_column: str = 'Data set')
     reranked_lines: List[str] = []
     for entry in results['entries']:
         title, paper = entry['title'], entry.get('paper') or {}
+        comparable = entry.get('comparable', not synthetic)
         if paper:
-            lines.append(_row(entry.get('paper_title', title), 'paper' + (' (real data set)' if synthetic else ''),
-                              paper))
-        for run in entry['runs']:
-            label = f"ours: {run['label']}" + (f' ({SYNTHETIC_LABEL})' if synthetic else '')
-            lines.append(_row(title, label, run['metrics']))
-            if paper and not synthetic:
+            lines.append(_row(entry.get('paper_title', title), _paper_label(synthetic, comparable), paper))
+        for label, group in _groups(entry['runs']):
+            name = label if len(group) == 1 else f'{label}, mean of {count(len(group), "seed")}'
+            metrics = _mean_metrics([run['metrics'] for run in group])
+            lines.append(_row(title, f'ours: {name}' + (f' ({SYNTHETIC_LABEL})' if synthetic else ''), metrics))
+            if paper and comparable:
                 # Difference of the printed (one-decimal) numbers, so that the rows add up as read.
-                difference = {key: round(run['metrics'][key], 1) - value for key, value in paper.items()
-                              if run['metrics'].get(key) is not None}
+                difference = {key: round(metrics[key], 1) - value for key, value in paper.items()
+                              if metrics.get(key) is not None}
                 lines.append(_row(title, 'difference (ours - paper)', difference, signed=True))
-            if run.get('reranked'):
-                reranked_lines.append(_row(title, f"ours + re-ranking: {run['label']}", run['reranked']))
+            reranked = [run['reranked'] for run in group if run.get('reranked')]
+            if reranked:
+                reranked_lines.append(_row(title, f'ours + re-ranking: {name}', _mean_metrics(reranked)))
     if reranked_lines:
         lines += ['', 'With k-reciprocal re-ranking (Zhong et al. 2017); the paper reports no re-ranked numbers, '
                       'so these are not compared with it.', ''] + _header(first_column) + reranked_lines
     return '\n'.join(lines)
 
 
+def _spread_cell(spread: Optional[Mapping[str, Optional[float]]]) -> str:
+    if spread is None:
+        return MISSING
+    if spread['std'] is None:
+        return f"{spread['mean']:.1f}"
+    return f"{spread['mean']:.1f} ± {spread['std']:.1f}"
+
+
+def seed_table(results: Mapping[str, Any], first_column: str = 'Data set') -> str:
+    """The final and the best evaluation of every row over its seeds (empty when no row was trained here).
+
+    Args:
+        results: The benchmark result (see the module docstring).
+        first_column: See :func:`comparison_table`.
+
+    Returns:
+        An explanatory line and a markdown table, or ``''``.
+    """
+    rows = [(entry['title'], summary) for entry in results['entries'] for summary in summarize_seeds(entry['runs'])]
+    if not any(summary['n'] > 1 or summary['best'] for _, summary in rows):
+        return ''
+    names = [first_column, 'Row', 'n'] + [f'{name} {when}' for when in ('final', 'best') for _, name in SPREAD_COLUMNS]
+    lines = ['Final and best evaluation per row (percent): mean ± sample standard deviation over the n seeds. '
+             '"final" is after the last epoch; "best" is the trainer\'s evaluation with the highest mAP (every '
+             '--eval-every epochs and after the last), picked after the fact. Differences between rows that are '
+             'small against these standard deviations may be seed noise.', '',
+             '| ' + ' | '.join(names) + ' |', '|' + '|'.join(['---'] * 2 + ['---:'] * (len(names) - 2)) + '|']
+    for title, summary in rows:
+        cells = [title, summary['label'], str(summary['n'])]
+        cells += [_spread_cell(summary['final'][key]) for key, _ in SPREAD_COLUMNS]
+        cells += [_spread_cell(summary['best'][key] if summary['best'] else None) for key, _ in SPREAD_COLUMNS]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
 def render_report(results: Mapping[str, Any], heading: str, first_column: str = 'Data set') -> str:
-    """The full markdown report: heading, provenance lines and :func:`comparison_table`.
+    """The full markdown report: heading, provenance lines, :func:`comparison_table` and :func:`seed_table`.
 
     Args:
         results: The benchmark result, with ``command``, ``model``, ``device`` and ``wall_time_s``.
@@ -98,11 +198,16 @@ def render_report(results: Mapping[str, Any], heading: str, first_column: str = 
     if results.get('synthetic'):
         lines += [f'**{SYNTHETIC_LABEL}.** These rows come from the synthetic Market-layout set generated into '
                   f"`{results.get('data_root')}`; they show that the pipeline works, not how HBFP-Net performs.", '']
+    if results.get('data_note'):
+        lines += [results['data_note'], '']
     lines += [f"Paper: {results.get('paper_citation')}.", '',
               f"Command: `{results.get('command')}`  ",
               f"Model: `{results.get('model')}`; device: {results.get('device')}; "
               f"wall time: {results.get('wall_time_s', 0.0):.0f} s.", '',
               comparison_table(results, first_column), '']
+    seeds = seed_table(results, first_column)
+    if seeds:
+        lines += [seeds, '']
     return '\n'.join(lines)
 
 

@@ -1,0 +1,81 @@
+"""Command-line plumbing shared by the benchmark commands: the user-facing :class:`BenchmarkError`, its one-line
+form, the guard that turns it into an exit code, the parser whose errors are one line, and the recorded command
+line."""
+import argparse
+import shlex
+import sys
+from typing import Any, Callable, NoReturn, Sequence
+
+import torch
+
+__all__ = ['BenchmarkError', 'ArgumentParser', 'one_line', 'exact_command', 'guarded']
+
+INTERRUPTED_EXIT_CODE = 130  # what a shell reports for a process ended by SIGINT (128 + 2)
+
+
+class BenchmarkError(Exception):
+    """A user-facing error (bad data root, missing weights...): printed on one line, exit code 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose errors are one line (the usage is in ``--help``), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f'{self.prog}: error: {" ".join(message.split())} (see --help)\n')
+
+
+def one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line (its type name when it has none; a KeyError without its quotes).
+
+    Args:
+        error: The exception.
+
+    Returns:
+        The message, whitespace collapsed.
+    """
+    text = str(error).strip() or type(error).__name__
+    if isinstance(error, KeyError):
+        text = text.strip("'\"")
+    return ' '.join(text.split())
+
+
+def exact_command(prog: str, argv: Sequence[str]) -> str:
+    """The command line as a user would retype it.
+
+    Args:
+        prog: ``python -m benchmarks.<name>``.
+        argv: The arguments.
+
+    Returns:
+        One shell-quoted line.
+    """
+    return prog + (' ' + shlex.join(argv) if argv else '')
+
+
+def guarded(function: Callable[[], Any]) -> int:
+    """Run ``function``; a :class:`BenchmarkError` becomes one ``error:`` line on stderr and exit code 2, an
+    ``OSError`` (disk full, a file gone) one line and exit code 1, Ctrl-C one line and exit code 130.
+
+    Args:
+        function: The benchmark body.
+
+    Returns:
+        The process exit code.
+    """
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        function()
+    except BenchmarkError as error:
+        print(f'error: {one_line(error)}', file=sys.stderr, flush=True)
+        return 2
+    except OSError as error:  # the machine's part (disk full, a file gone): its message names the file
+        print(f'error: {one_line(error)}', file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print('interrupted (Ctrl-C); no report written (finished training runs stay in their train_* folders)',
+              file=sys.stderr, flush=True)
+        return INTERRUPTED_EXIT_CODE
+    finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    return 0

@@ -1,0 +1,313 @@
+"""Run settings of the benchmarks: the shared flags, the embedded default's preset, how flags left unset are
+filled (the paper's recipe on real data, :data:`SYNTHETIC_PRESET` on synthetic data), and seeding.
+
+The recipe flags (``--lr``, ``--margin``, ``--label-smoothing``, ...) are the trainer's
+(:class:`hbfp_timm.train.TrainConfig`) under the same names; a flag given overrides the preset. Each is checked
+when the command line is parsed, so a bad value fails before any data is read or any model trained.
+"""
+import argparse
+import ast
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import timm
+import torch
+
+import hbfp_timm  # noqa: F401  (registers the hbfp_* models with timm)
+from hbfp_timm.train import TrainConfig
+
+from .cli import BenchmarkError
+from .datasets import DATA_ROOT_ENV
+
+__all__ = [
+    'Settings', 'DEFAULT_MODEL', 'SYNTHETIC_PRESET', 'RECIPE_FLAGS', 'add_common_arguments', 'resolve_settings',
+    'seeds_of', 'training_flags_given', 'parse_model_arg', 'seed_everything',
+]
+
+DEFAULT_MODEL = 'hbfp_resnet50'
+
+# The embedded default: sized so that `python -m benchmarks.market` finishes in a few minutes on a 2-core CPU
+# and the trained model is clearly better than the untrained one. Training starts from random weights (no
+# download), so it departs from the paper's recipe where a short from-scratch run needs it: a 5x larger
+# constant learning rate and no random erasing or cutout (measured: with them, 12 epochs did not beat the
+# untrained model; 40 epochs as below take rank-1 from 28.1 to 54.4 and mAP from 14.2 to 36.5 in under 2 minutes,
+# see README.md). Images are generated at 128x64 and fed to the network at 64x32. The resumable checkpoint
+# (weights + Adam moments) is written once, after the last epoch, rather than after each of them.
+SYNTHETIC_PRESET: Dict[str, Any] = dict(
+    model='hbfp_resnet18', img_size=(64, 32), epochs=40, batch_size=32, num_instances=4,
+    num_ids=64, num_cams=4, images_per_id=12, image_size=(128, 64), workers=0,
+    train_overrides=dict(lr=1e-3, random_erasing_prob=0.0, cutout_prob=0.0, checkpoint_every=1000),
+)
+
+
+@dataclass
+class Settings:
+    """Everything a benchmark run needs besides the data.
+
+    Attributes:
+        model: timm model name (an ``hbfp_*`` model).
+        model_args: Extra HBFPNet constructor kwargs (ablations).
+        img_size: (height, width) of the network input.
+        epochs: Training epochs; None keeps the trainer's default (the paper's 500).
+        batch_size: P x K of the training batches.
+        num_instances: K, images per identity in a training batch.
+        device: torch device string.
+        workers: Data loading worker processes.
+        seed: Random seed.
+        pretrained_backbone: Initialise the backbone from ImageNet when training.
+        backbone_weights: Local ImageNet weights file of the backbone.
+        max_steps_per_epoch: Cap on training steps per epoch (None: full epochs).
+        train_overrides: Further ``TrainConfig`` fields (loss and augmentation settings of the ablations).
+        rerank: Also score k-reciprocal re-ranked distances.
+        synthetic: The run uses the synthetic data set.
+        synthetic_data: Generator parameters of the synthetic set (``num_ids``, ``num_cams``, ``images_per_id``,
+            ``image_size``); empty on real data.
+    """
+    model: str
+    model_args: Dict[str, Any]
+    img_size: Tuple[int, int]
+    epochs: Optional[int]
+    batch_size: int
+    num_instances: int
+    device: str
+    workers: int
+    seed: int
+    pretrained_backbone: bool
+    backbone_weights: Optional[str]
+    max_steps_per_epoch: Optional[int] = None
+    train_overrides: Dict[str, Any] = field(default_factory=dict)
+    rerank: bool = False
+    synthetic: bool = False
+    synthetic_data: Dict[str, Any] = field(default_factory=dict)
+
+
+def parse_model_arg(text: str) -> Tuple[str, Any]:
+    """``KEY=VALUE`` of ``--model-arg``, the value read as a Python literal (as the trainer's ``--model-arg``).
+
+    Args:
+        text: The flag value, e.g. ``gep_lambdas=(0, 1)`` or ``global_pool=avg`` (a bare word is a string).
+
+    Returns:
+        ``(key, value)``.
+
+    Raises:
+        argparse.ArgumentTypeError: Not ``KEY=VALUE`` with ``KEY`` a Python identifier.
+    """
+    key, sep, value = text.partition('=')
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f'expected KEY=VALUE with KEY a Python identifier, got {text!r}')
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+def _number(kind: Callable[[str], Any], check: Callable[[Any], bool], expected: str) -> Callable[[str], Any]:
+    """An argparse ``type`` reading ``kind`` and refusing values outside ``check`` (and inf / nan)."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or not check(value):
+            raise argparse.ArgumentTypeError(f'expected {expected}, got {text!r}')
+        return value
+    return parse
+
+
+_POSITIVE_INT = _number(int, lambda v: v >= 1, 'a positive integer')
+_NON_NEGATIVE_INT = _number(int, lambda v: v >= 0, 'an integer >= 0')
+_POSITIVE_FLOAT = _number(float, lambda v: v > 0, 'a finite number > 0')
+_NON_NEGATIVE_FLOAT = _number(float, lambda v: v >= 0, 'a finite number >= 0')
+_PROBABILITY = _number(float, lambda v: 0 <= v <= 1, 'a probability in [0, 1]')
+
+_PAPER = TrainConfig()
+# Flag -> (argparse type, metavar, help); each is the TrainConfig field of the same name, its default the paper's.
+RECIPE_FLAGS: Dict[str, Tuple[Callable[[str], Any], str, str]] = {
+    'lr': (_POSITIVE_FLOAT, 'LR', f'Adam learning rate (default: the paper\'s {_PAPER.lr:g}; '
+                            f'{SYNTHETIC_PRESET["train_overrides"]["lr"]:g} on synthetic data)'),
+    'lr_constant_epochs': (_NON_NEGATIVE_INT, 'N', 'epochs at the base learning rate before the exponential decay '
+                                              f'(default: the paper\'s {_PAPER.lr_constant_epochs})'),
+    'lr_final_factor': (_number(float, lambda v: 0 < v <= 1, 'a factor in (0, 1]'), 'F',
+                        f'learning-rate factor reached at the last epoch (default {_PAPER.lr_final_factor:g})'),
+    'weight_decay': (_NON_NEGATIVE_FLOAT, 'WD', f'Adam weight decay (default: the paper\'s {_PAPER.weight_decay:g})'),
+    'margin': (_NON_NEGATIVE_FLOAT, 'M', f'triplet loss margin (default: the paper\'s {_PAPER.margin:g})'),
+    'label_smoothing': (_number(float, lambda v: 0 <= v < 1, 'an epsilon in [0, 1)'), 'EPS',
+                        f'label smoothing of the ID loss (default: the paper\'s {_PAPER.label_smoothing:g}; the '
+                        f'ablation rows without the ID loss have none)'),
+    'flip_prob': (_PROBABILITY, 'P', f'horizontal flip probability (default {_PAPER.flip_prob:g})'),
+    'random_erasing_prob': (_PROBABILITY, 'P', f'random erasing probability (default {_PAPER.random_erasing_prob:g}; '
+                                          '0 on synthetic data)'),
+    'cutout_prob': (_PROBABILITY, 'P', f'cutout probability (default {_PAPER.cutout_prob:g}; 0 in the embedded '
+                                       'default; the ablation rows without cutout set 0)'),
+    'eval_every': (_POSITIVE_INT, 'N', 'evaluate during training every N epochs, and after the last; the best of these '
+                                  f'evaluations is reported beside the final one (default {_PAPER.eval_every})'),
+}
+# Flags that only mean something when the benchmark trains (their names as attributes of the parsed flags).
+TRAINING_ONLY = ('epochs', 'batch_size', 'num_instances', 'max_steps_per_epoch', 'backbone_weights',
+                 'no_pretrained_backbone', *RECIPE_FLAGS)
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, synthetic_epochs: Optional[int] = None) -> None:
+    """Flags shared by every benchmark (data, model, schedule and recipe, seeds, device, output).
+
+    Args:
+        parser: The parser to extend.
+        synthetic_epochs: Epochs on synthetic data named in ``--help`` (default: the embedded default's).
+    """
+    synthetic_epochs = SYNTHETIC_PRESET['epochs'] if synthetic_epochs is None else synthetic_epochs
+    parser.add_argument('--data-root', default=None, metavar='DIR',
+                        help=f'folder holding the data set; default: ${DATA_ROOT_ENV}, then ~/data, else the '
+                             f'synthetic embedded default')
+    parser.add_argument('--model', default=None, metavar='NAME',
+                        help=f'timm model name (default {DEFAULT_MODEL}; {SYNTHETIC_PRESET["model"]} on synthetic '
+                             'data)')
+    parser.add_argument('--model-arg', dest='model_args', action='append', type=parse_model_arg, default=[],
+                        metavar='KEY=VALUE',
+                        help='HBFPNet constructor argument, the value read as a Python literal (repeatable), e.g. '
+                             '--model-arg gep_combine=sum --model-arg "gep_lambdas=(0, 1)"; on ablation rows it '
+                             'replaces the row\'s value')
+    parser.add_argument('--img-size', type=_POSITIVE_INT, nargs=2, metavar=('H', 'W'), default=None,
+                        help="input height and width (default: the model's pretrained_cfg, 384 128; "
+                             f"{' '.join(map(str, SYNTHETIC_PRESET['img_size']))} on synthetic data)")
+    parser.add_argument('--device', default=None, help='torch device (default cuda if available, else cpu)')
+    parser.add_argument('--workers', type=_NON_NEGATIVE_INT, default=None, metavar='N',
+                        help='data loading workers (default 4; 0 on synthetic data)')
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument('--seed', type=int, default=0, metavar='N', help='random seed (default 0)')
+    seeds.add_argument('--seeds', type=int, nargs='+', default=None, metavar='SEED',
+                       help='train every row once per seed; the report gives per row the mean, the standard '
+                            'deviation and n of the final and of the best evaluation')
+    parser.add_argument('--rerank', action='store_true',
+                        help='also report k-reciprocal re-ranked numbers, in a separate table')
+    parser.add_argument('--output', default=None, metavar='DIR', help='output folder (default runs/<benchmark>)')
+
+    recipe = parser.add_argument_group('training recipe (the paper\'s unless given; training runs only)')
+    recipe.add_argument('--epochs', type=_POSITIVE_INT, default=None, metavar='N',
+                        help=f"training epochs (default: the trainer's, the paper's {_PAPER.epochs}; "
+                             f"{synthetic_epochs} on synthetic data)")
+    recipe.add_argument('--batch-size', type=_POSITIVE_INT, default=None, metavar='N',
+                        help=f"training batch P x K (default {_PAPER.batch_size}; {SYNTHETIC_PRESET['batch_size']} "
+                             'on synthetic data)')
+    recipe.add_argument('--num-instances', type=_POSITIVE_INT, default=None, metavar='K',
+                        help=f'K, images per identity in a batch (default {_PAPER.num_instances})')
+    for name, (kind, metavar, text) in RECIPE_FLAGS.items():
+        recipe.add_argument('--' + name.replace('_', '-'), type=kind, default=None, metavar=metavar, help=text)
+    recipe.add_argument('--max-steps-per-epoch', type=_POSITIVE_INT, default=None, metavar='N',
+                        help='cap training steps per epoch (smoke runs)')
+    backbone = recipe.add_mutually_exclusive_group()
+    backbone.add_argument('--backbone-weights', default=None, metavar='FILE',
+                          help='local ImageNet weights file of the backbone, for training on an offline machine')
+    backbone.add_argument('--no-pretrained-backbone', action='store_true', default=None,
+                          help='train from a randomly initialised backbone (default on real data: timm\'s ImageNet '
+                               'weights, downloaded; on synthetic data always random)')
+
+
+def seeds_of(args: argparse.Namespace) -> List[int]:
+    """The seeds of the run: ``--seeds``, else ``[--seed]``.
+
+    Args:
+        args: Parsed flags of :func:`add_common_arguments`.
+
+    Returns:
+        The seeds, in the order given.
+    """
+    seeds = list(args.seeds) if args.seeds else [args.seed]
+    repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if repeated:
+        raise BenchmarkError(f'--seeds: expected distinct seeds, got {" ".join(map(str, seeds))} '
+                             f'({", ".join(map(str, repeated))} repeated)')
+    return seeds
+
+
+def training_flags_given(args: argparse.Namespace) -> List[str]:
+    """The flags given that only apply when training (``--lr``, ``--epochs``, ..., several ``--seeds``).
+
+    Args:
+        args: Parsed flags of :func:`add_common_arguments`.
+
+    Returns:
+        The flags as typed (``--lr``), in ``--help`` order.
+    """
+    given = ['--' + name.replace('_', '-') for name in TRAINING_ONLY if getattr(args, name) is not None]
+    return given + (['--seeds'] if args.seeds and len(args.seeds) > 1 else [])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch, and ask torch for deterministic algorithms (warning where it has none).
+
+    Args:
+        seed: The seed.
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
+def resolve_settings(args: argparse.Namespace, synthetic: bool) -> Settings:
+    """Fill the flags left unset with the paper's defaults, or the embedded default's on synthetic data.
+
+    Args:
+        args: Parsed flags of :func:`add_common_arguments`.
+        synthetic: The run uses the synthetic data set.
+
+    Returns:
+        The settings.
+    """
+    preset = SYNTHETIC_PRESET if synthetic else {}
+    model = args.model or preset.get('model', DEFAULT_MODEL)
+    if not timm.is_model(model):
+        raise BenchmarkError(f'--model: unknown timm model {model!r}; HBFP models: '
+                             f'{", ".join(timm.list_models("hbfp_*"))}')
+    if args.img_size is not None:
+        img_size = tuple(args.img_size)
+    elif 'img_size' in preset:
+        img_size = preset['img_size']
+    else:
+        img_size = tuple(timm.get_pretrained_cfg(model).input_size[1:])
+    if min(img_size) < 16:
+        raise BenchmarkError(f'--img-size: expected H W of at least 16 pixels each, got {img_size}')
+    batch_size = args.batch_size or preset.get('batch_size', _PAPER.batch_size)
+    num_instances = args.num_instances or preset.get('num_instances', _PAPER.num_instances)
+    if num_instances < 2:
+        raise BenchmarkError(f'--num-instances {num_instances}: expected at least 2 (batch-hard triplets need '
+                             f'positives)')
+    if batch_size % num_instances or batch_size < 2 * num_instances:
+        raise BenchmarkError(f'--batch-size {batch_size}: expected a multiple of --num-instances {num_instances} '
+                             f'(P x K) holding at least two identities')
+    if args.backbone_weights is not None and not Path(args.backbone_weights).expanduser().is_file():
+        raise BenchmarkError(f'--backbone-weights {args.backbone_weights}: no such file (expected a local ImageNet '
+                             f'weights file of the backbone)')
+    recipe = {name: getattr(args, name) for name in RECIPE_FLAGS if getattr(args, name) is not None}
+    return Settings(
+        model=model, model_args=dict(args.model_args), img_size=img_size,
+        epochs=args.epochs if args.epochs is not None else preset.get('epochs'),
+        batch_size=batch_size, num_instances=num_instances,
+        device=_check_device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu')),
+        workers=args.workers if args.workers is not None else preset.get('workers', 4),
+        seed=seeds_of(args)[0],
+        # No download on synthetic data (CPU demo, maybe offline); the paper starts from ImageNet.
+        pretrained_backbone=(not synthetic or args.backbone_weights is not None) and not args.no_pretrained_backbone,
+        backbone_weights=args.backbone_weights,
+        max_steps_per_epoch=args.max_steps_per_epoch,
+        train_overrides={**preset.get('train_overrides', {}), **recipe},
+        rerank=args.rerank, synthetic=synthetic,
+        synthetic_data={key: preset[key] for key in ('num_ids', 'num_cams', 'images_per_id', 'image_size')
+                        if key in preset},
+    )
+
+
+def _check_device(name: str) -> str:
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise BenchmarkError(f"--device {name}: expected 'cpu', 'cuda' or 'cuda:N' ({error})") from error
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise BenchmarkError(f'--device {name}: CUDA is not available on this machine')
+    return name
