@@ -10,7 +10,9 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .metrics import compute_distance_matrix, evaluate_rank_detailed, re_ranking
+from .metrics import RankResult, compute_distance_matrix, evaluate_features_detailed, evaluate_rank_detailed
+from .reranking import re_ranking_features
+from .retrieval import topk
 
 __all__ = ['describe', 'extract_features', 'evaluate', 'unwrap_model']
 
@@ -92,11 +94,8 @@ def extract_features(
             torch.cat(camids).numpy().astype(np.int64))
 
 
-def _scores(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids, max_rank: int) -> Dict[str, Any]:
-    """Named ranks, mAP and the CMC curve (fractions in [0, 1]) of one distance matrix."""
-    # Rank-10 is always reported, so the curve is computed at least that long and cut to max_rank after.
-    result = evaluate_rank_detailed(distmat, q_pids, g_pids, q_camids, g_camids,
-                                    max_rank=max(max_rank, max(REPORTED_RANKS)))
+def _scores(result: RankResult, max_rank: int) -> Dict[str, Any]:
+    """Named ranks, mAP and the CMC curve (fractions in [0, 1]) of one evaluation."""
     scores = {f'rank{k}': float(result.cmc[k - 1]) for k in REPORTED_RANKS}
     scores['mAP'] = float(result.mAP)
     scores['cmc'] = [float(v) for v in result.cmc[:max_rank]]
@@ -115,8 +114,12 @@ def evaluate(
         max_rank: int = 50,
         amp: bool = False,
         keep_distmat: bool = False,
+        keep_topk: int = 0,
 ) -> Dict[str, Any]:
     """Rank-1/5/10, mAP and CMC of a model on a query/gallery split (Market-1501 protocol, single query).
+
+    Scores come from the descriptors block by block (:func:`hbfp_timm.metrics.evaluate_features`), so the
+    (num_query, num_gallery) distance matrix is only built when ``keep_distmat`` asks for it.
 
     Args:
         model: The Re-ID model (see :func:`describe`).
@@ -131,6 +134,8 @@ def evaluate(
         amp: Extract features under autocast.
         keep_distmat: Also return the (num_query, num_gallery) distances under ``'distmat'`` (for ranked-list
             pictures).
+        keep_topk: Also return each query's ``keep_topk`` nearest gallery items, (num_query, keep_topk) arrays
+            under ``'topk_indices'`` and ``'topk_distances'``, without the whole matrix (0: not returned).
 
     Returns:
         ``{'rank1', 'rank5', 'rank10', 'mAP'}`` (fractions), ``'cmc'`` (list of max_rank fractions),
@@ -139,15 +144,26 @@ def evaluate(
     """
     if isinstance(max_rank, bool) or not isinstance(max_rank, int) or max_rank < 1:
         raise ValueError(f'max_rank: expected a positive integer, got {max_rank!r}')
+    if isinstance(keep_topk, bool) or not isinstance(keep_topk, int) or keep_topk < 0:
+        raise ValueError(f'keep_topk: expected a non-negative integer, got {keep_topk!r}')
     q_feats, q_pids, q_camids = extract_features(model, query_loader, device, flip=flip, amp=amp, desc='query')
     g_feats, g_pids, g_camids = extract_features(model, gallery_loader, device, flip=flip, amp=amp, desc='gallery')
-    distmat = compute_distance_matrix(q_feats, g_feats, metric=metric)
-    results: Dict[str, Any] = _scores(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
+    # Rank-10 is always reported, so the curve is computed at least that long and cut to max_rank after.
+    curve_length = max(max_rank, max(REPORTED_RANKS))
+    ids = (q_pids, g_pids, q_camids, g_camids)
+    if keep_distmat:
+        distmat = compute_distance_matrix(q_feats, g_feats, metric=metric)
+        result = evaluate_rank_detailed(distmat, *ids, max_rank=curve_length)
+    else:
+        result = evaluate_features_detailed(q_feats, g_feats, *ids, metric=metric, max_rank=curve_length)
+    results: Dict[str, Any] = _scores(result, max_rank)
     results.update(num_query=len(q_pids), num_gallery=len(g_pids), metric=metric, flip=flip)
     if keep_distmat:
         results['distmat'] = distmat
+    if keep_topk:
+        distances, indices = topk(q_feats, g_feats, k=keep_topk, metric=metric)
+        results['topk_distances'], results['topk_indices'] = distances.numpy(), indices.numpy()
     if rerank:
-        reranked = re_ranking(distmat, compute_distance_matrix(q_feats, q_feats, metric=metric),
-                              compute_distance_matrix(g_feats, g_feats, metric=metric))
-        results['reranked'] = _scores(reranked, q_pids, g_pids, q_camids, g_camids, max_rank)
+        reranked = re_ranking_features(q_feats, g_feats, metric=metric)
+        results['reranked'] = _scores(evaluate_rank_detailed(reranked, *ids, max_rank=curve_length), max_rank)
     return results
