@@ -32,6 +32,15 @@ def _thumbnail(path: str, size: Tuple[int, int], colour: Tuple[int, int, int]) -
     return framed
 
 
+def _fit(draw: ImageDraw.ImageDraw, text: str, width: int, font) -> str:
+    """`text`, cut at the end with an ellipsis so that it is at most `width` pixels wide."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + '…', font=font) > width:
+        text = text[:-1]
+    return text + '…'
+
+
 def _legend(draw: ImageDraw.ImageDraw, top: int, entries: Sequence[Tuple[Tuple[int, int, int], str]],
             font) -> int:
     """Colour swatches with their meaning on one line from the left; returns the line's right end."""
@@ -100,7 +109,7 @@ def draw_ranking(
     for row, gallery_row in enumerate(indices):
         top = row * row_h
         label = query_labels[row] if query_labels is not None else Path(query_paths[row]).name
-        draw.text((2, top), label, fill='black', font=font)
+        draw.text((2, top), _fit(draw, label, cell_w + GAP - 4, font), fill='black', font=font)
         canvas.paste(_thumbnail(query_paths[row], thumb_size, QUERY_COLOUR), (0, top + LABEL_HEIGHT))
         for rank, g in enumerate(gallery_row, start=1):
             if g < 0:
@@ -110,8 +119,9 @@ def draw_ranking(
             else:
                 colour = UNKNOWN_COLOUR
             left = (cell_w + GAP) * rank + GAP
-            text = f'#{rank}' + (f' {float(distances[row][rank - 1]):.3g}' if distances is not None else '')
-            draw.text((left + 2, top), text, fill=colour if known else 'black', font=font)
+            text = f'#{rank}' + (f' {float(distances[row][rank - 1]):#.3g}' if distances is not None else '')
+            draw.text((left + 2, top), _fit(draw, text, cell_w + GAP - 4, font), fill=colour if known else 'black',
+                      font=font)
             canvas.paste(_thumbnail(gallery_paths[g], thumb_size, colour), (left, top + LABEL_HEIGHT))
     legend_top = len(indices) * row_h
     _legend(draw, legend_top, legend, font)

@@ -27,11 +27,11 @@ Training never uses cameras; camera-less training images get camera 0.
 import csv
 import os
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional, Union
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
-from .datasets import Item, ReIDDataset
+from .datasets import CUHK03_PATTERN, DUKE_PATTERN, MARKET_PATTERN, MSMT17_PATTERN, Item, ReIDDataset
 
-__all__ = ['ImageList', 'LIST_SUFFIXES', 'read_image_list', 'image_lists']
+__all__ = ['ImageList', 'LIST_SUFFIXES', 'read_image_list', 'image_lists', 'identities_from_names']
 
 PathLike = Union[str, os.PathLike]
 LIST_SUFFIXES = ('.csv', '.txt')
@@ -169,3 +169,23 @@ def image_lists(root: PathLike, name: str = 'image_lists') -> ReIDDataset:
                                for path, pid, camid in zip(train.paths, train.pids, train_camids)]
     return ReIDDataset(name, train_items, list(zip(query.paths, query.pids, query.camids)),
                        list(zip(gallery.paths, gallery.pids, gallery.camids)))
+
+
+def identities_from_names(paths: Sequence[str]) -> Optional[Tuple[List[int], List[int]]]:
+    """Identities and cameras read from file names, when every name follows one data set's naming scheme.
+
+    The schemes are those of the data set readers: Market-1501 (``0002_c1s1_000451_03.jpg``), DukeMTMC-reID
+    (``0001_c2_f0046182.jpg``), CUHK03-NP (``0001_c1_1.png``) and MSMT17 (``0000_000_01_0303morning_0015_0.jpg``,
+    whose identity comes from the name here). Cameras become 0-based.
+
+    Args:
+        paths: image paths.
+
+    Returns:
+        ``(pids, camids)``, or None when some name follows none of the schemes (identities unknown).
+    """
+    for pattern in (MARKET_PATTERN, DUKE_PATTERN, CUHK03_PATTERN, MSMT17_PATTERN):
+        matches = [pattern.match(Path(path).name) for path in paths]
+        if paths and all(matches):
+            return [int(m['pid']) for m in matches], [max(int(m['camid']) - 1, 0) for m in matches]
+    return None
