@@ -44,6 +44,8 @@ BLOCK_BYTES = 128 * 2 ** 20
 # the batch's float64 accumulator.
 JACCARD_BATCH = 2 ** 22
 JACCARD_BLOCK_BYTES = 64 * 2 ** 20
+# Values of d kept per row from the first pass, in units of k1 + 1 (see _re_rank).
+KEPT_PER_NEIGHBOURHOOD = 4
 
 
 class _MatrixSource:
@@ -130,10 +132,12 @@ def _nearest(scaled_rows: np.ndarray, count: int) -> np.ndarray:
     return np.take_along_axis(candidates, np.argsort(values, axis=1, kind='stable'), axis=1)
 
 
-def _neighbours_and_scales(source, num_neighbours: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """First `num_neighbours` of every row of d, each row's scale, and d's query-to-gallery block."""
+def _neighbours_and_scales(source, num_kept: int):
+    """The `num_kept` nearest entries of every row of d (indices and values), each row's scale, and d's
+    query-to-gallery block."""
     nq, n = source.num_query, source.num_all
-    neighbours = np.empty((n, num_neighbours), dtype=np.int64)
+    kept_indices = np.empty((n, num_kept), dtype=np.int64)
+    kept_values = np.empty((n, num_kept), dtype=np.float32)
     scales = np.empty(n, dtype=np.float32)
     query_gallery = np.empty((nq, n - nq), dtype=np.float32)
     block = max(1, BLOCK_BYTES // (12 * n))
@@ -143,10 +147,29 @@ def _neighbours_and_scales(source, num_neighbours: int) -> Tuple[np.ndarray, np.
         row_max = rows.max(axis=1)
         scales[start:stop] = np.where(row_max > 0, row_max, np.float32(1))  # guard: all-zero row
         rows /= scales[start:stop, None]
-        neighbours[start:stop] = _nearest(rows, num_neighbours)
+        kept_indices[start:stop] = _nearest(rows, num_kept)
+        kept_values[start:stop] = np.take_along_axis(rows, kept_indices[start:stop], axis=1)
         if start < nq:
             query_gallery[start:min(stop, nq)] = rows[:min(stop, nq) - start, nq:]
-    return neighbours, scales, query_gallery
+    return kept_indices, kept_values, scales, query_gallery
+
+
+def _entries(source, rows: np.ndarray, columns: np.ndarray, kept_indices: np.ndarray, kept_values: np.ndarray,
+             scales: np.ndarray) -> np.ndarray:
+    """d at (row, column) pairs sorted by row then column: from the values kept in the first pass where it
+    has them (most pairs, the same numbers), else computed again."""
+    n = source.num_all
+    order = np.argsort(kept_indices, axis=1)
+    kept_keys = (np.arange(n)[:, None] * n + np.take_along_axis(kept_indices, order, axis=1)).ravel()
+    kept_sorted = np.take_along_axis(kept_values, order, axis=1).ravel()
+    keys = rows * n + columns
+    found = np.minimum(np.searchsorted(kept_keys, keys), len(kept_keys) - 1)
+    hit = kept_keys[found] == keys
+    out = np.empty(len(keys), dtype=np.float32)
+    out[hit] = kept_sorted[found[hit]]
+    missing = ~hit
+    out[missing] = source.squared_entries(rows[missing], columns[missing]) / scales[rows[missing]]
+    return out
 
 
 def _reciprocal(neighbours: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -189,10 +212,10 @@ def _expanded_sets(neighbours: np.ndarray, k1: int) -> Tuple[np.ndarray, np.ndar
     return keys // n, keys % n
 
 
-def _encode(source, neighbours: np.ndarray, scales: np.ndarray, k1: int):
+def _encode(source, kept_indices: np.ndarray, kept_values: np.ndarray, scales: np.ndarray, k1: int):
     """Step 5: the sparse encodings V as CSR arrays (row starts, columns, float32 values)."""
-    rows, columns = _expanded_sets(neighbours, k1)
-    distances = source.squared_entries(rows, columns) / scales[rows]
+    rows, columns = _expanded_sets(kept_indices, k1)
+    distances = _entries(source, rows, columns, kept_indices, kept_values, scales)
     weights = np.exp(-distances)
     starts = np.searchsorted(rows, np.arange(source.num_all + 1))
     values = np.empty_like(weights)
@@ -271,11 +294,14 @@ def _re_rank(source, k1: int, k2: int, lambda_value: float) -> np.ndarray:
     if not 0.0 <= lambda_value <= 1.0:
         raise ValueError(f'lambda_value must be in [0, 1], got {lambda_value}')
     n = source.num_all
-    neighbours, scales, original = _neighbours_and_scales(source, min(max(k1 + 1, k2), n))
-    starts, columns, values = _encode(source, neighbours, scales, k1)
+    # Expanded sets lie in the two-step neighbourhood; keeping a few times k1 + 1 values per row from the first
+    # pass covers most of their entries, so few distances are computed twice.
+    kept_indices, kept_values, scales, original = _neighbours_and_scales(
+        source, min(max(KEPT_PER_NEIGHBOURHOOD * (k1 + 1), k2), n))
+    starts, columns, values = _encode(source, kept_indices, kept_values, scales, k1)
     if k2 != 1:
-        starts, columns, values = _query_expansion(starts, columns, values, neighbours, k2, n)
-    del neighbours
+        starts, columns, values = _query_expansion(starts, columns, values, kept_indices, k2, n)
+    del kept_indices, kept_values
     jaccard = _jaccard(starts, columns, values, source.num_query)
     jaccard *= np.float32(1 - lambda_value)
     original *= np.float32(lambda_value)

@@ -6,6 +6,7 @@ import torch
 
 from hbfp_timm.distance import compute_distance_matrix
 from hbfp_timm.metrics import evaluate_rank
+from hbfp_timm import reranking
 from hbfp_timm.reranking import re_ranking, re_ranking_features
 
 
@@ -97,6 +98,15 @@ def test_non_symmetric_input_uses_columns_as_the_original_does():
     np.fill_diagonal(g_g, 0)
     expected = _reference_re_ranking(q_g, q_q, g_g, 4, 2, 0.3)
     np.testing.assert_allclose(re_ranking(q_g, q_q, g_g, k1=4, k2=2), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize('features', [False, True])
+def test_distances_not_kept_from_the_first_pass_are_computed_again_equally(monkeypatch, features):
+    monkeypatch.setattr(reranking, 'KEPT_PER_NEIGHBOURHOOD', 1)  # keep only the k1 + 1 nearest per row
+    query, gallery, (q_g, q_q, g_g) = _distances(8, 50, 3, 9)
+    expected = _reference_re_ranking(q_g, q_q, g_g, 10, 4, 0.3)
+    result = re_ranking_features(query, gallery, k1=10, k2=4) if features else re_ranking(q_g, q_q, g_g, k1=10, k2=4)
+    np.testing.assert_allclose(result, expected, rtol=0, atol=2e-6)
 
 
 @pytest.mark.parametrize('metric', ['euclidean', 'cosine'])
