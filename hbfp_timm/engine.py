@@ -14,7 +14,7 @@ from .metrics import RankResult, compute_distance_matrix, evaluate_features_deta
 from .reranking import re_ranking_features
 from .retrieval import topk
 
-__all__ = ['describe', 'extract_features', 'evaluate', 'unwrap_model']
+__all__ = ['describe', 'describe_batch', 'extract_features', 'evaluate', 'unwrap_model']
 
 # CMC ranks reported by name in every result.
 REPORTED_RANKS = (1, 5, 10)
@@ -46,6 +46,28 @@ def describe(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def describe_batch(model: nn.Module, images: torch.Tensor, flip: bool = False, amp: bool = False) -> torch.Tensor:
+    """Float32 descriptors of a batch already on the model's device, optionally flip-averaged, under autocast.
+
+    Args:
+        model: The Re-ID model (see :func:`describe`), in the mode the caller wants (eval for test descriptors).
+        images: (B, C, H, W) batch.
+        flip: Average each descriptor with that of the horizontally mirrored image.
+        amp: Run the forward under ``torch.autocast`` (float16 on CUDA, bfloat16 on CPU).
+
+    Returns:
+        (B, D) float32 descriptors on the batch's device.
+    """
+    device_type = images.device.type
+    amp_dtype = torch.float16 if device_type == 'cuda' else torch.bfloat16
+    with torch.autocast(device_type=device_type, dtype=amp_dtype, enabled=amp):
+        descriptor = describe(model, images).float()
+        if flip:
+            descriptor = (descriptor + describe(model, images.flip(dims=[3])).float()) / 2
+    return descriptor
+
+
+@torch.no_grad()
 def extract_features(
         model: nn.Module,
         loader: Iterable,
@@ -72,18 +94,13 @@ def extract_features(
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    amp_dtype = torch.float16 if device.type == 'cuda' else torch.bfloat16
     features, pids, camids = [], [], []
     try:
         for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
             if len(batch) < 3:
                 raise ValueError(f'loader: expected (images, pids, camids, ...) batches, got {len(batch)} items')
             images = batch[0].to(device, non_blocking=True)
-            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp):
-                descriptor = describe(model, images).float()
-                if flip:
-                    descriptor = (descriptor + describe(model, images.flip(dims=[3])).float()) / 2
-            features.append(descriptor.cpu())
+            features.append(describe_batch(model, images, flip=flip, amp=amp).cpu())
             pids.append(torch.as_tensor(batch[1]).reshape(-1))
             camids.append(torch.as_tensor(batch[2]).reshape(-1))
     finally:

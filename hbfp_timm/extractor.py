@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .data.transforms import build_test_transform
-from .engine import describe, unwrap_model
+from .engine import describe_batch, unwrap_model
 from .hub import BACKBONE_WEIGHT_ARGS, RESULTS_NAME, load_checkpoint, load_run
 
 __all__ = ['FeatureExtractor', 'load_model']
@@ -209,14 +209,8 @@ class FeatureExtractor:
                             num_workers=self.workers, pin_memory=self.device.type == 'cuda')
         return tqdm(loader, desc='images', unit='batch', disable=not self.progress, dynamic_ncols=True)
 
-    @torch.no_grad()
     def _describe(self, batch: torch.Tensor) -> torch.Tensor:
-        batch = batch.to(self.device, non_blocking=True)
-        amp_dtype = torch.float16 if self.device.type == 'cuda' else torch.bfloat16
-        with torch.autocast(device_type=self.device.type, dtype=amp_dtype, enabled=self.amp):
-            descriptor = describe(self.model, batch).float()
-            if self.flip:
-                descriptor = (descriptor + describe(self.model, batch.flip(dims=[3])).float()) / 2
+        descriptor = describe_batch(self.model, batch.to(self.device, non_blocking=True), self.flip, self.amp)
         if descriptor.ndim != 2:
             raise ValueError(f'model: expected (B, D) descriptors, got shape {tuple(descriptor.shape)}')
         return descriptor.cpu()
