@@ -115,7 +115,8 @@ def _picture(ranking: Dict[str, Any], query: Embeddings, gallery: Embeddings, pa
     labels = [(f'id {int(query.pids[q])}: ' if known else '') + Path(query.paths[q]).name for q in rows]
     return draw_ranking([query.paths[q] for q in rows], gallery.paths, indices, path, distances=distances,
                         query_pids=[int(query.pids[q]) for q in rows] if known else None,
-                        gallery_pids=gallery.pids.numpy() if known else None, query_labels=labels)
+                        gallery_pids=gallery.pids.numpy() if known else None, query_labels=labels,
+                        note="a query's own file is never among its results")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
