@@ -152,7 +152,9 @@ def evaluate(
         keep_distmat: Also return the (num_query, num_gallery) distances under ``'distmat'`` (for ranked-list
             pictures).
         keep_topk: Also return each query's ``keep_topk`` nearest gallery items, (num_query, keep_topk) arrays
-            under ``'topk_indices'`` and ``'topk_distances'``, without the whole matrix (0: not returned).
+            under ``'topk_indices'`` and ``'topk_distances'``, without the whole matrix (0: not returned). These
+            are plain nearest neighbours: the protocol's removals (same identity and camera, junk) are not
+            applied to them.
 
     Returns:
         ``{'rank1', 'rank5', 'rank10', 'mAP'}`` (fractions), ``'cmc'`` (list of max_rank fractions),
