@@ -21,8 +21,8 @@ from .distance import NORM_EPS, as_features, check_metric
 __all__ = ['topk', 'faiss_available']
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
-# Size of one block of float32 scores (query rows x gallery columns); blocks of a few MiB keep the top-k pass
-# over each block in cache.
+# One block of float32 scores (query rows x gallery columns): large enough for efficient matrix products, and
+# the extra memory of a search is a small multiple of it.
 BLOCK_BYTES = 32 * 2 ** 20
 GALLERY_BLOCK = 8192
 FAISS_ADD_BLOCK = 65536
