@@ -6,6 +6,7 @@ that names an HBFP model, ``hf-hub:`` names included (timm has no plugin entry p
 """
 from . import layers
 from .models import BranchOutputs, HBFPNet
+from .extractor import FeatureExtractor
 
 __version__ = '0.1.0'
-__all__ = ['HBFPNet', 'BranchOutputs', 'layers', '__version__']
+__all__ = ['HBFPNet', 'BranchOutputs', 'FeatureExtractor', 'layers', '__version__']

@@ -10,9 +10,11 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .metrics import compute_distance_matrix, evaluate_rank_detailed, re_ranking
+from .metrics import RankResult, compute_distance_matrix, evaluate_features_detailed, evaluate_rank_detailed
+from .reranking import re_ranking_features
+from .retrieval import topk
 
-__all__ = ['describe', 'extract_features', 'evaluate', 'unwrap_model']
+__all__ = ['describe', 'describe_batch', 'extract_features', 'evaluate', 'unwrap_model']
 
 # CMC ranks reported by name in every result.
 REPORTED_RANKS = (1, 5, 10)
@@ -44,6 +46,28 @@ def describe(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def describe_batch(model: nn.Module, images: torch.Tensor, flip: bool = False, amp: bool = False) -> torch.Tensor:
+    """Float32 descriptors of a batch already on the model's device, optionally flip-averaged, under autocast.
+
+    Args:
+        model: The Re-ID model (see :func:`describe`), in the mode the caller wants (eval for test descriptors).
+        images: (B, C, H, W) batch.
+        flip: Average each descriptor with that of the horizontally mirrored image.
+        amp: Run the forward under ``torch.autocast`` (float16 on CUDA, bfloat16 on CPU).
+
+    Returns:
+        (B, D) float32 descriptors on the batch's device.
+    """
+    device_type = images.device.type
+    amp_dtype = torch.float16 if device_type == 'cuda' else torch.bfloat16
+    with torch.autocast(device_type=device_type, dtype=amp_dtype, enabled=amp):
+        descriptor = describe(model, images).float()
+        if flip:
+            descriptor = (descriptor + describe(model, images.flip(dims=[3])).float()) / 2
+    return descriptor
+
+
+@torch.no_grad()
 def extract_features(
         model: nn.Module,
         loader: Iterable,
@@ -70,18 +94,13 @@ def extract_features(
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    amp_dtype = torch.float16 if device.type == 'cuda' else torch.bfloat16
     features, pids, camids = [], [], []
     try:
         for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
             if len(batch) < 3:
                 raise ValueError(f'loader: expected (images, pids, camids, ...) batches, got {len(batch)} items')
             images = batch[0].to(device, non_blocking=True)
-            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp):
-                descriptor = describe(model, images).float()
-                if flip:
-                    descriptor = (descriptor + describe(model, images.flip(dims=[3])).float()) / 2
-            features.append(descriptor.cpu())
+            features.append(describe_batch(model, images, flip=flip, amp=amp).cpu())
             pids.append(torch.as_tensor(batch[1]).reshape(-1))
             camids.append(torch.as_tensor(batch[2]).reshape(-1))
     finally:
@@ -92,11 +111,8 @@ def extract_features(
             torch.cat(camids).numpy().astype(np.int64))
 
 
-def _scores(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids, max_rank: int) -> Dict[str, Any]:
-    """Named ranks, mAP and the CMC curve (fractions in [0, 1]) of one distance matrix."""
-    # Rank-10 is always reported, so the curve is computed at least that long and cut to max_rank after.
-    result = evaluate_rank_detailed(distmat, q_pids, g_pids, q_camids, g_camids,
-                                    max_rank=max(max_rank, max(REPORTED_RANKS)))
+def _scores(result: RankResult, max_rank: int) -> Dict[str, Any]:
+    """Named ranks, mAP and the CMC curve (fractions in [0, 1]) of one evaluation."""
     scores = {f'rank{k}': float(result.cmc[k - 1]) for k in REPORTED_RANKS}
     scores['mAP'] = float(result.mAP)
     scores['cmc'] = [float(v) for v in result.cmc[:max_rank]]
@@ -115,8 +131,12 @@ def evaluate(
         max_rank: int = 50,
         amp: bool = False,
         keep_distmat: bool = False,
+        keep_topk: int = 0,
 ) -> Dict[str, Any]:
     """Rank-1/5/10, mAP and CMC of a model on a query/gallery split (Market-1501 protocol, single query).
+
+    Scores come from the descriptors block by block (:func:`hbfp_timm.metrics.evaluate_features`), so the
+    (num_query, num_gallery) distance matrix is only built when ``keep_distmat`` asks for it.
 
     Args:
         model: The Re-ID model (see :func:`describe`).
@@ -131,6 +151,10 @@ def evaluate(
         amp: Extract features under autocast.
         keep_distmat: Also return the (num_query, num_gallery) distances under ``'distmat'`` (for ranked-list
             pictures).
+        keep_topk: Also return each query's ``keep_topk`` nearest gallery items, (num_query, keep_topk) arrays
+            under ``'topk_indices'`` and ``'topk_distances'``, without the whole matrix (0: not returned). These
+            are plain nearest neighbours: the protocol's removals (same identity and camera, junk) are not
+            applied to them.
 
     Returns:
         ``{'rank1', 'rank5', 'rank10', 'mAP'}`` (fractions), ``'cmc'`` (list of max_rank fractions),
@@ -139,15 +163,26 @@ def evaluate(
     """
     if isinstance(max_rank, bool) or not isinstance(max_rank, int) or max_rank < 1:
         raise ValueError(f'max_rank: expected a positive integer, got {max_rank!r}')
+    if isinstance(keep_topk, bool) or not isinstance(keep_topk, int) or keep_topk < 0:
+        raise ValueError(f'keep_topk: expected a non-negative integer, got {keep_topk!r}')
     q_feats, q_pids, q_camids = extract_features(model, query_loader, device, flip=flip, amp=amp, desc='query')
     g_feats, g_pids, g_camids = extract_features(model, gallery_loader, device, flip=flip, amp=amp, desc='gallery')
-    distmat = compute_distance_matrix(q_feats, g_feats, metric=metric)
-    results: Dict[str, Any] = _scores(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
+    # Rank-10 is always reported, so the curve is computed at least that long and cut to max_rank after.
+    curve_length = max(max_rank, max(REPORTED_RANKS))
+    ids = (q_pids, g_pids, q_camids, g_camids)
+    if keep_distmat:
+        distmat = compute_distance_matrix(q_feats, g_feats, metric=metric)
+        result = evaluate_rank_detailed(distmat, *ids, max_rank=curve_length)
+    else:
+        result = evaluate_features_detailed(q_feats, g_feats, *ids, metric=metric, max_rank=curve_length)
+    results: Dict[str, Any] = _scores(result, max_rank)
     results.update(num_query=len(q_pids), num_gallery=len(g_pids), metric=metric, flip=flip)
     if keep_distmat:
         results['distmat'] = distmat
+    if keep_topk:
+        distances, indices = topk(q_feats, g_feats, k=keep_topk, metric=metric)
+        results['topk_distances'], results['topk_indices'] = distances.numpy(), indices.numpy()
     if rerank:
-        reranked = re_ranking(distmat, compute_distance_matrix(q_feats, q_feats, metric=metric),
-                              compute_distance_matrix(g_feats, g_feats, metric=metric))
-        results['reranked'] = _scores(reranked, q_pids, g_pids, q_camids, g_camids, max_rank)
+        reranked = re_ranking_features(q_feats, g_feats, metric=metric)
+        results['reranked'] = _scores(evaluate_rank_detailed(reranked, *ids, max_rank=curve_length), max_rank)
     return results

@@ -1,4 +1,4 @@
-"""Re-ID evaluation: distance matrices, CMC / mAP under the Market-1501 protocol, k-reciprocal re-ranking.
+"""Re-ID evaluation: CMC / mAP under the Market-1501 protocol, from a distance matrix or from descriptors.
 
 Protocol (Zheng et al., "Scalable Person Re-identification: A Benchmark", ICCV 2015), per query:
 
@@ -9,25 +9,33 @@ Protocol (Zheng et al., "Scalable Person Re-identification: A Benchmark", ICCV 2
 
 `evaluate_rank` keeps the signature torchreid users know, but is exact and fast: it only ranks each query's
 true matches (binary searches in rows sorted by value alone) and equals the plain per-query loop
-`evaluate_rank_reference` to floating-point rounding.
+`evaluate_rank_reference` to floating-point rounding. `evaluate_features` gives the same from descriptors,
+computing the distances block by block instead of holding the whole matrix.
 
-Re-ranking: Zhong et al., "Re-ranking Person Re-identification with k-reciprocal Encoding", CVPR 2017.
-HBFP-Net's reported numbers (Table 1) are without it.
+`compute_distance_matrix` (:mod:`hbfp_timm.distance`) and `re_ranking` (:mod:`hbfp_timm.reranking`, Zhong et al.,
+"Re-ranking Person Re-identification with k-reciprocal Encoding", CVPR 2017) are importable from here too.
+HBFP-Net's reported numbers (Table 1) are without re-ranking.
 """
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Optional, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from .distance import as_features, check_metric, compute_distance_matrix, distance_block, gallery_statistic
+from .reranking import re_ranking
 
 __all__ = [
-    'RankResult', 'compute_distance_matrix', 'evaluate_rank', 'evaluate_rank_detailed',
-    'evaluate_rank_reference', 're_ranking',
+    'RankResult', 'compute_distance_matrix', 'evaluate_features', 'evaluate_features_detailed', 'evaluate_rank',
+    'evaluate_rank_detailed', 'evaluate_rank_reference', 're_ranking',
 ]
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
+# Default size of one block of query-to-gallery distances in evaluate_features (the extra memory it needs is a
+# small multiple of this).
+EVALUATION_BLOCK_BYTES = 256 * 2 ** 20
+
 
 @dataclass
 class RankResult:
@@ -63,23 +71,30 @@ def _raise_if_nan(distances: np.ndarray) -> None:
         raise ValueError('distmat contains NaN; distances must be comparable numbers')
 
 
+def _check_ids(q_pids, g_pids, q_camids, g_camids, num_q: int, num_g: int, max_rank, sizes: str):
+    """The four id arrays as int64, checked against the number of queries and gallery items (`sizes` says
+    where those come from)."""
+    q_pids, q_camids = _as_ids(q_pids, 'q_pids'), _as_ids(q_camids, 'q_camids')
+    g_pids, g_camids = _as_ids(g_pids, 'g_pids'), _as_ids(g_camids, 'g_camids')
+    for name, array, expected in (('q_pids', q_pids, num_q), ('q_camids', q_camids, num_q),
+                                  ('g_pids', g_pids, num_g), ('g_camids', g_camids, num_g)):
+        if len(array) != expected:
+            raise ValueError(f'{name} has length {len(array)} but {sizes}')
+    if num_q == 0:
+        raise ValueError(f'no queries: {sizes}')
+    if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
+        raise ValueError(f'max_rank must be a positive integer, got {max_rank!r}')
+    return q_pids, g_pids, q_camids, g_camids
+
+
 def _check_inputs(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, check_nan=True):
     distmat = np.asarray(distmat.cpu() if isinstance(distmat, torch.Tensor) else distmat)
     if distmat.ndim != 2:
         raise ValueError(f'distmat must be 2-D (num_query, num_gallery), got shape {distmat.shape}')
     if not np.issubdtype(distmat.dtype, np.floating):
         distmat = distmat.astype(np.float64)
-    num_q, num_g = distmat.shape
-    q_pids, q_camids = _as_ids(q_pids, 'q_pids'), _as_ids(q_camids, 'q_camids')
-    g_pids, g_camids = _as_ids(g_pids, 'g_pids'), _as_ids(g_camids, 'g_camids')
-    for name, array, expected in (('q_pids', q_pids, num_q), ('q_camids', q_camids, num_q),
-                                  ('g_pids', g_pids, num_g), ('g_camids', g_camids, num_g)):
-        if len(array) != expected:
-            raise ValueError(f'{name} has length {len(array)} but distmat has shape {distmat.shape}')
-    if num_q == 0:
-        raise ValueError('distmat has no queries (shape {})'.format(distmat.shape))
-    if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
-        raise ValueError(f'max_rank must be a positive integer, got {max_rank!r}')
+    q_pids, g_pids, q_camids, g_camids = _check_ids(
+        q_pids, g_pids, q_camids, g_camids, *distmat.shape, max_rank, sizes=f'distmat has shape {distmat.shape}')
     if check_nan:
         _raise_if_nan(distmat)
     return distmat, q_pids, g_pids, q_camids, g_camids
@@ -234,8 +249,27 @@ def evaluate_rank_detailed(
         distmat, q_pids, g_pids, q_camids, g_camids, max_rank, check_nan=False)
     if chunk_size < 1:
         raise ValueError(f'chunk_size must be >= 1, got {chunk_size}')
-    num_q = distmat.shape[0]
+    return _combine([_rank_queries(distmat, q_pids, g_pids, q_camids, g_camids, chunk_size)], max_rank)
 
+
+@dataclass
+class _QueryRanks:
+    """What CMC and mAP are made of, for one block of queries.
+
+    Attributes:
+        first_rank: (num_valid,) 0-based rank of each valid query's first true match, in query order.
+        average_precision: (num_valid,) average precision of each valid query, in query order.
+        valid_mask: (num_query,) True for the queries with at least one true match.
+    """
+    first_rank: np.ndarray
+    average_precision: np.ndarray
+    valid_mask: np.ndarray
+
+
+def _rank_queries(distmat: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray, q_camids: np.ndarray,
+                  g_camids: np.ndarray, chunk_size: int) -> _QueryRanks:
+    """Steps 1-3 of `evaluate_rank_detailed` on checked inputs; a block without valid queries is no error."""
+    num_q = distmat.shape[0]
     junk = g_pids == -1
     kept_columns = np.flatnonzero(~junk) if junk.any() else None
     if kept_columns is not None:
@@ -244,12 +278,9 @@ def evaluate_rank_detailed(
     removed = g_camids[columns] == q_camids[queries]
     num_matches = np.bincount(queries[~removed], minlength=num_q)
     valid_mask = num_matches > 0
-    num_valid = int(valid_mask.sum())
     _raise_if_nan(distmat[~valid_mask])  # the rows of valid queries are checked as they are sorted
-    if num_valid == 0:
-        raise ValueError(
-            f'none of the {num_q} queries has a true match in the gallery (same identity, other camera); '
-            'check that query and gallery come from the same data set split')
+    if not valid_mask.any():
+        return _QueryRanks(np.zeros(0, dtype=np.int64), np.zeros(0), valid_mask)
 
     ranked = valid_mask[queries]
     queries, columns, removed = queries[ranked], columns[ranked], removed[ranked]
@@ -266,8 +297,21 @@ def evaluate_rank_detailed(
     rank = positions[is_match] - removed_before + 1  # 1-based, among the kept gallery entries
 
     precision_sum = np.bincount(match_queries, weights=(match_ordinal + 1) / rank, minlength=num_q)
-    valid_ap = precision_sum[valid_mask] / num_matches[valid_mask]
-    first_rank = rank[match_ordinal == 0] - 1
+    return _QueryRanks(first_rank=rank[match_ordinal == 0] - 1,
+                       average_precision=precision_sum[valid_mask] / num_matches[valid_mask],
+                       valid_mask=valid_mask)
+
+
+def _combine(parts: Sequence[_QueryRanks], max_rank: int) -> RankResult:
+    """One `RankResult` from the blocks of queries, in query order."""
+    valid_mask = np.concatenate([part.valid_mask for part in parts])
+    num_q, num_valid = len(valid_mask), int(valid_mask.sum())
+    if num_valid == 0:
+        raise ValueError(
+            f'none of the {num_q} queries has a true match in the gallery (same identity, other camera); '
+            'check that query and gallery come from the same data set split')
+    first_rank = np.concatenate([part.first_rank for part in parts])
+    valid_ap = np.concatenate([part.average_precision for part in parts])
     cmc_hits = np.bincount(np.minimum(first_rank, max_rank), minlength=max_rank + 1)[:max_rank]
     return RankResult(
         cmc=np.cumsum(cmc_hits) / num_valid,
@@ -303,6 +347,100 @@ def evaluate_rank(
         (cmc, mAP): cmc a (max_rank,) float array (cmc[0] is rank-1), mAP a float in [0, 1].
     """
     result = evaluate_rank_detailed(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
+    return result.cmc, result.mAP
+
+
+@torch.no_grad()
+def evaluate_features_detailed(
+        q_feats: ArrayLike,
+        g_feats: ArrayLike,
+        q_pids: ArrayLike,
+        g_pids: ArrayLike,
+        q_camids: ArrayLike,
+        g_camids: ArrayLike,
+        metric: str = 'euclidean',
+        max_rank: int = 50,
+        block_bytes: int = EVALUATION_BLOCK_BYTES,
+) -> RankResult:
+    """`evaluate_rank_detailed(compute_distance_matrix(q_feats, g_feats, metric), ...)` without the whole matrix.
+
+    Queries are taken in blocks; each block's distances to the whole gallery are computed (by the same code as
+    `compute_distance_matrix`), ranked and dropped. The result is the same as through the whole matrix; the
+    extra memory is O(block_bytes) instead of 4 x num_query x num_gallery bytes (plus a float32 copy of
+    descriptors given in another dtype).
+
+    Args:
+        q_feats: (num_query, dim) query descriptors (tensor on any device, or array).
+        g_feats: (num_gallery, dim) gallery descriptors.
+        q_pids: (num_query,) query identities.
+        g_pids: (num_gallery,) gallery identities; -1 is junk, 0 a distractor.
+        q_camids: (num_query,) query cameras.
+        g_camids: (num_gallery,) gallery cameras.
+        metric: 'euclidean' or 'cosine'.
+        max_rank: length of the CMC curve.
+        block_bytes: size of one block of float32 distances (at least one query row).
+
+    Returns:
+        A `RankResult`.
+
+    Raises:
+        ValueError: on inconsistent shapes, NaN descriptors, or when no query has a true match.
+    """
+    check_metric(metric)
+    query = as_features(q_feats, 'q_feats')
+    gallery = as_features(g_feats, 'g_feats').to(query.device)
+    if query.shape[1] != gallery.shape[1]:
+        raise ValueError(f'q_feats dim {query.shape[1]} differs from g_feats dim {gallery.shape[1]}')
+    num_q, num_g = len(query), len(gallery)
+    q_pids, g_pids, q_camids, g_camids = _check_ids(
+        q_pids, g_pids, q_camids, g_camids, num_q, num_g, max_rank,
+        sizes=f'q_feats has {num_q} rows and g_feats {num_g}')
+    for name, features in (('q_feats', query), ('g_feats', gallery)):
+        if not torch.isfinite(features).all():
+            raise ValueError(f'{name} contains NaN or infinite values; descriptors must be finite numbers')
+    stat = gallery_statistic(gallery, metric)
+    block_rows = max(1, int(block_bytes) // (4 * max(num_g, 1)))
+    buffer = torch.empty((min(block_rows, num_q), num_g), dtype=torch.float32)
+    parts = []
+    for start in range(0, num_q, block_rows):
+        stop = min(start + block_rows, num_q)
+        if query.device.type == 'cpu':
+            distances = distance_block(query[start:stop], gallery, metric, stat, out=buffer[:stop - start])
+        else:
+            distances = buffer[:stop - start].copy_(distance_block(query[start:stop], gallery, metric, stat))
+        parts.append(_rank_queries(distances.numpy(), q_pids[start:stop], g_pids, q_camids[start:stop],
+                                   g_camids, chunk_size=32))
+    return _combine(parts, max_rank)
+
+
+def evaluate_features(
+        q_feats: ArrayLike,
+        g_feats: ArrayLike,
+        q_pids: ArrayLike,
+        g_pids: ArrayLike,
+        q_camids: ArrayLike,
+        g_camids: ArrayLike,
+        metric: str = 'euclidean',
+        max_rank: int = 50,
+) -> Tuple[np.ndarray, float]:
+    """CMC and mAP from descriptors, the same as `evaluate_rank(compute_distance_matrix(...))`, in bounded memory.
+
+    See `evaluate_features_detailed`.
+
+    Args:
+        q_feats: (num_query, dim) query descriptors.
+        g_feats: (num_gallery, dim) gallery descriptors.
+        q_pids: (num_query,) query identities.
+        g_pids: (num_gallery,) gallery identities; -1 is junk, 0 a distractor.
+        q_camids: (num_query,) query cameras.
+        g_camids: (num_gallery,) gallery cameras.
+        metric: 'euclidean' or 'cosine'.
+        max_rank: length of the CMC curve.
+
+    Returns:
+        (cmc, mAP): cmc a (max_rank,) float array (cmc[0] is rank-1), mAP a float in [0, 1].
+    """
+    result = evaluate_features_detailed(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, metric, max_rank)
     return result.cmc, result.mAP
 
 
@@ -355,157 +493,3 @@ def evaluate_rank_reference(
         num_valid_queries=len(ap_values),
         num_skipped=num_q - len(ap_values),
     )
-
-
-@torch.no_grad()
-def compute_distance_matrix(
-        query_features: ArrayLike,
-        gallery_features: ArrayLike,
-        metric: str = 'euclidean',
-        chunk_size: int = 4096,
-) -> np.ndarray:
-    """Pairwise distances between query and gallery descriptors.
-
-    Args:
-        query_features: (num_query, dim) tensor or array.
-        gallery_features: (num_gallery, dim) tensor or array, same dim.
-        metric: 'euclidean' (the L2 distance, not squared) or 'cosine' (1 - cosine similarity, in [0, 2]).
-        chunk_size: number of query rows multiplied at once (bounds memory).
-
-    Returns:
-        (num_query, num_gallery) float32 numpy array.
-    """
-    if metric not in ('euclidean', 'cosine'):
-        raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
-    query = torch.as_tensor(query_features).float()
-    gallery = torch.as_tensor(gallery_features).float().to(query.device)
-    for name, features in (('query_features', query), ('gallery_features', gallery)):
-        if features.ndim != 2:
-            raise ValueError(f'{name} must be 2-D (num_items, dim), got shape {tuple(features.shape)}')
-    if query.shape[1] != gallery.shape[1]:
-        raise ValueError(
-            f'query_features dim {query.shape[1]} differs from gallery_features dim {gallery.shape[1]}')
-
-    if metric == 'cosine':
-        query, gallery = F.normalize(query, dim=1), F.normalize(gallery, dim=1)
-    else:
-        gallery_sq_norm = gallery.pow(2).sum(dim=1)
-    out = np.empty((query.shape[0], gallery.shape[0]), dtype=np.float32)
-    for start in range(0, query.shape[0], chunk_size):
-        block = query[start:start + chunk_size]
-        similarity = block @ gallery.t()
-        if metric == 'cosine':
-            distance = 1.0 - similarity
-        else:
-            # |q - g|^2 = |q|^2 + |g|^2 - 2 q.g; rounding can make it slightly negative for near-equal vectors.
-            sq = block.pow(2).sum(dim=1, keepdim=True) + gallery_sq_norm[None, :] - 2.0 * similarity
-            distance = sq.clamp_(min=0).sqrt_()
-        out[start:start + len(block)] = distance.cpu().numpy()
-    return out
-
-
-def _nearest_neighbours(dist: np.ndarray, k: int, chunk_size: int = 1024) -> np.ndarray:
-    """Indices of the k nearest columns of each row (including the row itself), ties by index."""
-    k = min(k, dist.shape[1])
-    out = np.empty((dist.shape[0], k), dtype=np.int64)
-    for start in range(0, dist.shape[0], chunk_size):
-        out[start:start + chunk_size] = np.argsort(dist[start:start + chunk_size], axis=1, kind='stable')[:, :k]
-    return out
-
-
-def _reciprocal_sets(neighbours: np.ndarray) -> list:
-    """R(p, k) = {g in N(p, k) : p in N(g, k)} for every p, as arrays of indices in neighbour order."""
-    own_index = np.arange(len(neighbours))[:, None, None]
-    is_reciprocal = (neighbours[neighbours] == own_index).any(axis=2)
-    return [row[mask] for row, mask in zip(neighbours, is_reciprocal)]
-
-
-def re_ranking(
-        q_g_dist: np.ndarray,
-        q_q_dist: np.ndarray,
-        g_g_dist: np.ndarray,
-        k1: int = 20,
-        k2: int = 6,
-        lambda_value: float = 0.3,
-) -> np.ndarray:
-    """k-reciprocal re-ranking (Zhong et al., CVPR 2017), written from the paper.
-
-    Steps, over all N = num_query + num_gallery images:
-
-    1. d(p, g): the input distance squared (the paper's Mahalanobis form (x_p - x_g)^T M (x_p - x_g) with
-       M = I for Euclidean inputs), each row scaled by its maximum so that exp(-d) is comparable across rows
-       (as in the authors' release).
-    2. k-reciprocal neighbours R(p, k1) = {g in N(p, k1) : p in N(g, k1)} (Eq. 4; N includes p itself).
-    3. Expansion (Eq. 6): R*(p) = R(p, k1) united with every R(q, k1/2), q in R(p, k1), that shares at least
-       2/3 of its members with R(p, k1).
-    4. Encoding (Eq. 7): V_p[g] = exp(-d(p, g)) on R*(p), 0 elsewhere; **(choice)** each V_p is normalised to
-       sum 1, as in the authors' release.
-    5. Local query expansion (Eq. 12): V_p = mean of V_g over the k2 nearest neighbours g of p (p included).
-    6. Jaccard distance (Eq. 11): d_J(p, g) = 1 - sum min(V_p, V_g) / sum max(V_p, V_g).
-    7. Final distance (Eq. 13): d* = (1 - lambda) d_J + lambda d.
-
-    Memory is O(N^2) (the full distance matrix and the encodings), as in the method itself.
-
-    Args:
-        q_g_dist: (num_query, num_gallery) distances (e.g. Euclidean from `compute_distance_matrix`).
-        q_q_dist: (num_query, num_query) distances.
-        g_g_dist: (num_gallery, num_gallery) distances.
-        k1: neighbourhood size of the k-reciprocal sets.
-        k2: neighbourhood size of the local query expansion (1 disables it).
-        lambda_value: weight of the original distance; 1 returns the (scaled) original distance.
-
-    Returns:
-        (num_query, num_gallery) float32 re-ranked distances.
-    """
-    q_g_dist, q_q_dist, g_g_dist = (np.asarray(d, dtype=np.float32) for d in (q_g_dist, q_q_dist, g_g_dist))
-    if q_g_dist.ndim != 2:
-        raise ValueError(f'q_g_dist must be 2-D (num_query, num_gallery), got shape {q_g_dist.shape}')
-    num_q, num_g = q_g_dist.shape
-    if q_q_dist.shape != (num_q, num_q):
-        raise ValueError(f'q_q_dist must have shape {(num_q, num_q)}, got {q_q_dist.shape}')
-    if g_g_dist.shape != (num_g, num_g):
-        raise ValueError(f'g_g_dist must have shape {(num_g, num_g)}, got {g_g_dist.shape}')
-    if k1 < 1 or k2 < 1:
-        raise ValueError(f'k1 and k2 must be >= 1, got k1={k1}, k2={k2}')
-    if not 0.0 <= lambda_value <= 1.0:
-        raise ValueError(f'lambda_value must be in [0, 1], got {lambda_value}')
-
-    dist = np.block([[q_q_dist, q_g_dist], [q_g_dist.T, g_g_dist]]) ** 2
-    row_max = dist.max(axis=1, keepdims=True)
-    dist /= np.where(row_max > 0, row_max, 1.0)  # guard: a row of zeros (all images identical)
-    num_all = len(dist)
-
-    neighbours = _nearest_neighbours(dist, k1 + 1)
-    reciprocal = _reciprocal_sets(neighbours)
-    half_reciprocal = _reciprocal_sets(neighbours[:, :int(round(k1 / 2)) + 1])
-
-    encoding = np.zeros_like(dist)
-    for p in range(num_all):
-        members = set(reciprocal[p].tolist())
-        expanded = set(members)
-        for candidate in reciprocal[p]:
-            candidate_set = half_reciprocal[candidate]
-            if 3 * len(members.intersection(candidate_set.tolist())) >= 2 * len(candidate_set):
-                expanded.update(candidate_set.tolist())
-        expanded = np.fromiter(expanded, dtype=np.int64)
-        weights = np.exp(-dist[p, expanded])
-        encoding[p, expanded] = weights / weights.sum()
-
-    if k2 > 1:
-        expansion = neighbours[:, :min(k2, neighbours.shape[1])]
-        expanded_encoding = np.empty_like(encoding)
-        for start in range(0, num_all, 256):
-            expanded_encoding[start:start + 256] = encoding[expansion[start:start + 256]].mean(axis=1)
-        encoding = expanded_encoding
-
-    # Gallery encodings transposed so that gathering one query's support is a contiguous row gather.
-    gallery_encoding_t = np.ascontiguousarray(encoding[num_q:].T)
-    gallery_mass = encoding[num_q:].sum(axis=1)
-    jaccard = np.empty((num_q, num_g), dtype=np.float32)
-    for q in range(num_q):
-        support = np.flatnonzero(encoding[q])
-        min_sum = np.minimum(gallery_encoding_t[support], encoding[q, support, None]).sum(axis=0)
-        max_sum = encoding[q].sum() + gallery_mass - min_sum  # sum max(a, b) = sum a + sum b - sum min(a, b)
-        jaccard[q] = 1.0 - min_sum / max_sum
-
-    return ((1.0 - lambda_value) * jaccard + lambda_value * dist[:num_q, num_q:]).astype(np.float32)

@@ -202,7 +202,7 @@ def test_build_dataset_unknown_name_lists_valid_names(tmp_path):
     with pytest.raises(ValueError, match='market1501, dukemtmc, cuhk03_labeled, cuhk03_detected, msmt17'):
         build_dataset('viper', tmp_path)
     assert set(DATASET_NAMES) == {'market1501', 'dukemtmc', 'cuhk03_labeled', 'cuhk03_detected', 'msmt17',
-                                  'market_layout'}
+                                  'market_layout', 'image_lists'}
 
 
 def test_image_dataset_returns_tensor_ids_and_path(tmp_path):

@@ -97,3 +97,22 @@ def test_evaluate_rejects_a_bad_max_rank():
     query, gallery = _toy_split()
     with pytest.raises(ValueError, match='max_rank'):
         evaluate(nn.Identity(), query, gallery, 'cpu', max_rank=0)
+
+
+def test_scores_without_the_distance_matrix_equal_those_with_it():
+    query, gallery = _toy_split()
+    blockwise = evaluate(nn.Identity(), query, gallery, 'cpu', max_rank=3)
+    whole = evaluate(nn.Identity(), query, gallery, 'cpu', max_rank=3, keep_distmat=True)
+    whole.pop('distmat')
+    assert blockwise == whole
+
+
+def test_evaluate_can_return_each_querys_nearest_gallery_items():
+    query, gallery = _toy_split()
+    results = evaluate(nn.Identity(), query, gallery, 'cpu', max_rank=3, keep_topk=2)
+    # q1 at (0.2, 0): g0 at 0.2, then g1 at 0.8; q2 at (0, 4): g3 at 1, then g0 at 4.
+    assert results['topk_indices'].tolist() == [[0, 1], [0, 1], [3, 0]]
+    assert results['topk_distances'][1] == pytest.approx([0.2, 0.8], abs=1e-5)
+    assert results['topk_distances'][2] == pytest.approx([1.0, 4.0], abs=1e-5)
+    with pytest.raises(ValueError, match='keep_topk'):
+        evaluate(nn.Identity(), query, gallery, 'cpu', keep_topk=-1)

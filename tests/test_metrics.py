@@ -1,11 +1,12 @@
 """Tests of hbfp_timm.metrics: the Market-1501 protocol worked out by hand, parity with the reference loop,
-distances and re-ranking."""
+distances, and evaluation from descriptors in blocks."""
 import numpy as np
 import pytest
 import torch
 
 from hbfp_timm.metrics import (
-    compute_distance_matrix, evaluate_rank, evaluate_rank_detailed, evaluate_rank_reference, re_ranking,
+    compute_distance_matrix, evaluate_features, evaluate_features_detailed, evaluate_rank, evaluate_rank_detailed,
+    evaluate_rank_reference,
 )
 
 
@@ -263,53 +264,60 @@ def test_distance_errors():
         compute_distance_matrix(torch.zeros(2, 3), torch.zeros(2, 4))
 
 
-def _clustered_features(rng, num_ids, per_id, dim=16, noise=0.6):
-    centres = rng.standard_normal((num_ids, dim))
-    pids = np.repeat(np.arange(1, num_ids + 1), per_id)
-    features = centres[pids - 1] + noise * rng.standard_normal((len(pids), dim))
-    return torch.as_tensor(features, dtype=torch.float32), pids
+def _random_split(seed, num_q=40, num_g=300, dim=8):
+    rng = np.random.default_rng(seed)
+    q_pids, g_pids = rng.integers(1, 15, num_q), rng.integers(-1, 15, num_g)  # with junk (-1) and distractors (0)
+    q_camids, g_camids = rng.integers(0, 3, num_q), rng.integers(0, 3, num_g)
+    q_feats = torch.as_tensor(rng.standard_normal((num_q, dim)), dtype=torch.float32)
+    g_feats = torch.as_tensor(rng.standard_normal((num_g, dim)), dtype=torch.float32)
+    return q_feats, g_feats, q_pids, g_pids, q_camids, g_camids
 
 
-def _re_ranking_inputs(query, gallery):
-    return (compute_distance_matrix(query, gallery), compute_distance_matrix(query, query),
-            compute_distance_matrix(gallery, gallery))
+@pytest.mark.parametrize('metric', ['euclidean', 'cosine'])
+@pytest.mark.parametrize('block_bytes', [1, 4 * 300 * 7, 2 ** 30])  # one query per block, 7 per block, all at once
+def test_evaluate_features_equals_evaluate_rank_of_the_whole_matrix(metric, block_bytes):
+    q_feats, g_feats, q_pids, g_pids, q_camids, g_camids = _random_split(seed=3)
+    q_pids[5:12] = 99  # a run of queries without any match: whole blocks with nothing to score
+    expected = evaluate_rank_detailed(compute_distance_matrix(q_feats, g_feats, metric=metric),
+                                      q_pids, g_pids, q_camids, g_camids, max_rank=20)
+    result = evaluate_features_detailed(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, metric=metric,
+                                        max_rank=20, block_bytes=block_bytes)
+    np.testing.assert_array_equal(result.cmc, expected.cmc)
+    np.testing.assert_array_equal(result.all_AP, expected.all_AP)
+    np.testing.assert_array_equal(result.valid_mask, expected.valid_mask)
+    assert result.mAP == expected.mAP and result.num_skipped == expected.num_skipped >= 7
+    cmc, mAP = evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, metric=metric, max_rank=20)
+    np.testing.assert_array_equal(cmc, expected.cmc)
+    assert mAP == expected.mAP
 
 
-def test_re_ranking_with_lambda_one_keeps_the_original_ranking():
-    generator = torch.Generator().manual_seed(0)
-    query, gallery = torch.randn(5, 8, generator=generator), torch.randn(30, 8, generator=generator)
-    q_g, q_q, g_g = _re_ranking_inputs(query, gallery)
-    reranked = re_ranking(q_g, q_q, g_g, k1=6, k2=3, lambda_value=1.0)
-    assert reranked.shape == q_g.shape and reranked.dtype == np.float32
-    np.testing.assert_array_equal(np.argsort(reranked, axis=1, kind='stable'), np.argsort(q_g, axis=1, kind='stable'))
+def test_evaluate_features_accepts_numpy_and_half_precision_descriptors():
+    q_feats, g_feats, *ids = _random_split(seed=4)
+    expected = evaluate_features(q_feats.half().float(), g_feats.half().float(), *ids, max_rank=5)
+    result = evaluate_features(q_feats.half().numpy(), g_feats.half(), *ids, max_rank=5)
+    np.testing.assert_array_equal(result[0], expected[0])
+    assert result[1] == expected[1]
 
 
-def test_re_ranking_puts_an_exact_duplicate_at_distance_zero():
-    generator = torch.Generator().manual_seed(1)
-    query, gallery = torch.randn(4, 8, generator=generator), torch.randn(25, 8, generator=generator)
-    gallery[7] = query[2]
-    reranked = re_ranking(*_re_ranking_inputs(query, gallery), k1=5, k2=3, lambda_value=0.3)
-    # Duplicates have identical neighbourhoods, hence identical encodings: Jaccard distance 0.
-    assert reranked[2, 7] == pytest.approx(0.0, abs=1e-6)
-    assert reranked[2].argmin() == 7
-    assert (reranked >= -1e-6).all() and (reranked <= 1 + 1e-6).all()
+@pytest.mark.parametrize('change, message', [
+    (dict(q_pids=np.array([1, 2])), 'q_pids has length 2 but q_feats has 40 rows and g_feats 300'),
+    (dict(g_feats=torch.zeros(300, 5)), 'q_feats dim 8 differs from g_feats dim 5'),
+    (dict(q_feats=torch.zeros(40)), 'q_feats must be 2-D'),
+    (dict(metric='l2'), "metric must be 'euclidean' or 'cosine'"),
+    (dict(max_rank=0), 'max_rank must be a positive integer'),
+    (dict(q_pids=np.full(40, 99)), 'none of the 40 queries has a true match'),
+])
+def test_evaluate_features_bad_input_is_a_clear_error(change, message):
+    q_feats, g_feats, q_pids, g_pids, q_camids, g_camids = _random_split(seed=5)
+    args = dict(q_feats=q_feats, g_feats=g_feats, q_pids=q_pids, g_pids=g_pids, q_camids=q_camids,
+                g_camids=g_camids)
+    args.update(change)
+    with pytest.raises(ValueError, match=message):
+        evaluate_features(**args)
 
 
-def test_re_ranking_does_not_hurt_a_clustered_toy_case():
-    rng = np.random.default_rng(1)
-    features, pids = _clustered_features(rng, num_ids=12, per_id=8, noise=0.9)
-    is_query = np.zeros(len(pids), dtype=bool)
-    is_query[::8] = True
-    camids = np.where(is_query, 0, 1)
-    query, gallery = features[is_query], features[~is_query]
-    q_g, q_q, g_g = _re_ranking_inputs(query, gallery)
-    args = (pids[is_query], pids[~is_query], camids[is_query], camids[~is_query])
-    _, map_before = evaluate_rank(q_g, *args, max_rank=5)
-    _, map_after = evaluate_rank(re_ranking(q_g, q_q, g_g, k1=7, k2=3), *args, max_rank=5)
-    assert map_before < 0.999  # the toy case is not already perfect
-    assert map_after >= map_before
-
-
-def test_re_ranking_shape_errors():
-    with pytest.raises(ValueError, match='q_q_dist must have shape'):
-        re_ranking(np.zeros((2, 3)), np.zeros((3, 3)), np.zeros((3, 3)))
+def test_evaluate_features_refuses_nan_descriptors():
+    q_feats, g_feats, *ids = _random_split(seed=6)
+    g_feats[17, 2] = float('nan')
+    with pytest.raises(ValueError, match='g_feats contains NaN'):
+        evaluate_features(q_feats, g_feats, *ids)

@@ -287,6 +287,11 @@ def market_layout(root: PathLike, name: str = 'market_layout') -> ReIDDataset:
     return _read_market_style(name, folder, MARKET_PATTERN, MARKET_NAME_EXAMPLE)
 
 
+def _image_lists(root: PathLike, **kwargs) -> ReIDDataset:
+    from .lists import image_lists  # lists.py builds on this module's ReIDDataset
+    return image_lists(root, **kwargs)
+
+
 _FACTORIES: Dict[str, Callable[..., ReIDDataset]] = {
     'market1501': market1501,
     'dukemtmc': dukemtmc,
@@ -294,6 +299,7 @@ _FACTORIES: Dict[str, Callable[..., ReIDDataset]] = {
     'cuhk03_detected': lambda root, **kw: cuhk03(root, variant='detected', **kw),
     'msmt17': msmt17,
     'market_layout': market_layout,
+    'image_lists': _image_lists,
 }
 DATASET_NAMES = tuple(_FACTORIES)
 
@@ -303,7 +309,7 @@ def build_dataset(name: str, root: PathLike, **kwargs) -> ReIDDataset:
 
     Args:
         name: one of `DATASET_NAMES`: market1501, dukemtmc, cuhk03_labeled, cuhk03_detected, msmt17,
-            market_layout.
+            market_layout, image_lists (train/query/gallery list files, `hbfp_timm.data.lists`).
         root: data root (see each reader for the accepted layouts).
         **kwargs: passed to the reader (e.g. ``name=`` for market_layout).
 

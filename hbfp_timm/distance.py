@@ -1,0 +1,112 @@
+"""Distances between Re-ID descriptors, computed block by block into a preallocated output.
+
+Shared by :mod:`hbfp_timm.metrics` (evaluation), :mod:`hbfp_timm.reranking` and the commands: one definition
+of the Euclidean and cosine distances, so that chunked and whole-matrix computations agree.
+"""
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+__all__ = ['METRICS', 'as_features', 'check_metric', 'compute_distance_matrix', 'distance_block', 'gallery_statistic']
+
+ArrayLike = Union[np.ndarray, torch.Tensor]
+METRICS = ('euclidean', 'cosine')
+# Smallest norm a cosine distance divides by, as in torch.nn.functional.normalize: a zero vector has
+# similarity 0 to everything (distance 1) instead of NaN.
+NORM_EPS = 1e-12
+
+
+def check_metric(metric: str) -> None:
+    """Raise ValueError unless `metric` is one of `METRICS`."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
+
+
+def as_features(features: ArrayLike, name: str, dtype: Optional[torch.dtype] = torch.float32) -> torch.Tensor:
+    """A 2-D floating tensor (num_items, dim); `dtype` None keeps a floating input's own dtype (no copy)."""
+    tensor = torch.as_tensor(features)
+    if tensor.ndim != 2:
+        raise ValueError(f'{name} must be 2-D (num_items, dim), got shape {tuple(tensor.shape)}')
+    if not tensor.is_floating_point():
+        tensor = tensor.float()
+    return tensor if dtype is None else tensor.to(dtype)
+
+
+def gallery_statistic(gallery: torch.Tensor, metric: str) -> torch.Tensor:
+    """What `distance_block` needs of each gallery row: its squared norm (euclidean) or inverse norm (cosine)."""
+    squared_norm = gallery.float().pow(2).sum(dim=1)
+    if metric == 'euclidean':
+        return squared_norm
+    return squared_norm.sqrt_().clamp_(min=NORM_EPS).reciprocal_()
+
+
+@torch.no_grad()
+def distance_block(
+        query: torch.Tensor,
+        gallery: torch.Tensor,
+        metric: str,
+        gallery_stat: torch.Tensor,
+        out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Distances of a query block to a gallery block, float32, written into `out` when given.
+
+    Euclidean: ``sqrt(max(|q|^2 + |g|^2 - 2 q.g, 0))`` (rounding can make the square slightly negative for
+    near-equal vectors). Cosine: ``1 - q.g / (|q| |g|)``, in [0, 2]. The gallery is never normalised or
+    copied as a whole: the norms scale the product in place.
+
+    Args:
+        query: (B, dim) float32.
+        gallery: (G, dim) float32, same device.
+        metric: 'euclidean' or 'cosine'.
+        gallery_stat: `gallery_statistic(gallery, metric)`.
+        out: optional (B, G) float32 tensor on the same device.
+
+    Returns:
+        (B, G) float32 distances (`out` if given).
+    """
+    if metric == 'euclidean':
+        out = torch.addmm(gallery_stat[None, :], query, gallery.t(), alpha=-2.0, out=out)
+        return out.add_(query.pow(2).sum(dim=1, keepdim=True)).clamp_(min=0).sqrt_()
+    out = torch.mm(query, gallery.t(), out=out)
+    query_inv_norm = query.pow(2).sum(dim=1, keepdim=True).sqrt_().clamp_(min=NORM_EPS).reciprocal_()
+    return out.mul_(query_inv_norm).mul_(gallery_stat[None, :]).neg_().add_(1.0)
+
+
+@torch.no_grad()
+def compute_distance_matrix(
+        query_features: ArrayLike,
+        gallery_features: ArrayLike,
+        metric: str = 'euclidean',
+        chunk_size: int = 4096,
+) -> np.ndarray:
+    """Pairwise distances between query and gallery descriptors.
+
+    The whole (num_query, num_gallery) matrix is allocated; see `hbfp_timm.metrics.evaluate_features` and
+    `hbfp_timm.retrieval.topk` for evaluation and search without it.
+
+    Args:
+        query_features: (num_query, dim) tensor or array.
+        gallery_features: (num_gallery, dim) tensor or array, same dim.
+        metric: 'euclidean' (the L2 distance, not squared) or 'cosine' (1 - cosine similarity, in [0, 2]).
+        chunk_size: number of query rows computed at once (bounds memory on an accelerator).
+
+    Returns:
+        (num_query, num_gallery) float32 numpy array.
+    """
+    check_metric(metric)
+    query = as_features(query_features, 'query_features')
+    gallery = as_features(gallery_features, 'gallery_features').to(query.device)
+    if query.shape[1] != gallery.shape[1]:
+        raise ValueError(
+            f'query_features dim {query.shape[1]} differs from gallery_features dim {gallery.shape[1]}')
+    stat = gallery_statistic(gallery, metric)
+    out = np.empty((query.shape[0], gallery.shape[0]), dtype=np.float32)
+    out_tensor = torch.from_numpy(out)
+    for start in range(0, query.shape[0], chunk_size):
+        block = query[start:start + chunk_size]
+        if block.device.type == 'cpu':  # straight into the result, no temporary
+            distance_block(block, gallery, metric, stat, out=out_tensor[start:start + len(block)])
+        else:
+            out_tensor[start:start + len(block)] = distance_block(block, gallery, metric, stat).cpu()
+    return out

@@ -1,0 +1,242 @@
+"""Descriptors of a user's own images: `FeatureExtractor`.
+
+::
+
+    extractor = hbfp_timm.FeatureExtractor("runs/mine")            # a trainer run directory
+    features = extractor(["a.jpg", "b.jpg"])                       # (2, D) float32 descriptors
+    features = extractor(pil_image)                                # one PIL image, an HxWx3 uint8 array,
+                                                                   # or a preprocessed (N, 3, H, W) tensor
+
+Images are preprocessed exactly as the evaluation does (`hbfp_timm.data.build_test_transform`): converted to
+RGB, resized (stretched, no aspect-preserving crop) to the model's input size, normalised with its mean and
+std. Those come from the model's ``pretrained_cfg`` or, for a run directory, from the size it was trained at.
+"""
+import os
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import timm
+import torch
+import torch.nn as nn
+from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .data.transforms import build_test_transform
+from .engine import describe_batch, unwrap_model
+from .hub import BACKBONE_WEIGHT_ARGS, RESULTS_NAME, load_checkpoint, load_run
+
+__all__ = ['FeatureExtractor', 'load_model']
+
+PathLike = Union[str, os.PathLike]
+ImageLike = Union[PathLike, Image.Image, np.ndarray]
+Images = Union[ImageLike, Sequence[ImageLike], torch.Tensor]
+HUB_PREFIXES = ('hf-hub:', 'local-dir:')
+
+
+def load_model(
+        model: Union[nn.Module, PathLike],
+        checkpoint: Optional[PathLike] = None,
+        model_args: Optional[Dict[str, Any]] = None,
+) -> Tuple[nn.Module, Optional[Tuple[int, int]]]:
+    """Resolve what a user names as "the model" into a module in eval mode.
+
+    Args:
+        model: a module; a trainer run directory (``results.json`` + ``model.safetensors``, or the
+            ``.safetensors`` file in it); a Hub layout folder (``config.json``, as ``hub save`` writes);
+            an ``hf-hub:ORG/NAME`` or ``local-dir:PATH`` name; or a registered timm name such as
+            ``hbfp_resnet50`` (with its published Re-ID weights, or with `checkpoint`).
+        checkpoint: a local weights file loaded into the model (``.safetensors``, or ``.pt``/``.pth`` read
+            with ``weights_only=True``); not with a run directory, which brings its own.
+        model_args: constructor arguments for a registered name, e.g. the ones the checkpoint was trained with.
+
+    Returns:
+        ``(model, img_size)``: img_size the (height, width) a run was trained at, else None (the model's
+        ``pretrained_cfg`` says).
+    """
+    if isinstance(model, nn.Module):
+        if model_args:
+            raise ValueError('model_args: only for a model given by name, not for a module')
+        module = unwrap_model(model)
+        if checkpoint is not None:
+            load_checkpoint(module, checkpoint)
+        return module.eval(), None
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f'model: expected a module, a name or a path, got {type(model).__name__}')
+    name = str(model)
+    path = Path(name).expanduser()
+    if not name.startswith(HUB_PREFIXES) and (path.suffix == '.safetensors' or (path / RESULTS_NAME).is_file()):
+        if checkpoint is not None or model_args:
+            raise ValueError(f'model: {name} is a trainer run, which brings its own weights and arguments; '
+                             'drop checkpoint / model_args')
+        module, results = load_run(path)
+        return module, tuple(results['img_size']) if results.get('img_size') else None
+    if not name.startswith(HUB_PREFIXES) and (path / 'config.json').is_file():
+        name = f'local-dir:{path}'
+    if not name.startswith(HUB_PREFIXES) and not timm.is_model(name):
+        raise ValueError(
+            f'model: {name!r} is neither a registered timm model (e.g. hbfp_resnet50), a trainer run directory, '
+            f'a folder with config.json, nor an hf-hub:/local-dir: name')
+    kwargs = dict(model_args or {}, num_classes=0)
+    if checkpoint is None:
+        module = timm.create_model(name, pretrained=True, **kwargs)
+    else:
+        # The checkpoint holds every weight: no ImageNet backbone weights are fetched first.
+        if timm.is_model(name) and name.startswith('hbfp_'):
+            kwargs.update(BACKBONE_WEIGHT_ARGS)
+        module = load_checkpoint(timm.create_model(name, pretrained=False, **kwargs), checkpoint)
+    return module.eval(), None
+
+
+class _Images(Dataset):
+    """Items (paths, PIL images or HxWx3 uint8 arrays) through the test transform."""
+
+    def __init__(self, items: List[ImageLike], transform):
+        self.items, self.transform = items, transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        item = self.items[index]
+        if isinstance(item, np.ndarray):
+            image = Image.fromarray(item)
+        elif isinstance(item, Image.Image):
+            image = item
+        else:
+            try:
+                with Image.open(item) as opened:
+                    image = opened.convert('RGB')
+            except (OSError, ValueError) as error:
+                raise OSError(f'cannot read image {item}: {error}') from None
+        return self.transform(image.convert('RGB'))
+
+
+def _check_array(array: np.ndarray, where: str) -> None:
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+        raise ValueError(f'{where}: expected an HxWx3 uint8 RGB array, got shape {array.shape} dtype {array.dtype}')
+
+
+class FeatureExtractor:
+    """Turns images into Re-ID descriptors with a model's own preprocessing.
+
+    Args:
+        model: the model, as :func:`load_model` accepts it (module, run directory, Hub folder, ``hf-hub:`` /
+            ``local-dir:`` name, registered name).
+        checkpoint: weights file to load into the model (see :func:`load_model`).
+        device: where the model runs; default CUDA when available, else the CPU.
+        batch_size: images per forward pass.
+        amp: run the forward under autocast (float16 on CUDA, bfloat16 on CPU).
+        flip: average each descriptor with that of the mirrored image.
+        img_size: (height, width) overriding the model's input size (needed for a module without
+            ``pretrained_cfg``).
+        workers: processes decoding image files (0: in this process).
+        model_args: constructor arguments for a registered name.
+        progress: show a progress bar.
+    """
+
+    def __init__(
+            self,
+            model: Union[nn.Module, PathLike],
+            checkpoint: Optional[PathLike] = None,
+            device: Optional[Union[str, torch.device]] = None,
+            batch_size: int = 32,
+            amp: bool = False,
+            flip: bool = False,
+            img_size: Optional[Tuple[int, int]] = None,
+            workers: int = 0,
+            model_args: Optional[Dict[str, Any]] = None,
+            progress: bool = False,
+    ):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f'batch_size: expected a positive integer, got {batch_size!r}')
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+            raise ValueError(f'workers: expected a non-negative integer, got {workers!r}')
+        self.device = torch.device(device if device is not None else ('cuda' if torch.cuda.is_available() else 'cpu'))
+        self.model, run_img_size = load_model(model, checkpoint, model_args)
+        self.model.to(self.device)
+        cfg = getattr(self.model, 'pretrained_cfg', None) or {}
+        size = img_size or run_img_size or (tuple(cfg['input_size'][1:]) if cfg.get('input_size') else None)
+        if size is None:
+            raise ValueError('img_size: the model has no pretrained_cfg input_size; pass img_size=(height, width)')
+        if len(size) != 2 or any(not isinstance(s, (int, np.integer)) or s < 1 for s in size):
+            raise ValueError(f'img_size: expected (height, width) positive integers, got {size!r}')
+        self.img_size: Tuple[int, int] = (int(size[0]), int(size[1]))
+        self.mean = tuple(cfg.get('mean', IMAGENET_DEFAULT_MEAN))
+        self.std = tuple(cfg.get('std', IMAGENET_DEFAULT_STD))
+        self.transform = build_test_transform(self.img_size, self.mean, self.std)
+        self.batch_size, self.amp, self.flip = batch_size, amp, flip
+        self.workers, self.progress = workers, progress
+
+    @property
+    def num_features(self) -> Optional[int]:
+        """Descriptor length, when the model states it."""
+        return getattr(self.model, 'num_features', None)
+
+    def _items(self, images: Images) -> List[ImageLike]:
+        """The inputs as a list of single images, each checked (paths exist, arrays are HxWx3 uint8)."""
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            items = list(images)
+        elif isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+            items = [images]
+        elif isinstance(images, (list, tuple)):
+            items = list(images)
+        else:
+            raise TypeError(f'images: expected a path, a PIL image, an HxWx3 uint8 array, a list of those, or a '
+                            f'preprocessed (N, 3, H, W) tensor, got {type(images).__name__}')
+        if not items:
+            raise ValueError('images: nothing to describe (empty list)')
+        for index, item in enumerate(items):
+            where = f'images[{index}]' if len(items) > 1 else 'images'
+            if isinstance(item, np.ndarray):
+                _check_array(item, where)
+            elif isinstance(item, (str, os.PathLike)):
+                if not os.path.isfile(item):
+                    raise FileNotFoundError(f'{where}: image file {item} not found')
+            elif not isinstance(item, Image.Image):
+                raise TypeError(f'{where}: expected a path, a PIL image or an HxWx3 uint8 array, '
+                                f'got {type(item).__name__}')
+        return items
+
+    def preprocess(self, images: Images) -> torch.Tensor:
+        """The (N, 3, H, W) network input of the images, as the evaluation's test transform makes it."""
+        return torch.cat(list(self._batches(self._items(images))))
+
+    def _batches(self, items: List[ImageLike]) -> Iterable[torch.Tensor]:
+        loader = DataLoader(_Images(items, self.transform), batch_size=self.batch_size, shuffle=False,
+                            num_workers=self.workers, pin_memory=self.device.type == 'cuda')
+        return tqdm(loader, desc='images', unit='batch', disable=not self.progress, dynamic_ncols=True)
+
+    def _describe(self, batch: torch.Tensor) -> torch.Tensor:
+        descriptor = describe_batch(self.model, batch.to(self.device, non_blocking=True), self.flip, self.amp)
+        if descriptor.ndim != 2:
+            raise ValueError(f'model: expected (B, D) descriptors, got shape {tuple(descriptor.shape)}')
+        return descriptor.cpu()
+
+    def __call__(self, images: Images) -> torch.Tensor:
+        """Descriptors of the images.
+
+        Args:
+            images: an image path, a PIL image, an HxWx3 uint8 RGB array, a list of those (mixed is fine), an
+                NxHxWx3 uint8 array, or an already preprocessed float tensor (3, H, W) / (N, 3, H, W).
+
+        Returns:
+            (N, D) float32 CPU tensor, in input order.
+        """
+        if isinstance(images, torch.Tensor):
+            if not images.is_floating_point() or images.ndim not in (3, 4) or images.shape[-3] != 3:
+                raise ValueError(f'images: a tensor is taken as preprocessed, (N, 3, H, W) or (3, H, W) float; got '
+                                 f'shape {tuple(images.shape)} dtype {images.dtype} (pass uint8 pictures as '
+                                 'HxWx3 numpy arrays or PIL images)')
+            batch = images if images.ndim == 4 else images[None]
+            chunks = batch.split(self.batch_size)
+        else:
+            chunks = self._batches(self._items(images))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return torch.cat([self._describe(chunk) for chunk in chunks])
+        finally:
+            self.model.train(was_training)

@@ -1,0 +1,173 @@
+"""Search a gallery with query images:
+``python -m hbfp_timm.search --query Q --gallery G --model M --topk 10 --output OUT``.
+
+``--query`` and ``--gallery`` each name a folder of images, a ``.csv`` / ``.txt`` list, one image, or an
+embeddings file of ``python -m hbfp_timm.embed`` (a large gallery is embedded once and searched many times;
+``--model`` is then only needed for the side that still has to be described). The search is exact
+(`hbfp_timm.retrieval.topk`); a query's own file is never among its results (a folder searched against
+itself finds each image's nearest *other* images).
+
+Writes ``OUT/ranking.json`` (per query: its path, and its top-k gallery paths with their distances) and
+``OUT/ranking.png`` (the ranked lists of a few queries, with a legend of the border colours). When every
+image's identity is known (list files with pids, or names in a data set's scheme) the results say whether they
+are the query's identity, the picture colours them green / red, and rank-1 and mAP are reported under the
+Market-1501 protocol (camera-less data: `hbfp_timm.data.lists`); otherwise borders are a neutral grey.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+
+from .embed import (
+    USER_ERRORS, Embeddings, add_model_arguments, embed, extractor_from_args, load_embeddings, one_line,
+)
+from .metrics import evaluate_features_detailed
+from .retrieval import topk
+from .visualize import draw_ranking
+
+__all__ = ['search', 'main']
+
+
+def _describe(source: str, extractor_factory, args: argparse.Namespace) -> Embeddings:
+    if source.endswith('.safetensors'):
+        return load_embeddings(source)
+    embeddings, _ = embed(source, extractor_factory(), model_name=str(args.model))
+    return embeddings
+
+
+def _cameras(query: Embeddings, gallery: Embeddings):
+    """Cameras for the protocol: as given, else one per image file (only a query's own file is left out)."""
+    if query.camids is not None and gallery.camids is not None:
+        return query.camids.numpy(), gallery.camids.numpy()
+    camera_of = {path: camera for camera, path in enumerate(sorted(set(query.paths) | set(gallery.paths)))}
+    return (np.array([camera_of[p] for p in query.paths]), np.array([camera_of[p] for p in gallery.paths]))
+
+
+def search(query: Embeddings, gallery: Embeddings, k: int = 10, metric: str = 'euclidean', backend: str = 'torch',
+           device: Optional[str] = None) -> Dict[str, Any]:
+    """Top-k gallery items of every query, the query's own file left out; the content of ``ranking.json``.
+
+    Args:
+        query: query embeddings.
+        gallery: gallery embeddings.
+        k: results per query.
+        metric: 'euclidean' or 'cosine'.
+        backend: 'torch' or 'faiss' (see `hbfp_timm.retrieval.topk`).
+        device: where to search (default: where the descriptors are).
+
+    Returns:
+        ``{'metric', 'topk', 'num_query', 'num_gallery', 'identities_known', 'evaluation', 'queries'}``;
+        ``queries`` holds per query ``{'query', 'results': [{'path', 'distance'[, 'pid', 'same_identity']}]}``.
+    """
+    if query.features.shape[1] != gallery.features.shape[1]:
+        raise ValueError(f'query descriptors are {query.features.shape[1]}-d but gallery descriptors '
+                         f'{gallery.features.shape[1]}-d; describe both with the same model')
+    gallery_index = {path: index for index, path in enumerate(gallery.paths)}
+    own = [gallery_index.get(path, -1) for path in query.paths]
+    # One more neighbour where a query's own file is in the gallery, so that k others remain.
+    extra = int(any(index >= 0 for index in own))
+    distances, indices = topk(query.features, gallery.features, k=k + extra, metric=metric, backend=backend,
+                              device=device)
+    distances, indices = distances.cpu().numpy(), indices.cpu().numpy()
+    known = query.pids is not None and gallery.pids is not None
+    queries = []
+    for row, query_path in enumerate(query.paths):
+        keep = (indices[row] != own[row]) & (indices[row] >= 0)
+        results = []
+        for g, distance in zip(indices[row][keep][:k], distances[row][keep][:k]):
+            result = {'path': gallery.paths[g], 'distance': float(distance)}
+            if known:
+                result.update(pid=int(gallery.pids[g]), same_identity=bool(gallery.pids[g] == query.pids[row]))
+            results.append(result)
+        entry = {'query': query_path, **({'pid': int(query.pids[row])} if known else {}), 'results': results}
+        queries.append(entry)
+    evaluation = None
+    if known:
+        q_cams, g_cams = _cameras(query, gallery)
+        try:
+            result = evaluate_features_detailed(query.features, gallery.features, query.pids.numpy(),
+                                                gallery.pids.numpy(), q_cams, g_cams, metric=metric, max_rank=10)
+            evaluation = {'rank1': float(result.cmc[0]), 'rank5': float(result.cmc[4]),
+                          'rank10': float(result.cmc[9]), 'mAP': result.mAP,
+                          'num_skipped_queries': result.num_skipped,
+                          'protocol': 'Market-1501: same identity and camera left out' if query.camids is not None
+                          and gallery.camids is not None else 'no cameras: only the query file itself left out'}
+        except ValueError as error:  # e.g. no query has a true match: nothing to score, the search still stands
+            evaluation = {'error': str(error)}
+    return {'metric': metric, 'topk': k, 'num_query': len(query.paths), 'num_gallery': len(gallery.paths),
+            'identities_known': known, 'evaluation': evaluation, 'queries': queries}
+
+
+def _picture(ranking: Dict[str, Any], query: Embeddings, gallery: Embeddings, path: Path, num_rows: int) -> Path:
+    rows = np.unique(np.linspace(0, len(query.paths) - 1, num=min(num_rows, len(query.paths))).round().astype(int))
+    gallery_index = {p: i for i, p in enumerate(gallery.paths)}
+    k = max(1, max(len(ranking['queries'][r]['results']) for r in rows))
+    indices = np.full((len(rows), k), -1)
+    distances = np.full((len(rows), k), np.nan)
+    for row, q in enumerate(rows):
+        for rank, result in enumerate(ranking['queries'][q]['results']):
+            indices[row, rank] = gallery_index[result['path']]
+            distances[row, rank] = result['distance']
+    known = ranking['identities_known']
+    labels = [(f'id {int(query.pids[q])}: ' if known else '') + Path(query.paths[q]).name for q in rows]
+    return draw_ranking([query.paths[q] for q in rows], gallery.paths, indices, path, distances=distances,
+                        query_pids=[int(query.pids[q]) for q in rows] if known else None,
+                        gallery_pids=gallery.pids.numpy() if known else None, query_labels=labels,
+                        note="a query's own file is never among its results")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m hbfp_timm.search``; see ``--help``."""
+    parser = argparse.ArgumentParser(
+        prog='python -m hbfp_timm.search',
+        description='Find the nearest gallery images of each query image with a Re-ID model; write '
+                    'OUT/ranking.json and a picture of the ranked lists, OUT/ranking.png.')
+    parser.add_argument('--query', required=True,
+                        help='folder, .csv/.txt list, image, or embeddings file (.safetensors from hbfp_timm.embed)')
+    parser.add_argument('--gallery', required=True, help='same kinds as --query')
+    parser.add_argument('--output', required=True, metavar='OUT', help='folder for ranking.json and ranking.png')
+    parser.add_argument('--topk', type=int, default=10, help='results per query (%(default)s)')
+    parser.add_argument('--metric', choices=('euclidean', 'cosine'), default='euclidean',
+                        help='descriptor distance (%(default)s)')
+    parser.add_argument('--backend', choices=('torch', 'faiss'), default='torch',
+                        help='exact search in blocks with torch, or a faiss flat index (%(default)s)')
+    parser.add_argument('--num-pictures', type=int, default=8, metavar='N',
+                        help='queries drawn in ranking.png, spread over the query list (%(default)s; 0: none)')
+    add_model_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.topk < 1:
+        parser.error(f'--topk: expected a positive integer, got {args.topk}')
+    extractor = None
+
+    def extractor_factory():
+        nonlocal extractor
+        extractor = extractor or extractor_from_args(args)
+        return extractor
+
+    try:
+        query = _describe(args.query, extractor_factory, args)
+        gallery = _describe(args.gallery, extractor_factory, args)
+        ranking = search(query, gallery, k=args.topk, metric=args.metric, backend=args.backend,
+                         device=extractor.device if extractor is not None else None)
+        output = Path(args.output)
+        output.mkdir(parents=True, exist_ok=True)
+        (output / 'ranking.json').write_text(json.dumps(ranking, indent=1), encoding='utf-8')
+        picture = _picture(ranking, query, gallery, output / 'ranking.png', args.num_pictures) \
+            if args.num_pictures > 0 else None
+    except USER_ERRORS as error:
+        print(f'{parser.prog}: error: {one_line(error)}', file=sys.stderr)
+        return 1
+    summary = f'{ranking["num_query"]} queries x {ranking["num_gallery"]} gallery images, top {args.topk}'
+    evaluation = ranking['evaluation']
+    if evaluation and 'rank1' in evaluation:
+        summary += (f'; rank-1 {evaluation["rank1"]:.1%}, mAP {evaluation["mAP"]:.1%} '
+                    f'({evaluation["protocol"]}; {evaluation["num_skipped_queries"]} queries without a match)')
+    print(f'{summary}; wrote {output / "ranking.json"}' + (f' and {picture}' if picture else ''))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

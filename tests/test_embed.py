@@ -1,0 +1,83 @@
+"""python -m hbfp_timm.embed: folders, lists and names in, descriptors with paths (and identities) out."""
+import re
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from hbfp_timm import FeatureExtractor
+from hbfp_timm.embed import Embeddings, collect_images, load_embeddings, main, save_embeddings
+from tiny_models import single_thread, tiny_model, write_images, write_run  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures('single_thread')
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    return write_run(tmp_path_factory.mktemp('run'), tiny_model())
+
+
+def test_a_folder_is_embedded_recursively_in_sorted_order(run, tmp_path, capsys):
+    paths = write_images(tmp_path / 'photos', ['b.jpg', 'a.png', 'sub/c.jpeg', 'sub/deeper/d.bmp'])
+    (tmp_path / 'photos' / 'notes.txt').write_text('not an image')
+    assert main([str(tmp_path / 'photos'), '--model', str(run), '--output', str(tmp_path / 'f.safetensors'),
+                 '--device', 'cpu', '--workers', '0', '--batch-size', '3']) == 0
+    assert '4 images -> 1024-d descriptors' in capsys.readouterr().out
+    embeddings = load_embeddings(tmp_path / 'f.safetensors')
+    expected_paths = sorted(str(p) for p in paths)
+    assert embeddings.paths == expected_paths
+    assert embeddings.pids is None and embeddings.camids is None  # free names: identities unknown
+    expected = FeatureExtractor(run, device='cpu')(expected_paths)
+    torch.testing.assert_close(embeddings.features, expected, rtol=1e-4, atol=1e-5)
+    assert embeddings.metadata['img_size'] == '64x32' and embeddings.metadata['model'] == str(run)
+
+
+def test_identities_come_from_a_list_file_or_from_data_set_names(run, tmp_path):
+    write_images(tmp_path, ['x.jpg', 'y.jpg'])
+    (tmp_path / 'list.csv').write_text('x.jpg,7,1\ny.jpg,9,0\n')
+    assert main([str(tmp_path / 'list.csv'), '--model', str(run), '--output', str(tmp_path / 'l.safetensors'),
+                 '--device', 'cpu', '--workers', '0', '--half']) == 0
+    embeddings = load_embeddings(tmp_path / 'l.safetensors')
+    assert embeddings.pids.tolist() == [7, 9] and embeddings.camids.tolist() == [1, 0]
+    assert embeddings.features.dtype == torch.float16
+    write_images(tmp_path / 'market', ['0002_c1s1_000451_03.jpg', '0007_c3s2_000100_01.jpg'])
+    listing = collect_images(tmp_path / 'market')
+    assert listing.pids == [2, 7] and listing.camids == [0, 2]
+
+
+def test_embeddings_round_trip_with_any_path_text(tmp_path):
+    original = Embeddings(torch.randn(3, 5), ['a,b.jpg', 'ünïcødé/ç.png', '/abs/path with spaces.jpg'],
+                          torch.tensor([1, 2, 3]), None, {'model': 'm'})
+    loaded = load_embeddings(save_embeddings(tmp_path / 'e.safetensors', original))
+    assert loaded.paths == original.paths and torch.equal(loaded.features, original.features)
+    assert loaded.pids.tolist() == [1, 2, 3] and loaded.camids is None and loaded.metadata['model'] == 'm'
+    with pytest.raises(ValueError, match='line break'):
+        save_embeddings(tmp_path / 'bad.safetensors', original._replace(paths=['a\nb', 'c', 'd']))
+    save_file({'features': torch.zeros(2, 2)}, str(tmp_path / 'other.safetensors'))
+    with pytest.raises(ValueError, match='not an embeddings file'):
+        load_embeddings(tmp_path / 'other.safetensors')
+
+
+@pytest.mark.parametrize('workers', ['0', '1'])  # an error inside a decoding process is one line too
+@pytest.mark.parametrize('setup, message', [
+    (lambda tmp: (tmp / 'empty').mkdir(), r'empty: no images \(.jpg, .jpeg, .png, .bmp\)'),
+    (lambda tmp: None, r'nowhere: not found; expected a folder of images'),
+    (lambda tmp: (tmp / 'empty').mkdir() or (tmp / 'empty' / 'broken.jpg').write_text('x'),
+     r'cannot read image .*broken.jpg'),
+])
+def test_bad_input_is_one_line_with_a_nonzero_exit(run, tmp_path, capsys, setup, message, workers):
+    setup(tmp_path)
+    source = tmp_path / ('empty' if (tmp_path / 'empty').exists() else 'nowhere')
+    assert main([str(source), '--model', str(run), '--output', str(tmp_path / 'o.safetensors'), '--device', 'cpu',
+                 '--workers', workers]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert err.startswith('python -m hbfp_timm.embed: error: ')
+    assert re.search(message, err)
+
+
+def test_an_unknown_model_is_one_line(tmp_path, capsys):
+    write_images(tmp_path, ['a.jpg'])
+    assert main([str(tmp_path / 'a.jpg'), '--model', 'not_a_model', '--output', str(tmp_path / 'o.safetensors')]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "'not_a_model' is neither a registered timm model" in err

@@ -1,0 +1,120 @@
+"""hbfp_timm.FeatureExtractor: the evaluation's preprocessing, every input kind, every way of naming the model,
+and clear errors."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from hbfp_timm import FeatureExtractor
+from hbfp_timm.data import build_test_transform
+from hbfp_timm.hub import save_pretrained
+from tiny_models import TINY_ARGS, TINY_SIZE, single_thread, tiny_model, write_images, write_run  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures('single_thread')
+
+
+@pytest.fixture(scope='module')
+def model():
+    return tiny_model()
+
+
+@pytest.fixture
+def images(tmp_path):
+    return write_images(tmp_path, [f'img{i}.png' for i in range(5)])
+
+
+def _expected(model, paths):
+    transform = build_test_transform(TINY_SIZE)
+    batch = torch.stack([transform(Image.open(p).convert('RGB')) for p in paths])
+    with torch.no_grad():
+        return batch, model(batch)
+
+
+def test_preprocessing_is_the_evaluations_test_transform_for_every_input_kind(model, images, tmp_path):
+    extractor = FeatureExtractor(model, device='cpu')
+    expected, _ = _expected(model, images)
+    pil_images = [Image.open(p) for p in images]
+    arrays = [np.asarray(image.convert('RGB')) for image in pil_images]
+    assert extractor.img_size == TINY_SIZE  # from the model's pretrained_cfg
+    assert torch.equal(extractor.preprocess([str(p) for p in images]), expected)
+    assert torch.equal(extractor.preprocess(images), expected)  # Path objects
+    assert torch.equal(extractor.preprocess(pil_images), expected)
+    assert torch.equal(extractor.preprocess(arrays), expected)
+    assert torch.equal(extractor.preprocess(np.stack(arrays)), expected)  # N x H x W x 3
+    assert torch.equal(extractor.preprocess(images[2]), expected[2:3])  # one image
+    grey = tmp_path / 'grey.png'
+    Image.open(images[0]).convert('L').save(grey)
+    assert torch.equal(extractor.preprocess(grey), build_test_transform(TINY_SIZE)(
+        Image.open(grey).convert('RGB'))[None])
+
+
+def test_descriptors_equal_the_model_on_the_preprocessed_batch_in_input_order(model, images):
+    batch, expected = _expected(model, images)
+    extractor = FeatureExtractor(model, device='cpu', batch_size=2)
+    mixed = [str(images[0]), Image.open(images[1]), np.asarray(Image.open(images[2]).convert('RGB')), images[3],
+             images[4]]
+    features = extractor(mixed)
+    assert features.shape == (5, model.num_features) and features.dtype == torch.float32
+    torch.testing.assert_close(features, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(extractor(batch), expected, rtol=1e-4, atol=1e-5)  # preprocessed tensor
+    torch.testing.assert_close(extractor(batch[3]), expected[3:4], rtol=1e-4, atol=1e-5)
+
+
+def test_flip_averages_with_the_mirrored_image(model, images):
+    batch, plain = _expected(model, images[:2])
+    with torch.no_grad():
+        mirrored = model(batch.flip(3))
+    features = FeatureExtractor(model, device='cpu', flip=True)(images[:2])
+    torch.testing.assert_close(features, (plain + mirrored) / 2, rtol=1e-4, atol=1e-5)
+
+
+def test_a_run_directory_a_hub_folder_and_a_named_checkpoint_give_the_same_descriptors(model, images, tmp_path):
+    _, expected = _expected(model, images[:3])
+    run = write_run(tmp_path / 'run', model)
+    hub_folder = save_pretrained(model, tmp_path / 'hub')
+    weights = tmp_path / 'weights.safetensors'
+    save_file(model.state_dict(), str(weights))
+    extractors = [
+        FeatureExtractor(run, device='cpu'),  # img_size from results.json
+        FeatureExtractor(run / 'model.safetensors', device='cpu'),
+        FeatureExtractor(hub_folder, device='cpu', img_size=TINY_SIZE),
+        FeatureExtractor(f'local-dir:{hub_folder}', device='cpu', img_size=TINY_SIZE),
+        FeatureExtractor('hbfp_resnet18', checkpoint=weights, model_args=TINY_ARGS, device='cpu', img_size=TINY_SIZE),
+    ]
+    for extractor in extractors:
+        assert extractor.img_size == TINY_SIZE
+        torch.testing.assert_close(extractor(images[:3]), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_module_without_pretrained_cfg_needs_an_image_size(images):
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    with pytest.raises(ValueError, match=r'img_size: the model has no pretrained_cfg input_size'):
+        FeatureExtractor(net, device='cpu')
+    assert FeatureExtractor(net, device='cpu', img_size=(20, 10))(images).shape == (5, 4)
+
+
+@pytest.mark.parametrize('bad, error, message', [
+    (lambda tmp: tmp / 'missing.jpg', FileNotFoundError, r'images: image file .*missing.jpg not found'),
+    (lambda tmp: [tmp / 'img0.png', tmp / 'notes.jpg'], OSError, r'cannot read image .*notes.jpg'),
+    (lambda tmp: np.zeros((8, 4), dtype=np.uint8), ValueError,
+     r'images: expected an HxWx3 uint8 RGB array, got shape \(8, 4\) dtype uint8'),
+    (lambda tmp: [np.zeros((8, 4, 3), dtype=np.float32)], ValueError, r'got shape \(8, 4, 3\) dtype float32'),
+    (lambda tmp: torch.zeros(2, 3, 8, 4, dtype=torch.uint8), ValueError, r'a tensor is taken as preprocessed'),
+    (lambda tmp: [], ValueError, r'nothing to describe'),
+    (lambda tmp: 3.5, TypeError, r'images: expected a path, a PIL image'),
+])
+def test_bad_images_are_a_clear_error(model, images, tmp_path, bad, error, message):
+    (tmp_path / 'notes.jpg').write_text('not an image')
+    with pytest.raises(error, match=message):
+        FeatureExtractor(model, device='cpu')(bad(tmp_path))
+
+
+def test_bad_models_are_a_clear_error(model, tmp_path):
+    run = write_run(tmp_path / 'run', model)
+    with pytest.raises(ValueError, match="'no_such_model' is neither a registered timm model"):
+        FeatureExtractor('no_such_model', device='cpu')
+    with pytest.raises(ValueError, match='is a trainer run, which brings its own weights'):
+        FeatureExtractor(run, checkpoint=run / 'model.safetensors', device='cpu')
+    with pytest.raises(ValueError, match='batch_size'):
+        FeatureExtractor(model, device='cpu', batch_size=0)

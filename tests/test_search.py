@@ -1,0 +1,106 @@
+"""python -m hbfp_timm.search: exact rankings without the query's own file, ranking.json, a picture whose colours
+depend on whether identities are known, and embeddings files as inputs."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hbfp_timm import FeatureExtractor
+from hbfp_timm.distance import compute_distance_matrix
+from hbfp_timm.embed import main as embed_main
+from hbfp_timm.metrics import evaluate_rank
+from hbfp_timm.search import main
+from hbfp_timm.visualize import MATCH_COLOUR, MISMATCH_COLOUR, UNKNOWN_COLOUR
+from tiny_models import single_thread, tiny_model, write_images, write_run  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures('single_thread')
+MARKET_NAMES = [f'{pid:04d}_c{cam}s1_00{pid}{cam}00_01.jpg' for pid in (1, 2, 3) for cam in (1, 2, 3)]
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    return write_run(tmp_path_factory.mktemp('run'), tiny_model())
+
+
+def _colours(png):
+    pixels = np.asarray(Image.open(png).convert('RGB')).reshape(-1, 3)
+    return {tuple(p) for p in np.unique(pixels, axis=0)}
+
+
+def test_a_folder_searched_against_itself_finds_other_images_and_scores_named_identities(run, tmp_path, capsys):
+    paths = [str(p) for p in write_images(tmp_path / 'market', MARKET_NAMES)]
+    out = tmp_path / 'out'
+    assert main(['--query', str(tmp_path / 'market'), '--gallery', str(tmp_path / 'market'), '--model', str(run),
+                 '--topk', '4', '--output', str(out), '--device', 'cpu', '--workers', '0']) == 0
+    ranking = json.loads((out / 'ranking.json').read_text())
+    features = FeatureExtractor(run, device='cpu')(paths)
+    distmat = compute_distance_matrix(features, features)
+    np.fill_diagonal(distmat, np.inf)  # a query's own file is never a result
+    assert ranking['num_query'] == ranking['num_gallery'] == 9 and ranking['identities_known']
+    for row, entry in enumerate(ranking['queries']):
+        assert entry['query'] == paths[row] and entry['pid'] == row // 3 + 1
+        expected = np.argsort(distmat[row], kind='stable')[:4]
+        assert [r['path'] for r in entry['results']] == [paths[g] for g in expected]
+        assert [r['distance'] for r in entry['results']] == pytest.approx(distmat[row, expected].tolist(), abs=1e-5)
+        assert [r['same_identity'] for r in entry['results']] == [g // 3 == row // 3 for g in expected]
+    # Scores under the Market-1501 protocol, from the cameras in the names.
+    pids, cams = np.repeat([1, 2, 3], 3), np.tile([0, 1, 2], 3)
+    cmc, mAP = evaluate_rank(compute_distance_matrix(features, features), pids, pids, cams, cams, max_rank=10)
+    assert ranking['evaluation']['rank1'] == pytest.approx(cmc[0]) and ranking['evaluation']['mAP'] == pytest.approx(mAP)
+    assert 'rank-1' in capsys.readouterr().out
+    colours = _colours(out / 'ranking.png')
+    assert MATCH_COLOUR in colours and MISMATCH_COLOUR in colours
+
+
+def test_free_names_give_neutral_colours_and_no_scores(run, tmp_path):
+    write_images(tmp_path / 'q', ['front door.jpg'], seed=1)
+    write_images(tmp_path / 'g', [f'cam_{i}.png' for i in range(5)], seed=2)
+    out = tmp_path / 'out'
+    assert main(['--query', str(tmp_path / 'q'), '--gallery', str(tmp_path / 'g'), '--model', str(run),
+                 '--topk', '3', '--output', str(out), '--device', 'cpu', '--workers', '0']) == 0
+    ranking = json.loads((out / 'ranking.json').read_text())
+    assert not ranking['identities_known'] and ranking['evaluation'] is None
+    (entry,) = ranking['queries']
+    assert set(entry) == {'query', 'results'} and len(entry['results']) == 3
+    assert all(set(result) == {'path', 'distance'} for result in entry['results'])
+    distances = [result['distance'] for result in entry['results']]
+    assert distances == sorted(distances)
+    colours = _colours(out / 'ranking.png')
+    assert UNKNOWN_COLOUR in colours and MATCH_COLOUR not in colours and MISMATCH_COLOUR not in colours
+
+
+def test_embeddings_files_are_searched_without_describing_again(run, tmp_path):
+    write_images(tmp_path / 'g', [f'{i}.png' for i in range(6)], seed=3)
+    write_images(tmp_path / 'q', ['q.png'], seed=4)
+    (tmp_path / 'q' / 'list.csv').write_text('q.png,5\n')
+    assert embed_main([str(tmp_path / 'g'), '--model', str(run), '--output', str(tmp_path / 'g.safetensors'),
+                       '--device', 'cpu', '--workers', '0']) == 0
+    assert embed_main([str(tmp_path / 'q' / 'list.csv'), '--model', str(run), '--output',
+                       str(tmp_path / 'q.safetensors'), '--device', 'cpu', '--workers', '0']) == 0
+    from_images, from_files = tmp_path / 'a', tmp_path / 'b'
+    assert main(['--query', str(tmp_path / 'q' / 'q.png'), '--gallery', str(tmp_path / 'g.safetensors'),
+                 '--model', str(run), '--output', str(from_images), '--device', 'cpu', '--workers', '0']) == 0
+    assert main(['--query', str(tmp_path / 'q.safetensors'), '--gallery', str(tmp_path / 'g.safetensors'),
+                 '--output', str(from_files), '--num-pictures', '0']) == 0  # no --model needed
+    first, second = (json.loads((d / 'ranking.json').read_text()) for d in (from_images, from_files))
+    assert [r['path'] for r in first['queries'][0]['results']] == [r['path'] for r in second['queries'][0]['results']]
+    assert len(first['queries'][0]['results']) == 6 and not (from_files / 'ranking.png').exists()
+
+
+def test_bad_input_is_one_line_with_a_nonzero_exit(run, tmp_path, capsys):
+    write_images(tmp_path / 'g', ['a.png'])
+    assert main(['--query', str(tmp_path / 'g'), '--gallery', str(tmp_path / 'g'), '--output', str(tmp_path / 'o')]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == 'python -m hbfp_timm.search: error: --model: required to describe images (a run ' \
+                          'directory, Hub folder or model name)'
+    from hbfp_timm.embed import Embeddings, save_embeddings
+    save_embeddings(tmp_path / 'small.safetensors', Embeddings(torch.zeros(2, 3), ['x', 'y']))
+    save_embeddings(tmp_path / 'wide.safetensors', Embeddings(torch.zeros(2, 5), ['x', 'y']))
+    assert main(['--query', str(tmp_path / 'small.safetensors'), '--gallery', str(tmp_path / 'wide.safetensors'),
+                 '--output', str(tmp_path / 'o')]) == 1
+    assert 'query descriptors are 3-d but gallery descriptors 5-d' in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(['--query', 'q', '--gallery', 'g', '--output', 'o', '--topk', '0'])
+    assert exit_info.value.code == 2

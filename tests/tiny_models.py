@@ -1,0 +1,54 @@
+"""Tiny untrained HBFP models and what users point the tools at (a trainer run directory), for fast tests."""
+import json
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+import hbfp_timm  # noqa: F401  (registers the hbfp_* models)
+
+TINY_ARGS = dict(correlation_dim=8, perception_dim=16)
+TINY_SIZE = (64, 32)
+
+
+def tiny_model(seed: int = 0) -> torch.nn.Module:
+    """hbfp_resnet18 with small BFP layers and a 64x32 input size in its pretrained_cfg, in eval mode."""
+    torch.manual_seed(seed)
+    model = timm.create_model('hbfp_resnet18', pretrained_cfg_overlay=dict(input_size=(3, *TINY_SIZE)), **TINY_ARGS)
+    return model.eval()
+
+
+def write_run(directory: Path, model: torch.nn.Module) -> Path:
+    """A trainer-style run directory (results.json + model.safetensors) holding `model`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(model.state_dict(), str(directory / 'model.safetensors'))
+    results = dict(model='hbfp_resnet18', model_args=TINY_ARGS, dataset='synthetic', img_size=list(TINY_SIZE),
+                   metrics=None)
+    (directory / 'results.json').write_text(json.dumps(results))
+    return directory
+
+
+def write_images(folder: Path, names, size=(24, 48), seed: int = 0):
+    """Small RGB images with random pixels (so that their descriptors differ), one per name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(seed)
+    paths = []
+    for name in names:
+        pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=generator, dtype=torch.uint8)
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels.numpy()).save(folder / name)
+        paths.append(folder / name)
+    return paths
+
+
+@pytest.fixture
+def single_thread():
+    """One intra-op thread: on a busy 2-core CI machine, OpenMP threads waiting on each other make the tiny
+    forward passes of these tests many times slower than one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
