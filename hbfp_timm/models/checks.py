@@ -5,7 +5,8 @@ from typing import Sequence, Tuple
 
 import torch
 
-__all__ = ['check_choice', 'check_image_batch', 'check_lambdas', 'check_probability', 'check_subset']
+__all__ = ['check_choice', 'check_image_batch', 'check_lambdas', 'check_num_classes', 'check_probability',
+           'check_subset']
 
 
 def check_subset(arg: str, values: Sequence[str], allowed: Tuple[str, ...], allow_empty: bool) -> Tuple[str, ...]:
@@ -21,6 +22,12 @@ def check_subset(arg: str, values: Sequence[str], allowed: Tuple[str, ...], allo
 def check_choice(arg: str, value: str, allowed: Tuple[str, ...]) -> str:
     if value not in allowed:
         raise ValueError(f'{arg}: expected one of {allowed}, got {value!r}')
+    return value
+
+
+def check_num_classes(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f'num_classes: expected an integer >= 0, got {value!r}')
     return value
 
 

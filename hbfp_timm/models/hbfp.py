@@ -36,7 +36,8 @@ from ..layers import BFP, BatchNormNeck, GeneralizedPooling
 from ..layers.bfp import check_positive_int
 from ..layers.gep import GEP_COMBINES
 from .backbone import BackboneModules, create_backbone, cut_backbone, load_backbone_weights
-from .checks import check_choice, check_image_batch, check_lambdas, check_probability, check_subset
+from .checks import (check_choice, check_image_batch, check_lambdas, check_num_classes, check_probability,
+                     check_subset)
 from .segments import (FeatureTap, Segment, SharedSegment, checkpoint, prune_after, run_with_taps, segments_with_taps,
                        tap_name)
 
@@ -44,6 +45,7 @@ __all__ = ['HBFPNet', 'BranchOutputs']
 
 BRANCHES = ('low', 'mid', 'high')
 BFP_PAIRS = ('low_mid', 'mid_high')
+GLOBAL_POOLS = ('gep', 'avg', 'max', '')
 
 # A torch.fx leaf (timm's idiom): GeP checks the input rank in Python, which symbolic tracing cannot follow.
 register_notrace_module(GeneralizedPooling)
@@ -125,12 +127,13 @@ class HBFPNet(nn.Module):
             backbone_weights: Optional[str] = None,
     ):
         super().__init__()
+        check_choice('global_pool', global_pool, GLOBAL_POOLS)
         self.branches = check_subset('branches', branches, BRANCHES, allow_empty=False)
         self.bfp_pairs = check_subset('bfp_pairs', bfp_pairs, BFP_PAIRS, allow_empty=True)
         for name, value in (('in_chans', in_chans), ('correlation_dim', correlation_dim),
                             ('perception_dim', perception_dim)):
             check_positive_int(name, value)
-        self.num_classes = num_classes
+        self.num_classes = check_num_classes(num_classes)
         self.in_chans = in_chans
         self.hierarchical = hierarchical
         self.share_blocks = share_blocks
@@ -195,14 +198,11 @@ class HBFPNet(nn.Module):
         """The pooling layer and whether it leaves the map unpooled (``global_pool=''``)."""
         if global_pool == 'gep':
             return GeneralizedPooling(self.gep_lambdas, combine=self.gep_combine, learnable=self.gep_learnable), False
-        if global_pool in ('avg', 'max', ''):
-            return SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool)), not global_pool
-        raise ValueError(f"global_pool: expected 'gep', 'avg', 'max' or '', got {global_pool!r}")
+        check_choice('global_pool', global_pool, GLOBAL_POOLS)
+        return SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool)), not global_pool
 
     def _create_classifier(self, num_classes: int) -> nn.Module:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f'num_classes: expected an integer >= 0, got {num_classes!r}')
-        if num_classes == 0:
+        if check_num_classes(num_classes) == 0:
             return nn.Identity()
         # One bias-free linear map over the concatenated neck features. Its column blocks are the three
         # branch classifiers, so per-branch logits are slices (forward_branches) and the model's logits
@@ -217,10 +217,10 @@ class HBFPNet(nn.Module):
         return self.classifier
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.classifier = self._create_classifier(num_classes)
         self.num_classes = num_classes
         if global_pool is not None:
             self.global_pool, self.unpooled = self._create_pool(global_pool)
-        self.classifier = self._create_classifier(num_classes)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
