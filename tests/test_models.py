@@ -204,7 +204,8 @@ def test_bad_size_through_timm_create_model_names_the_argument():
 
 
 @pytest.mark.parametrize('make_input, message', [
-    (lambda: torch.zeros(2, 3, 64, 32, dtype=torch.uint8), r'^x: expected a floating-point image batch .* got dtype torch.uint8'),
+    (lambda: torch.zeros(2, 3, 64, 32, dtype=torch.uint8),
+     r'^x: expected a floating-point image batch .* got dtype torch.uint8'),
     (lambda: torch.zeros(2, 3, 64, 32, dtype=torch.float64),
      r'^x: expected dtype torch.float32 \(the model\'s parameters\), got torch.float64'),
     (lambda: torch.zeros(0, 3, 64, 32), r'^x: empty batch \(0, 3, 64, 32\); expected at least one image'),

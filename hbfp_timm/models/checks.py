@@ -15,7 +15,8 @@ def check_subset(arg: str, values: Sequence[str], allowed: Tuple[str, ...], allo
         values = (values,)
     unknown = [v for v in values if v not in allowed]
     if unknown or (not values and not allow_empty):
-        raise ValueError(f'{arg}: expected a {"" if allow_empty else "non-empty "}subset of {allowed}, got {tuple(values)}')
+        kind = 'subset' if allow_empty else 'non-empty subset'
+        raise ValueError(f'{arg}: expected a {kind} of {allowed}, got {tuple(values)}')
     return tuple(v for v in allowed if v in values)
 
 

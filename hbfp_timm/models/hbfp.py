@@ -147,7 +147,8 @@ class HBFPNet(nn.Module):
         self.stages_only = False  # set by prune_intermediate_layers when only backbone stages are kept
 
         # A local weights file is loaded after the cut, so that a headless file fits (load_backbone_weights).
-        backbone_args = dict(drop_path_rate=drop_path_rate) if check_probability('drop_path_rate', drop_path_rate) else {}
+        drop_path_rate = check_probability('drop_path_rate', drop_path_rate)
+        backbone_args = dict(drop_path_rate=drop_path_rate) if drop_path_rate else {}
         timm_backbone = create_backbone(
             backbone, pretrained_backbone and backbone_weights is None, in_chans, **backbone_args)
         cuts = cut_backbone(timm_backbone)
@@ -185,8 +186,8 @@ class HBFPNet(nn.Module):
         self.num_features = self.head_hidden_size = sum(self.branch_channels)
         segment_of = {unit: segment for segment in ('stem', 'block3', 'block4') for unit in getattr(cuts, segment)}
         self.feature_info = [
-            dict(num_chs=stage.channels, reduction=stage.reduction, module=f'{segment_of[stage.after]}.{tap_name(stage)}')
-            for stage in cuts.stages
+            dict(num_chs=s.channels, reduction=s.reduction, module=f'{segment_of[s.after]}.{tap_name(s)}')
+            for s in cuts.stages
         ] + [dict(num_chs=channels[b], reduction=cuts.reduction, module=f'{b}_map') for b in BRANCHES]
         self.num_stages = len(cuts.stages)
         self.global_pool, self.unpooled = self._create_pool(global_pool)
@@ -410,7 +411,8 @@ class HBFPNet(nn.Module):
         """
         take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
         if max_index < self.num_stages:
-            self.stem, self.block3, self.block4 = prune_after(self.backbone, self._cuts, self._cuts.stages[max_index].after)
+            last_unit = self._cuts.stages[max_index].after
+            self.stem, self.block3, self.block4 = prune_after(self.backbone, self._cuts, last_unit)
             self.bfp_low_mid = self.bfp_mid_high = None
             self.refeed_block3 = self.refeed_block4 = None
             self.stages_only = True

@@ -62,6 +62,9 @@ class SharedSegment(Segment):
     members their current values (the owner loads the checkpoint's), so it neither needs nor reports keys.
     """
 
+    def __repr__(self) -> str:  # its members are printed where they belong
+        return f'{type(self).__name__}({", ".join(self._modules)})'
+
     def state_dict(self, *args, destination=None, prefix: str = '', keep_vars: bool = False):
         return destination if destination is not None else OrderedDict()
 
@@ -163,7 +166,8 @@ def segments_with_taps(model: nn.Module, cuts: BackboneCuts) -> Tuple[SharedSegm
     return segment(cuts.stem), segment(cuts.block3), segment(cuts.block4)
 
 
-def prune_after(model: nn.Module, cuts: BackboneCuts, last_unit: str) -> Tuple[SharedSegment, SharedSegment, SharedSegment]:
+def prune_after(model: nn.Module, cuts: BackboneCuts, last_unit: str
+                ) -> Tuple[SharedSegment, SharedSegment, SharedSegment]:
     """Drop every unit of the cut after ``last_unit`` from the backbone (replaced by Identity, so its parameters
     go) and return the segments of what is left (a segment left with no unit is empty, an identity).
     """
