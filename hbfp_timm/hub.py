@@ -383,6 +383,9 @@ def render_model_card(model: nn.Module, results: Optional[Mapping[str, Any]] = N
     height, width = _input_size(model, results)
     lines = [
         '---', meta.rstrip(), '---', f'# {name}', '',
+        f'**Needs the hbfp-timm package: `import hbfp_timm` before `timm.create_model` (see Usage).** timm has no '
+        f'plugin entry points, so without the import `timm.create_model("{source}")` stops with '
+        f'`RuntimeError: Unknown model ({arch})`.', '',
         f'HBFP-Net (Hierarchical Bi-directional Feature Perception Network, Liu, Zhang and Yang, ACM MM 2020) for '
         f'person re-identification, as the timm model `{arch}` of the hbfp-timm package. `model(images)` returns a '
         f'{model.num_features}-d descriptor per image; people are matched by the distance between descriptors.',

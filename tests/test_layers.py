@@ -319,3 +319,26 @@ def test_bfp_rejects_wrong_channel_count():
     bfp = BFP(4, 6, correlation_dim=3, perception_dim=5)
     with pytest.raises(ValueError, match=r'q must be \(B, 6, H, W\)'):
         bfp(torch.randn(1, 4, 2, 2), torch.randn(1, 5, 2, 2))
+
+
+@pytest.mark.parametrize('kwargs, arg', [
+    (dict(correlation_dim=-5), 'correlation_dim'),
+    (dict(perception_dim=0), 'perception_dim'),
+    (dict(correlation_dim=2.5), 'correlation_dim'),
+    (dict(p_channels=True), 'p_channels'),
+])
+def test_bfp_bad_sizes_name_the_argument(kwargs, arg):
+    args = dict(p_channels=4, q_channels=6, correlation_dim=3, perception_dim=5)
+    with pytest.raises(ValueError, match=f'^{arg}: expected a positive integer, got {kwargs[arg]!r}$'):
+        BFP(**dict(args, **kwargs))
+
+
+def test_bfp_scripts_and_traces_to_the_eager_result():
+    bfp = BFP(4, 6, correlation_dim=3, perception_dim=5, residual=False).eval()
+    _randomise_bn(bfp)
+    p, q = torch.randn(2, 4, 3, 2), torch.randn(2, 6, 2, 2)
+    with torch.no_grad():
+        expected = bfp(p, q)
+        for compiled in (torch.jit.script(bfp), torch.fx.symbolic_trace(bfp)):
+            for got, want in zip(compiled(p, q), expected):
+                torch.testing.assert_close(got, want)

@@ -136,8 +136,11 @@ def test_ablation_configurations_train(kwargs, channels):
     sum(logit.sum() for logit in outputs.logits).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing, f'parameters without gradient: {missing}'
-    if not kwargs.get('hierarchical', True) or kwargs.get('share_blocks'):
+    if not kwargs.get('hierarchical', True):
         assert model.refeed_block3 is None and model.refeed_block4 is None
+    if kwargs.get('share_blocks'):  # the re-feed runs the backbone's own block3/block4, no copies
+        assert model.refeed_block3[0] is model.backbone.layer3[1] and model.refeed_block4[0] is model.backbone.layer4
+        assert not any(name.startswith('refeed_') for name in model.state_dict())
 
 
 def test_train_mode_backward_reaches_every_parameter_on_a_non_resnet_backbone():
@@ -178,10 +181,57 @@ def test_input_too_small_for_the_stage_cuts_is_a_clear_error():
     (dict(bfp_pairs=('low_high',)), 'bfp_pairs'),
     (dict(global_pool='gem'), 'global_pool'),
     (dict(descriptor='logits'), 'descriptor'),
+    (dict(correlation_dim=-5), 'correlation_dim'),
+    (dict(perception_dim=0), 'perception_dim'),
+    (dict(in_chans=0), 'in_chans'),
+    (dict(num_classes=-1), 'num_classes'),
+    (dict(drop_rate=1.0), 'drop_rate'),
+    (dict(drop_path_rate=-0.1), 'drop_path_rate'),
+    (dict(gep_lambdas='abc'), 'gep_lambdas'),
+    (dict(gep_lambdas=(0.5, 2)), 'gep_lambdas'),
+    (dict(gep_lambdas=()), 'gep_lambdas'),
+    (dict(gep_combine='median'), 'gep_combine'),
 ])
 def test_bad_configuration_names_the_argument(kwargs, arg):
     with pytest.raises(ValueError, match=f'^{arg}:'):
-        HBFPNet(backbone='resnet18', correlation_dim=8, perception_dim=16, **kwargs)
+        HBFPNet(**dict(dict(backbone='resnet18', correlation_dim=8, perception_dim=16), **kwargs))
+
+
+def test_bad_size_through_timm_create_model_names_the_argument():
+    """What `--model-arg correlation_dim=-5` reaches: timm.create_model's keyword arguments."""
+    with pytest.raises(ValueError, match=r'^correlation_dim: expected a positive integer, got -5$'):
+        timm.create_model('hbfp_resnet18', correlation_dim=-5)
+
+
+@pytest.mark.parametrize('make_input, message', [
+    (lambda: torch.zeros(2, 3, 64, 32, dtype=torch.uint8),
+     r'^x: expected a floating-point image batch .* got dtype torch.uint8'),
+    (lambda: torch.zeros(2, 3, 64, 32, dtype=torch.float64),
+     r'^x: expected dtype torch.float32 \(the model\'s parameters\), got torch.float64'),
+    (lambda: torch.zeros(0, 3, 64, 32), r'^x: empty batch \(0, 3, 64, 32\); expected at least one image'),
+    (lambda: [[0.0]], r'^x: expected an image batch tensor \(B, 3, H, W\), got list'),
+])
+def test_bad_input_batch_names_x_and_what_was_expected(make_input, message):
+    model = HBFPNet(backbone='resnet18', correlation_dim=8, perception_dim=16).eval()
+    with pytest.raises(ValueError, match=message):
+        model(make_input())
+
+
+def test_input_dtype_follows_the_model_and_autocast():
+    model = HBFPNet(backbone='resnet18', correlation_dim=8, perception_dim=16).eval()
+    x = torch.randn(2, 3, 64, 32)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        assert model(x.half()).shape == (2, model.num_features)  # autocast casts half inputs...
+        with pytest.raises(ValueError, match=r'^x: expected dtype torch.float32'):
+            model(x.double())  # ... but never float64
+    with torch.no_grad():
+        assert model.double()(x.double()).dtype == torch.float64
+
+
+def test_single_image_training_batch_is_a_clear_error():
+    model = HBFPNet(backbone='resnet18', correlation_dim=8, perception_dim=16).train()
+    with pytest.raises(ValueError, match=r'^x: a training batch needs at least 2 images .* got 1; use model.eval\(\)'):
+        model(torch.randn(1, 3, 64, 32))
 
 
 def test_pretrained_backbone_loads_a_local_weights_file(tmp_path):

@@ -13,16 +13,24 @@ levels of a backbone, and returns each map augmented by what it perceives of the
 
 Every linear map (U, V, U', V', P_x, P_y) is a 1x1 convolution "regularised by Batch Normalization"
 (paper 4.2). The layer knows nothing of the backbone: plain (B, C, H, W) tensors in and out; the two
-maps may differ in channels and in spatial size.
+maps may differ in channels and in spatial size. It scripts with TorchScript and traces with torch.fx (its
+input checks run in eager mode only).
 """
 import math
 from typing import Tuple
 
 import torch
+import torch.fx
 import torch.nn as nn
 from timm.layers import ConvNormAct
 
-__all__ = ['SelfAwareness', 'BFP']
+__all__ = ['SelfAwareness', 'BFP', 'check_positive_int']
+
+
+def check_positive_int(name: str, value: int) -> None:
+    """Raise a ValueError naming the argument unless ``value`` is an integer >= 1 (a layer size)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f'{name}: expected a positive integer, got {value!r}')
 
 
 class SelfAwareness(nn.Module):
@@ -63,6 +71,9 @@ class BFP(nn.Module):
             residual: bool = True,
     ):
         super().__init__()
+        for name, value in (('p_channels', p_channels), ('q_channels', q_channels),
+                            ('correlation_dim', correlation_dim), ('perception_dim', perception_dim)):
+            check_positive_int(name, value)
         self.p_channels = p_channels
         self.q_channels = q_channels
         self.residual = residual
@@ -87,12 +98,18 @@ class BFP(nn.Module):
         b = self.q_correlation(q_masked).flatten(2)  # (B, L, N_Q)
         return torch.bmm((a * self.bilinear_weight[:, None]).transpose(1, 2), b)
 
-    def perceive(self, p: torch.Tensor, q: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The bi-directional perception maps ``(P~, Q~)`` of Eq. 5, without the residual."""
+    def _check_inputs(self, p: torch.Tensor, q: torch.Tensor) -> None:
+        if isinstance(p, torch.fx.Proxy):  # symbolic tracing: shapes are not known yet
+            return
         if p.ndim != 4 or p.shape[1] != self.p_channels:
             raise ValueError(f'BFP: p must be (B, {self.p_channels}, H, W), got shape {tuple(p.shape)}')
         if q.ndim != 4 or q.shape[1] != self.q_channels:
             raise ValueError(f'BFP: q must be (B, {self.q_channels}, H, W), got shape {tuple(q.shape)}')
+
+    def perceive(self, p: torch.Tensor, q: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The bi-directional perception maps ``(P~, Q~)`` of Eq. 5, without the residual."""
+        if not torch.jit.is_scripting():
+            self._check_inputs(p, q)
         p_masked = self.p_mask(p)
         q_masked = self.q_mask(q)
         corr = self.correlation(p_masked, q_masked)
@@ -103,8 +120,8 @@ class BFP(nn.Module):
         q_space = self.q_perception(q_masked).flatten(2)  # B' (B, L', N_Q)
         p_from_q = p_space * torch.bmm(q_space, attend_q)  # Eq. 4, X_y
         q_from_p = torch.bmm(p_space, attend_p) * q_space  # Eq. 4, Y_x
-        p_tilde = self.p_projection(p_from_q.unflatten(2, p.shape[2:]))  # Eq. 5
-        q_tilde = self.q_projection(q_from_p.unflatten(2, q.shape[2:]))
+        p_tilde = self.p_projection(p_from_q.unflatten(2, (p.shape[2], p.shape[3])))  # Eq. 5
+        q_tilde = self.q_projection(q_from_p.unflatten(2, (q.shape[2], q.shape[3])))
         return p_tilde, q_tilde
 
     def forward(self, p: torch.Tensor, q: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -11,6 +11,9 @@ The stage boundaries come from the model's own ``feature_info``. The last stride
 the three maps share one spatial size: for timm ResNets by setting the stride of ``layer4``'s first
 block to 1 without dilation (as the paper and BoT do); for every other family the way timm itself
 does it, ``output_stride=16`` (dilation in the last stage).
+
+The cut also records where each of the backbone's own feature levels (its ``feature_info``) ends, with its
+channels and real stride, for HBFP-Net's ``feature_info``; ``segments.py`` runs the cut.
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +24,19 @@ import torch
 import torch.nn as nn
 from timm.models._manipulate import adapt_input_conv
 
-__all__ = ['BackboneCuts', 'create_backbone', 'cut_backbone', 'load_backbone_weights', 'run_modules']
+__all__ = [
+    'BackboneCuts', 'BackboneModules', 'StageOutput', 'create_backbone', 'cut_backbone', 'load_backbone_weights',
+    'run_modules',
+]
+
+
+@dataclass(frozen=True)
+class StageOutput:
+    """One entry of the backbone's ``feature_info`` as HBFP-Net runs the backbone: read after unit ``after``."""
+    module: str  # the backbone's own feature module name ('layer1', 'stages.2')
+    after: str  # the unit of the cut whose output it is
+    channels: int
+    reduction: int
 
 
 @dataclass(frozen=True)
@@ -32,6 +47,28 @@ class BackboneCuts:
     block4: Tuple[str, ...]
     channels: Tuple[int, int, int]  # (low, mid, high)
     reduction: int  # stride of the three maps w.r.t. the input
+    stages: Tuple[StageOutput, ...] = ()  # the backbone's feature levels, in order
+
+
+class BackboneModules(nn.Module):
+    """The top-level modules of a timm backbone that HBFP-Net runs, under their timm names, so that the
+    checkpoint keeps timm's key layout under ``backbone.``.
+
+    It has no forward: HBFP-Net runs the modules through its segments. Leaving out the backbone's own forward and
+    head (pooling, classifier, final norm or conv) means every parameter trains and TorchScript never compiles a
+    forward whose head HBFP-Net dropped.
+
+    Args:
+        model: The timm backbone (from :func:`create_backbone`).
+        used: Module paths HBFP-Net runs (``cuts.stem + cuts.block3 + cuts.block4``).
+    """
+
+    def __init__(self, model: nn.Module, used: Sequence[str]):
+        super().__init__()
+        roots = {name.split('.')[0] for name in used}
+        for name, child in model.named_children():
+            if name in roots:
+                self.add_module(name, child)
 
 
 def run_modules(root: nn.Module, names: Sequence[str], x: torch.Tensor) -> torch.Tensor:
@@ -67,7 +104,8 @@ def create_backbone(
     try:
         model = timm.create_model(name, **kwargs)
     except (TypeError, AssertionError, NotImplementedError) as exc:
-        raise ValueError(f'backbone: timm model {name!r} cannot be built with output_stride=16 ({exc})') from exc
+        extra = {k: v for k, v in kwargs.items() if k not in ('pretrained', 'in_chans')}
+        raise ValueError(f'backbone: timm model {name!r} cannot be built with {extra} ({exc})') from exc
     if is_resnet:
         _remove_resnet_last_stride(model)
     return model
@@ -195,20 +233,31 @@ def cut_backbone(model: nn.Module, probe_size: Tuple[int, int] = (64, 64)) -> Ba
     block3 = tuple(p for p, _ in units[first_block + 1:])
     block4 = tuple(names[penultimate_end + 1:last_end + 1])
 
+    units = stem + block3 + block4
+    # Each feature level ends with the last unit inside its module (the penultimate stage is split into units).
+    stage_ends = {}
+    for module in feature_modules:
+        inside = [u for u in units if u == module or u.startswith(module + '.')]
+        if inside:
+            stage_ends[inside[-1]] = module
+
     was_training = model.training
     model.eval()
+    outputs = {}
     with torch.no_grad():
         x = torch.zeros(1, _in_chans(model), *probe_size)
-        low = run_modules(model, stem, x)
-        mid = run_modules(model, block3, low)
-        high = run_modules(model, block4, mid)
+        for unit in units:
+            x = outputs[unit] = model.get_submodule(unit)(x)
     model.train(was_training)
+    low, mid, high = outputs[stem[-1]], outputs[block3[-1]], outputs[block4[-1]]
     if not low.shape[2:] == mid.shape[2:] == high.shape[2:]:
         raise ValueError(
             f'backbone: maps differ in size after removing the last stride (low {tuple(low.shape[2:])}, '
             f'mid {tuple(mid.shape[2:])}, high {tuple(high.shape[2:])})')
+    stages = tuple(StageOutput(module, unit, outputs[unit].shape[1], probe_size[0] // outputs[unit].shape[2])
+                   for unit, module in stage_ends.items())
     reduction = probe_size[0] // high.shape[2]
-    return BackboneCuts(stem, block3, block4, (low.shape[1], mid.shape[1], high.shape[1]), reduction)
+    return BackboneCuts(stem, block3, block4, (low.shape[1], mid.shape[1], high.shape[1]), reduction, stages)
 
 
 def _in_chans(model: nn.Module) -> int:
