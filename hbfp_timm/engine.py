@@ -3,18 +3,17 @@
 The protocol itself (same-camera removal, junk, distractors, skipped queries) lives in
 :mod:`hbfp_timm.metrics`; this module turns a model and two loaders into the numbers of Table 1.
 """
-from typing import Any, Dict, Iterable, Tuple
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
-
 from .metrics import RankResult, compute_distance_matrix, evaluate_features_detailed, evaluate_rank_detailed
+from .progress import progress
 from .reranking import re_ranking_features
 from .retrieval import topk
 
-__all__ = ['describe', 'describe_batch', 'extract_features', 'evaluate', 'unwrap_model']
+__all__ = ['autocast_dtype', 'describe', 'describe_batch', 'extract_features', 'evaluate', 'unwrap_model']
 
 # CMC ranks reported by name in every result.
 REPORTED_RANKS = (1, 5, 10)
@@ -45,22 +44,39 @@ def describe(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return model(images)
 
 
+def autocast_dtype(device_type: str, amp_dtype: Optional[torch.dtype] = None) -> torch.dtype:
+    """The autocast dtype of an evaluation: ``amp_dtype`` when given, else float16 on CUDA, bfloat16 elsewhere."""
+    if amp_dtype is not None:
+        if amp_dtype not in (torch.float16, torch.bfloat16):
+            raise ValueError(f'amp_dtype: expected torch.float16 or torch.bfloat16, got {amp_dtype}')
+        return amp_dtype
+    return torch.float16 if device_type == 'cuda' else torch.bfloat16
+
+
 @torch.no_grad()
-def describe_batch(model: nn.Module, images: torch.Tensor, flip: bool = False, amp: bool = False) -> torch.Tensor:
+def describe_batch(
+        model: nn.Module,
+        images: torch.Tensor,
+        flip: bool = False,
+        amp: bool = False,
+        amp_dtype: Optional[torch.dtype] = None,
+) -> torch.Tensor:
     """Float32 descriptors of a batch already on the model's device, optionally flip-averaged, under autocast.
 
     Args:
         model: The Re-ID model (see :func:`describe`), in the mode the caller wants (eval for test descriptors).
         images: (B, C, H, W) batch.
         flip: Average each descriptor with that of the horizontally mirrored image.
-        amp: Run the forward under ``torch.autocast`` (float16 on CUDA, bfloat16 on CPU).
+        amp: Run the forward under ``torch.autocast``.
+        amp_dtype: Its dtype (the one the model was trained under, for instance); None: float16 on CUDA,
+            bfloat16 on CPU.
 
     Returns:
         (B, D) float32 descriptors on the batch's device.
     """
     device_type = images.device.type
-    amp_dtype = torch.float16 if device_type == 'cuda' else torch.bfloat16
-    with torch.autocast(device_type=device_type, dtype=amp_dtype, enabled=amp):
+    dtype = autocast_dtype(device_type, amp_dtype)
+    with torch.autocast(device_type=device_type, dtype=dtype, enabled=amp):
         descriptor = describe(model, images).float()
         if flip:
             descriptor = (descriptor + describe(model, images.flip(dims=[3])).float()) / 2
@@ -75,6 +91,7 @@ def extract_features(
         flip: bool = False,
         amp: bool = False,
         desc: str = 'features',
+        amp_dtype: Optional[torch.dtype] = None,
 ) -> Tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Descriptors of every image of a loader, in loader order.
 
@@ -85,8 +102,9 @@ def extract_features(
         loader: Yields ``(images, pids, camids, ...)`` batches, as :class:`hbfp_timm.data.ImageDataset` does.
         device: Device to run the model on.
         flip: Average the descriptors of each image and its horizontal mirror.
-        amp: Run the forward under ``torch.autocast`` (float16 on CUDA, bfloat16 on CPU).
-        desc: Label of the progress bar.
+        amp: Run the forward under ``torch.autocast``.
+        desc: Label of the progress bar (a bar on a terminal, a line a minute in logs).
+        amp_dtype: Autocast dtype; None: float16 on CUDA, bfloat16 on CPU.
 
     Returns:
         ``(features, pids, camids)``: a (N, D) float32 CPU tensor and two (N,) int64 arrays.
@@ -96,11 +114,11 @@ def extract_features(
     model.eval()
     features, pids, camids = [], [], []
     try:
-        for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+        for batch in progress(loader, desc=desc, leave=False):
             if len(batch) < 3:
                 raise ValueError(f'loader: expected (images, pids, camids, ...) batches, got {len(batch)} items')
             images = batch[0].to(device, non_blocking=True)
-            features.append(describe_batch(model, images, flip=flip, amp=amp).cpu())
+            features.append(describe_batch(model, images, flip=flip, amp=amp, amp_dtype=amp_dtype).cpu())
             pids.append(torch.as_tensor(batch[1]).reshape(-1))
             camids.append(torch.as_tensor(batch[2]).reshape(-1))
     finally:
@@ -132,6 +150,7 @@ def evaluate(
         amp: bool = False,
         keep_distmat: bool = False,
         keep_topk: int = 0,
+        amp_dtype: Optional[torch.dtype] = None,
 ) -> Dict[str, Any]:
     """Rank-1/5/10, mAP and CMC of a model on a query/gallery split (Market-1501 protocol, single query).
 
@@ -155,6 +174,7 @@ def evaluate(
             under ``'topk_indices'`` and ``'topk_distances'``, without the whole matrix (0: not returned). These
             are plain nearest neighbours: the protocol's removals (same identity and camera, junk) are not
             applied to them.
+        amp_dtype: Autocast dtype of the extraction; None: float16 on CUDA, bfloat16 on CPU.
 
     Returns:
         ``{'rank1', 'rank5', 'rank10', 'mAP'}`` (fractions), ``'cmc'`` (list of max_rank fractions),
@@ -165,8 +185,10 @@ def evaluate(
         raise ValueError(f'max_rank: expected a positive integer, got {max_rank!r}')
     if isinstance(keep_topk, bool) or not isinstance(keep_topk, int) or keep_topk < 0:
         raise ValueError(f'keep_topk: expected a non-negative integer, got {keep_topk!r}')
-    q_feats, q_pids, q_camids = extract_features(model, query_loader, device, flip=flip, amp=amp, desc='query')
-    g_feats, g_pids, g_camids = extract_features(model, gallery_loader, device, flip=flip, amp=amp, desc='gallery')
+    q_feats, q_pids, q_camids = extract_features(model, query_loader, device, flip=flip, amp=amp,
+                                                 amp_dtype=amp_dtype, desc='query')
+    g_feats, g_pids, g_camids = extract_features(model, gallery_loader, device, flip=flip, amp=amp,
+                                                 amp_dtype=amp_dtype, desc='gallery')
     # Rank-10 is always reported, so the curve is computed at least that long and cut to max_rank after.
     curve_length = max(max_rank, max(REPORTED_RANKS))
     ids = (q_pids, g_pids, q_camids, g_camids)

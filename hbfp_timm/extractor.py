@@ -22,11 +22,11 @@ import torch.nn as nn
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from .data.transforms import build_test_transform
 from .engine import describe_batch, unwrap_model
 from .hub import BACKBONE_WEIGHT_ARGS, RESULTS_NAME, load_checkpoint, load_run
+from .progress import progress
 
 __all__ = ['FeatureExtractor', 'load_model']
 
@@ -207,7 +207,7 @@ class FeatureExtractor:
     def _batches(self, items: List[ImageLike]) -> Iterable[torch.Tensor]:
         loader = DataLoader(_Images(items, self.transform), batch_size=self.batch_size, shuffle=False,
                             num_workers=self.workers, pin_memory=self.device.type == 'cuda')
-        return tqdm(loader, desc='images', unit='batch', disable=not self.progress, dynamic_ncols=True)
+        return progress(loader, desc='images', unit='batch', disable=not self.progress)
 
     def _describe(self, batch: torch.Tensor) -> torch.Tensor:
         descriptor = describe_batch(self.model, batch.to(self.device, non_blocking=True), self.flip, self.amp)

@@ -116,3 +116,36 @@ def test_evaluate_can_return_each_querys_nearest_gallery_items():
     assert results['topk_distances'][2] == pytest.approx([1.0, 4.0], abs=1e-5)
     with pytest.raises(ValueError, match='keep_topk'):
         evaluate(nn.Identity(), query, gallery, 'cpu', keep_topk=-1)
+
+
+class AutocastProbe(nn.Module):
+    """Records the autocast state its forward runs under; the descriptor is its input (as nn.Identity)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        device_type = images.device.type
+        enabled = torch.is_autocast_enabled(device_type)
+        self.seen.append(torch.get_autocast_dtype(device_type) if enabled else None)
+        return images
+
+
+@pytest.mark.parametrize('amp, amp_dtype, expected', [
+    (False, None, None),
+    (True, None, torch.bfloat16),  # the default off CUDA
+    (True, torch.float16, torch.float16),  # e.g. the trainer's float16 on an older GPU
+    (True, torch.bfloat16, torch.bfloat16),
+])
+def test_evaluation_runs_under_the_autocast_dtype_it_is_given(amp, amp_dtype, expected):
+    query, gallery = _toy_split()
+    probe = AutocastProbe()
+    evaluate(probe, query, gallery, 'cpu', max_rank=3, amp=amp, amp_dtype=amp_dtype)
+    assert probe.seen and set(probe.seen) == {expected}
+
+
+def test_evaluation_refuses_an_autocast_dtype_that_is_not_half_precision():
+    query, gallery = _toy_split()
+    with pytest.raises(ValueError, match='amp_dtype: expected torch.float16 or torch.bfloat16, got torch.float64'):
+        evaluate(AutocastProbe(), query, gallery, 'cpu', amp=True, amp_dtype=torch.float64)

@@ -198,7 +198,8 @@ def _train(cfg: TrainConfig, command: List[str], rank: int, world_size: int, loc
             tqdm.write(f'epoch {epoch + 1}/{cfg.epochs}: {losses}, lr {stats["lr"]:.2e}, {stats["time"]:.1f}s')
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                 evaluation = evaluate(model, query_loader, gallery_loader, device, metric=cfg.metric,
-                                      flip=cfg.flip_test, amp=amp_dtype is not None)
+                                      flip=cfg.flip_test, amp=amp_dtype is not None,
+                                      amp_dtype=amp_dtype)
                 entry = {'epoch': epoch + 1, **_headline(evaluation),
                          'num_skipped_queries': evaluation['num_skipped_queries']}
                 results['evaluations'].append(entry)
