@@ -377,7 +377,8 @@ def test_repeated_seeds_and_training_flags_without_training_are_one_line_errors(
 
 
 def test_model_arg_the_model_refuses_fails_before_any_training(tiny_market, tmp_path, capsys):
-    for model_arg, expected in (('correlation_dim=-5', 'correlation_dim: expected a positive integer, got -5'), ('nonsense=1', 'nonsense')):
+    cases = (('correlation_dim=-5', 'correlation_dim: expected a positive integer, got -5'), ('nonsense=1', 'nonsense'))
+    for model_arg, expected in cases:
         code = market.main(['--data-root', str(tiny_market), '--train', '--model-arg', model_arg,
                             '--output', str(tmp_path)] + MOBILENET_FLAGS[:2] + TINY_FLAGS)
         captured = capsys.readouterr()
