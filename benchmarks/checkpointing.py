@@ -29,8 +29,10 @@ import torch
 
 import hbfp_timm  # noqa: F401  (registers the hbfp_* models with timm)
 
+from .memory import status_bytes
 
-def _activation_bytes(model: torch.nn.Module, x: torch.Tensor) -> tuple:
+
+def activation_bytes(model: torch.nn.Module, x: torch.Tensor) -> tuple:
     """One training step; returns (bytes saved for backward, loss)."""
     parameters = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
     kept = {}
@@ -48,11 +50,6 @@ def _activation_bytes(model: torch.nn.Module, x: torch.Tensor) -> tuple:
     return sum(kept.values()), loss
 
 
-def _status_bytes(key: str) -> int:
-    with open('/proc/self/status') as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ':'))
-
-
 def probe(model_name: str, img_size: Sequence[int], batch_size: int, checkpointing: bool, device: str) -> Dict:
     """Measure one configuration in this process (see the module docstring)."""
     torch.manual_seed(0)
@@ -60,7 +57,7 @@ def probe(model_name: str, img_size: Sequence[int], batch_size: int, checkpointi
     model = timm.create_model(model_name, num_classes=100).to(device).train()
     model.set_grad_checkpointing(checkpointing)
     x = torch.randn(batch_size, 3, *img_size, device=device)
-    _activation_bytes(model, x)  # warm-up: one-time allocations of the first step
+    activation_bytes(model, x)  # warm-up: one-time allocations of the first step
     model.zero_grad(set_to_none=True)
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
@@ -69,14 +66,14 @@ def probe(model_name: str, img_size: Sequence[int], batch_size: int, checkpointi
     else:
         with open('/proc/self/clear_refs', 'w') as f:
             f.write('5')  # resets the peak RSS (VmHWM) to the current RSS
-        before = _status_bytes('VmRSS')
+        before = status_bytes('VmRSS')
     start = time.perf_counter()
-    activations, loss = _activation_bytes(model, x)
+    activations, loss = activation_bytes(model, x)
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device) - before
     else:
-        peak = _status_bytes('VmHWM') - before
+        peak = status_bytes('VmHWM') - before
     return dict(checkpointing=checkpointing, activation_bytes=activations, peak_step_bytes=peak,
                 step_seconds=time.perf_counter() - start, loss=loss.item())
 

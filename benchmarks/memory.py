@@ -15,12 +15,12 @@ import torch
 from .baseline import prepare
 from .timing import make_step
 
-__all__ = ['peak_memory', 'memory_probe']
+__all__ = ['peak_memory', 'memory_probe', 'status_bytes']
 
 _DTYPES = {'float32': None, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
 
-def _status_bytes(field: str) -> int:
+def status_bytes(field: str) -> int:
     """A memory field of /proc/self/status (VmRSS, VmHWM), in bytes."""
     with open('/proc/self/status') as f:
         for line in f:
@@ -41,9 +41,9 @@ def memory_probe(name: str, mode: str, batch_size: int, img_size: Tuple[int, int
         # transient memory of building the model does not mask the step's peak.
         with open('/proc/self/clear_refs', 'w') as f:
             f.write('5')
-        before = _status_bytes('VmRSS')
+        before = status_bytes('VmRSS')
         step()
-        return _status_bytes('VmHWM') - before
+        return status_bytes('VmHWM') - before
     except OSError:
         # ru_maxrss cannot be reset: a lower bound when building the model peaked higher than the step.
         scale = 1 if sys.platform == 'darwin' else 1024  # KiB on Linux, bytes on macOS

@@ -37,6 +37,8 @@ from hbfp_timm.metrics import evaluate_features, evaluate_rank
 from hbfp_timm.retrieval import faiss_available, topk
 from hbfp_timm.reranking import re_ranking, re_ranking_features
 
+from .memory import status_bytes
+
 __all__ = ['SIZES', 'measure', 'run', 'main']
 
 SIZES = {
@@ -45,13 +47,6 @@ SIZES = {
 }
 TASKS = ('topk', 'evaluate', 'rerank')
 
-
-def _status_bytes(field: str) -> int:
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith(field + ':'):
-                return int(line.split()[1]) * 1024
-    raise OSError(f'{field} not in /proc/self/status')
 
 
 def _cpu_seconds() -> float:
@@ -131,11 +126,11 @@ def _probe(task: str, method: str, scale: str) -> Dict[str, Any]:
                 return re_ranking_features(query, gallery)
     with open('/proc/self/clear_refs', 'w') as f:
         f.write('5')  # resets VmHWM (the peak RSS) to the current RSS
-    before = _status_bytes('VmRSS')
+    before = status_bytes('VmRSS')
     cpu_start, start = _cpu_seconds(), time.perf_counter()
     result = call()
     seconds, cpu_seconds = time.perf_counter() - start, _cpu_seconds() - cpu_start
-    extra = _status_bytes('VmHWM') - before
+    extra = status_bytes('VmHWM') - before
     if task == 'topk':
         summary = {'indices': result[1][:, :10].tolist(), 'first_distances': result[0][:5, 0].tolist()}
     elif task == 'evaluate':

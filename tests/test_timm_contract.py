@@ -17,6 +17,7 @@ from timm.models import get_notrace_functions, get_notrace_modules
 from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
+from benchmarks.checkpointing import activation_bytes
 import hbfp_timm  # noqa: F401  (registers the hbfp_* models with timm)
 from hbfp_timm.data.transforms import build_test_transform
 from hbfp_timm.models.backbone import run_modules
@@ -203,31 +204,12 @@ def test_grad_checkpointing_gives_the_same_gradients_and_state():
             assert torch.equal(a, b)
 
 
-def _activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
-    """Bytes of the activations the forward keeps for backward (tensors saved by autograd, parameters aside;
-    a checkpointed region keeps its inputs only)."""
-    parameters = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
-    kept = {}
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in parameters:
-            kept[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        outputs = model.forward_branches(x)
-        loss = sum(logit.sum() for logit in outputs.logits)
-    loss.backward()
-    return sum(kept.values())
-
-
 def test_grad_checkpointing_keeps_less_than_half_the_activations():
     model = _model(num_classes=5).train()
     x = _images(2)
-    plain = _activation_bytes(model, x)
+    plain, _ = activation_bytes(model, x)
     model.set_grad_checkpointing()
-    checkpointed = _activation_bytes(model, x)
+    checkpointed, _ = activation_bytes(model, x)
     assert checkpointed < 0.5 * plain
 
 
