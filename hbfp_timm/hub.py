@@ -30,7 +30,6 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import timm
 import torch
 import torch.nn as nn
-import yaml
 from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled, \
     RepositoryNotFoundError, RevisionNotFoundError
@@ -38,7 +37,7 @@ from huggingface_hub.utils import get_session
 from timm.models import load_state_dict, resolve_pretrained_cfg, save_for_hf
 
 from .files import follow_umask
-from .paper import DATASET_TITLES, PAPER_TABLE1
+from .model_card import architecture, check_results, render_model_card
 
 __all__ = [
     'WEIGHTS_NAME', 'RESULTS_NAME', 'WeightsNotFoundError', 'CheckpointMismatchError', 'save_pretrained',
@@ -50,8 +49,6 @@ WEIGHTS_NAME = 'model.safetensors'  # the trainer's and the Hub's weights file
 HUB_LAYOUT = ('config.json', WEIGHTS_NAME, 'README.md')
 RESULTS_NAME = 'results.json'  # the trainer's run summary
 CHECKPOINT_SUFFIXES = ('.safetensors', '.pt', '.pth', '.bin')
-REQUIRED_METRICS = ('rank1', 'mAP')
-OPTIONAL_METRICS = ('rank5', 'rank10')
 # Benchmark module that reproduces each data set's Table 1 column (DESIGN.md section 6).
 BENCHMARK_OF_DATASET = {
     'market1501': 'benchmarks.market', 'dukemtmc': 'benchmarks.duke',
@@ -62,13 +59,6 @@ BENCHMARK_OF_DATASET = {
 # ImageNet weights that the checkpoint then overwrites.
 BACKBONE_WEIGHT_ARGS = {'pretrained_backbone': False, 'backbone_weights': None}
 MAX_LISTED_KEYS = 8
-PAPER_BIBTEX = """@inproceedings{liu2020hbfp,
-  title     = {Hierarchical Bi-Directional Feature Perception Network for Person Re-Identification},
-  author    = {Liu, Zhipu and Zhang, Lei and Yang, Yang},
-  booktitle = {Proceedings of the 28th ACM International Conference on Multimedia},
-  year      = {2020},
-  doi       = {10.1145/3394171.3413689}
-}"""
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -275,177 +265,6 @@ def load_checkpoint(model: nn.Module, path: Union[str, Path]) -> nn.Module:
     return model
 
 
-# --- results and model card ------------------------------------------------------------------------------
-def _architecture(model: nn.Module) -> str:
-    arch = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture')
-    if not arch or not timm.is_model(arch) or not arch.startswith('hbfp_'):
-        raise ValueError(
-            f'model: expected an HBFP model built with timm.create_model("hbfp_...") (config.json needs its '
-            f'registered architecture and constructor arguments), got {type(model).__name__} with architecture {arch!r}')
-    return arch
-
-
-def _check_results(results: Optional[Mapping[str, Any]], arch: str, source: str = 'results') -> Optional[Dict]:
-    """Validate the trainer's results dict (metrics as fractions in [0, 1]); None stays None."""
-    if results is None:
-        return None
-    if not isinstance(results, Mapping):
-        raise ValueError(f'{source}: expected a dict like the trainer\'s results.json, got {type(results).__name__}')
-    if results.get('model', arch) != arch:
-        raise ValueError(f"{source}: 'model' is {results['model']!r} but the model being saved is {arch!r}")
-    if not isinstance(results.get('dataset'), str) or not results['dataset']:
-        raise ValueError(f"{source}: expected a 'dataset' name such as 'market1501', got {results.get('dataset')!r}")
-    metrics = results.get('metrics')
-    if metrics is not None and not isinstance(metrics, Mapping):
-        raise ValueError(f"{source}: expected 'metrics' to be a dict with {', '.join(REQUIRED_METRICS)} (or null for "
-                         f'a run never evaluated), got {metrics!r}')
-    for key in (REQUIRED_METRICS + OPTIONAL_METRICS) if metrics is not None else ():
-        if key not in metrics and key in OPTIONAL_METRICS:
-            continue
-        value = metrics.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-            raise ValueError(f"{source}: metrics['{key}'] must be a fraction in [0, 1], got {value!r}")
-    img_size = results.get('img_size')
-    if img_size is not None and (not isinstance(img_size, (list, tuple)) or len(img_size) != 2
-                                 or not all(isinstance(v, int) and v > 0 for v in img_size)):
-        raise ValueError(f'{source}: img_size must be [H, W] in pixels, got {img_size!r}')
-    model_args = results.get('model_args', {})
-    if not isinstance(model_args, Mapping):
-        raise ValueError(f'{source}: model_args must be a dict of HBFPNet constructor arguments, got {model_args!r}')
-    synthetic = results.get('synthetic_data')
-    if synthetic is not None and not isinstance(synthetic, Mapping):
-        raise ValueError(f"{source}: synthetic_data must be the generator's settings (a dict) or null, "
-                         f'got {synthetic!r}')
-    return dict(results)
-
-
-def _dataset_title(results: Mapping[str, Any]) -> str:
-    """The training data of a run as a reader should see it; synthetic data says so."""
-    synthetic = results.get('synthetic_data')
-    if synthetic:
-        return (f"synthetic pedestrians (python -m hbfp_timm.synthetic, seed {synthetic.get('seed', '?')}, "
-                f"{synthetic.get('num_ids', '?')} identities)")
-    return DATASET_TITLES.get(results['dataset'], results['dataset'])
-
-
-def _percent(fraction: float) -> float:
-    return round(100.0 * fraction, 2)
-
-
-def _card_metadata(arch: str, results: Optional[Dict], name: str) -> Dict[str, Any]:
-    meta: Dict[str, Any] = {
-        'library_name': 'timm',
-        'license': 'apache-2.0',
-        'pipeline_tag': 'image-feature-extraction',
-        'tags': ['person-reid', 're-identification', 'hbfp', 'timm', 'image-feature-extraction'],
-    }
-    if results is None:
-        return meta
-    if results.get('synthetic_data'):
-        meta['tags'].append('synthetic-data')
-    dataset, metrics = results['dataset'], results['metrics']
-    meta['datasets'] = [dataset]
-    if metrics is None:
-        return meta
-    meta['model-index'] = [{
-        'name': name,
-        'results': [{
-            'task': {'type': 'person-re-identification', 'name': 'Person Re-Identification'},
-            'dataset': {'type': dataset, 'name': _dataset_title(results), 'split': 'query/gallery'},
-            'metrics': [
-                {'type': key.lower(), 'name': label, 'value': _percent(metrics[key])}
-                for key, label in (('rank1', 'Rank-1'), ('rank5', 'Rank-5'), ('rank10', 'Rank-10'), ('mAP', 'mAP'))
-                if key in metrics
-            ],
-        }],
-    }]
-    return meta
-
-
-def render_model_card(model: nn.Module, results: Optional[Mapping[str, Any]] = None,
-                      repo_id: Optional[str] = None) -> str:
-    """The ``README.md`` of a Hub repository: YAML metadata (model-index from ``results``), results, usage.
-
-    Args:
-        model: The HBFP model being saved (built by ``timm.create_model``).
-        results: The trainer's results (``dataset``, ``metrics`` as fractions or None, ``img_size``,
-            ``model_args``), or None for weights without a recorded run.
-        repo_id: The Hub repository the card is for; the usage snippet loads from it (a local folder otherwise).
-
-    Returns:
-        The model card text, front matter first.
-    """
-    arch = _architecture(model)
-    results = _check_results(results, arch)
-    name = repo_id.split('/')[-1] if repo_id else (f"{arch}.{results['dataset']}" if results else arch)
-    meta = yaml.safe_dump(_card_metadata(arch, results, name), sort_keys=False)
-    source = f'hf-hub:{repo_id}' if repo_id else 'local-dir:PATH/TO/THIS/FOLDER'
-    height, width = _input_size(model, results)
-    lines = [
-        '---', meta.rstrip(), '---', f'# {name}', '',
-        f'**Needs the hbfp-timm package: `import hbfp_timm` before `timm.create_model` (see Usage).** timm has no '
-        f'plugin entry points, so without the import `timm.create_model("{source}")` stops with '
-        f'`RuntimeError: Unknown model ({arch})`.', '',
-        f'HBFP-Net (Hierarchical Bi-directional Feature Perception Network, Liu, Zhang and Yang, ACM MM 2020) for '
-        f'person re-identification, as the timm model `{arch}` of the hbfp-timm package. `model(images)` returns a '
-        f'{model.num_features}-d descriptor per image; people are matched by the distance between descriptors.',
-        '', '## Results', '',
-    ]
-    if results is not None and results.get('synthetic_data'):
-        lines += ['**Trained on synthetic data.** These weights learnt from generated pictures of pedestrians '
-                  '(`python -m hbfp_timm.synthetic`), not from photographs of people: they exercise the pipeline, '
-                  'and their scores say nothing about re-identifying real people.', '']
-    if results is None or results['metrics'] is None:
-        lines.append('These weights come with no evaluation: no metrics were given when they were saved.')
-    else:
-        dataset, metrics = results['dataset'], results['metrics']
-        title = _dataset_title(results)
-        cells = lambda m: ' | '.join(  # noqa: E731
-            f'{v:g}' if v is not None else 'n/a' for v in (m.get(k) for k in ('rank1', 'rank5', 'rank10', 'mAP')))
-        ours = {k: _percent(v) for k, v in metrics.items() if k in REQUIRED_METRICS + OPTIONAL_METRICS}
-        lines += [
-            f'{title} test set, single query, no re-ranking, Market-1501 protocol (same-identity same-camera gallery '
-            f'images removed), input {height}x{width}, percent:', '',
-            '| | Rank-1 | Rank-5 | Rank-10 | mAP |', '|---|---|---|---|---|',
-            f'| these weights | {cells(ours)} |',
-        ]
-        if dataset in PAPER_TABLE1:
-            lines.append(f'| the paper\'s Table 1 (ResNet-50, 384x128; not these weights) | {cells(PAPER_TABLE1[dataset])} |')
-    lines += [
-        '', '## Usage', '',
-        'timm has no plugin entry points: `import hbfp_timm` must come before `timm.create_model`, also for '
-        '`hf-hub:` names.', '',
-        '```python', 'import timm', 'import torch', 'from PIL import Image', '',
-        'import hbfp_timm  # registers the hbfp_* architectures with timm; must come first',
-        'from hbfp_timm.data import build_test_transform', '',
-        f'model = timm.create_model("{source}", pretrained=True).eval()',
-        'transform = build_test_transform(model.pretrained_cfg["input_size"][1:])  # resize to (H, W), normalise',
-        'with torch.no_grad():',
-        '    descriptor = model(transform(Image.open("person.jpg").convert("RGB")).unsqueeze(0))  # (1, D)',
-        '```', '',
-        '## Model details', '',
-        f'- Architecture: `{arch}`, constructor arguments in `config.json` (`model_args`); '
-        f'{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters.',
-        f'- Input: RGB {height}x{width}, ImageNet mean/std normalisation.',
-        f'- Training data: {_dataset_title(results) if results else "not recorded"}.',
-        '- Paper: https://doi.org/10.1145/3394171.3413689. Design choices and the training recipe: MODEL_CARD.md of '
-        'hbfp-timm.', '',
-        '## Intended use and limits', '',
-        'For research on person re-identification benchmarks. Re-identification tracks people across cameras: '
-        'deploying it on real people is surveillance, with legal (e.g. GDPR) and ethical obligations, and is not an '
-        'intended use. The benchmark data sets were collected without individual consent and carry research-only '
-        'terms; accuracy drops on cameras, clothing and populations unlike the training set.', '',
-        '## Citation', '', '```bibtex', PAPER_BIBTEX, '```', '',
-    ]
-    return '\n'.join(lines)
-
-
-def _input_size(model: nn.Module, results: Optional[Mapping[str, Any]]) -> Tuple[int, int]:
-    if results and results.get('img_size'):
-        return tuple(results['img_size'])
-    return tuple(model.pretrained_cfg['input_size'][1:])
-
-
 # --- saving and pushing ----------------------------------------------------------------------------------
 def save_pretrained(model: nn.Module, directory: Union[str, Path],
                     results: Optional[Mapping[str, Any]] = None, repo_id: Optional[str] = None) -> Path:
@@ -466,8 +285,8 @@ def save_pretrained(model: nn.Module, directory: Union[str, Path],
     Returns:
         ``directory`` as a Path.
     """
-    arch = _architecture(model)
-    results = _check_results(results, arch)
+    arch = architecture(model)
+    results = check_results(results, arch)
     directory = Path(directory)
     recorded = getattr(model, '_model_args', {})  # what timm.create_model was given
     export_args = {k: v for k, v in BACKBONE_WEIGHT_ARGS.items() if recorded.get(k) not in (None, v)}
@@ -546,7 +365,7 @@ def load_run(run: Union[str, Path]) -> Tuple[nn.Module, Dict[str, Any]]:
     arch = results.get('model') if isinstance(results, dict) else None
     if not isinstance(arch, str) or not arch.startswith('hbfp_') or not timm.is_model(arch):
         raise ValueError(f"{results_path}: 'model' must name a registered HBFP model such as 'hbfp_resnet50', got {arch!r}")
-    _check_results(results, arch, source=str(results_path))
+    check_results(results, arch, source=str(results_path))
     if not weights.is_file():
         raise FileNotFoundError(f'{weights}: weights not found; expected the trainer\'s {WEIGHTS_NAME} next to {RESULTS_NAME}')
     # The checkpoint holds every weight, so no ImageNet backbone weights are fetched first.
