@@ -25,7 +25,7 @@ from PIL import Image
 import hbfp_timm  # noqa: F401  (registers the hbfp_* models with timm)
 from hbfp_timm import hub
 from hbfp_timm.files import current_umask
-from hbfp_timm.models import hbfp as hbfp_models
+from hbfp_timm.models import registry as hbfp_models
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCH = 'hbfp_mobilenetv2_100'

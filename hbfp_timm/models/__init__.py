@@ -2,5 +2,6 @@
 from .backbone import BackboneCuts, create_backbone, cut_backbone
 from ..layers import BatchNormNeck
 from .hbfp import BranchOutputs, HBFPNet
+from . import registry  # noqa: F401  (registers the hbfp_* models with timm)
 
 __all__ = ['HBFPNet', 'BranchOutputs', 'BatchNormNeck', 'BackboneCuts', 'create_backbone', 'cut_backbone']

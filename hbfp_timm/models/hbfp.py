@@ -18,7 +18,6 @@ ablations are configurations of the same class (``branches``, ``bfp_pairs``, ``h
 ``global_pool``).
 """
 import copy
-import os
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Set, Tuple, Union
 
@@ -26,9 +25,8 @@ import torch
 import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import SelectAdaptivePool2d
-from timm.models import build_model_with_cfg, generate_default_cfgs, group_parameters, register_model
+from timm.models import group_parameters
 from timm.models import register_notrace_module
 from timm.models._features import feature_take_indices
 
@@ -445,116 +443,3 @@ class HBFPNet(nn.Module):
             weights = self.classifier.weight.split(self.branch_channels, dim=1)
             logits = [F.linear(feat, w) for feat, w in zip(dropped.split(self.branch_channels, dim=1), weights)]
         return BranchOutputs(pooled_split, neck_split, logits)
-
-
-def _create_hbfp(variant: str, pretrained: bool = False, **kwargs) -> HBFPNet:
-    # features_only=True: the model is not a plain sequence of children, so timm's feature wrapper goes through
-    # forward_intermediates ('getter'; 'hook' and 'fx' work too); by default it returns the three learned maps.
-    kwargs['feature_cfg'] = dict(feature_cls='getter', out_indices=3, **(kwargs.get('feature_cfg') or {}))
-    if not pretrained:
-        return build_model_with_cfg(HBFPNet, variant, pretrained, **kwargs)
-    # Imported here because hub.py builds on this module; it is only needed when weights are loaded.
-    from ..hub import check_pretrained_state_dict, explain_pretrained_errors
-    # A missing Hub repository becomes one clear error naming the way out, and a checkpoint that does not
-    # fit the model is refused with its mismatched keys listed, before any weights are copied in.
-    with explain_pretrained_errors(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay')):
-        return build_model_with_cfg(
-            HBFPNet, variant, pretrained, pretrained_filter_fn=check_pretrained_state_dict, **kwargs)
-
-
-# Re-ID weights are looked up on the Hugging Face Hub as ``<namespace>/<model>.<dataset>``. A team that trained
-# and pushed its own (``python -m hbfp_timm.hub push``) points ``pretrained=True`` at them with the environment
-# variable HBFP_TIMM_HUB_NAMESPACE (read once, at import) or with ``pretrained_cfg_overlay=dict(hf_hub_id=...)``.
-HUB_NAMESPACE = os.environ.get('HBFP_TIMM_HUB_NAMESPACE', '').strip().strip('/') or 'hbfp-timm'
-REID_DATASETS = ('market1501', 'dukemtmc', 'cuhk03_labeled', 'cuhk03_detected')
-
-
-def _cfg(first_conv: str = 'backbone.conv1', **kwargs) -> dict:
-    return {
-        'url': '',
-        # Hub weights are read from safetensors only, never from a pickle.
-        'hf_hub_filename': 'model.safetensors',
-        'num_classes': 0,
-        'input_size': (3, 384, 128),
-        'pool_size': (24, 8),
-        # The model sees whole person crops stretched to 384x128 (hbfp_timm.data.build_test_transform); 'squash'
-        # makes timm's own pipeline (resolve_model_data_config + create_transform) do exactly that.
-        'crop_pct': 1.0,
-        'crop_mode': 'squash',
-        'interpolation': 'bilinear',
-        'mean': IMAGENET_DEFAULT_MEAN,
-        'std': IMAGENET_DEFAULT_STD,
-        'first_conv': first_conv,
-        'classifier': 'classifier',
-        'license': 'apache-2.0',
-        'paper_ids': 'doi:10.1145/3394171.3413689',
-        'paper_name': 'Hierarchical Bi-Directional Feature Perception Network for Person Re-Identification',
-        **kwargs,
-    }
-
-
-def _reid_cfgs(model_name: str, **kwargs) -> dict:
-    """One pretrained tag per Re-ID data set, ``<model_name>.<dataset>``, each in its own Hub repository.
-
-    The first tag (Market-1501) is the default of ``pretrained=True`` on the untagged name.
-    """
-    return {
-        f'{model_name}.{dataset}': _cfg(
-            hf_hub_id=f'{HUB_NAMESPACE}/{model_name}.{dataset}',
-            description=f'HBFP-Net trained for person re-identification on {dataset}',
-            **kwargs,
-        )
-        for dataset in REID_DATASETS
-    }
-
-
-default_cfgs = generate_default_cfgs({
-    **_reid_cfgs('hbfp_resnet50'),
-    'hbfp_resnet101': _cfg(),
-    'hbfp_resnet18': _cfg(),
-    'hbfp_convnext_tiny': _cfg(first_conv='backbone.stem.0'),
-    'hbfp_efficientnet_b0': _cfg(first_conv='backbone.conv_stem'),
-    'hbfp_mobilenetv2_100': _cfg(first_conv='backbone.conv_stem'),
-})
-
-
-@register_model
-def hbfp_resnet50(pretrained: bool = False, **kwargs) -> HBFPNet:
-    """HBFP-Net on ResNet-50, as in the paper (L=512, L'=2048, 4096-d descriptor)."""
-    model_args = dict(backbone='resnet50', correlation_dim=512, perception_dim=2048)
-    return _create_hbfp('hbfp_resnet50', pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def hbfp_resnet101(pretrained: bool = False, **kwargs) -> HBFPNet:
-    """HBFP-Net on ResNet-101 (paper's layer sizes)."""
-    model_args = dict(backbone='resnet101', correlation_dim=512, perception_dim=2048)
-    return _create_hbfp('hbfp_resnet101', pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def hbfp_resnet18(pretrained: bool = False, **kwargs) -> HBFPNet:
-    """HBFP-Net on ResNet-18, a small model for CPU demos (L=128, L'=512, 1024-d descriptor)."""
-    model_args = dict(backbone='resnet18', correlation_dim=128, perception_dim=512)
-    return _create_hbfp('hbfp_resnet18', pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def hbfp_convnext_tiny(pretrained: bool = False, **kwargs) -> HBFPNet:
-    """HBFP-Net on ConvNeXt-Tiny (output stride 16; L=256, L'=1024)."""
-    model_args = dict(backbone='convnext_tiny', correlation_dim=256, perception_dim=1024)
-    return _create_hbfp('hbfp_convnext_tiny', pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def hbfp_efficientnet_b0(pretrained: bool = False, **kwargs) -> HBFPNet:
-    """HBFP-Net on EfficientNet-B0 (output stride 16; L=128, L'=512)."""
-    model_args = dict(backbone='efficientnet_b0', correlation_dim=128, perception_dim=512)
-    return _create_hbfp('hbfp_efficientnet_b0', pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def hbfp_mobilenetv2_100(pretrained: bool = False, **kwargs) -> HBFPNet:
-    """HBFP-Net on MobileNetV2-1.0 (output stride 16; L=128, L'=512)."""
-    model_args = dict(backbone='mobilenetv2_100', correlation_dim=128, perception_dim=512)
-    return _create_hbfp('hbfp_mobilenetv2_100', pretrained, **dict(model_args, **kwargs))
