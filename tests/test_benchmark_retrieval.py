@@ -33,3 +33,19 @@ def test_unknown_task_is_a_usage_error():
     with pytest.raises(SystemExit) as exit_info:
         retrieval.main(['--tasks', 'sorting'])
     assert exit_info.value.code == 2
+
+
+def test_device_topk_times_a_half_gallery_and_agrees_with_exact_search():
+    result = retrieval.device_topk('cpu', 'quick', repeats=2)
+    assert result['sizes'] == list(retrieval.DEVICE_SIZES['quick']) and result['gallery_dtype'] == 'float16'
+    assert len(result['seconds']) == 2 and result['median_seconds'] > 0
+    assert result['extra_device_bytes'] is None  # device memory is only measured on CUDA
+    assert result['agreement'] == 1.0  # same float16 values, searched exactly both ways
+    line = retrieval.format_device_result(result)
+    assert 'top-10 of 50 queries in 20,000 x 64-d float16 on cpu' in line and 'target on one H100: <= 0.2 s' in line
+
+
+def test_an_unavailable_device_is_one_line(capsys):
+    assert retrieval.main(['--device', 'nonsense']) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('python -m benchmarks.retrieval: error: --device nonsense: ') and err.count('\n') == 1
