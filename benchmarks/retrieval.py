@@ -271,6 +271,15 @@ def format_device_result(result: Dict[str, Any]) -> str:
             f'target on one H100: <= {DEVICE_TARGET_S} s')
 
 
+def _report(text: str, results: Dict[str, Any], output: Optional[str]) -> None:
+    """Print the table and, with ``--output``, write the results as JSON."""
+    print(text)
+    if output:
+        with open(output, 'w') as f:
+            json.dump(results, f, indent=1)
+        print(f'wrote {output}')
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog='python -m benchmarks.retrieval', description=__doc__.split('\n\n')[0])
     parser.add_argument('--tasks', default=','.join(TASKS), help=f'comma-separated subset of {", ".join(TASKS)}')
@@ -293,11 +302,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f'{parser.prog}: error: --device {args.device}: {exc}', file=sys.stderr)
             return 2
         result = device_topk(args.device, 'quick' if args.quick else 'full')
-        print(format_device_result(result))
-        if args.output:
-            with open(args.output, 'w') as f:
-                json.dump(result, f, indent=1)
-            print(f'wrote {args.output}')
+        _report(format_device_result(result), result, args.output)
         return 0
     tasks = [task.strip() for task in args.tasks.split(',') if task.strip()]
     unknown = [task for task in tasks if task not in TASKS]
@@ -307,11 +312,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f'{parser.prog}: error: needs Linux (/proc/self/clear_refs) to measure peak memory', file=sys.stderr)
         return 1
     results = run(tasks, 'quick' if args.quick else 'full')
-    print(format_table(results))
-    if args.output:
-        with open(args.output, 'w') as f:
-            json.dump(results, f, indent=1)
-        print(f'wrote {args.output}')
+    _report(format_table(results), results, args.output)
     return 0
 
 

@@ -6,7 +6,6 @@ The recipe flags (``--lr``, ``--margin``, ``--label-smoothing``, ...) are the tr
 when the command line is parsed, so a bad value fails before any data is read or any model trained.
 """
 import argparse
-import ast
 import math
 import random
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ import timm
 import torch
 
 import hbfp_timm  # noqa: F401  (registers the hbfp_* models with timm)
+from hbfp_timm.model_args import parse_model_arg
 from hbfp_timm.train import TrainConfig
 
 from .cli import BenchmarkError
@@ -83,27 +83,6 @@ class Settings:
     rerank: bool = False
     synthetic: bool = False
     synthetic_data: Dict[str, Any] = field(default_factory=dict)
-
-
-def parse_model_arg(text: str) -> Tuple[str, Any]:
-    """``KEY=VALUE`` of ``--model-arg``, the value read as a Python literal (as the trainer's ``--model-arg``).
-
-    Args:
-        text: The flag value, e.g. ``gep_lambdas=(0, 1)`` or ``global_pool=avg`` (a bare word is a string).
-
-    Returns:
-        ``(key, value)``.
-
-    Raises:
-        argparse.ArgumentTypeError: Not ``KEY=VALUE`` with ``KEY`` a Python identifier.
-    """
-    key, sep, value = text.partition('=')
-    if not sep or not key.isidentifier():
-        raise argparse.ArgumentTypeError(f'expected KEY=VALUE with KEY a Python identifier, got {text!r}')
-    try:
-        return key, ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return key, value
 
 
 def _number(kind: Callable[[str], Any], check: Callable[[Any], bool], expected: str) -> Callable[[str], Any]:

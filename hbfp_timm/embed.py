@@ -13,12 +13,11 @@ and, as metadata, the model and input size. :func:`load_embeddings` reads it bac
 hbfp_timm.search`` takes it as ``--query`` or ``--gallery``.
 """
 import argparse
-import ast
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -29,6 +28,7 @@ from .data.datasets import IMAGE_EXTENSIONS
 from .data.lists import LIST_SUFFIXES, ImageList, identities_from_names, read_image_list
 from .extractor import FeatureExtractor
 from .hub import CheckpointMismatchError, WeightsNotFoundError
+from .model_args import parse_model_arg
 
 __all__ = ['Embeddings', 'collect_images', 'embed', 'save_embeddings', 'load_embeddings', 'add_model_arguments',
            'extractor_from_args', 'one_line', 'main']
@@ -123,16 +123,6 @@ def load_embeddings(path: PathLike) -> Embeddings:
     return Embeddings(tensors['features'], paths, tensors.get('pids'), tensors.get('camids'), metadata)
 
 
-def _model_arg(text: str) -> Tuple[str, Any]:
-    key, sep, value = text.partition('=')
-    if not sep or not key.isidentifier():
-        raise argparse.ArgumentTypeError(f'expected KEY=VALUE, got {text!r}')
-    try:
-        return key, ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return key, value  # a bare word such as global_pool=avg is a string
-
-
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The options naming the model and how it runs, shared by the embed and search commands."""
     model = parser.add_argument_group('model')
@@ -140,7 +130,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help='trainer run directory, Hub folder (config.json), hf-hub:ORG/NAME, local-dir:PATH, or a '
                             'registered name such as hbfp_resnet50 (with --checkpoint, or its published weights)')
     model.add_argument('--checkpoint', metavar='FILE', help='weights file (.safetensors) to load into --model')
-    model.add_argument('--model-arg', action='append', type=_model_arg, default=[], metavar='KEY=VALUE',
+    model.add_argument('--model-arg', action='append', type=parse_model_arg, default=[], metavar='KEY=VALUE',
                        help='constructor argument of a registered --model, value parsed as a Python literal '
                             '(repeatable), e.g. --model-arg correlation_dim=8')
     model.add_argument('--img-size', type=int, nargs=2, metavar=('H', 'W'),

@@ -7,16 +7,16 @@ the line says how to resume).
 """
 import _thread
 import argparse
-import ast
 import json
 import re
 import signal
 import sys
 import threading
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence
 
 from ..data import DATASET_NAMES, ImageReadError
 from ..files import OutputWriteError
+from ..model_args import parse_model_arg
 from .checkpoint import CHECKPOINT_NAME, RESULTS_NAME, load_checkpoint
 from .config import AMP_DTYPES, DEVICE_DEFAULTS, TrainConfig, TrainSetupError
 from .loop import TrainingDivergedError, train
@@ -105,16 +105,6 @@ def _device_defaults(option: str) -> str:
                      for device, values in DEVICE_DEFAULTS.items())
 
 
-def _model_arg(text: str) -> Tuple[str, Any]:
-    key, sep, value = text.partition('=')
-    if not sep or not key.isidentifier():
-        raise argparse.ArgumentTypeError(f'expected KEY=VALUE with KEY a Python identifier, got {text!r}')
-    try:
-        return key, ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return key, value  # a bare word such as global_pool=avg is a string
-
-
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -152,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = parser.add_argument_group('model')
     model.add_argument('--model', default=d.model, help='timm name of the HBFP model')
-    model.add_argument('--model-arg', action='append', type=_model_arg, default=[], metavar='KEY=VALUE',
+    model.add_argument('--model-arg', action='append', type=parse_model_arg, default=[], metavar='KEY=VALUE',
                        help='HBFPNet constructor argument, value parsed as a Python literal (repeatable), '
                             'e.g. --model-arg "gep_lambdas=(0, 1)" --model-arg hierarchical=False')
     model.add_argument('--no-pretrained-backbone', dest='pretrained_backbone', action='store_false',
