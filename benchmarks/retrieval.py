@@ -56,7 +56,6 @@ DEVICE_SIZES = {'full': (1000, 1_000_000, 4096, 10), 'quick': (50, 20_000, 64, 1
 DEVICE_TARGET_S = 0.2  # issue 11, one H100
 
 
-
 def _cpu_seconds() -> float:
     """User + system CPU time of this process, all threads: unlike wall time, barely changed by other work
     sharing the cores."""
@@ -217,7 +216,7 @@ def format_table(results: Dict[str, Any]) -> str:
 
 
 def _exact_topk(query: torch.Tensor, gallery: torch.Tensor, k: int, block: int = 100_000) -> torch.Tensor:
-    """Indices of the k nearest gallery rows (squared euclidean, float32, gallery block by block)."""
+    """Indices of the k nearest gallery rows (euclidean distance in float32, the gallery block by block)."""
     distances = torch.cat([torch.cdist(query.float(), gallery[i:i + block].float()) for i in
                            range(0, len(gallery), block)], dim=1)
     return distances.topk(k, dim=1, largest=False).indices

@@ -8,6 +8,7 @@ from typing import Any, Dict, Iterable, Optional, Tuple
 import numpy as np
 import torch
 import torch.nn as nn
+
 from .metrics import RankResult, compute_distance_matrix, evaluate_features_detailed, evaluate_rank_detailed
 from .progress import progress
 from .reranking import re_ranking_features
