@@ -128,7 +128,7 @@ RECIPE_FLAGS: Dict[str, Tuple[Callable[[str], Any], str, str]] = {
 }
 # Flags that only mean something when the benchmark trains (their names as attributes of the parsed flags).
 TRAINING_ONLY = ('epochs', 'batch_size', 'num_instances', 'max_steps_per_epoch', 'backbone_weights',
-                 'no_pretrained_backbone', *RECIPE_FLAGS)
+                 'no_pretrained_backbone', 'channels_last', *RECIPE_FLAGS)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, synthetic_epochs: Optional[int] = None) -> None:
@@ -178,6 +178,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, synthetic_epochs: Opti
         recipe.add_argument('--' + name.replace('_', '-'), type=kind, default=None, metavar=metavar, help=text)
     recipe.add_argument('--max-steps-per-epoch', type=_POSITIVE_INT, default=None, metavar='N',
                         help='cap training steps per epoch (smoke runs)')
+    recipe.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=None,
+                        help="train in channels-last memory format (speed only; default: the trainer's, off; "
+                             'measure a backbone with python -m benchmarks.memory_format)')
     backbone = recipe.add_mutually_exclusive_group()
     backbone.add_argument('--backbone-weights', default=None, metavar='FILE',
                           help='local ImageNet weights file of the backbone, for training on an offline machine')
@@ -263,7 +266,8 @@ def resolve_settings(args: argparse.Namespace, synthetic: bool) -> Settings:
     if args.backbone_weights is not None and not Path(args.backbone_weights).expanduser().is_file():
         raise BenchmarkError(f'--backbone-weights {args.backbone_weights}: no such file (expected a local ImageNet '
                              f'weights file of the backbone)')
-    recipe = {name: getattr(args, name) for name in RECIPE_FLAGS if getattr(args, name) is not None}
+    recipe = {name: getattr(args, name) for name in (*RECIPE_FLAGS, 'channels_last')
+              if getattr(args, name) is not None}
     return Settings(
         model=model, model_args=dict(args.model_args), img_size=img_size,
         epochs=args.epochs if args.epochs is not None else preset.get('epochs'),

@@ -305,7 +305,7 @@ def test_ablation_on_own_market_layout_data_applies_the_recipe_flags_and_summari
     flags = ['--data-root', str(tiny_market), '--rows', 'gep03571_sum', '--seeds', '0', '1', '--epochs', '2',
              '--max-steps-per-epoch', '1', '--lr', '5e-4', '--lr-constant-epochs', '1', '--margin', '0.6',
              '--label-smoothing', '0.1', '--eval-every', '1', '--weight-decay', '1e-4', '--cutout-prob', '0.2',
-             '--output', str(out)]
+             '--channels-last', '--output', str(out)]
     assert ablation.main(MOBILENET_FLAGS + flags) == 0
     printed = capsys.readouterr().out
 
@@ -315,6 +315,7 @@ def test_ablation_on_own_market_layout_data_applies_the_recipe_flags_and_summari
         assert (config['seed'], config['lr'], config['lr_constant_epochs'], config['margin']) == (seed, 5e-4, 1, 0.6)
         assert (config['label_smoothing'], config['eval_every'], config['weight_decay']) == (0.1, 1, 1e-4)
         assert (config['cutout_prob'], config['id_weight'], config['dataset']) == (0.2, 1.0, 'market_layout')
+        assert config['channels_last'] is True
         assert trainer['model_args']['gep_combine'] == 'sum' and trainer['model_args']['correlation_dim'] == 8
         assert len(trainer['evaluations']) == 2
 
