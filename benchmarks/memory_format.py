@@ -8,9 +8,10 @@ once, copies it into the two memory formats (the same weights), and times, inter
 * ``eval``: the descriptor forward under ``no_grad``.
 
 It prints, per model and mode, the median seconds of each format and the speed-up (median of the paired
-contiguous / channels-last ratios; above 1: channels-last is faster), and checks that both formats give the same
-descriptors (largest absolute difference, which only the kernels' summation order makes non-zero). The trainer's
-``--channels-last`` default per device (``hbfp_timm.training.config.DEVICE_DEFAULTS``) follows these numbers.
+contiguous / channels-last ratios; above 1: channels-last is faster), and how far apart the two formats' outputs
+are (largest absolute difference beside the outputs' largest magnitude; the formats differ only in the kernels'
+order of summation). The trainer's ``--channels-last`` default per device
+(``hbfp_timm.training.config.DEVICE_DEFAULTS``) follows these numbers.
 """
 import argparse
 import copy
@@ -27,6 +28,7 @@ import torch.nn as nn
 import hbfp_timm  # noqa: F401  (registers the hbfp_* models with timm)
 
 from .cli import ArgumentParser, BenchmarkError, exact_command, guarded, one_line
+from .settings import check_device
 from .timing import median_ratio, time_interleaved
 
 __all__ = ['compare_formats', 'format_table', 'main']
@@ -101,15 +103,17 @@ def format_table(rows: Sequence[Dict]) -> str:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = ArgumentParser(prog='python -m benchmarks.memory_format', description=__doc__.split('\n\n')[0],
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = ArgumentParser(prog='python -m benchmarks.memory_format', description=__doc__.split('\n\n')[0])
     parser.add_argument('--models', nargs='+', default=['hbfp_mobilenetv2_100', 'hbfp_resnet50'], metavar='NAME',
-                        help='timm names of HBFP models')
-    parser.add_argument('--img-size', type=int, nargs=2, default=(384, 128), metavar=('H', 'W'))
-    parser.add_argument('--batch-size', type=int, default=16)
-    parser.add_argument('--repeats', type=int, default=5, help='timed repetitions of each step')
-    parser.add_argument('--modes', nargs='+', choices=('train', 'eval'), default=['train', 'eval'])
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+                        help='timm names of HBFP models (default: hbfp_mobilenetv2_100 hbfp_resnet50)')
+    parser.add_argument('--img-size', type=int, nargs=2, default=(384, 128), metavar=('H', 'W'),
+                        help='input size (default: 384 128)')
+    parser.add_argument('--batch-size', type=int, default=16, help='images per step (default: 16)')
+    parser.add_argument('--repeats', type=int, default=5, help='timed repetitions of each step (default: 5)')
+    parser.add_argument('--modes', nargs='+', choices=('train', 'eval'), default=['train', 'eval'],
+                        help='what to time (default: train eval)')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
+                        help='torch device (default: cuda if available, else cpu)')
     parser.add_argument('--threads', type=int, default=None, help="torch.set_num_threads (default: torch's own)")
     parser.add_argument('--output', default=None, help='JSON file for the measurements (default: print only)')
     args = parser.parse_args(argv)
@@ -127,12 +131,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> Dict:
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as error:
-        raise BenchmarkError(f'--device {args.device}: {one_line(error)}') from error
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise BenchmarkError(f'--device {args.device}: CUDA is not available on this machine')
+    device = torch.device(check_device(args.device))
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = [row for name in args.models

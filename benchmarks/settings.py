@@ -25,7 +25,7 @@ from .datasets import DATA_ROOT_ENV
 
 __all__ = [
     'Settings', 'DEFAULT_MODEL', 'SYNTHETIC_PRESET', 'RECIPE_FLAGS', 'add_common_arguments', 'resolve_settings',
-    'seeds_of', 'training_flags_given', 'parse_model_arg', 'seed_everything',
+    'seeds_of', 'training_flags_given', 'parse_model_arg', 'seed_everything', 'check_device',
 ]
 
 DEFAULT_MODEL = 'hbfp_resnet50'
@@ -272,7 +272,7 @@ def resolve_settings(args: argparse.Namespace, synthetic: bool) -> Settings:
         model=model, model_args=dict(args.model_args), img_size=img_size,
         epochs=args.epochs if args.epochs is not None else preset.get('epochs'),
         batch_size=batch_size, num_instances=num_instances,
-        device=_check_device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu')),
+        device=check_device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu')),
         workers=args.workers if args.workers is not None else preset.get('workers', 4),
         seed=seeds_of(args)[0],
         # No download on synthetic data (CPU demo, maybe offline); the paper starts from ImageNet.
@@ -286,7 +286,8 @@ def resolve_settings(args: argparse.Namespace, synthetic: bool) -> Settings:
     )
 
 
-def _check_device(name: str) -> str:
+def check_device(name: str) -> str:
+    """``name`` if it is a torch device this machine has, else a :class:`BenchmarkError` naming ``--device``."""
     try:
         device = torch.device(name)
     except RuntimeError as error:

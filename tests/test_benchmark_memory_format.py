@@ -48,8 +48,11 @@ def test_bad_arguments_are_one_line(tmp_path, capsys, argv, message):
     assert exc.value.code == 2 and message in err and err.count('\n') == 1
 
 
-def test_unknown_model_is_one_line_error(capsys):
-    code = memory_format.main(['--models', 'no_such_model', '--img-size', '64', '32', '--batch-size', '2',
-                               '--repeats', '1', '--device', 'cpu'])
+@pytest.mark.parametrize('argv, message', [
+    (['--models', 'no_such_model', '--device', 'cpu'], 'error: --models no_such_model: Unknown model (no_such_model)'),
+    (['--models', 'hbfp_resnet18', '--device', 'gpu9'], "error: --device gpu9: expected 'cpu', 'cuda' or 'cuda:N'"),
+])
+def test_unknown_model_or_device_is_one_line_error(capsys, argv, message):
+    code = memory_format.main(argv + ['--img-size', '64', '32', '--batch-size', '2', '--repeats', '1'])
     err = capsys.readouterr().err
-    assert code == 2 and err == 'error: --models no_such_model: Unknown model (no_such_model)\n'
+    assert code == 2 and err.startswith(message) and err.count('\n') == 1
