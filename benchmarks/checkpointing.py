@@ -30,6 +30,7 @@ import torch
 import hbfp_timm  # noqa: F401  (registers the hbfp_* models with timm)
 
 from .memory import status_bytes
+from .timing import branches_loss
 
 
 def activation_bytes(model: torch.nn.Module, x: torch.Tensor) -> tuple:
@@ -45,7 +46,7 @@ def activation_bytes(model: torch.nn.Module, x: torch.Tensor) -> tuple:
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         outputs = model.forward_branches(x)
-        loss = sum(logit.sum() for logit in outputs.logits) + sum(p.square().sum() for p in outputs.pooled)
+        loss = branches_loss(outputs)
     loss.backward()
     return sum(kept.values()), loss
 

@@ -29,7 +29,7 @@ import hbfp_timm  # noqa: F401  (registers the hbfp_* models with timm)
 
 from .cli import ArgumentParser, BenchmarkError, exact_command, guarded, one_line
 from .settings import check_device
-from .timing import median_ratio, time_interleaved
+from .timing import branches_loss, median_ratio, time_interleaved
 
 __all__ = ['compare_formats', 'format_table', 'main']
 
@@ -45,7 +45,7 @@ def _step(model: nn.Module, mode: str, x: torch.Tensor) -> Callable[[], torch.Te
         def step() -> torch.Tensor:
             model.train().zero_grad(set_to_none=True)
             outputs = model.forward_branches(x)
-            loss = sum(logit.sum() for logit in outputs.logits) + sum(p.square().sum() for p in outputs.pooled)
+            loss = branches_loss(outputs)
             loss.backward()
             return loss.detach()
     return step

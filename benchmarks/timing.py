@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ['PRECISIONS', 'default_amp_dtype', 'autocast', 'make_step', 'time_interleaved', 'median_ratio',
-           'count_flops']
+__all__ = ['PRECISIONS', 'default_amp_dtype', 'autocast', 'make_step', 'branches_loss', 'time_interleaved',
+           'median_ratio', 'count_flops']
 
 # 'fp32': no autocast; 'amp': torch.autocast with the run's AMP dtype (see default_amp_dtype).
 PRECISIONS = ('fp32', 'amp')
@@ -55,6 +55,12 @@ def make_step(model: nn.Module, mode: str, x: torch.Tensor,
     else:
         raise ValueError(f"mode: expected 'eval' or 'train', got {mode!r}")
     return step
+
+
+def branches_loss(outputs) -> torch.Tensor:
+    """The stand-in training loss of the benchmarks that time or measure ``forward_branches``: the sum of every
+    branch's logits and of its squared pooled features (it reaches every branch, neck and classifier)."""
+    return sum(logit.sum() for logit in outputs.logits) + sum(p.square().sum() for p in outputs.pooled)
 
 
 def _time_once(step: Callable[[], None], device: torch.device) -> float:
