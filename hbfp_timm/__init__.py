@@ -6,7 +6,15 @@ that names an HBFP model, ``hf-hub:`` names included (timm has no plugin entry p
 """
 from . import layers
 from .models import BranchOutputs, HBFPNet
-from .extractor import FeatureExtractor
 
 __version__ = '0.1.0'
 __all__ = ['HBFPNet', 'BranchOutputs', 'FeatureExtractor', 'layers', '__version__']
+
+
+def __getattr__(name: str):
+    # Imported on first use: the extractor brings in the hub module, and importing it with the package would make
+    # `python -m hbfp_timm.hub` warn that the module was already imported before it ran.
+    if name == 'FeatureExtractor':
+        from .extractor import FeatureExtractor
+        return FeatureExtractor
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

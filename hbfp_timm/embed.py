@@ -29,6 +29,7 @@ from .data.lists import LIST_SUFFIXES, ImageList, identities_from_names, read_im
 from .extractor import FeatureExtractor
 from .hub import CheckpointMismatchError, WeightsNotFoundError
 from .model_args import parse_model_arg
+from .models.registry import DEFAULT_REID_MODEL
 
 __all__ = ['Embeddings', 'collect_images', 'embed', 'save_embeddings', 'load_embeddings', 'add_model_arguments',
            'extractor_from_args', 'one_line', 'main']
@@ -128,7 +129,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group('model')
     model.add_argument('--model', metavar='MODEL',
                        help='trainer run directory, Hub folder (config.json), hf-hub:ORG/NAME, local-dir:PATH, or a '
-                            'registered name such as hbfp_resnet50 (with --checkpoint, or its published weights)')
+                            'registered name such as hbfp_resnet50 (with --checkpoint, or its published weights) '
+                            f'(default: {DEFAULT_REID_MODEL}, whose weights ship with the package)')
     model.add_argument('--checkpoint', metavar='FILE', help='weights file (.safetensors) to load into --model')
     model.add_argument('--model-arg', action='append', type=parse_model_arg, default=[], metavar='KEY=VALUE',
                        help='constructor argument of a registered --model, value parsed as a Python literal '
@@ -144,8 +146,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def extractor_from_args(args: argparse.Namespace) -> FeatureExtractor:
     """A `FeatureExtractor` from the options of `add_model_arguments`."""
-    if not args.model:
-        raise ValueError('--model: required to describe images (a run directory, Hub folder or model name)')
+    if not args.model and args.checkpoint:
+        raise ValueError('--checkpoint: needs --model naming the architecture the file was trained as '
+                         '(e.g. --model hbfp_resnet50)')
+    args.model = args.model or DEFAULT_REID_MODEL
     return FeatureExtractor(args.model, checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size,
                             amp=args.amp, flip=args.flip, img_size=tuple(args.img_size) if args.img_size else None,
                             workers=args.workers, model_args=dict(args.model_arg) or None,

@@ -174,13 +174,15 @@ def _name_with_tag(variant: str, cfg: Any) -> str:
 
 
 def _ways_out(name: str, cfg: Any) -> str:
+    from .models.registry import BUNDLED_WEIGHTS, DEFAULT_REID_MODEL
     benchmark = BENCHMARK_OF_DATASET.get(cfg.tag or '', 'benchmarks.market')
-    point_at_hub = ('then set HBFP_TIMM_HUB_NAMESPACE=ORG' if cfg.hf_hub_id
-                    else f"then pass pretrained_cfg_overlay=dict(hf_hub_id='ORG/{name}')")
+    shipped = (f'The package file {BUNDLED_WEIGHTS[name]} is missing from this installation: reinstall hbfp-timm.'
+               if name in BUNDLED_WEIGHTS else f'Trained weights ship for {DEFAULT_REID_MODEL} (CUHK03, 128x64).')
     return (
-        f'Ways out: (1) train them with python -m {benchmark} --train (or python -m hbfp_timm.train) and push the '
-        f'run with python -m hbfp_timm.hub push RUN_DIR --repo-id ORG/{name}, {point_at_hub}; (2) load a local file: '
-        f"timm.create_model('{name}', pretrained=True, pretrained_cfg_overlay=dict(file='RUN_DIR/model.safetensors'))")
+        f'{shipped} Own weights: the commands take '
+        f'--model RUN_DIR or --checkpoint FILE; Python takes '
+        f"pretrained_cfg_overlay=dict(file='RUN_DIR/model.safetensors'); train them with python -m {benchmark} "
+        f'--train (or python -m hbfp_timm.train)')
 
 
 def _why(exc: BaseException, repo: str, filename: str) -> str:
@@ -205,8 +207,8 @@ def explain_pretrained_errors(
 ) -> Iterator[None]:
     """Turn a failed ``pretrained=True`` load of an HBFP model into one clear :class:`WeightsNotFoundError`.
 
-    No trained Re-ID weights are published yet, so the usual failure is a Hub repository that does not exist;
-    the error names the model and tag, why, and the two ways out, instead of a wall of HTTP tracebacks. A model
+    A tag whose weights are neither bundled nor cached fails on a Hub repository that does not exist or cannot be
+    reached; the error names the model and tag, why, and the ways out, instead of a wall of HTTP tracebacks. A model
     with no weight source at all, or a ``file`` overlay that does not exist, fails before the model is built.
 
     Args:
@@ -224,17 +226,18 @@ def explain_pretrained_errors(
             f"{name}: pretrained_cfg_overlay file '{cfg.file}' does not exist; expected a .safetensors "
             f'(or .pt/.pth) state dict of {variant}')
     if not (cfg.file or cfg.hf_hub_id or cfg.url or cfg.state_dict):
+        need = ('a GPU training run on Market-1501 (500 epochs at 384x128)' if variant == 'hbfp_resnet50'
+                else 'a training run')
         raise WeightsNotFoundError(
-            f'{name}: no pretrained Re-ID weights are registered for this model (Hub tags exist only for '
-            f"{', '.join('hbfp_resnet50.' + d for d in BENCHMARK_OF_DATASET)}); pretrained=False builds it "
-            f'untrained (pretrained_backbone=True: ImageNet backbone). {_ways_out(name, cfg)}')
+            f'{name}: no trained Re-ID weights exist for this model yet; they need {need}; pretrained=False '
+            f'builds it untrained. {_ways_out(name, cfg)}')
     try:
         yield
     except (HfHubHTTPError, EntryNotFoundError, OfflineModeIsEnabled) as exc:
         repo = cfg.hf_hub_id or '?'
         raise WeightsNotFoundError(
             f'{name}: no pretrained weights could be loaded because {_why(exc, repo, cfg.hf_hub_filename or WEIGHTS_NAME)}. '
-            f'No trained HBFP-Net Re-ID weights are published yet. {_ways_out(name, cfg)}') from None
+            f'{_ways_out(name, cfg)}') from None
 
 
 def load_checkpoint(model: nn.Module, path: Union[str, Path]) -> nn.Module:
@@ -267,7 +270,8 @@ def load_checkpoint(model: nn.Module, path: Union[str, Path]) -> nn.Module:
 
 # --- saving and pushing ----------------------------------------------------------------------------------
 def save_pretrained(model: nn.Module, directory: Union[str, Path],
-                    results: Optional[Mapping[str, Any]] = None, repo_id: Optional[str] = None) -> Path:
+                    results: Optional[Mapping[str, Any]] = None, repo_id: Optional[str] = None,
+                    notes: Optional[str] = None, license: str = 'apache-2.0') -> Path:
     """Write a Hugging Face Hub repository layout: ``config.json``, ``model.safetensors``, ``README.md``.
 
     Built on timm's ``save_for_hf`` with ``safe_serialization=True`` (timm's default also writes a pickle
@@ -281,6 +285,8 @@ def save_pretrained(model: nn.Module, directory: Union[str, Path],
         results: The trainer's results (``dataset``, ``metrics`` as fractions in [0, 1], ``img_size`` [H, W]) for
             the model card's ``model-index``; None for weights without evaluation.
         repo_id: Hub repository the card's usage snippet names (``push_to_hub`` sets it).
+        notes: Markdown for the card's "About these weights" section (see :func:`render_model_card`).
+        license: The card's licence identifier.
 
     Returns:
         ``directory`` as a Path.
@@ -296,7 +302,7 @@ def save_pretrained(model: nn.Module, directory: Union[str, Path],
         data_config = {'input_size': (model.in_chans, *results['img_size'])}
     save_for_hf(model, directory, model_config={'pretrained_cfg': source_cfg}, model_args=export_args,
                 safe_serialization=True, data_config=data_config)
-    (directory / 'README.md').write_text(render_model_card(model, results, repo_id), encoding='utf-8')
+    (directory / 'README.md').write_text(render_model_card(model, results, repo_id, notes, license), encoding='utf-8')
     for name in HUB_LAYOUT:
         follow_umask(directory / name)  # safetensors writes its file readable by the owner only
     return directory
@@ -309,6 +315,8 @@ def push_to_hub(
         private: bool = False,
         token: Optional[str] = None,
         commit_message: str = 'Add HBFP-Net Re-ID weights',
+        notes: Optional[str] = None,
+        license: str = 'apache-2.0',
 ) -> str:
     """Upload the :func:`save_pretrained` layout to a Hub model repository (created if missing) in one commit.
 
@@ -323,6 +331,8 @@ def push_to_hub(
         private: Create the repository as private.
         token: Hub token; None uses the locally saved token or ``HF_TOKEN``.
         commit_message: Message of the upload commit.
+        notes: Markdown for the card's "About these weights" section.
+        license: The card's licence identifier.
 
     Returns:
         The URL of the commit.
@@ -330,7 +340,7 @@ def push_to_hub(
     api = HfApi(token=token, library_name='timm', library_version=timm.__version__)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     with tempfile.TemporaryDirectory() as folder:
-        save_pretrained(model, folder, results, repo_id=repo_id)
+        save_pretrained(model, folder, results, repo_id=repo_id, notes=notes, license=license)
         commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
     return str(commit.commit_url)
 
@@ -391,14 +401,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     push.add_argument('--private', action='store_true', help='create the repository as private')
     push.add_argument('--token', default=None, help='Hub token (default: saved login or HF_TOKEN)')
     push.add_argument('--commit-message', default='Add HBFP-Net Re-ID weights')
+    for command in (save, push):
+        command.add_argument('--notes', metavar='FILE.md', help="markdown added to the model card (comparisons, "
+                                                                "seeds, the data set's terms)")
+        command.add_argument('--license', default='apache-2.0',
+                             help="the card's licence identifier (%(default)s; 'other' for weights bound by a data "
+                                  "set's terms)")
     args = parser.parse_args(argv)
     try:
+        notes = Path(args.notes).read_text(encoding='utf-8') if args.notes else None
         model, results = load_run(args.run)
         if args.command == 'save':
-            print(save_pretrained(model, args.out, results))
+            print(save_pretrained(model, args.out, results, notes=notes, license=args.license))
         else:
             print(push_to_hub(model, args.repo_id, results, private=args.private, token=args.token,
-                              commit_message=args.commit_message))
+                              commit_message=args.commit_message, notes=notes, license=args.license))
     except (OSError, ValueError, CheckpointMismatchError, HfHubHTTPError) as exc:  # OSError: a full disk too
         print(f'{parser.prog}: error: {exc}', file=sys.stderr)
         return 1

@@ -82,10 +82,10 @@ def _percent(fraction: float) -> float:
     return round(100.0 * fraction, 2)
 
 
-def _card_metadata(arch: str, results: Optional[Dict], name: str) -> Dict[str, Any]:
+def _card_metadata(arch: str, results: Optional[Dict], name: str, license: str = 'apache-2.0') -> Dict[str, Any]:
     meta: Dict[str, Any] = {
         'library_name': 'timm',
-        'license': 'apache-2.0',
+        'license': license,
         'pipeline_tag': 'image-feature-extraction',
         'tags': ['person-reid', 're-identification', 'hbfp', 'timm', 'image-feature-extraction'],
     }
@@ -112,15 +112,39 @@ def _card_metadata(arch: str, results: Optional[Dict], name: str) -> Dict[str, A
     return meta
 
 
+# The trainer's recipe settings shown on a card, in this order.
+RECIPE_KEYS = ('epochs', 'lr', 'lr_constant_epochs', 'lr_final_factor', 'weight_decay', 'batch_size', 'num_instances',
+               'margin', 'label_smoothing', 'flip_prob', 'random_erasing_prob', 'cutout_prob', 'seed')
+
+
+def _training_lines(results: Optional[Mapping[str, Any]]) -> list:
+    """The run's command, recipe and training identities, as the trainer recorded them."""
+    if not results or not results.get('config'):
+        return []
+    config = results['config']
+    recipe = ', '.join(f'{key} {config[key]}' for key in RECIPE_KEYS if key in config)
+    lines = ['## Training', '', f"- Recipe (the trainer's settings): {recipe}."]
+    if results.get('num_train_pids'):
+        lines.append(f"- Training identities: {results['num_train_pids']}.")
+    if results.get('command'):
+        command = ' '.join(str(part) for part in results['command'])
+        lines += ['- Command:', '', '```bash', command, '```']
+    return lines + ['']
+
+
 def render_model_card(model: nn.Module, results: Optional[Mapping[str, Any]] = None,
-                      repo_id: Optional[str] = None) -> str:
+                      repo_id: Optional[str] = None, notes: Optional[str] = None,
+                      license: str = 'apache-2.0') -> str:
     """The ``README.md`` of a Hub repository: YAML metadata (model-index from ``results``), results, usage.
 
     Args:
         model: The HBFP model being saved (built by ``timm.create_model``).
         results: The trainer's results (``dataset``, ``metrics`` as fractions or None, ``img_size``,
-            ``model_args``), or None for weights without a recorded run.
+            ``model_args``, and when recorded ``config``, ``command``, ``num_train_pids``), or None for weights
+            without a recorded run.
         repo_id: The Hub repository the card is for; the usage snippet loads from it (a local folder otherwise).
+        notes: Markdown added to the card under "About these weights" (comparisons, seeds, data licence).
+        license: The card's licence identifier (``other`` for weights bound by a data set's terms).
 
     Returns:
         The model card text, front matter first.
@@ -128,7 +152,7 @@ def render_model_card(model: nn.Module, results: Optional[Mapping[str, Any]] = N
     arch = architecture(model)
     results = check_results(results, arch)
     name = repo_id.split('/')[-1] if repo_id else (f"{arch}.{results['dataset']}" if results else arch)
-    meta = yaml.safe_dump(_card_metadata(arch, results, name), sort_keys=False)
+    meta = yaml.safe_dump(_card_metadata(arch, results, name, license), sort_keys=False)
     source = f'hf-hub:{repo_id}' if repo_id else 'local-dir:PATH/TO/THIS/FOLDER'
     height, width = _input_size(model, results)
     lines = [
@@ -161,8 +185,12 @@ def render_model_card(model: nn.Module, results: Optional[Mapping[str, Any]] = N
         ]
         if dataset in PAPER_TABLE1:
             lines.append(f'| the paper\'s Table 1 (ResNet-50, 384x128; not these weights) | {cells(PAPER_TABLE1[dataset])} |')
+    lines += ['']
+    if notes:
+        lines += ['## About these weights', '', notes.strip(), '']
+    lines += _training_lines(results)
     lines += [
-        '', '## Usage', '',
+        '## Usage', '',
         'timm has no plugin entry points: `import hbfp_timm` must come before `timm.create_model`, also for '
         '`hf-hub:` names.', '',
         '```python', 'import timm', 'import torch', 'from PIL import Image', '',

@@ -138,54 +138,55 @@ def test_local_dir_source_round_trip(expected, saved):
     assert torch.equal(_outputs(loaded), expected)
 
 
-def test_tagged_pretrained_name_reads_its_hub_repository_under_the_namespace(tmp_path, hub_cache):
-    """``hbfp_resnet50.<dataset>`` -> ``<namespace>/hbfp_resnet50.<dataset>`` in the cache (constructor args
-    shrink the model for speed; the tag's weight lookup is what is under test)."""
+def test_hub_namespace_environment_variable_registers_the_data_set_tags_and_reads_their_repositories(tmp_path):
+    """Under HBFP_TIMM_HUB_NAMESPACE=ORG (a team that pushed its own weights), ``hbfp_resnet50.<dataset>`` reads
+    ``ORG/hbfp_resnet50.<dataset>`` (constructor args shrink the model for speed; the lookup is under test)."""
     small = dict(backbone='mobilenetv2_100', correlation_dim=16, perception_dim=32)
     source = _trained_like(timm.create_model('hbfp_resnet50', **small), seed=2)
-    hub_cache(hub.save_pretrained(source, tmp_path / 'duke'), f'{hbfp_models.HUB_NAMESPACE}/hbfp_resnet50.dukemtmc')
-    loaded = timm.create_model('hbfp_resnet50.dukemtmc', pretrained=True, **small)
-    assert torch.equal(_outputs(loaded), _outputs(source))
-
-
-def test_every_dataset_tag_is_registered_with_a_safetensors_hub_source():
-    tags = timm.list_models('hbfp_resnet50.*', pretrained=True, include_tags=True)
+    cache = tmp_path / 'hf_cache'
+    repo = cache / 'models--myteam--hbfp_resnet50.dukemtmc'
+    commit = '0123456789abcdef0123456789abcdef01234567'
+    (repo / 'refs').mkdir(parents=True)
+    (repo / 'refs' / 'main').write_text(commit)
+    hub.save_pretrained(source, repo / 'snapshots' / commit)
+    torch.save(INPUT, tmp_path / 'input.pt')
+    code = ("import json, sys, timm, torch, hbfp_timm\n"
+            "tags = timm.list_pretrained('hbfp_resnet50*')\n"
+            "ids = [timm.models.get_pretrained_cfg(t).hf_hub_id for t in tags]\n"
+            f"m = timm.create_model('hbfp_resnet50.dukemtmc', pretrained=True, **{small!r}).eval()\n"
+            f"torch.save(m(torch.load({str(tmp_path / 'input.pt')!r})).detach(), {str(tmp_path / 'out.pt')!r})\n"
+            "print(json.dumps([tags, ids, timm.models.get_pretrained_cfg('hbfp_resnet50').tag]))")
+    env = dict(os.environ, HBFP_TIMM_HUB_NAMESPACE='myteam', HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE='1',
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]))
+    done = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    tags, ids, default_tag = json.loads(done.stdout.strip().splitlines()[-1])
     assert sorted(tags) == sorted(f'hbfp_resnet50.{d}' for d in hbfp_models.REID_DATASETS)
-    for name in tags:
-        cfg = timm.models.get_pretrained_cfg(name)
-        assert cfg.hf_hub_id == f'{hbfp_models.HUB_NAMESPACE}/{name}' and cfg.hf_hub_filename == 'model.safetensors'
-    assert timm.models.get_pretrained_cfg('hbfp_resnet50').tag == 'market1501'  # the default tag
-
-
-def test_hub_namespace_environment_variable_moves_every_tag():
-    code = ("import timm, hbfp_timm; print(timm.models.get_pretrained_cfg('hbfp_resnet50.cuhk03_labeled').hf_hub_id, "
-            "timm.models.get_pretrained_cfg('hbfp_resnet50').hf_hub_id)")
-    env = dict(os.environ, HBFP_TIMM_HUB_NAMESPACE='myteam', PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]))
-    out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.split() == ['myteam/hbfp_resnet50.cuhk03_labeled', 'myteam/hbfp_resnet50.market1501']
+    assert sorted(ids) == sorted(f'myteam/hbfp_resnet50.{d}' for d in hbfp_models.REID_DATASETS)
+    assert default_tag == 'market1501'
+    assert torch.equal(torch.load(tmp_path / 'out.pt'), _outputs(source))
 
 
 # --- errors ------------------------------------------------------------------------------------------------
-def test_missing_hub_weights_offline_is_one_clear_error_naming_the_ways_out(hub_cache):
+def test_missing_hub_weights_offline_is_one_clear_error_naming_the_ways_out(hub_cache, tmp_path, monkeypatch):
+    tag = hbfp_models.DEFAULT_REID_MODEL
+    monkeypatch.setitem(hbfp_models.BUNDLED_WEIGHTS, tag, tmp_path / 'absent.safetensors')
     with pytest.raises(hub.WeightsNotFoundError) as info:
-        timm.create_model('hbfp_resnet50.cuhk03_detected', pretrained=True)
+        timm.create_model(tag, pretrained=True)
     message = str(info.value)
     assert '\n' not in message
-    assert message.startswith('hbfp_resnet50.cuhk03_detected: ')
-    assert f"'{hbfp_models.HUB_NAMESPACE}/hbfp_resnet50.cuhk03_detected' is not in the local Hugging Face cache" in message
-    assert 'No trained HBFP-Net Re-ID weights are published yet' in message
-    assert 'python -m benchmarks.cuhk03 --train' in message and 'python -m hbfp_timm.train' in message
+    assert message.startswith(f'{tag}: ')
+    assert f"'{hbfp_models.HUB_NAMESPACE}/{tag}' is not in the local Hugging Face cache" in message
+    assert 'python -m benchmarks.market --train' in message and 'python -m hbfp_timm.train' in message
     assert "pretrained_cfg_overlay=dict(file='RUN_DIR/model.safetensors')" in message
     # No traceback wall: huggingface_hub's exception is neither the cause nor shown as the context.
     assert info.value.__cause__ is None and info.value.__suppress_context__
 
 
-def test_untagged_default_is_the_market_tag_and_a_model_without_weights_says_so(hub_cache):
-    with pytest.raises(hub.WeightsNotFoundError, match=r'^hbfp_resnet50\.market1501: .*benchmarks\.market --train'):
-        timm.create_model('hbfp_resnet50', pretrained=True)
-    with pytest.raises(hub.WeightsNotFoundError, match=r"^hbfp_mobilenetv2_100: no pretrained Re-ID weights are "
-                                                       r"registered.*dict\(hf_hub_id='ORG/hbfp_mobilenetv2_100'\)"):
-        timm.create_model(ARCH, pretrained=True)
+def test_a_model_without_weights_and_a_missing_file_say_so(hub_cache):
+    with pytest.raises(hub.WeightsNotFoundError, match=r"^hbfp_resnet101: no trained Re-ID weights exist for this "
+                                                       r"model yet; they need a training run"):
+        timm.create_model('hbfp_resnet101', pretrained=True)
     with pytest.raises(hub.WeightsNotFoundError, match=r"file '.*nowhere\.safetensors' does not exist"):
         timm.create_model(ARCH, pretrained=True, pretrained_cfg_overlay=dict(file='/nowhere.safetensors'))
 
@@ -456,19 +457,6 @@ def test_cli_reports_a_missing_run_file_in_one_line(run_dir, tmp_path, capsys):
     assert '\n' not in error
     assert error.startswith('python -m hbfp_timm.hub: error: ') and f"{run_dir / 'results.json'}: not found" in error
     assert not (tmp_path / 'out').exists()
-
-
-def test_missing_hub_repository_online_is_the_same_clear_error(hub_cache, fake_hub):
-    """Online, the Hub answers 404 RepoNotFound for the tag's repository (the fake Hub knows no repository)."""
-    endpoint, received = fake_hub
-    with pytest.raises(hub.WeightsNotFoundError) as info:
-        timm.create_model('hbfp_resnet50.market1501', pretrained=True)
-    message = str(info.value)
-    assert '\n' not in message and info.value.__suppress_context__
-    assert message.startswith(f"hbfp_resnet50.market1501: no pretrained weights could be loaded because the Hub "
-                              f"repository '{hbfp_models.HUB_NAMESPACE}/hbfp_resnet50.market1501' does not exist")
-    assert any(path.startswith(f'/{hbfp_models.HUB_NAMESPACE}/hbfp_resnet50.market1501/resolve/main/model.safetensors')
-               for _, path, _ in received['requests'])
 
 
 # --- reaching the Hub ---------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import torch
 
 import hbfp_timm
 from hbfp_timm import HBFPNet
+from hbfp_timm.models.registry import BUNDLED_WEIGHTS
 
 VARIANTS = ['hbfp_resnet50', 'hbfp_resnet101', 'hbfp_resnet18', 'hbfp_convnext_tiny',
             'hbfp_efficientnet_b0', 'hbfp_mobilenetv2_100']
@@ -57,7 +58,9 @@ def test_model_default_cfgs(name):
         assert model(x).shape == (1, model.num_features)
         model.reset_classifier(0, '')
         assert model(x).shape == (1, model.num_features, *cfg['pool_size'])
-    assert cfg['num_classes'] == 0 and cfg['input_size'] == (3, 384, 128)
+    # The paper's 384x128, except where the default tag is shipped weights trained at another size.
+    trained_at = {tag.split('.')[0]: timm.models.get_pretrained_cfg(tag).input_size for tag in BUNDLED_WEIGHTS}
+    assert cfg['num_classes'] == 0 and cfg['input_size'] == trained_at.get(name, (3, 384, 128))
     assert cfg['classifier'] + '.weight' in timm.create_model(name, num_classes=3).state_dict()
     assert cfg['first_conv'] + '.weight' in state_dict
 
