@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from .embed import USER_ERRORS, add_model_arguments, collect_images, extractor_from_args, one_line
+from .embed import USER_ERRORS, add_model_arguments, collect_images, extractor_from_args, one_line, skip_unreadable
 from .engine import unwrap_model
 
 __all__ = ['LEVELS', 'LevelMaps', 'activation_energy', 'bfp_activation_maps', 'draw_activation_maps', 'main']
@@ -189,7 +189,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f'--alpha: expected a value in [0, 1], got {args.alpha}')
     written = []
     try:
-        paths = [path for source in args.images for path in collect_images(source).paths][:args.max_images]
+        listings = [collect_images(source) for source in args.images]
+        if args.skip_bad_images:
+            listings = [skip_unreadable(listing) for listing in listings]
+        paths = [path for listing in listings for path in listing.paths][:args.max_images]
         extractor = extractor_from_args(args)
         batch = extractor.preprocess(paths)
         maps = bfp_activation_maps(extractor.model, batch.to(extractor.device))

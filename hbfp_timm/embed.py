@@ -24,6 +24,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from .data.checks import find_unreadable_images
 from .data.datasets import IMAGE_EXTENSIONS
 from .data.lists import LIST_SUFFIXES, ImageList, identities_from_names, read_image_list
 from .extractor import FeatureExtractor
@@ -31,7 +32,7 @@ from .hub import CheckpointMismatchError, WeightsNotFoundError
 from .model_args import parse_model_arg
 from .models.registry import DEFAULT_REID_MODEL
 
-__all__ = ['Embeddings', 'collect_images', 'embed', 'save_embeddings', 'load_embeddings', 'add_model_arguments',
+__all__ = ['Embeddings', 'collect_images', 'skip_unreadable', 'embed', 'save_embeddings', 'load_embeddings', 'add_model_arguments',
            'extractor_from_args', 'one_line', 'main']
 
 PathLike = Union[str, os.PathLike]
@@ -142,6 +143,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument('--amp', action='store_true', help='mixed precision (float16 on CUDA, bfloat16 on CPU)')
     model.add_argument('--flip', action='store_true', help='average with the mirrored image')
     model.add_argument('--workers', type=int, default=2, help='image decoding processes (%(default)s)')
+    model.add_argument('--skip-bad-images', action='store_true',
+                       help='leave out images that cannot be decoded, listing each one and the count (default: '
+                            'the first one is an error)')
 
 
 def extractor_from_args(args: argparse.Namespace) -> FeatureExtractor:
@@ -164,10 +168,40 @@ def one_line(error: BaseException) -> str:
     return lines[-1] if 'Original Traceback' in str(error) else lines[0]
 
 
+def skip_unreadable(listing: ImageList, report=None) -> ImageList:
+    """`listing` without the images that cannot be decoded; each one skipped is reported with its reason.
+
+    Args:
+        listing: images (with their identities and cameras, when known).
+        report: called with one line per skipped image, then a line with the count (default: print to stderr).
+
+    Returns:
+        The readable images, in order; a ValueError when none is left.
+    """
+    report = report or (lambda line: print(line, file=sys.stderr))
+    bad = dict(find_unreadable_images(listing.paths, full=True))
+    if not bad:
+        return listing
+    for path, reason in bad.items():
+        report(f'skipped unreadable image {path}: {reason}')
+    keep = [i for i, path in enumerate(listing.paths) if path not in bad]
+    report(f'skipped {len(bad)} of {len(listing.paths)} images of {listing.source} (--skip-bad-images)')
+    if not keep:
+        raise ValueError(f'{listing.source}: none of its {len(listing.paths)} images can be read')
+    pick = (lambda values: [values[i] for i in keep] if values is not None else None)
+    return ImageList(pick(listing.paths), pick(listing.pids), pick(listing.camids), listing.source)
+
+
 def embed(source: PathLike, extractor: FeatureExtractor, half: bool = False,
-          model_name: str = '') -> Tuple[Embeddings, float]:
-    """Describe the images of `source` (see `collect_images`); returns the embeddings and the seconds taken."""
+          model_name: str = '', skip_bad_images: bool = False) -> Tuple[Embeddings, float]:
+    """Describe the images of `source` (see `collect_images`); returns the embeddings and the seconds taken.
+
+    With `skip_bad_images`, images that cannot be decoded are left out and listed (`skip_unreadable`);
+    otherwise the first one stops the run with an error naming it.
+    """
     listing = collect_images(source)
+    if skip_bad_images:
+        listing = skip_unreadable(listing)
     start = time.perf_counter()
     features = extractor(listing.paths)
     seconds = time.perf_counter() - start
@@ -191,7 +225,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         extractor = extractor_from_args(args)
-        embeddings, seconds = embed(args.input, extractor, half=args.half, model_name=str(args.model))
+        embeddings, seconds = embed(args.input, extractor, half=args.half, model_name=str(args.model),
+                                    skip_bad_images=args.skip_bad_images)
         output = save_embeddings(args.output, embeddings)
     except USER_ERRORS as error:
         print(f'{parser.prog}: error: {one_line(error)}', file=sys.stderr)

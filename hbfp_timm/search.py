@@ -34,7 +34,8 @@ __all__ = ['search', 'main']
 def _describe(source: str, extractor_factory, args: argparse.Namespace) -> Embeddings:
     if source.endswith('.safetensors'):
         return load_embeddings(source)
-    embeddings, _ = embed(source, extractor_factory(), model_name=str(args.model))
+    embeddings, _ = embed(source, extractor_factory(), model_name=str(args.model),
+                          skip_bad_images=args.skip_bad_images)
     return embeddings
 
 

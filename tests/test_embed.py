@@ -81,3 +81,22 @@ def test_an_unknown_model_is_one_line(tmp_path, capsys):
     assert main([str(tmp_path / 'a.jpg'), '--model', 'not_a_model', '--output', str(tmp_path / 'o.safetensors')]) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "'not_a_model' is neither a registered timm model" in err
+
+
+def test_skip_bad_images_leaves_them_out_and_lists_each_one(run, tmp_path, capsys):
+    good = write_images(tmp_path / 'photos', ['a.jpg', 'c.jpg'])
+    (tmp_path / 'photos' / 'b.jpg').write_bytes(b'not a picture')
+    (tmp_path / 'photos' / 'd.png').write_bytes(good[0].read_bytes()[:200])  # cut short: decoding fails
+    common = ['--model', str(run), '--device', 'cpu', '--workers', '0']
+    assert main([str(tmp_path / 'photos'), '--output', str(tmp_path / 'all.safetensors'), *common]) == 1
+    assert 'cannot read image' in capsys.readouterr().err  # the default stays an error
+    assert main([str(tmp_path / 'photos'), '--output', str(tmp_path / 'ok.safetensors'), '--skip-bad-images',
+                 *common]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith(f"skipped unreadable image {tmp_path / 'photos' / 'b.jpg'}: ")
+    assert err[1].startswith(f"skipped unreadable image {tmp_path / 'photos' / 'd.png'}: ")
+    assert err[2] == f"skipped 2 of 4 images of {tmp_path / 'photos'} (--skip-bad-images)"
+    embeddings = load_embeddings(tmp_path / 'ok.safetensors')
+    assert embeddings.paths == [str(p) for p in good]
+    torch.testing.assert_close(embeddings.features, FeatureExtractor(run, device='cpu')([str(p) for p in good]),
+                               rtol=1e-4, atol=1e-5)
