@@ -16,6 +16,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -133,6 +134,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                             'registered name such as hbfp_resnet50 (with --checkpoint, or its published weights) '
                             f'(default: {DEFAULT_REID_MODEL}, whose weights ship with the package)')
     model.add_argument('--checkpoint', metavar='FILE', help='weights file (.safetensors) to load into --model')
+    model.add_argument('--untrained', action='store_true',
+                       help='run a registered --model without any trained weights (to check a pipeline)')
     model.add_argument('--model-arg', action='append', type=parse_model_arg, default=[], metavar='KEY=VALUE',
                        help='constructor argument of a registered --model, value parsed as a Python literal '
                             '(repeatable), e.g. --model-arg correlation_dim=8')
@@ -150,14 +153,20 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def extractor_from_args(args: argparse.Namespace) -> FeatureExtractor:
     """A `FeatureExtractor` from the options of `add_model_arguments`."""
-    if not args.model and args.checkpoint:
-        raise ValueError('--checkpoint: needs --model naming the architecture the file was trained as '
-                         '(e.g. --model hbfp_resnet50)')
+    if not args.model and (args.checkpoint or args.untrained):
+        flag = '--checkpoint' if args.checkpoint else '--untrained'
+        raise ValueError(f'{flag}: needs --model naming the architecture (e.g. --model hbfp_resnet50)')
     args.model = args.model or DEFAULT_REID_MODEL
+    warnings.formatwarning = _warning_line
     return FeatureExtractor(args.model, checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size,
                             amp=args.amp, flip=args.flip, img_size=tuple(args.img_size) if args.img_size else None,
                             workers=args.workers, model_args=dict(args.model_arg) or None,
-                            progress=sys.stderr.isatty())
+                            progress=sys.stderr.isatty(), pretrained=not args.untrained)
+
+
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    """A command's warnings as one ``warning:`` line, without the source location meant for programmers."""
+    return f'warning: {message}\n'
 
 
 def one_line(error: BaseException) -> str:

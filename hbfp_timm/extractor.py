@@ -11,7 +11,9 @@ Images are preprocessed exactly as the evaluation does (`hbfp_timm.data.build_te
 RGB, resized (stretched, no aspect-preserving crop) to the model's input size, normalised with its mean and
 std. Those come from the model's ``pretrained_cfg`` or, for a run directory, from the size it was trained at.
 """
+import difflib
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -25,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .data.transforms import build_test_transform
 from .engine import describe_batch, unwrap_model
-from .hub import BACKBONE_WEIGHT_ARGS, RESULTS_NAME, load_checkpoint, load_run
+from .hub import BACKBONE_WEIGHT_ARGS, RESULTS_NAME, load_checkpoint, load_run, trained_input_size
 from .progress import progress
 
 __all__ = ['FeatureExtractor', 'load_model']
@@ -40,6 +42,7 @@ def load_model(
         model: Union[nn.Module, PathLike],
         checkpoint: Optional[PathLike] = None,
         model_args: Optional[Dict[str, Any]] = None,
+        pretrained: bool = True,
 ) -> Tuple[nn.Module, Optional[Tuple[int, int]]]:
     """Resolve what a user names as "the model" into a module in eval mode.
 
@@ -51,10 +54,12 @@ def load_model(
         checkpoint: a local weights file loaded into the model (``.safetensors``, or ``.pt``/``.pth`` read
             with ``weights_only=True``); not with a run directory, which brings its own.
         model_args: constructor arguments for a registered name, e.g. the ones the checkpoint was trained with.
+        pretrained: False builds a registered name without any trained weights (random HBFP layers, no ImageNet
+            backbone either), to check a pipeline; not with a checkpoint, a run or a Hub source.
 
     Returns:
-        ``(model, img_size)``: img_size the (height, width) a run was trained at, else None (the model's
-        ``pretrained_cfg`` says).
+        ``(model, img_size)``: img_size the (height, width) the weights were trained at when a run or the
+        checkpoint file says so, else None (the model's ``pretrained_cfg`` says).
     """
     if isinstance(model, nn.Module):
         if model_args:
@@ -76,18 +81,28 @@ def load_model(
     if not name.startswith(HUB_PREFIXES) and (path / 'config.json').is_file():
         name = f'local-dir:{path}'
     if not name.startswith(HUB_PREFIXES) and not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models('hbfp_*') + timm.list_pretrained('hbfp_*')
+                                          + timm.list_models(), n=3, cutoff=0.75)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ''
         raise ValueError(
             f'model: {name!r} is neither a registered timm model (e.g. hbfp_resnet50), a trainer run directory, '
-            f'a folder with config.json, nor an hf-hub:/local-dir: name')
+            f'a folder with config.json, nor an hf-hub:/local-dir: name{hint}')
     kwargs = dict(model_args or {}, num_classes=0)
+    if not pretrained:
+        if checkpoint is not None or name.startswith(HUB_PREFIXES):
+            raise ValueError(f'model: an untrained model is built from a registered name only, not with a '
+                             f'checkpoint or a Hub source ({name})')
+        if name.startswith('hbfp_'):
+            kwargs.update(BACKBONE_WEIGHT_ARGS)
+        return timm.create_model(name, pretrained=False, **kwargs).eval(), None
     if checkpoint is None:
         module = timm.create_model(name, pretrained=True, **kwargs)
-    else:
-        # The checkpoint holds every weight: no ImageNet backbone weights are fetched first.
-        if timm.is_model(name) and name.startswith('hbfp_'):
-            kwargs.update(BACKBONE_WEIGHT_ARGS)
-        module = load_checkpoint(timm.create_model(name, pretrained=False, **kwargs), checkpoint)
-    return module.eval(), None
+        return module.eval(), None
+    # The checkpoint holds every weight: no ImageNet backbone weights are fetched first.
+    if timm.is_model(name) and name.startswith('hbfp_'):
+        kwargs.update(BACKBONE_WEIGHT_ARGS)
+    module = load_checkpoint(timm.create_model(name, pretrained=False, **kwargs), checkpoint)
+    return module.eval(), trained_input_size(checkpoint)
 
 
 class _Images(Dataset):
@@ -135,6 +150,7 @@ class FeatureExtractor:
         workers: processes decoding image files (0: in this process).
         model_args: constructor arguments for a registered name.
         progress: show a progress bar.
+        pretrained: False: a registered name without trained weights (see :func:`load_model`).
     """
 
     def __init__(
@@ -149,21 +165,33 @@ class FeatureExtractor:
             workers: int = 0,
             model_args: Optional[Dict[str, Any]] = None,
             progress: bool = False,
+            pretrained: bool = True,
     ):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f'batch_size: expected a positive integer, got {batch_size!r}')
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
             raise ValueError(f'workers: expected a non-negative integer, got {workers!r}')
         self.device = torch.device(device if device is not None else ('cuda' if torch.cuda.is_available() else 'cpu'))
-        self.model, run_img_size = load_model(model, checkpoint, model_args)
+        self.model, run_img_size = load_model(model, checkpoint, model_args, pretrained=pretrained)
         self.model.to(self.device)
         cfg = getattr(self.model, 'pretrained_cfg', None) or {}
-        size = img_size or run_img_size or (tuple(cfg['input_size'][1:]) if cfg.get('input_size') else None)
+        cfg_size = tuple(cfg['input_size'][1:]) if cfg.get('input_size') else None
+        size = img_size or run_img_size or cfg_size
         if size is None:
             raise ValueError('img_size: the model has no pretrained_cfg input_size; pass img_size=(height, width)')
         if len(size) != 2 or any(not isinstance(s, (int, np.integer)) or s < 1 for s in size):
             raise ValueError(f'img_size: expected (height, width) positive integers, got {size!r}')
         self.img_size: Tuple[int, int] = (int(size[0]), int(size[1]))
+        # The size the weights were trained at, when known: a run's, a checkpoint's (when its file or run folder
+        # says), or that of weights loaded by name (their pretrained_cfg); a module passed in, a bare checkpoint
+        # or an untrained model says nothing.
+        by_name = pretrained and checkpoint is None and not isinstance(model, nn.Module)
+        trained = run_img_size or (cfg_size if by_name else None)
+        if trained is not None and tuple(trained) != self.img_size:
+            swapped = ' (height and width swapped?)' if tuple(trained) == self.img_size[::-1] else ''
+            warnings.warn(f'img_size {self.img_size[0]}x{self.img_size[1]} differs from the {trained[0]}x'
+                          f'{trained[1]} these weights were trained at{swapped}; descriptors are usually worse',
+                          UserWarning, stacklevel=2)
         self.mean = tuple(cfg.get('mean', IMAGENET_DEFAULT_MEAN))
         self.std = tuple(cfg.get('std', IMAGENET_DEFAULT_STD))
         self.transform = build_test_transform(self.img_size, self.mean, self.std)

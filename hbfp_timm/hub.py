@@ -34,6 +34,7 @@ from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled, \
     RepositoryNotFoundError, RevisionNotFoundError
 from huggingface_hub.utils import get_session
+from safetensors import SafetensorError, safe_open
 from timm.models import load_state_dict, resolve_pretrained_cfg, save_for_hf
 
 from .files import follow_umask
@@ -42,7 +43,8 @@ from .model_card import architecture, check_results, render_model_card
 __all__ = [
     'WEIGHTS_NAME', 'RESULTS_NAME', 'WeightsNotFoundError', 'CheckpointMismatchError', 'save_pretrained',
     'push_to_hub', 'load_checkpoint', 'load_run', 'render_model_card', 'check_state_dict',
-    'check_pretrained_state_dict', 'explain_pretrained_errors', 'hub_reachable', 'offline_if_hub_unreachable', 'main',
+    'check_pretrained_state_dict', 'explain_pretrained_errors', 'hub_reachable', 'offline_if_hub_unreachable',
+    'trained_input_size', 'main',
 ]
 
 WEIGHTS_NAME = 'model.safetensors'  # the trainer's and the Hub's weights file
@@ -238,6 +240,32 @@ def explain_pretrained_errors(
         raise WeightsNotFoundError(
             f'{name}: no pretrained weights could be loaded because {_why(exc, repo, cfg.hf_hub_filename or WEIGHTS_NAME)}. '
             f'{_ways_out(name, cfg)}') from None
+
+
+def trained_input_size(path: Union[str, Path]) -> Optional[Tuple[int, int]]:
+    """The (height, width) a weights file was trained at, when it says so: the ``img_size`` in its safetensors
+    metadata (the trainer's and the release files), else the ``results.json`` of its run folder, else the
+    ``config.json`` of its Hub folder; None when nothing says."""
+    path = Path(path)
+    sizes = []
+    if path.suffix == '.safetensors' and path.is_file():
+        try:
+            with safe_open(str(path), framework='pt') as handle:
+                sizes.append(json.loads((handle.metadata() or {}).get('img_size', 'null')))
+        except (SafetensorError, json.JSONDecodeError, OSError):
+            pass
+    for name, key in ((RESULTS_NAME, ('img_size',)), ('config.json', ('pretrained_cfg', 'input_size'))):
+        try:
+            value = json.loads((path.parent / name).read_text(encoding='utf-8'))
+            for part in key:
+                value = value.get(part) if isinstance(value, dict) else None
+            sizes.append(value[-2:] if isinstance(value, list) else None)
+        except (OSError, ValueError):
+            continue
+    for size in sizes:
+        if isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size):
+            return int(size[0]), int(size[1])
+    return None
 
 
 def load_checkpoint(model: nn.Module, path: Union[str, Path]) -> nn.Module:

@@ -1,4 +1,6 @@
 """Fixtures of the trainer tests (tests/test_train*.py): a tiny synthetic data set and a configuration factory."""
+import signal
+
 import pytest
 import torch
 
@@ -41,3 +43,17 @@ def make_config(data_root):
         settings.update(overrides)
         return TrainConfig(**settings)
     return make
+
+
+@pytest.fixture
+def python_sigint():
+    """Python's own Ctrl-C handler for the test, whatever the suite was started with: a background job of a
+    non-interactive shell (and many CI runners) starts with SIGINT ignored, where a Ctrl-C test could never fire."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def default_sigint_in_child() -> None:
+    """``preexec_fn`` of a child that must react to Ctrl-C: ignored signals are inherited across exec."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

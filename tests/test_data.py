@@ -374,7 +374,7 @@ def test_make_dataloaders_batches(tmp_path):
     assert next(iter(gallery))[0].shape == (2, 3, 32, 16) and len(query.dataset) == 1
 
 
-def test_an_interruption_while_workers_start_is_delivered_after_they_have_started():
+def test_an_interruption_while_workers_start_is_delivered_after_they_have_started(python_sigint):
     delivered_inside, handler = [], signal.getsignal(signal.SIGINT)
     assert handler is signal.default_int_handler  # Python's own, which raises KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):

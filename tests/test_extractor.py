@@ -1,5 +1,7 @@
 """hbfp_timm.FeatureExtractor: the evaluation's preprocessing, every input kind, every way of naming the model,
 and clear errors."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -118,3 +120,32 @@ def test_bad_models_are_a_clear_error(model, tmp_path):
         FeatureExtractor(run, checkpoint=run / 'model.safetensors', device='cpu')
     with pytest.raises(ValueError, match='batch_size'):
         FeatureExtractor(model, device='cpu', batch_size=0)
+
+
+def test_a_misspelt_model_name_gets_a_suggestion(tmp_path):
+    with pytest.raises(ValueError, match=r"'hbfp_resnet5' is neither .*; did you mean 'hbfp_resnet50'"):
+        FeatureExtractor('hbfp_resnet5', device='cpu')
+
+
+def test_an_input_size_unlike_the_training_size_is_warned_about(model, tmp_path):
+    run = write_run(tmp_path / 'run', model)  # trained at 64x32
+    with pytest.warns(UserWarning, match=r'img_size 32x64 differs from the 64x32 these weights were trained at '
+                                         r'\(height and width swapped\?\)'):
+        FeatureExtractor(run, device='cpu', img_size=(32, 64))
+    with pytest.warns(UserWarning, match=r'img_size 96x48 differs from the 64x32 .*trained at; descriptors'):
+        FeatureExtractor('hbfp_resnet18', checkpoint=run / 'model.safetensors', model_args=TINY_ARGS,
+                         device='cpu', img_size=(96, 48))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        assert FeatureExtractor(run, device='cpu').img_size == (64, 32)
+        # A bare checkpoint's training size comes from its run folder: the default is that size, no warning.
+        assert FeatureExtractor('hbfp_resnet18', checkpoint=run / 'model.safetensors', model_args=TINY_ARGS,
+                                device='cpu').img_size == (64, 32)
+
+
+def test_an_untrained_model_runs_from_its_name_and_only_from_it(tmp_path):
+    extractor = FeatureExtractor('hbfp_resnet18', model_args=TINY_ARGS, device='cpu', pretrained=False,
+                                 img_size=(64, 32))
+    assert extractor(torch.zeros(1, 3, 64, 32)).shape == (1, extractor.num_features)
+    with pytest.raises(ValueError, match='an untrained model is built from a registered name only'):
+        FeatureExtractor('hbfp_resnet18', checkpoint=tmp_path / 'w.safetensors', pretrained=False, device='cpu')

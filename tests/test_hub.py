@@ -126,10 +126,19 @@ def test_registered_name_with_hub_id_overlay_loads_the_cached_weights(expected, 
     assert torch.equal(_outputs(loaded), expected)
 
 
-def test_local_file_overlay_loads_the_weights(expected, saved):
+def test_local_file_overlay_loads_the_weights_and_the_size_they_were_trained_at(expected, saved, run_dir):
     loaded = timm.create_model(ARCH, pretrained=True, **CUSTOM_ARGS,
                                pretrained_cfg_overlay=dict(file=str(saved / 'model.safetensors')))
     assert torch.equal(_outputs(loaded), expected)
+    # Every route to these weights gives timm's data config the training size (64x32), not the registry's.
+    for weights in (saved / 'model.safetensors', run_dir / 'model.safetensors'):  # config.json / results.json
+        model = timm.create_model(ARCH, pretrained=True, **CUSTOM_ARGS, pretrained_cfg_overlay=dict(file=str(weights)))
+        assert timm.data.resolve_model_data_config(model)['input_size'] == (3, 64, 32)
+    assert timm.data.resolve_model_data_config(timm.create_model(f'local-dir:{saved}'))['input_size'] == (3, 64, 32)
+    # An explicit size in the overlay wins.
+    model = timm.create_model(ARCH, pretrained=True, **CUSTOM_ARGS, pretrained_cfg_overlay=dict(
+        file=str(saved / 'model.safetensors'), input_size=(3, 96, 48)))
+    assert model.pretrained_cfg['input_size'] == (3, 96, 48)
 
 
 def test_local_dir_source_round_trip(expected, saved):

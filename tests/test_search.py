@@ -95,7 +95,7 @@ def test_bad_input_is_one_line_with_a_nonzero_exit(run, tmp_path, capsys):
                  '--checkpoint', str(tmp_path / 'w.safetensors')]) == 1
     err = capsys.readouterr().err
     assert err.strip() == 'python -m hbfp_timm.search: error: --checkpoint: needs --model naming the architecture ' \
-                          'the file was trained as (e.g. --model hbfp_resnet50)'
+                          '(e.g. --model hbfp_resnet50)'
     from hbfp_timm.embed import Embeddings, save_embeddings
     save_embeddings(tmp_path / 'small.safetensors', Embeddings(torch.zeros(2, 3), ['x', 'y']))
     save_embeddings(tmp_path / 'wide.safetensors', Embeddings(torch.zeros(2, 5), ['x', 'y']))

@@ -18,6 +18,7 @@ from hbfp_timm.losses import HBFPLoss
 from hbfp_timm.synthetic import generate_synthetic_dataset
 from hbfp_timm.train import TrainSetupError, build_parser, main, train
 from hbfp_timm.training import loop, prepare
+from conftest import default_sigint_in_child
 
 pytestmark = pytest.mark.usefixtures('single_thread')
 ROOT = Path(__file__).resolve().parents[1]
@@ -273,7 +274,7 @@ class _LostInterrupt:
         signal.raise_signal(signal.SIGINT)
 
 
-def test_a_ctrl_c_that_python_dropped_is_delivered_again(data_root, tmp_path, capsys, monkeypatch):
+def test_a_ctrl_c_that_python_dropped_is_delivered_again(data_root, tmp_path, capsys, monkeypatch, python_sigint):
     real_write_json = loop.write_json
 
     def write_json(path, data):
@@ -312,7 +313,8 @@ def test_ctrl_c_or_sigterm_to_a_running_job_is_one_line_and_no_temporary(data_ro
     process = subprocess.Popen(
         [sys.executable, '-m', 'hbfp_timm.train', *_argv(data_root, output, '--epochs', '1000', '--eval-every',
                                                          '1000', '--max-steps-per-epoch', '1', '--workers', '2')],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=default_sigint_in_child)
     try:
         deadline = time.monotonic() + 240
         while not (output / 'results.json').exists() and process.poll() is None and time.monotonic() < deadline:

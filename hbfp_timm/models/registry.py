@@ -22,10 +22,17 @@ def _create_hbfp(variant: str, pretrained: bool = False, **kwargs) -> HBFPNet:
     if not pretrained:
         return build_model_with_cfg(HBFPNet, variant, pretrained, **kwargs)
     # Imported here because hub.py builds on this module; it is only needed when weights are loaded.
-    from ..hub import check_pretrained_state_dict, explain_pretrained_errors, offline_if_hub_unreachable
+    from ..hub import check_pretrained_state_dict, explain_pretrained_errors, offline_if_hub_unreachable, \
+        trained_input_size
     overlay = bundled_weights_overlay(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
     if overlay is not None:
         kwargs['pretrained_cfg_overlay'] = overlay
+    overlay = kwargs.get('pretrained_cfg_overlay') or {}
+    if overlay.get('file') and 'input_size' not in overlay:
+        # Weights bring the size they were trained at, so timm's data config (and our extractor) match them.
+        size = trained_input_size(overlay['file'])
+        if size is not None:
+            kwargs['pretrained_cfg_overlay'] = dict(overlay, input_size=(3, *size))
     # A missing Hub repository becomes one clear error naming the way out, and a checkpoint that does not
     # fit the model is refused with its mismatched keys listed, before any weights are copied in. Without a
     # network, one short probe replaces huggingface_hub's retries (the cache still answers).

@@ -176,7 +176,8 @@ def _train(cfg: TrainConfig, command: List[str], rank: int, world_size: int, loc
             find_unused_parameters=cfg.id_weight == 0)  # without the ID loss the classifier gets no gradient
     if _speed_option(cfg.compile, 'compile', device):
         train_module = torch.compile(train_module)
-    metadata = {'architecture': cfg.model, 'model_args': json.dumps(cfg.model_args), 'dataset': cfg.dataset}
+    metadata = {'architecture': cfg.model, 'model_args': json.dumps(cfg.model_args), 'dataset': cfg.dataset,
+                'img_size': json.dumps(list(cfg.img_size))}
 
     for epoch in range(start_epoch, cfg.epochs):
         augmentation_seed, worker_seed = epoch_seeds(cfg.seed, epoch, rank)
