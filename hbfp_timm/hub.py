@@ -60,7 +60,7 @@ BENCHMARK_OF_DATASET = {
 # backbone, so they are written as "off": otherwise loading it would first download (or, offline, fail to find)
 # ImageNet weights that the checkpoint then overwrites.
 BACKBONE_WEIGHT_ARGS = {'pretrained_backbone': False, 'backbone_weights': None}
-MAX_LISTED_KEYS = 8
+MAX_LISTED_KEYS = 3
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -110,17 +110,20 @@ def check_state_dict(
         state_dict: Mapping[str, torch.Tensor],
         source: str,
         ignore_prefixes: Sequence[str] = (),
+        holds: Optional[str] = None,
 ) -> None:
-    """Refuse a state dict that does not fit ``model``, listing what differs.
+    """Refuse a state dict that does not fit ``model``, saying what the file holds and listing what differs.
 
     Args:
         model: The model the weights are meant for.
         state_dict: The checkpoint's tensors.
         source: Where the weights come from (a path or a Hub id), named in the error.
         ignore_prefixes: Key prefixes left out of the comparison (a classifier that timm drops on purpose).
+        holds: The architecture the file says it holds (its safetensors metadata), when known.
 
     Raises:
-        CheckpointMismatchError: missing, unexpected or shape-mismatched keys, listed in one line.
+        CheckpointMismatchError: missing, unexpected or shape-mismatched keys, the first few of each listed, on
+            one line.
     """
     def kept(keys):
         return {k for k in keys if not k.startswith(tuple(ignore_prefixes))}
@@ -140,9 +143,21 @@ def check_state_dict(
     ]
     if problems:
         arch = getattr(model, 'pretrained_cfg', {}).get('architecture') or type(model).__name__
+        what = f'{holds} weights' if holds else 'a checkpoint'
         raise CheckpointMismatchError(
-            f'{source}: checkpoint does not match {arch} as built (check the model name and its constructor '
-            f'arguments) - ' + '; '.join(problems))
+            f'{source}: holds {what} ({len(state_dict)} tensors) that do not match {arch} as built '
+            f'({len(expected)} tensors; check the model name and its constructor arguments) - ' + '; '.join(problems))
+
+
+def _architecture_in_file(path: Union[str, Path]) -> Optional[str]:
+    """The ``architecture`` a safetensors file names in its metadata (the trainer's and release files do)."""
+    if not str(path).endswith('.safetensors'):
+        return None
+    try:
+        with safe_open(str(path), framework='pt') as handle:
+            return (handle.metadata() or {}).get('architecture')
+    except (SafetensorError, OSError):
+        return None
 
 
 def _listing(items: List[str]) -> str:
@@ -167,7 +182,8 @@ def check_pretrained_state_dict(state_dict: Dict[str, torch.Tensor], model: nn.M
     source = cfg.get('file') or cfg.get('hf_hub_id') or cfg.get('url') or 'pretrained weights'
     classifier = cfg.get('classifier') or 'classifier'
     ignore = (classifier + '.',) if getattr(model, 'num_classes', None) != cfg.get('num_classes') else ()
-    check_state_dict(model, state_dict, str(source), ignore_prefixes=ignore)
+    holds = _architecture_in_file(cfg['file']) if cfg.get('file') else None
+    check_state_dict(model, state_dict, str(source), ignore_prefixes=ignore, holds=holds)
     return state_dict
 
 
@@ -291,7 +307,7 @@ def load_checkpoint(model: nn.Module, path: Union[str, Path]) -> nn.Module:
         raise FileNotFoundError(f'{path}: checkpoint file not found')
     # timm's loader: safetensors, or torch.load(weights_only=True) with the usual wrapper keys unwrapped.
     state_dict = load_state_dict(str(path), use_ema=False, weights_only=True)
-    check_state_dict(model, state_dict, str(path))
+    check_state_dict(model, state_dict, str(path), holds=_architecture_in_file(path))
     model.load_state_dict(state_dict, strict=True)
     return model
 

@@ -209,9 +209,18 @@ def test_mismatched_checkpoint_lists_missing_unexpected_and_shape_mismatched_key
     # gep_learnable=True adds the GeP weights; L=16 vs the default L=128 changes the correlation convs.
     assert 'unexpected keys (1): global_pool.weight' in message
     assert 'shape mismatches (46): bfp_low_mid.bilinear_weight checkpoint (16,) vs model (128,), ' in message
-    assert 'bfp_low_mid.p_correlation.conv.weight checkpoint (16, 64, 1, 1) vs model (128, 64, 1, 1)' in message
-    assert message.endswith('... and 38 more')  # long lists are cut to keep the error one readable line
-    assert 'missing keys' not in message
+    assert 'bfp_low_mid.p_correlation.bn.running_mean checkpoint (16,) vs model (128,), ... and 43 more' in message
+    assert message.endswith('... and 43 more')  # long lists are cut to keep the error one readable line
+    assert 'missing keys' not in message and len(message) < 700
+    # What the file holds comes first: the architecture its metadata names (the trainer's files carry it).
+    held = timm.create_model('hbfp_resnet18', correlation_dim=8, perception_dim=16)
+    safetensors.torch.save_file(held.state_dict(), str(tmp_path / 'r18.safetensors'),
+                                metadata={'architecture': 'hbfp_resnet18'})
+    with pytest.raises(hub.CheckpointMismatchError) as info:
+        hub.load_checkpoint(default_model, tmp_path / 'r18.safetensors')
+    assert str(info.value).startswith(
+        f"{tmp_path / 'r18.safetensors'}: holds hbfp_resnet18 weights ({len(held.state_dict())} tensors) that do not "
+        f"match hbfp_mobilenetv2_100 as built ({len(default_model.state_dict())} tensors; check the model name")
     # A .pt state dict read with weights_only=True, missing one key.
     state = timm.create_model(ARCH).state_dict()
     removed = sorted(state)[0]
@@ -223,8 +232,8 @@ def test_mismatched_checkpoint_lists_missing_unexpected_and_shape_mismatched_key
 
 def test_mismatched_hub_checkpoint_is_refused_before_loading(saved, hub_cache):
     hub_cache(saved, 'someteam/my-run')
-    with pytest.raises(hub.CheckpointMismatchError, match=r'^someteam/my-run: checkpoint does not match '
-                                                          r'hbfp_mobilenetv2_100.*unexpected keys \(1\): global_pool.weight'):
+    with pytest.raises(hub.CheckpointMismatchError, match=r'^someteam/my-run: holds a checkpoint \(\d+ tensors\) that '
+                                                          r'do not match hbfp_mobilenetv2_100.*unexpected keys \(1\): global_pool.weight'):
         timm.create_model(ARCH, pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id='someteam/my-run'))
 
 

@@ -139,7 +139,7 @@ def test_resume_of_a_checkpoint_whose_weights_do_not_fit_lists_the_keys(finished
     checkpoint['model'][key + '_renamed'] = checkpoint['model'].pop(key)
     torch.save(checkpoint, tmp_path / 'checkpoint.pt')
     code, line = _exit(['--resume', str(tmp_path), '--epochs', '2'], capsys)
-    assert code == 2 and line.startswith(f'{PROG}: error: --resume: {tmp_path}: checkpoint does not match')
+    assert code == 2 and line.startswith(f'{PROG}: error: --resume: {tmp_path}: holds a checkpoint (')
     assert f'missing keys (1): {key};' in line and f'unexpected keys (1): {key}_renamed' in line
 
 
