@@ -171,7 +171,8 @@ def run_table1(args: argparse.Namespace, dataset_names: Sequence[str], prog: str
         announce_training([training_footprint(outline)] * (len(data) * len(seeds)), output)
     entries = []
     for item in data:
-        print(item.dataset.summary(), flush=True)
+        if mode != 'train':  # the trainer prints the same table before it trains
+            print(item.dataset.summary(), flush=True)
         runs = []
         for seed in seeds:
             seed_everything(seed)

@@ -2,6 +2,8 @@
 mapping, and the whole pipeline end to end on a tiny synthetic set (in-process, on the CPU)."""
 import hashlib
 import json
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -148,7 +150,9 @@ def test_embedded_default_trains_evaluates_and_writes_table_json_and_pictures(
     monkeypatch.setattr(settings, 'SYNTHETIC_PRESET', TINY_PRESET)
     out = tmp_path / 'run'
     assert market.main(TINY_FLAGS + ['--output', str(out)]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert (captured.out + captured.err).count('split       ids') == 1  # the data-set table, once
     assert 'No Market-1501 data set found' in printed and 'bounding_box_train/' in printed
     assert '| Market-1501 | paper (real data set) | 95.8 | – | – | 89.8 |' in printed
     assert 'hbfp_resnet18, untrained (synthetic — not comparable with the paper)' in printed
@@ -441,6 +445,19 @@ def test_ctrl_c_is_one_line_and_exit_code_130(capsys):
         raise KeyboardInterrupt
     assert cli.guarded(interrupted) == 130
     assert capsys.readouterr().err.count('\n') == 1
+
+
+def test_sigterm_is_one_line_naming_the_resumable_checkpoints_and_exit_code_143(capsys):
+    handler = signal.getsignal(signal.SIGTERM)
+
+    def terminated():
+        signal.raise_signal(signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+    assert cli.guarded(terminated) == 143
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and err.startswith('interrupted (SIGTERM); no report written;')
+    assert 'python -m hbfp_timm.train --resume FOLDER' in err
+    assert signal.getsignal(signal.SIGTERM) is handler  # the previous handler is back
 
 
 def test_an_os_error_such_as_a_full_disk_is_one_line_naming_the_file(capsys):
