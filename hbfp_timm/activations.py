@@ -26,7 +26,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from .embed import USER_ERRORS, add_model_arguments, collect_images, extractor_from_args, one_line, skip_unreadable
+from .embed import (
+    USER_ERRORS, add_model_arguments, collect_images, exit_code, extractor_from_args, one_line, skip_unreadable,
+)
 from .engine import unwrap_model
 
 __all__ = ['LEVELS', 'LevelMaps', 'activation_energy', 'bfp_activation_maps', 'draw_activation_maps', 'main']
@@ -205,7 +207,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                 title=str(path), alpha=args.alpha))
     except USER_ERRORS as error:
         print(f'{parser.prog}: error: {one_line(error)}', file=sys.stderr)
-        return 1
+        return exit_code(error)
     print(f'wrote {len(written)} activation map pictures to {args.output}')
     return 0
 

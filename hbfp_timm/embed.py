@@ -34,7 +34,7 @@ from .model_args import parse_model_arg
 from .models.registry import DEFAULT_REID_MODEL
 
 __all__ = ['Embeddings', 'collect_images', 'skip_unreadable', 'embed', 'save_embeddings', 'load_embeddings', 'add_model_arguments',
-           'extractor_from_args', 'one_line', 'main']
+           'extractor_from_args', 'exit_code', 'one_line', 'main']
 
 PathLike = Union[str, os.PathLike]
 FORMAT = 'hbfp_timm.embeddings/1'
@@ -169,6 +169,13 @@ def _warning_line(message, category, filename, lineno, line=None) -> str:
     return f'warning: {message}\n'
 
 
+def exit_code(error: BaseException) -> int:
+    """The exit status of a command that stopped on `error`: 1 when the machine failed the work (a file that
+    cannot be read or written, a disk that is full), 2 when what the command was asked cannot be done (a missing
+    file, an unknown model, weights that do not fit, a bad value), as argparse does for usage errors."""
+    return 1 if isinstance(error, OSError) and not isinstance(error, FileNotFoundError) else 2
+
+
 def one_line(error: BaseException) -> str:
     """The message of an error on one line (for a DataLoader worker's error, its original last line)."""
     lines = [line for line in str(error).splitlines() if line.strip()]
@@ -239,7 +246,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         output = save_embeddings(args.output, embeddings)
     except USER_ERRORS as error:
         print(f'{parser.prog}: error: {one_line(error)}', file=sys.stderr)
-        return 1
+        return exit_code(error)
     count, dim = embeddings.features.shape
     print(f'{count} images -> {dim}-d descriptors in {seconds:.1f} s ({count / max(seconds, 1e-9):.1f} images/s, '
           f'{extractor.device}, batch {extractor.batch_size}); identities '

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .data.datasets import DATASET_NAMES, ImageDataset, build_dataset
-from .embed import USER_ERRORS, add_model_arguments, extractor_from_args, one_line
+from .embed import USER_ERRORS, add_model_arguments, extractor_from_args, exit_code, one_line
 from .engine import evaluate
 
 __all__ = ['evaluate_data', 'main']
@@ -77,7 +77,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 for root in args.data_root]
     except USER_ERRORS as error:
         print(f'{parser.prog}: error: {one_line(error)}', file=sys.stderr)
-        return 1
+        return exit_code(error)
     table = _table(rows)
     header = (f'model {args.model}, input {extractor.img_size[0]}x{extractor.img_size[1]}, '
               f'{args.metric} distance, flip {extractor.flip}; percent')

@@ -462,7 +462,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                               commit_message=args.commit_message, notes=notes, license=args.license))
     except (OSError, ValueError, CheckpointMismatchError, HfHubHTTPError) as exc:  # OSError: a full disk too
         print(f'{parser.prog}: error: {exc}', file=sys.stderr)
-        return 1
+        # 2: what was asked cannot be done (a missing run file, bad results); 1: the machine or the Hub failed.
+        usage = isinstance(exc, (FileNotFoundError, ValueError, CheckpointMismatchError))
+        return 2 if usage else 1
     return 0
 
 

@@ -122,7 +122,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         summary = release(Path(args.run), args.tag, args.images, args.tolerance, args.output)
     except (OSError, ValueError) as error:
         print(f'{parser.prog}: error: {error}', file=sys.stderr)
-        return 1
+        return 1 if isinstance(error, OSError) and not isinstance(error, FileNotFoundError) else 2
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -22,7 +22,7 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 
 from .embed import (
-    USER_ERRORS, Embeddings, add_model_arguments, embed, extractor_from_args, load_embeddings, one_line,
+    USER_ERRORS, Embeddings, add_model_arguments, embed, exit_code, extractor_from_args, load_embeddings, one_line,
 )
 from .metrics import evaluate_features_detailed
 from .retrieval import topk
@@ -160,7 +160,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if args.num_pictures > 0 else None
     except USER_ERRORS as error:
         print(f'{parser.prog}: error: {one_line(error)}', file=sys.stderr)
-        return 1
+        return exit_code(error)
     summary = f'{ranking["num_query"]} queries x {ranking["num_gallery"]} gallery images, top {args.topk}'
     evaluation = ranking['evaluation']
     if evaluation and 'rank1' in evaluation:

@@ -91,6 +91,6 @@ def test_command_errors_are_one_line(tmp_path, capsys):
     assert main([str(tmp_path / 'crops'), '--model', 'hbfp_resnet18', '--checkpoint', str(weights),
                  '--model-arg', 'correlation_dim=8', '--model-arg', 'perception_dim=16', '--model-arg', 'bfp_pairs=()',
                  '--img-size', '64', '32', '--output', str(tmp_path / 'maps'), '--device', 'cpu',
-                 '--workers', '0']) == 1
+                 '--workers', '0']) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and 'need an HBFP model with both BFP modules' in err

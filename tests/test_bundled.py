@@ -202,5 +202,5 @@ def test_embed_and_search_run_on_the_shipped_model_when_no_model_is_named(traine
                         '--output', str(tmp_path / 'ranking'), '--num-pictures', '0', *common]) == 0
     assert '4 queries x 4 gallery images' in capsys.readouterr().out
     assert embed_main([str(tmp_path / 'photos'), '--output', str(tmp_path / 'x.safetensors'),
-                       '--checkpoint', str(release_file)]) == 1
+                       '--checkpoint', str(release_file)]) == 2
     assert '--checkpoint: needs --model naming the architecture' in capsys.readouterr().err

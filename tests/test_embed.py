@@ -59,17 +59,17 @@ def test_embeddings_round_trip_with_any_path_text(tmp_path):
 
 
 @pytest.mark.parametrize('workers', ['0', '1'])  # an error inside a decoding process is one line too
-@pytest.mark.parametrize('setup, message', [
-    (lambda tmp: (tmp / 'empty').mkdir(), r'empty: no images \(.jpg, .jpeg, .png, .bmp\)'),
-    (lambda tmp: None, r'nowhere: not found; expected a folder of images'),
+@pytest.mark.parametrize('setup, message, code', [  # 2: what was asked cannot be done; 1: the work failed
+    (lambda tmp: (tmp / 'empty').mkdir(), r'empty: no images \(.jpg, .jpeg, .png, .bmp\)', 2),
+    (lambda tmp: None, r'nowhere: not found; expected a folder of images', 2),
     (lambda tmp: (tmp / 'empty').mkdir() or (tmp / 'empty' / 'broken.jpg').write_text('x'),
-     r'cannot read image .*broken.jpg'),
+     r'cannot read image .*broken.jpg', 1),
 ])
-def test_bad_input_is_one_line_with_a_nonzero_exit(run, tmp_path, capsys, setup, message, workers):
+def test_bad_input_is_one_line_with_a_nonzero_exit(run, tmp_path, capsys, setup, message, code, workers):
     setup(tmp_path)
     source = tmp_path / ('empty' if (tmp_path / 'empty').exists() else 'nowhere')
     assert main([str(source), '--model', str(run), '--output', str(tmp_path / 'o.safetensors'), '--device', 'cpu',
-                 '--workers', workers]) == 1
+                 '--workers', workers]) == code
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1
     assert err.startswith('python -m hbfp_timm.embed: error: ')
@@ -78,7 +78,7 @@ def test_bad_input_is_one_line_with_a_nonzero_exit(run, tmp_path, capsys, setup,
 
 def test_an_unknown_model_is_one_line(tmp_path, capsys):
     write_images(tmp_path, ['a.jpg'])
-    assert main([str(tmp_path / 'a.jpg'), '--model', 'not_a_model', '--output', str(tmp_path / 'o.safetensors')]) == 1
+    assert main([str(tmp_path / 'a.jpg'), '--model', 'not_a_model', '--output', str(tmp_path / 'o.safetensors')]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "'not_a_model' is neither a registered timm model" in err
 

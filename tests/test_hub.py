@@ -470,7 +470,7 @@ def test_cli_push_uploads_a_run_directory(run_dir, fake_hub, capsys):
 
 def test_cli_reports_a_missing_run_file_in_one_line(run_dir, tmp_path, capsys):
     (run_dir / 'results.json').unlink()
-    assert hub.main(['save', str(run_dir), str(tmp_path / 'out')]) == 1
+    assert hub.main(['save', str(run_dir), str(tmp_path / 'out')]) == 2
     error = capsys.readouterr().err.strip()
     assert '\n' not in error
     assert error.startswith('python -m hbfp_timm.hub: error: ') and f"{run_dir / 'results.json'}: not found" in error

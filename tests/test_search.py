@@ -92,7 +92,7 @@ def test_embeddings_files_are_searched_without_describing_again(run, tmp_path):
 def test_bad_input_is_one_line_with_a_nonzero_exit(run, tmp_path, capsys):
     write_images(tmp_path / 'g', ['a.png'])
     assert main(['--query', str(tmp_path / 'g'), '--gallery', str(tmp_path / 'g'), '--output', str(tmp_path / 'o'),
-                 '--checkpoint', str(tmp_path / 'w.safetensors')]) == 1
+                 '--checkpoint', str(tmp_path / 'w.safetensors')]) == 2
     err = capsys.readouterr().err
     assert err.strip() == 'python -m hbfp_timm.search: error: --checkpoint: needs --model naming the architecture ' \
                           '(e.g. --model hbfp_resnet50)'
@@ -100,7 +100,7 @@ def test_bad_input_is_one_line_with_a_nonzero_exit(run, tmp_path, capsys):
     save_embeddings(tmp_path / 'small.safetensors', Embeddings(torch.zeros(2, 3), ['x', 'y']))
     save_embeddings(tmp_path / 'wide.safetensors', Embeddings(torch.zeros(2, 5), ['x', 'y']))
     assert main(['--query', str(tmp_path / 'small.safetensors'), '--gallery', str(tmp_path / 'wide.safetensors'),
-                 '--output', str(tmp_path / 'o')]) == 1
+                 '--output', str(tmp_path / 'o')]) == 2
     assert 'query descriptors are 3-d but gallery descriptors 5-d' in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(['--query', 'q', '--gallery', 'g', '--output', 'o', '--topk', '0'])
