@@ -4,7 +4,7 @@
 
     python -m hbfp_timm.release RUN_DIR --tag hbfp_mobilenetv2_100.cuhk03 --images QUERY_FOLDER
 
-writes ``hbfp_timm/weights/<tag>.safetensors`` (every floating tensor as float16, the run's architecture,
+writes ``hbfp_timm/weights/<tag>.safetensors`` (weight tensors as float16, vectors float32, the run's architecture,
 arguments, input size and source weights' sha256 in the metadata), then loads it back through
 ``timm.create_model(tag, pretrained=True)`` and compares the descriptors of the images (or, without
 ``--images``, of seeded random inputs) with the run's float32 model: it refuses the file when the smallest
@@ -22,6 +22,7 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
+from .files import follow_umask
 from .hub import WEIGHTS_NAME, load_run
 from .models.registry import BUNDLED_WEIGHTS
 
@@ -31,8 +32,14 @@ DEFAULT_TOLERANCE = 1e-3
 
 
 def half_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Every floating tensor as float16 (integer buffers such as ``num_batches_tracked`` unchanged)."""
-    return {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state_dict.items()}
+    """Weight matrices and kernels (floating tensors of two or more dimensions) as float16; vectors (biases,
+    normalisation weights and running statistics) stay float32, as do integer buffers.
+
+    The vectors are about 2% of the bytes but most of the error: on the shipped model's 200 CUHK03 query images,
+    every tensor in float16 gave a smallest descriptor cosine of 0.99888 to float32, vectors kept in float32
+    0.99969 (`python -m hbfp_timm.release`, which measures it on every release).
+    """
+    return {k: (v.half() if v.is_floating_point() and v.ndim >= 2 else v).contiguous() for k, v in state_dict.items()}
 
 
 def descriptor_fidelity(reference: torch.nn.Module, candidate: torch.nn.Module, images: torch.Tensor,
@@ -83,8 +90,9 @@ def release(run: Path, tag: str, images: Optional[Path] = None, tolerance: float
     target.parent.mkdir(parents=True, exist_ok=True)
     metadata = {'architecture': arch, 'tag': tag, 'model_args': json.dumps(results.get('model_args', {})),
                 'img_size': json.dumps(results['img_size']), 'dataset': results['dataset'],
-                'source_sha256': _sha256(source), 'dtype': 'float16'}
+                'source_sha256': _sha256(source), 'dtype': 'float16 (vectors float32)'}
     save_file(half_state_dict(load_file(str(source))), str(target), metadata=metadata)
+    follow_umask(target)  # safetensors writes its file readable by the owner only
 
     model_args = dict(results.get('model_args', {}), pretrained_backbone=False)
     released = timm.create_model(tag, pretrained=True, pretrained_cfg_overlay=dict(file=str(target)), **model_args)
