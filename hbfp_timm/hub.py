@@ -448,6 +448,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for command in (save, push):
         command.add_argument('--notes', metavar='FILE.md', help="markdown added to the model card (comparisons, "
                                                                 "seeds, the data set's terms)")
+        command.add_argument('--dataset', metavar='NAME',
+                             help="the data set's name on the card and in the tag, instead of the trainer's reader "
+                                  "name (e.g. cuhk03 for a folder read as market_layout)")
         command.add_argument('--license', default='apache-2.0',
                              help="the card's licence identifier (%(default)s; 'other' for weights bound by a data "
                                   "set's terms)")
@@ -455,6 +458,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         notes = Path(args.notes).read_text(encoding='utf-8') if args.notes else None
         model, results = load_run(args.run)
+        if args.dataset:
+            results = dict(results, dataset=args.dataset)
         if args.command == 'save':
             print(save_pretrained(model, args.out, results, notes=notes, license=args.license))
         else:

@@ -457,6 +457,24 @@ def test_cli_save_writes_a_loadable_hub_layout_from_a_run_directory(expected, ru
         name: 0o666 & ~umask for name in os.listdir(out)}
 
 
+def test_cli_save_with_notes_dataset_and_licence_writes_them_on_the_card(run_dir, tmp_path):
+    (tmp_path / 'notes.md').write_text('**Seeds 0 and 1**: a comparison table would go here.\n')
+    (run_dir / 'results.json').write_text(json.dumps(dict(
+        json.loads((run_dir / 'results.json').read_text()), dataset='market_layout',
+        config={'epochs': 12, 'lr': 0.001, 'seed': 3}, command=['python', '-m', 'hbfp_timm.train', '--seed', '3'],
+        num_train_pids=743)))
+    assert hub.main(['save', str(run_dir), str(tmp_path / 'out'), '--notes', str(tmp_path / 'notes.md'),
+                     '--license', 'other', '--dataset', 'cuhk03']) == 0
+    card = (tmp_path / 'out' / 'README.md').read_text()
+    meta = _front_matter(card)
+    assert meta['license'] == 'other' and meta['datasets'] == ['cuhk03']
+    assert '## About these weights\n\n**Seeds 0 and 1**: a comparison table would go here.' in card
+    assert "- Recipe (the trainer's settings): epochs 12, lr 0.001, seed 3." in card
+    assert '- Training identities: 743.' in card and 'python -m hbfp_timm.train --seed 3' in card
+    assert json.loads((tmp_path / 'out' / 'config.json').read_text())['pretrained_cfg']['tag'] == 'cuhk03'
+    assert hub.main(['save', str(run_dir), str(tmp_path / 'out2'), '--notes', str(tmp_path / 'absent.md')]) == 2
+
+
 def test_cli_push_uploads_a_run_directory(run_dir, fake_hub, capsys):
     endpoint, received = fake_hub
     assert hub.main(['push', str(run_dir), '--repo-id', 'someteam/run7', '--token', 'hf_fake_token']) == 0

@@ -144,7 +144,7 @@ default_cfgs = generate_default_cfgs({
     **_bundled_cfg(
         DEFAULT_REID_MODEL, input_size=(128, 64), first_conv='backbone.conv_stem', license='other',
         description='HBFP-Net on MobileNetV2, trained here for person re-identification on the CUHK03 (labeled) '
-                    'development split, 128x64; see hbfp_timm/weights/README.md',
+                    'development split, 128x64; see hbfp_timm/weights/hbfp_mobilenetv2_100.cuhk03.md',
         notes=('CUHK03 is for non-commercial research use; the ImageNet MobileNetV2 starting weights are MIT',)),
 })
 
