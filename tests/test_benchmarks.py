@@ -138,7 +138,7 @@ def test_pretrained_without_published_weights_fails_in_one_line(tiny_market, tmp
                         '--output', str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and err.count('\n') == 1
-    assert err.startswith('error: --pretrained hbfp_resnet18: ') and 'no pretrained' in err.lower()
+    assert err.startswith('error: --pretrained hbfp_resnet18: ') and 'no trained re-id weights exist' in err.lower()
 
 
 def test_embedded_default_trains_evaluates_and_writes_table_json_and_pictures(
