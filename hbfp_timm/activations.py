@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from .embed import (
-    USER_ERRORS, add_model_arguments, collect_images, exit_code, extractor_from_args, one_line, skip_unreadable,
+    USER_ERRORS, add_model_arguments, collect_images, exit_code, extractor_from_args, one_line, run_command,
+    skip_unreadable,
 )
 from .engine import unwrap_model
 
@@ -213,4 +214,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_command(main)

@@ -34,7 +34,7 @@ from .model_args import parse_model_arg
 from .models.registry import DEFAULT_REID_MODEL
 
 __all__ = ['Embeddings', 'collect_images', 'skip_unreadable', 'embed', 'save_embeddings', 'load_embeddings', 'add_model_arguments',
-           'extractor_from_args', 'exit_code', 'one_line', 'main']
+           'extractor_from_args', 'exit_code', 'one_line', 'run_command', 'main']
 
 PathLike = Union[str, os.PathLike]
 FORMAT = 'hbfp_timm.embeddings/1'
@@ -157,7 +157,6 @@ def extractor_from_args(args: argparse.Namespace) -> FeatureExtractor:
         flag = '--checkpoint' if args.checkpoint else '--untrained'
         raise ValueError(f'{flag}: needs --model naming the architecture (e.g. --model hbfp_resnet50)')
     args.model = args.model or DEFAULT_REID_MODEL
-    warnings.formatwarning = _warning_line
     return FeatureExtractor(args.model, checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size,
                             amp=args.amp, flip=args.flip, img_size=tuple(args.img_size) if args.img_size else None,
                             workers=args.workers, model_args=dict(args.model_arg) or None,
@@ -167,6 +166,12 @@ def extractor_from_args(args: argparse.Namespace) -> FeatureExtractor:
 def _warning_line(message, category, filename, lineno, line=None) -> str:
     """A command's warnings as one ``warning:`` line, without the source location meant for programmers."""
     return f'warning: {message}\n'
+
+
+def run_command(main) -> None:
+    """``python -m hbfp_timm.<command>``: warnings shown as one line each, then the command's exit status."""
+    warnings.formatwarning = _warning_line
+    sys.exit(main())
 
 
 def exit_code(error: BaseException) -> int:
@@ -255,4 +260,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_command(main)

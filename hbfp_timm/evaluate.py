@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .data.datasets import DATASET_NAMES, ImageDataset, build_dataset
-from .embed import USER_ERRORS, add_model_arguments, extractor_from_args, exit_code, one_line
+from .embed import USER_ERRORS, add_model_arguments, exit_code, extractor_from_args, one_line, run_command
 from .engine import evaluate
 
 __all__ = ['evaluate_data', 'main']
@@ -94,4 +94,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_command(main)

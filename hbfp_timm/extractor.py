@@ -81,8 +81,8 @@ def load_model(
     if not name.startswith(HUB_PREFIXES) and (path / 'config.json').is_file():
         name = f'local-dir:{path}'
     if not name.startswith(HUB_PREFIXES) and not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models('hbfp_*') + timm.list_pretrained('hbfp_*')
-                                          + timm.list_models(), n=3, cutoff=0.75)
+        names = dict.fromkeys(timm.list_models('hbfp_*') + timm.list_pretrained('hbfp_*') + timm.list_models())
+        close = difflib.get_close_matches(name, list(names), n=3, cutoff=0.75)
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ''
         raise ValueError(
             f'model: {name!r} is neither a registered timm model (e.g. hbfp_resnet50), a trainer run directory, '

@@ -248,7 +248,7 @@ def explain_pretrained_errors(
                 else 'a training run')
         raise WeightsNotFoundError(
             f'{name}: no trained Re-ID weights exist for this model yet; they need {need}; pretrained=False '
-            f'builds it untrained. {_ways_out(name, cfg)}')
+            f'(--untrained in the commands) builds it untrained. {_ways_out(name, cfg)}')
     try:
         yield
     except (HfHubHTTPError, EntryNotFoundError, OfflineModeIsEnabled) as exc:

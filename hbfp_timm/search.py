@@ -23,6 +23,7 @@ import numpy as np
 
 from .embed import (
     USER_ERRORS, Embeddings, add_model_arguments, embed, exit_code, extractor_from_args, load_embeddings, one_line,
+    run_command,
 )
 from .metrics import evaluate_features_detailed
 from .retrieval import topk
@@ -171,4 +172,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_command(main)
