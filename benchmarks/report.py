@@ -23,14 +23,13 @@ seed table: mean, standard deviation and n of Rank-1 and mAP at the final and at
 Re-ranked scores go to a table of their own: the paper's numbers are without re-ranking, so they are never
 set beside them.
 """
-import hashlib
 import platform
 import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ['METRIC_COLUMNS', 'SYNTHETIC_LABEL', 'count', 'summarize_seeds', 'comparison_table', 'seed_table',
-           'render_report', 'sha256_file', 'library_versions']
+           'render_report', 'library_versions']
 
 METRIC_COLUMNS = (('rank1', 'Rank-1'), ('rank5', 'Rank-5'), ('rank10', 'Rank-10'), ('mAP', 'mAP'))
 SPREAD_COLUMNS = (('rank1', 'Rank-1'), ('mAP', 'mAP'))
@@ -210,22 +209,6 @@ def render_report(results: Mapping[str, Any], heading: str, first_column: str = 
         lines += [seeds, '']
     return '\n'.join(lines)
 
-
-def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    """SHA-256 hex digest of a file, read in chunks.
-
-    Args:
-        path: The file.
-        chunk_size: Bytes read at a time.
-
-    Returns:
-        The 64-character hex digest.
-    """
-    digest = hashlib.sha256()
-    with open(path, 'rb') as handle:
-        for chunk in iter(lambda: handle.read(chunk_size), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def library_versions(extra: Sequence[str] = ()) -> Dict[str, str]:

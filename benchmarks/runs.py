@@ -12,12 +12,12 @@ from torch.utils.data import DataLoader
 
 from hbfp_timm.data import ImageDataset, ReIDDataset, build_test_transform
 from hbfp_timm.engine import evaluate
+from hbfp_timm.files import sha256_file
 from hbfp_timm.train import MODEL_NAME, TrainConfig, train
 
 from .cli import BenchmarkError, one_line
 from .figures import draw_cmc_curves, draw_ranked_lists
 from .models import create_model, load_weights
-from .report import sha256_file
 from .settings import Settings
 
 __all__ = ['Evaluation', 'evaluate_model', 'train_model', 'best_evaluation', 'Run', 'trained_run', 'evaluate_runs']

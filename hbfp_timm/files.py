@@ -7,6 +7,7 @@ is named ``.<name>.<pid>.<random>.tmp``; one left behind by a process that was k
 power loss) is recognised by its pid and removed by :func:`remove_stale_temporaries`.
 """
 import errno
+import hashlib
 import os
 import re
 import secrets
@@ -16,7 +17,7 @@ from typing import Callable, Iterable, List, Tuple, Union
 
 __all__ = [
     'OutputWriteError', 'atomic_write', 'follow_umask', 'check_writable_folder', 'remove_stale_temporaries',
-    'format_size',
+    'format_size', 'sha256_file',
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -188,3 +189,20 @@ def remove_stale_temporaries(folder: PathLike, names: Iterable[str]) -> Tuple[Li
         removed.append(entry)
         size += entry_size
     return sorted(removed), size
+
+
+def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
+    """SHA-256 hex digest of a file, read in chunks.
+
+    Args:
+        path: The file.
+        chunk_size: Bytes read at a time.
+
+    Returns:
+        The 64-character hex digest.
+    """
+    digest = hashlib.sha256()
+    with open(path, 'rb') as handle:
+        for chunk in iter(lambda: handle.read(chunk_size), b''):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -12,7 +12,6 @@ cosine similarity falls below ``1 - tolerance``. The registry (`hbfp_timm.models
 file is read from; ``pretrained=True`` finds it before the Hub cache and the Hub.
 """
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from .files import follow_umask
+from .files import follow_umask, sha256_file
 from .hub import WEIGHTS_NAME, load_run
 from .models.registry import BUNDLED_WEIGHTS
 
@@ -51,14 +50,6 @@ def descriptor_fidelity(reference: torch.nn.Module, candidate: torch.nn.Module, 
             cosine = torch.nn.functional.cosine_similarity(reference.eval()(batch), candidate.eval()(batch), dim=1)
             worst = min(worst, float(cosine.min()))
     return worst
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as handle:
-        for block in iter(lambda: handle.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def release(run: Path, tag: str, images: Optional[Path] = None, tolerance: float = DEFAULT_TOLERANCE,
@@ -90,7 +81,7 @@ def release(run: Path, tag: str, images: Optional[Path] = None, tolerance: float
     target.parent.mkdir(parents=True, exist_ok=True)
     metadata = {'architecture': arch, 'tag': tag, 'model_args': json.dumps(results.get('model_args', {})),
                 'img_size': json.dumps(results['img_size']), 'dataset': results['dataset'],
-                'source_sha256': _sha256(source), 'dtype': 'float16 (vectors float32)'}
+                'source_sha256': sha256_file(source), 'dtype': 'float16 (vectors float32)'}
     save_file(half_state_dict(load_file(str(source))), str(target), metadata=metadata)
     follow_umask(target)  # safetensors writes its file readable by the owner only
 
@@ -106,7 +97,7 @@ def release(run: Path, tag: str, images: Optional[Path] = None, tolerance: float
         batch = torch.randn(64, 3, *results['img_size'], generator=generator)
     worst = descriptor_fidelity(reference, released, batch)
     summary = {'path': str(target), 'bytes': target.stat().st_size, 'source_sha256': metadata['source_sha256'],
-               'sha256': _sha256(target), 'min_cosine': worst, 'compared': len(batch),
+               'sha256': sha256_file(target), 'min_cosine': worst, 'compared': len(batch),
                'on': str(images) if images is not None else 'seeded random inputs'}
     if worst < 1.0 - tolerance:
         target.unlink()
