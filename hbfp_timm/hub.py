@@ -149,15 +149,16 @@ def check_state_dict(
             f'({len(expected)} tensors; check the model name and its constructor arguments) - ' + '; '.join(problems))
 
 
-def _architecture_in_file(path: Union[str, Path]) -> Optional[str]:
-    """The ``architecture`` a safetensors file names in its metadata (the trainer's and release files do)."""
+def _file_metadata(path: Union[str, Path]) -> Dict[str, str]:
+    """The metadata of a safetensors file (the trainer's and release files name ``architecture`` and
+    ``img_size``); empty for other files and for files it cannot read."""
     if not str(path).endswith('.safetensors'):
-        return None
+        return {}
     try:
         with safe_open(str(path), framework='pt') as handle:
-            return (handle.metadata() or {}).get('architecture')
+            return handle.metadata() or {}
     except (SafetensorError, OSError):
-        return None
+        return {}
 
 
 def _listing(items: List[str]) -> str:
@@ -182,7 +183,7 @@ def check_pretrained_state_dict(state_dict: Dict[str, torch.Tensor], model: nn.M
     source = cfg.get('file') or cfg.get('hf_hub_id') or cfg.get('url') or 'pretrained weights'
     classifier = cfg.get('classifier') or 'classifier'
     ignore = (classifier + '.',) if getattr(model, 'num_classes', None) != cfg.get('num_classes') else ()
-    holds = _architecture_in_file(cfg['file']) if cfg.get('file') else None
+    holds = _file_metadata(cfg['file']).get('architecture') if cfg.get('file') else None
     check_state_dict(model, state_dict, str(source), ignore_prefixes=ignore, holds=holds)
     return state_dict
 
@@ -264,12 +265,10 @@ def trained_input_size(path: Union[str, Path]) -> Optional[Tuple[int, int]]:
     ``config.json`` of its Hub folder; None when nothing says."""
     path = Path(path)
     sizes = []
-    if path.suffix == '.safetensors' and path.is_file():
-        try:
-            with safe_open(str(path), framework='pt') as handle:
-                sizes.append(json.loads((handle.metadata() or {}).get('img_size', 'null')))
-        except (SafetensorError, json.JSONDecodeError, OSError):
-            pass
+    try:
+        sizes.append(json.loads(_file_metadata(path).get('img_size', 'null')))
+    except json.JSONDecodeError:
+        pass
     for name, key in ((RESULTS_NAME, ('img_size',)), ('config.json', ('pretrained_cfg', 'input_size'))):
         try:
             value = json.loads((path.parent / name).read_text(encoding='utf-8'))
@@ -307,7 +306,7 @@ def load_checkpoint(model: nn.Module, path: Union[str, Path]) -> nn.Module:
         raise FileNotFoundError(f'{path}: checkpoint file not found')
     # timm's loader: safetensors, or torch.load(weights_only=True) with the usual wrapper keys unwrapped.
     state_dict = load_state_dict(str(path), use_ema=False, weights_only=True)
-    check_state_dict(model, state_dict, str(path), holds=_architecture_in_file(path))
+    check_state_dict(model, state_dict, str(path), holds=_file_metadata(path).get('architecture'))
     model.load_state_dict(state_dict, strict=True)
     return model
 
