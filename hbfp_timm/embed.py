@@ -33,8 +33,8 @@ from .hub import CheckpointMismatchError, WeightsNotFoundError
 from .model_args import parse_model_arg
 from .models.registry import DEFAULT_REID_MODEL
 
-__all__ = ['Embeddings', 'collect_images', 'skip_unreadable', 'embed', 'save_embeddings', 'load_embeddings', 'add_model_arguments',
-           'extractor_from_args', 'exit_code', 'one_line', 'run_command', 'main']
+__all__ = ['Embeddings', 'collect_images', 'skip_unreadable', 'embed', 'save_embeddings', 'load_embeddings',
+           'add_model_arguments', 'extractor_from_args', 'exit_code', 'one_line', 'run_command', 'main']
 
 PathLike = Union[str, os.PathLike]
 FORMAT = 'hbfp_timm.embeddings/1'

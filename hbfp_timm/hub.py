@@ -466,9 +466,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                               commit_message=args.commit_message, notes=notes, license=args.license))
     except (OSError, ValueError, CheckpointMismatchError, HfHubHTTPError) as exc:  # OSError: a full disk too
         print(f'{parser.prog}: error: {exc}', file=sys.stderr)
-        # 2: what was asked cannot be done (a missing run file, bad results); 1: the machine or the Hub failed.
-        usage = isinstance(exc, (FileNotFoundError, ValueError, CheckpointMismatchError))
-        return 2 if usage else 1
+        from .embed import exit_code  # the commands' rule; embed builds on this module, so imported here
+        return exit_code(exc)  # 2: a missing run file, bad results; 1: the disk or the Hub failed
     return 0
 
 

@@ -21,6 +21,8 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
+from .embed import collect_images, exit_code
+from .extractor import FeatureExtractor
 from .files import follow_umask, sha256_file
 from .hub import WEIGHTS_NAME, load_run
 from .models.registry import BUNDLED_WEIGHTS
@@ -88,9 +90,7 @@ def release(run: Path, tag: str, images: Optional[Path] = None, tolerance: float
     model_args = dict(results.get('model_args', {}), pretrained_backbone=False)
     released = timm.create_model(tag, pretrained=True, pretrained_cfg_overlay=dict(file=str(target)), **model_args)
     if images is not None:
-        from .extractor import FeatureExtractor
         extractor = FeatureExtractor(reference, img_size=tuple(results['img_size']), device='cpu')
-        from .embed import collect_images
         batch = extractor.preprocess(collect_images(images).paths)
     else:
         generator = torch.Generator().manual_seed(0)
@@ -121,7 +121,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         summary = release(Path(args.run), args.tag, args.images, args.tolerance, args.output)
     except (OSError, ValueError) as error:
         print(f'{parser.prog}: error: {error}', file=sys.stderr)
-        return 1 if isinstance(error, OSError) and not isinstance(error, FileNotFoundError) else 2
+        return exit_code(error)
     print(json.dumps(summary, indent=2))
     return 0
 
