@@ -29,9 +29,9 @@ __all__ = ['holdout_split', 'main']
 SPLIT_FILE = 'holdout.json'
 
 
-def _original_pid_and_camera(path: str) -> Tuple[int, int]:
-    match = MARKET_PATTERN.match(Path(path).name)
-    return int(match['pid']), int(match['camid'])
+def _original_pid(path: str) -> int:
+    """The identity in a Market-style file name (the reader relabels training identities to 0..N-1)."""
+    return int(MARKET_PATTERN.match(Path(path).name)['pid'])
 
 
 def holdout_split(data_root, output, num_ids: int, seed: int = 0) -> Dict[str, object]:
@@ -53,9 +53,8 @@ def holdout_split(data_root, output, num_ids: int, seed: int = 0) -> Dict[str, o
         raise FileExistsError(f'{output} exists and is not an empty folder; give a new --output')
     train = market_layout(data_root).train
     by_pid: Dict[int, List[Tuple[str, int]]] = defaultdict(list)
-    for path, _, _ in train:
-        pid, camera = _original_pid_and_camera(path)
-        by_pid[pid].append((path, camera))
+    for path, _, camera in train:
+        by_pid[_original_pid(path)].append((path, camera))
     eligible = sorted(pid for pid, images in by_pid.items() if len({c for _, c in images}) >= 2)
     if num_ids >= len(by_pid) or num_ids > len(eligible):
         raise ValueError(f'num_ids={num_ids} leaves no training identities or exceeds the {len(eligible)} '
@@ -70,10 +69,11 @@ def holdout_split(data_root, output, num_ids: int, seed: int = 0) -> Dict[str, o
         for path, camera in sorted(by_pid[pid], key=lambda item: Path(item[0]).name):
             if pid not in held:
                 split = 'train'
-            elif camera not in seen_cameras:
-                split, _ = 'query', seen_cameras.add(camera)
-            else:
+            elif camera in seen_cameras:
                 split = 'gallery'
+            else:
+                split = 'query'
+                seen_cameras.add(camera)
             os.symlink(os.path.abspath(path), folders[split] / Path(path).name)
             counts[split] += 1
     summary = {'data_root': str(Path(data_root).expanduser().resolve()), 'seed': seed, 'num_ids': num_ids,
