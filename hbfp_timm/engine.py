@@ -14,7 +14,8 @@ from .progress import progress
 from .reranking import re_ranking_features
 from .retrieval import topk
 
-__all__ = ['autocast_dtype', 'describe', 'describe_batch', 'extract_features', 'evaluate', 'unwrap_model']
+__all__ = ['autocast_dtype', 'describe', 'describe_batch', 'extract_features', 'evaluate', 'score_features',
+           'unwrap_model']
 
 # CMC ranks reported by name in every result.
 REPORTED_RANKS = (1, 5, 10)
@@ -190,6 +191,33 @@ def evaluate(
                                                  amp_dtype=amp_dtype, desc='query')
     g_feats, g_pids, g_camids = extract_features(model, gallery_loader, device, flip=flip, amp=amp,
                                                  amp_dtype=amp_dtype, desc='gallery')
+    results = score_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, metric=metric, rerank=rerank,
+                             max_rank=max_rank, keep_distmat=keep_distmat)
+    results['flip'] = flip
+    if keep_topk:
+        distances, indices = topk(q_feats, g_feats, k=keep_topk, metric=metric)
+        results['topk_distances'], results['topk_indices'] = distances.numpy(), indices.numpy()
+    return results
+
+
+def score_features(
+        q_feats: torch.Tensor,
+        g_feats: torch.Tensor,
+        q_pids: np.ndarray,
+        g_pids: np.ndarray,
+        q_camids: np.ndarray,
+        g_camids: np.ndarray,
+        metric: str = 'euclidean',
+        rerank: bool = False,
+        max_rank: int = 50,
+        keep_distmat: bool = False,
+) -> Dict[str, Any]:
+    """The scores of :func:`evaluate` from descriptors already extracted (its arguments of the same names).
+
+    Returns:
+        ``{'rank1', 'rank5', 'rank10', 'mAP', 'cmc', 'num_query', 'num_gallery', 'num_skipped_queries',
+        'metric'}``, ``'reranked'`` with ``rerank=True``, ``'distmat'`` with ``keep_distmat=True``.
+    """
     # Rank-10 is always reported, so the curve is computed at least that long and cut to max_rank after.
     curve_length = max(max_rank, max(REPORTED_RANKS))
     ids = (q_pids, g_pids, q_camids, g_camids)
@@ -199,12 +227,9 @@ def evaluate(
     else:
         result = evaluate_features_detailed(q_feats, g_feats, *ids, metric=metric, max_rank=curve_length)
     results: Dict[str, Any] = _scores(result, max_rank)
-    results.update(num_query=len(q_pids), num_gallery=len(g_pids), metric=metric, flip=flip)
+    results.update(num_query=len(q_pids), num_gallery=len(g_pids), metric=metric)
     if keep_distmat:
         results['distmat'] = distmat
-    if keep_topk:
-        distances, indices = topk(q_feats, g_feats, k=keep_topk, metric=metric)
-        results['topk_distances'], results['topk_indices'] = distances.numpy(), indices.numpy()
     if rerank:
         reranked = re_ranking_features(q_feats, g_feats, metric=metric)
         results['reranked'] = _scores(evaluate_rank_detailed(reranked, *ids, max_rank=curve_length), max_rank)

@@ -8,27 +8,91 @@ imagenet.safetensors`` for an ImageNet model with no re-id training). The data a
 several ``--data-root`` give one table, a row each. Scores follow the data set's protocol (Market-1501 single
 query: same-identity same-camera gallery images removed, junk ignored), computed block by block, so the
 query x gallery distance matrix is never held whole (except for ``--rerank``, which needs it).
+
+Beside rank-1/5/10 and mAP, each data set gets:
+
+* the per-camera-pair breakdown: the queries of one camera searched among the gallery images of one other
+  camera only, rank-1 and mAP per pair, worst first (which camera pairs fail);
+* the "same person" decision (`hbfp_timm.verification`): the data's own equal-error rate, and, for every
+  threshold stored with the model's weights (or given with ``--threshold``), how many genuine cross-camera
+  pairs it accepts and how many impostor pairs it wrongly accepts on these data;
+* with ``--calibrate`` (one ``--data-root``, a labelled validation split, never the test split a model is
+  reported on): thresholds at false-match rates 1e-2 and 1e-3, written to ``OUT/thresholds.json``, the file
+  that a run folder, ``hub save --thresholds`` and ``search --same-person`` read.
 """
 import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from .data.datasets import DATASET_NAMES, ImageDataset, build_dataset
 from .embed import USER_ERRORS, add_model_arguments, exit_code, extractor_from_args, one_line, run_command
-from .engine import evaluate
+from .engine import extract_features, score_features
+from .metrics import evaluate_features_detailed
+from .verification import (
+    DEFAULT_FMRS, THRESHOLDS_NAME, calibrate, check_threshold, pair_distances, save_thresholds, stored_thresholds,
+)
 
-__all__ = ['evaluate_data', 'main']
+__all__ = ['camera_pair_scores', 'evaluate_data', 'main']
+
+# Camera-less data give each image its own camera: past this many cameras a per-pair table says nothing.
+MAX_CAMERAS_FOR_PAIRS = 50
+
+
+def camera_pair_scores(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids,
+                       metric: str = 'euclidean') -> List[Dict[str, Any]]:
+    """Rank-1 and mAP of every (query camera, gallery camera) pair, worst rank-1 first.
+
+    The queries of camera ``a`` are ranked among the gallery images of camera ``b`` (``b != a``) only, under the
+    same protocol; a pair where no query has a true match is left out.
+
+    Returns:
+        ``[{'query_camera', 'gallery_camera', 'num_query', 'rank1', 'mAP'}]`` (fractions).
+    """
+    q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
+    q_camids, g_camids = np.asarray(q_camids), np.asarray(g_camids)
+    rows = []
+    for q_cam in np.unique(q_camids):
+        queries = q_camids == q_cam
+        for g_cam in np.unique(g_camids):
+            gallery = g_camids == g_cam
+            if g_cam == q_cam or not np.isin(q_pids[queries], g_pids[gallery]).any():
+                continue
+            result = evaluate_features_detailed(q_feats[queries], g_feats[gallery], q_pids[queries], g_pids[gallery],
+                                                q_camids[queries], g_camids[gallery], metric=metric, max_rank=1)
+            rows.append({'query_camera': int(q_cam), 'gallery_camera': int(g_cam),
+                         'num_query': result.num_valid_queries, 'rank1': float(result.cmc[0]),
+                         'mAP': float(result.mAP)})
+    return sorted(rows, key=lambda row: (row['rank1'], row['mAP']))
 
 
 def evaluate_data(extractor, dataset_name: str, data_root, metric: str = 'euclidean', rerank: bool = False,
-                  workers: int = 0) -> Dict[str, Any]:
-    """Scores of `extractor`'s model on the query/gallery split of one data set (`hbfp_timm.engine.evaluate`)."""
+                  workers: int = 0, thresholds: Sequence[Dict[str, Any]] = (),
+                  fmrs: Sequence[float] = ()) -> Dict[str, Any]:
+    """Scores of `extractor`'s model on the query/gallery split of one data set.
+
+    Args:
+        extractor: a `hbfp_timm.FeatureExtractor` (its model, preprocessing, device, flip and amp).
+        dataset_name: reader of `data_root` (`hbfp_timm.data.datasets.DATASET_NAMES`).
+        data_root: the data set's folder.
+        metric: 'euclidean' or 'cosine'.
+        rerank: also the k-reciprocal re-ranked scores.
+        workers: image decoding processes.
+        thresholds: ``[{'label', 'threshold'}]`` to re-check: the genuine and impostor pairs each accepts.
+        fmrs: false-match rates to calibrate thresholds at on these data (empty: none).
+
+    Returns:
+        ``{'data_root', 'dataset', 'query_ids', 'gallery_ids', 'seconds', 'rank1', 'rank5', 'rank10', 'mAP',
+        'num_query', 'num_gallery', 'num_skipped_queries', 'metric'[, 'reranked'], 'camera_pairs', 'verification'}``;
+        ``verification`` holds ``'eer'``, ``'checked'`` (one entry per threshold) and, with `fmrs`, ``'calibrated'``.
+    """
     dataset = build_dataset(dataset_name, data_root)
 
     def loader(items):
@@ -36,26 +100,85 @@ def evaluate_data(extractor, dataset_name: str, data_root, metric: str = 'euclid
                           num_workers=workers, pin_memory=extractor.device.type == 'cuda')
 
     start = time.perf_counter()
-    scores = evaluate(extractor.model, loader(dataset.query), loader(dataset.gallery), extractor.device,
-                      metric=metric, rerank=rerank, flip=extractor.flip, amp=extractor.amp)
-    scores.pop('cmc', None)
-    if 'reranked' in scores:
-        scores['reranked'].pop('cmc', None)
-    return {'data_root': str(data_root), 'dataset': dataset.name,
-            'query_ids': len({pid for _, pid, _ in dataset.query}),
-            'gallery_ids': len({pid for _, pid, _ in dataset.gallery}),
-            'seconds': round(time.perf_counter() - start, 1), **scores}
+    features = {}
+    for split, items in (('query', dataset.query), ('gallery', dataset.gallery)):
+        features[split] = extract_features(extractor.model, loader(items), extractor.device, flip=extractor.flip,
+                                           amp=extractor.amp, desc=split)
+    (q_feats, q_pids, q_cams), (g_feats, g_pids, g_cams) = features['query'], features['gallery']
+    scores = score_features(q_feats, g_feats, q_pids, g_pids, q_cams, g_cams, metric=metric, rerank=rerank)
+    for entry in (scores, scores.get('reranked') or {}):
+        entry.pop('cmc', None)
+    num_cameras = len(np.union1d(q_cams, g_cams))
+    pairs = (camera_pair_scores(q_feats, g_feats, q_pids, g_pids, q_cams, g_cams, metric)
+             if num_cameras <= MAX_CAMERAS_FOR_PAIRS else None)
+    distances = pair_distances(q_feats, g_feats, q_pids, g_pids, q_cams, g_cams, metric=metric,
+                               fmrs=tuple(fmrs) or DEFAULT_FMRS, at=[t['threshold'] for t in thresholds])
+    calibrated = calibrate(distances, tuple(fmrs) or DEFAULT_FMRS)
+    verification = {'eer': calibrated['eer'],
+                    'checked': [{'label': t['label'], **check_threshold(distances, t['threshold'])}
+                                for t in thresholds]}
+    if fmrs:
+        verification['calibrated'] = calibrated['thresholds']
+    return {'data_root': str(data_root), 'dataset': dataset.name, 'query_ids': len(set(q_pids.tolist())),
+            'gallery_ids': len(set(g_pids.tolist())), 'seconds': round(time.perf_counter() - start, 1), **scores,
+            'camera_pairs': pairs, 'verification': verification}
 
 
-def _table(rows: List[Dict[str, Any]]) -> str:
+def _percent(value: float) -> str:
+    return f'{100 * value:.1f}'
+
+
+def _tables(rows: List[Dict[str, Any]]) -> str:
     lines = ['| data | queries | gallery | Rank-1 | Rank-5 | Rank-10 | mAP |', '|---|---:|---:|---:|---:|---:|---:|']
     for row in rows:
         for label, scores in (('', row), (' (re-ranked)', row.get('reranked'))):
             if scores:
                 lines.append(f"| {row['data_root']}{label} | {row['num_query']} | {row['num_gallery']} | "
-                             + ' | '.join(f'{100 * scores[k]:.1f}' for k in ('rank1', 'rank5', 'rank10', 'mAP'))
-                             + ' |')
+                             + ' | '.join(_percent(scores[k]) for k in ('rank1', 'rank5', 'rank10', 'mAP')) + ' |')
+    lines += ['', 'Same person (distance below the threshold): genuine = same identity, other camera; impostor = '
+              'different identities; query x gallery pairs.', '',
+              '| data | threshold | distance | genuine accepted (TMR) | impostors accepted (FMR) |',
+              '|---|---|---:|---:|---:|']
+    for row in rows:
+        verification = row['verification']
+        entries = [(f"equal-error point of these data", verification['eer'])]
+        entries += [(entry['label'], entry) for entry in verification['checked']]
+        entries += [(f"calibrated here at FMR {entry['fmr_target']:g}", entry)
+                    for entry in verification.get('calibrated', [])]
+        for label, entry in entries:
+            lines.append(f"| {row['data_root']} | {label} | {entry['threshold']:.4f} | "
+                         f"{entry['genuine_accepted']:,} / {entry['num_genuine']:,} ({_percent(entry['tmr'])}%) | "
+                         f"{entry['impostors_accepted']:,} / {entry['num_impostor']:,} ({100 * entry['fmr']:.3f}%) |")
+    for row in rows:
+        pairs = row['camera_pairs']
+        lines += ['', f"Camera pairs of {row['data_root']} (queries of one camera among the gallery images of "
+                  f"another only; worst rank-1 first):", '']
+        if pairs is None:
+            lines.append(f'not computed: more than {MAX_CAMERAS_FOR_PAIRS} cameras (camera-less data give each image '
+                         'its own)')
+            continue
+        lines += ['| query camera | gallery camera | queries | Rank-1 | mAP |', '|---:|---:|---:|---:|---:|']
+        lines += [f"| {p['query_camera']} | {p['gallery_camera']} | {p['num_query']} | {_percent(p['rank1'])} | "
+                  f"{_percent(p['mAP'])} |" for p in pairs]
     return '\n'.join(lines)
+
+
+def _thresholds_to_check(args, extractor) -> List[Dict[str, Any]]:
+    """The thresholds `evaluate` re-checks: those stored with the model (for its metric) and ``--threshold``."""
+    checks = [{'label': f'--threshold {value:g}', 'threshold': value} for value in args.threshold]
+    stored = stored_thresholds(args.model)
+    if stored is None:
+        return checks
+    if stored.get('metric') != args.metric:
+        warnings.warn(f"the thresholds stored with {args.model} are for {stored.get('metric')} distances, not "
+                      f"--metric {args.metric}; not re-checked", UserWarning)
+        return checks
+    if bool(stored.get('flip')) != extractor.flip:
+        warnings.warn(f"the thresholds stored with {args.model} were calibrated with flip {bool(stored.get('flip'))}"
+                      f", this run has flip {extractor.flip}: distances differ", UserWarning)
+    where = (stored.get('calibrated_on') or {}).get('data_root', 'its calibration data')
+    return [{'label': f"stored, FMR {entry['fmr_target']:g} on {where}", 'threshold': entry['threshold']}
+            for entry in stored['thresholds']] + checks
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -68,28 +191,49 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--metric', choices=('euclidean', 'cosine'), default='euclidean',
                         help='descriptor distance (%(default)s)')
     parser.add_argument('--rerank', action='store_true', help='also k-reciprocal re-ranked scores')
+    parser.add_argument('--threshold', type=float, action='append', default=[], metavar='DISTANCE',
+                        help='also re-check this "same person" distance threshold (repeatable)')
+    parser.add_argument('--calibrate', action='store_true',
+                        help=f'calibrate thresholds at false-match rates {", ".join(map(str, DEFAULT_FMRS))} on the '
+                             f'(one) --data-root, a validation split, and write OUT/{THRESHOLDS_NAME}')
     parser.add_argument('--output', metavar='OUT', help='folder for evaluation.json and evaluation.md')
     add_model_arguments(parser)
     args = parser.parse_args(argv)
+    if args.calibrate and (len(args.data_root) != 1 or not args.output):
+        parser.error('--calibrate: needs exactly one --data-root (the calibration split) and --output')
     try:
         extractor = extractor_from_args(args)
-        rows = [evaluate_data(extractor, args.dataset, root, args.metric, args.rerank, args.workers)
-                for root in args.data_root]
+        checks = _thresholds_to_check(args, extractor)
+        rows = [evaluate_data(extractor, args.dataset, root, args.metric, args.rerank, args.workers, checks,
+                              DEFAULT_FMRS if args.calibrate else ()) for root in args.data_root]
     except USER_ERRORS as error:
         print(f'{parser.prog}: error: {one_line(error)}', file=sys.stderr)
         return exit_code(error)
-    table = _table(rows)
+    tables = _tables(rows)
     header = (f'model {args.model}, input {extractor.img_size[0]}x{extractor.img_size[1]}, '
               f'{args.metric} distance, flip {extractor.flip}; percent')
-    print(f'{header}\n{table}')
+    print(f'{header}\n{tables}')
     if args.output:
         output = Path(args.output)
         output.mkdir(parents=True, exist_ok=True)
+        command = sys.argv if argv is None else ['python', '-m', 'hbfp_timm.evaluate', *argv]
         record = {'model': str(args.model), 'checkpoint': args.checkpoint, 'img_size': list(extractor.img_size),
-                  'metric': args.metric, 'flip': extractor.flip, 'command': sys.argv if argv is None else
-                  ['python', '-m', 'hbfp_timm.evaluate', *argv], 'torch': torch.__version__, 'results': rows}
+                  'metric': args.metric, 'flip': extractor.flip, 'command': command, 'torch': torch.__version__,
+                  'results': rows}
         (output / 'evaluation.json').write_text(json.dumps(record, indent=2) + '\n', encoding='utf-8')
-        (output / 'evaluation.md').write_text(f'{header}\n\n{table}\n', encoding='utf-8')
+        (output / 'evaluation.md').write_text(f'{header}\n\n{tables}\n', encoding='utf-8')
+        if args.calibrate:
+            row = rows[0]
+            path = save_thresholds(output / THRESHOLDS_NAME, {
+                'metric': args.metric, 'flip': extractor.flip, 'img_size': list(extractor.img_size),
+                'model': str(args.model), 'command': command,
+                'calibrated_on': {'data_root': row['data_root'], 'dataset': row['dataset'],
+                                  'query_ids': row['query_ids'], 'num_query': row['num_query'],
+                                  'num_gallery': row['num_gallery']},
+                'note': 'A threshold holds for the cameras it was calibrated on; re-check it on other data with '
+                        'python -m hbfp_timm.evaluate.',
+                'thresholds': row['verification']['calibrated'], 'eer': row['verification']['eer']})
+            print(f'wrote {path}')
     return 0
 
 

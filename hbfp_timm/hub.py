@@ -326,7 +326,9 @@ def save_pretrained(model: nn.Module, directory: Union[str, Path],
         model: An HBFP model built with ``timm.create_model`` (it records the architecture and arguments).
         directory: Output folder, created if needed.
         results: The trainer's results (``dataset``, ``metrics`` as fractions in [0, 1], ``img_size`` [H, W]) for
-            the model card's ``model-index``; None for weights without evaluation.
+            the model card's ``model-index``, and optionally ``thresholds`` (a record of
+            :mod:`hbfp_timm.verification`, stored in ``config.json`` as ``reid_thresholds``); None for weights
+            without evaluation.
         repo_id: Hub repository the card's usage snippet names (``push_to_hub`` sets it).
         notes: Markdown for the card's "About these weights" section (see :func:`render_model_card`).
         license: The card's licence identifier.
@@ -345,6 +347,13 @@ def save_pretrained(model: nn.Module, directory: Union[str, Path],
         data_config = {'input_size': (model.in_chans, *results['img_size'])}
     save_for_hf(model, directory, model_config={'pretrained_cfg': source_cfg}, model_args=export_args,
                 safe_serialization=True, data_config=data_config)
+    if results and results.get('thresholds'):
+        # timm reads config.json's architecture, pretrained_cfg and model_args only; the "same person" thresholds
+        # travel beside them (hbfp_timm.verification.stored_thresholds reads them back).
+        config_path = directory / 'config.json'
+        config = json.loads(config_path.read_text(encoding='utf-8'))
+        config['reid_thresholds'] = results['thresholds']
+        config_path.write_text(json.dumps(config, indent=2) + '\n', encoding='utf-8')
     (directory / 'README.md').write_text(render_model_card(model, results, repo_id, notes, license), encoding='utf-8')
     for name in HUB_LAYOUT:
         follow_umask(directory / name)  # safetensors writes its file readable by the owner only
@@ -450,6 +459,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         command.add_argument('--dataset', metavar='NAME',
                              help="the data set's name on the card and in the tag, instead of the trainer's reader "
                                   "name (e.g. cuhk03 for a folder read as market_layout)")
+        command.add_argument('--thresholds', metavar='FILE',
+                             help='"same person" thresholds (thresholds.json of python -m hbfp_timm.evaluate '
+                                  "--calibrate) stored in config.json and on the card (default: the run folder's "
+                                  'thresholds.json, when there is one)')
         command.add_argument('--license', default='apache-2.0',
                              help="the card's licence identifier (%(default)s; 'other' for weights bound by a data "
                                   "set's terms)")
@@ -459,6 +472,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         model, results = load_run(args.run)
         if args.dataset:
             results = dict(results, dataset=args.dataset)
+        from .verification import THRESHOLDS_NAME, read_thresholds  # builds on the registry, as this module does
+        run_folder = Path(args.run).parent if Path(args.run).suffix == '.safetensors' else Path(args.run)
+        thresholds = args.thresholds or (run_folder / THRESHOLDS_NAME if (run_folder / THRESHOLDS_NAME).is_file()
+                                         else None)
+        if thresholds:
+            results = dict(results, thresholds=read_thresholds(thresholds))
         if args.command == 'save':
             print(save_pretrained(model, args.out, results, notes=notes, license=args.license))
         else:

@@ -12,6 +12,11 @@ Writes ``OUT/ranking.json`` (per query: its path, and its top-k gallery paths wi
 image's identity is known (list files with pids, or names in a data set's scheme) the results say whether they
 are the query's identity, the picture colours them green / red, and rank-1 and mAP are reported under the
 Market-1501 protocol (camera-less data: `hbfp_timm.data.lists`); otherwise borders are a neutral grey.
+
+``--same-person [FMR]`` marks each result whose distance is below the model's "same person" threshold, the one
+calibrated at that false-match rate (default 1e-3) and stored with its weights (`hbfp_timm.verification`);
+``--threshold DISTANCE`` gives one directly. A threshold holds for the cameras it was calibrated on: re-check it
+on labelled data of yours with ``python -m hbfp_timm.evaluate``.
 """
 import argparse
 import json
@@ -26,7 +31,9 @@ from .embed import (
     run_command,
 )
 from .metrics import evaluate_features_detailed
+from .models.registry import DEFAULT_REID_MODEL
 from .retrieval import topk
+from .verification import select_threshold, stored_thresholds
 from .visualize import draw_ranking
 
 __all__ = ['search', 'main']
@@ -49,7 +56,7 @@ def _cameras(query: Embeddings, gallery: Embeddings):
 
 
 def search(query: Embeddings, gallery: Embeddings, k: int = 10, metric: str = 'euclidean', backend: str = 'torch',
-           device: Optional[str] = None) -> Dict[str, Any]:
+           device: Optional[str] = None, threshold: Optional[float] = None) -> Dict[str, Any]:
     """Top-k gallery items of every query, the query's own file left out; the content of ``ranking.json``.
 
     Args:
@@ -59,10 +66,12 @@ def search(query: Embeddings, gallery: Embeddings, k: int = 10, metric: str = 'e
         metric: 'euclidean' or 'cosine'.
         backend: 'torch' or 'faiss' (see `hbfp_timm.retrieval.topk`).
         device: where to search (default: where the descriptors are).
+        threshold: a "same person" distance threshold: each result gets ``same_person`` (distance below it).
 
     Returns:
-        ``{'metric', 'topk', 'num_query', 'num_gallery', 'identities_known', 'evaluation', 'queries'}``;
-        ``queries`` holds per query ``{'query', 'results': [{'path', 'distance'[, 'pid', 'same_identity']}]}``.
+        ``{'metric', 'topk', 'num_query', 'num_gallery', 'identities_known', 'evaluation', 'threshold', 'queries'}``;
+        ``queries`` holds per query ``{'query', 'results': [{'path', 'distance'[, 'pid', 'same_identity']
+        [, 'same_person']}]}``.
     """
     if query.features.shape[1] != gallery.features.shape[1]:
         raise ValueError(f'query descriptors are {query.features.shape[1]}-d but gallery descriptors '
@@ -83,6 +92,8 @@ def search(query: Embeddings, gallery: Embeddings, k: int = 10, metric: str = 'e
             result = {'path': gallery.paths[g], 'distance': float(distance)}
             if known:
                 result.update(pid=int(gallery.pids[g]), same_identity=bool(gallery.pids[g] == query.pids[row]))
+            if threshold is not None:
+                result['same_person'] = bool(distance < threshold)
             results.append(result)
         entry = {'query': query_path, **({'pid': int(query.pids[row])} if known else {}), 'results': results}
         queries.append(entry)
@@ -100,7 +111,21 @@ def search(query: Embeddings, gallery: Embeddings, k: int = 10, metric: str = 'e
         except ValueError as error:  # e.g. no query has a true match: nothing to score, the search still stands
             evaluation = {'error': str(error)}
     return {'metric': metric, 'topk': k, 'num_query': len(query.paths), 'num_gallery': len(gallery.paths),
-            'identities_known': known, 'evaluation': evaluation, 'queries': queries}
+            'identities_known': known, 'evaluation': evaluation, 'threshold': threshold, 'queries': queries}
+
+
+def _threshold(args: argparse.Namespace, query: Embeddings, gallery: Embeddings) -> float:
+    """The stored threshold that ``--same-person FMR`` names, checked against the metric and the descriptors."""
+    described = {e.metadata.get('model') for e in (query, gallery) if e.metadata and e.metadata.get('model')}
+    model = args.model or (described.pop() if len(described) == 1 else DEFAULT_REID_MODEL)
+    stored = stored_thresholds(model)
+    if stored is None:
+        raise ValueError(f'--same-person: {model} has no calibrated threshold stored with its weights; calibrate one '
+                         'with python -m hbfp_timm.evaluate --calibrate on labelled data, or pass --threshold')
+    if stored.get('metric') != args.metric:
+        raise ValueError(f"--same-person: the thresholds of {model} are for {stored.get('metric')} distances, "
+                         f'not --metric {args.metric}')
+    return float(select_threshold(stored, args.same_person)['threshold'])
 
 
 def _picture(ranking: Dict[str, Any], query: Embeddings, gallery: Embeddings, path: Path, num_rows: int) -> Path:
@@ -138,6 +163,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help='exact search in blocks with torch, or a faiss flat index (%(default)s)')
     parser.add_argument('--num-pictures', type=int, default=8, metavar='N',
                         help='queries drawn in ranking.png, spread over the query list (%(default)s; 0: none)')
+    decision = parser.add_mutually_exclusive_group()
+    decision.add_argument('--same-person', type=float, nargs='?', const=1e-3, metavar='FMR',
+                          help="mark results below the model's stored threshold calibrated at this false-match rate "
+                               '(%(const)s when no value is given)')
+    decision.add_argument('--threshold', type=float, metavar='DISTANCE',
+                          help='mark results whose distance is below DISTANCE as the same person')
     add_model_arguments(parser)
     args = parser.parse_args(argv)
     if args.topk < 1:
@@ -152,8 +183,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         query = _describe(args.query, extractor_factory, args)
         gallery = _describe(args.gallery, extractor_factory, args)
+        threshold = _threshold(args, query, gallery) if args.same_person is not None else args.threshold
         ranking = search(query, gallery, k=args.topk, metric=args.metric, backend=args.backend,
-                         device=extractor.device if extractor is not None else None)
+                         device=extractor.device if extractor is not None else None, threshold=threshold)
         output = Path(args.output)
         output.mkdir(parents=True, exist_ok=True)
         (output / 'ranking.json').write_text(json.dumps(ranking, indent=1), encoding='utf-8')
@@ -167,6 +199,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if evaluation and 'rank1' in evaluation:
         summary += (f'; rank-1 {evaluation["rank1"]:.1%}, mAP {evaluation["mAP"]:.1%} '
                     f'({evaluation["protocol"]}; {evaluation["num_skipped_queries"]} queries without a match)')
+    if threshold is not None:
+        marked = [r for entry in ranking['queries'] for r in entry['results'] if r['same_person']]
+        wrong = sum(not r['same_identity'] for r in marked) if ranking['identities_known'] else None
+        summary += (f'; {len(marked)} results below the same-person threshold {threshold:.4f}'
+                    + (f' ({wrong} of them another identity)' if wrong is not None else ''))
     print(f'{summary}; wrote {output / "ranking.json"}' + (f' and {picture}' if picture else ''))
     return 0
 

@@ -2,12 +2,14 @@
 import json
 
 import numpy as np
+import torch
 import pytest
 
 from hbfp_timm import FeatureExtractor
 from hbfp_timm.data import market_layout
 from hbfp_timm.evaluate import main
 from hbfp_timm.metrics import evaluate_features
+from test_hub import hub_cache  # noqa: F401  (fixture)
 from tiny_models import single_thread, tiny_model, write_run  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures('single_thread')
@@ -30,7 +32,7 @@ def test_scores_equal_the_protocol_on_the_models_descriptors_one_row_per_data_ro
         assert row['mAP'] == pytest.approx(mAP, abs=1e-6) and row['rank1'] == pytest.approx(cmc[0], abs=1e-6)
         assert row['num_query'] == len(dataset.query) and row['num_gallery'] == len(dataset.gallery)
     printed = capsys.readouterr().out
-    assert printed.count(f'| {data_root} |') == 2 and f'{100 * mAP:.1f} |' in printed
+    assert printed.count(f'| {data_root} | {len(dataset.query)} | {len(dataset.gallery)} |') == 2 and f'{100 * mAP:.1f} |' in printed
     assert (out / 'evaluation.md').read_text().split('\n\n', 1)[1].strip() in printed  # the same table
 
 
@@ -39,3 +41,129 @@ def test_a_missing_data_root_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(['--data-root', str(tmp_path / 'nowhere'), '--model', str(run), '--device', 'cpu']) == 2
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and err.startswith('python -m hbfp_timm.evaluate: error: ')
+
+
+def _direct_camera_pairs(q, g, q_pids, g_pids, q_cams, g_cams):
+    """Per (query camera, gallery camera): rank-1 and AP by sorting each query's row of that camera's gallery."""
+    rows = {}
+    for qc in np.unique(q_cams):
+        for gc in np.unique(g_cams):
+            if qc == gc:
+                continue
+            hits, aps = [], []
+            for i in np.flatnonzero(q_cams == qc):
+                columns = np.flatnonzero((g_cams == gc) & (g_pids != -1))
+                matches = g_pids[columns] == q_pids[i]
+                if not matches.any():
+                    continue
+                order = np.argsort(np.linalg.norm(g[columns] - q[i], axis=1), kind='stable')
+                ranked = matches[order]
+                hits.append(bool(ranked[0]))
+                positions = np.flatnonzero(ranked) + 1
+                aps.append(np.mean(np.arange(1, len(positions) + 1) / positions))
+            if hits:
+                rows[(int(qc), int(gc))] = (len(hits), np.mean(hits), np.mean(aps))
+    return rows
+
+
+def test_camera_pairs_equal_a_direct_loop_worst_first():
+    from hbfp_timm.evaluate import camera_pair_scores
+    generator = np.random.default_rng(1)
+    q_pids, g_pids = np.repeat(np.arange(6), 3), np.concatenate([np.repeat(np.arange(6), 6), [0, -1]])
+    centres = generator.normal(size=(6, 5))
+    q = centres[q_pids] + generator.normal(size=(len(q_pids), 5))
+    g = centres[np.clip(g_pids, 0, None)] + generator.normal(size=(len(g_pids), 5))
+    q_cams, g_cams = generator.integers(0, 3, len(q_pids)), generator.integers(0, 3, len(g_pids))
+    rows = camera_pair_scores(torch.tensor(q), torch.tensor(g), q_pids, g_pids, q_cams, g_cams)
+    expected = _direct_camera_pairs(q, g, q_pids, g_pids, q_cams, g_cams)
+    assert {(r['query_camera'], r['gallery_camera']) for r in rows} == set(expected) and len(rows) == 6
+    for row in rows:
+        count, rank1, ap = expected[(row['query_camera'], row['gallery_camera'])]
+        assert row['num_query'] == count and row['rank1'] == pytest.approx(rank1) and row['mAP'] == pytest.approx(ap)
+    assert [r['rank1'] for r in rows] == sorted(r['rank1'] for r in rows)
+
+
+def test_calibrate_then_the_stored_threshold_is_rechecked_and_marks_search_results(data_root, tmp_path, capsys):
+    """evaluate --calibrate writes thresholds.json; in the run folder, evaluate re-checks it (on the same data:
+    the calibrated rates again) and search --same-person marks the results below it."""
+    from hbfp_timm.search import main as search_main
+    run = write_run(tmp_path / 'run', tiny_model(seed=3))
+    out = tmp_path / 'calibration'
+    common = ['--model', str(run), '--device', 'cpu', '--workers', '0']
+    assert main(['--data-root', str(data_root), '--calibrate', '--output', str(out), *common]) == 0
+    calibrated = json.loads((out / 'thresholds.json').read_text())
+    assert [t['fmr_target'] for t in calibrated['thresholds']] == [1e-2, 1e-3]
+    assert calibrated['calibrated_on']['data_root'] == str(data_root) and calibrated['metric'] == 'euclidean'
+    assert all(t['fmr'] <= t['fmr_target'] for t in calibrated['thresholds'])
+    (run / 'thresholds.json').write_text((out / 'thresholds.json').read_text())
+    capsys.readouterr()
+    assert main(['--data-root', str(data_root), '--output', str(tmp_path / 'check'), *common]) == 0
+    checked = json.loads((tmp_path / 'check' / 'evaluation.json').read_text())['results'][0]['verification']
+    assert [c['label'].split(',')[0] for c in checked['checked']] == ['stored'] * 2
+    for entry, check in zip(calibrated['thresholds'], checked['checked']):
+        assert check['threshold'] == entry['threshold'] and check['fmr'] == entry['fmr']
+        assert check['impostors_accepted'] == entry['impostors_accepted'] and check['tmr'] == entry['tmr']
+    assert 'genuine accepted (TMR)' in capsys.readouterr().out
+
+    threshold = calibrated['thresholds'][0]['threshold']
+    dataset = market_layout(data_root)
+    assert search_main(['--query', str(data_root / 'query'), '--gallery', str(data_root / 'bounding_box_test'),
+                        '--output', str(tmp_path / 'search'), '--same-person', '0.01', '--num-pictures', '0',
+                        *common]) == 0
+    ranking = json.loads((tmp_path / 'search' / 'ranking.json').read_text())
+    assert ranking['threshold'] == threshold and len(ranking['queries']) == len(dataset.query)
+    results = [r for q in ranking['queries'] for r in q['results']]
+    assert all(r['same_person'] == (r['distance'] < threshold) for r in results)
+    assert f"{sum(r['same_person'] for r in results)} results below the same-person threshold" in \
+        capsys.readouterr().out
+
+
+def test_same_person_without_a_stored_threshold_is_one_line(data_root, tmp_path, capsys):
+    from hbfp_timm.search import main as search_main
+    run = write_run(tmp_path / 'run', tiny_model())
+    assert search_main(['--query', str(data_root / 'query'), '--gallery', str(data_root / 'query'), '--output',
+                        str(tmp_path / 'out'), '--same-person', '--model', str(run), '--device', 'cpu',
+                        '--workers', '0']) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'has no calibrated threshold' in err and '--threshold' in err
+
+
+def test_calibrate_needs_one_data_root_and_an_output(data_root, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(['--data-root', str(data_root), '--data-root', str(data_root), '--calibrate', '--output', 'x'])
+    assert exit_info.value.code == 2 and '--calibrate: needs exactly one --data-root' in capsys.readouterr().err
+
+
+def test_every_model_source_gives_the_same_scores_and_hub_copies_carry_the_thresholds(data_root, tmp_path,
+                                                                                       hub_cache, capsys):
+    """A run folder, its Hub folder (by path and as local-dir:), the same published to a Hub cache (hf-hub:,
+    offline) and the registered name with --checkpoint are one model: one score; the thresholds of the run travel
+    into config.json and are re-checked from each Hub source."""
+    from hbfp_timm.hub import main as hub_main
+    from tiny_models import TINY_ARGS
+    run = write_run(tmp_path / 'run', tiny_model(seed=3))
+    (run / 'thresholds.json').write_text(json.dumps({'format': 'hbfp_timm.thresholds/1', 'metric': 'euclidean',
+                                                     'flip': False, 'thresholds': [{'fmr_target': 0.01,
+                                                                                    'threshold': 1.5}]}))
+    assert hub_main(['save', str(run), str(tmp_path / 'hub')]) == 0
+    assert json.loads((tmp_path / 'hub' / 'config.json').read_text())['reid_thresholds']['thresholds'][0][
+        'threshold'] == 1.5
+    hub_cache(tmp_path / 'hub', 'org/tiny-reid')
+    sources = [[str(run)], [str(tmp_path / 'hub')], [f'local-dir:{tmp_path / "hub"}'], ['hf-hub:org/tiny-reid'],
+               ['hbfp_resnet18', '--checkpoint', str(run / 'model.safetensors'), '--img-size', '64', '32',
+                *[a for k, v in TINY_ARGS.items() for a in ('--model-arg', f'{k}={v}')]]]
+    scores = []
+    for index, source in enumerate(sources):
+        out = tmp_path / f'out{index}'
+        assert main(['--data-root', str(data_root), '--device', 'cpu', '--workers', '0', '--output', str(out),
+                     '--model', *source]) == 0, source
+        row = json.loads((out / 'evaluation.json').read_text())['results'][0]
+        scores.append((row['rank1'], row['mAP']))
+        checked = [c['threshold'] for c in row['verification']['checked']]
+        assert checked == ([] if source[0] == 'hbfp_resnet18' else [1.5]), source
+    assert all(s == pytest.approx(scores[0], abs=1e-6) for s in scores)
+
+
+def test_the_shipped_model_is_the_default(data_root, tmp_path, capsys):
+    assert main(['--data-root', str(data_root), '--device', 'cpu', '--workers', '0']) == 0
+    assert capsys.readouterr().out.startswith('model hbfp_mobilenetv2_100.cuhk03, input 128x64')
