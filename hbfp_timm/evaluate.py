@@ -186,8 +186,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog='python -m hbfp_timm.evaluate', description=__doc__.split('\n\n')[0])
     parser.add_argument('--data-root', action='append', required=True, metavar='DIR',
                         help='folder of a labelled data set (repeatable: one row each)')
-    parser.add_argument('--dataset', choices=DATASET_NAMES, default='market_layout',
-                        help='reader of the data (%(default)s: any folder in the Market-1501 layout)')
+    parser.add_argument('--dataset', choices=DATASET_NAMES, action='append', default=[],
+                        help='reader of the data (default market_layout: any folder in the Market-1501 layout); '
+                             'once for every --data-root, or once per --data-root in their order')
     parser.add_argument('--metric', choices=('euclidean', 'cosine'), default='euclidean',
                         help='descriptor distance (%(default)s)')
     parser.add_argument('--rerank', action='store_true', help='also k-reciprocal re-ranked scores')
@@ -199,13 +200,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--output', metavar='OUT', help='folder for evaluation.json and evaluation.md')
     add_model_arguments(parser)
     args = parser.parse_args(argv)
+    readers = args.dataset or ['market_layout']
+    if len(readers) not in (1, len(args.data_root)):
+        parser.error(f'--dataset: give one for every --data-root or one per --data-root ({len(args.data_root)}), '
+                     f'got {len(readers)}')
+    readers = readers * len(args.data_root) if len(readers) == 1 else readers
     if args.calibrate and (len(args.data_root) != 1 or not args.output):
         parser.error('--calibrate: needs exactly one --data-root (the calibration split) and --output')
     try:
         extractor = extractor_from_args(args)
         checks = _thresholds_to_check(args, extractor)
-        rows = [evaluate_data(extractor, args.dataset, root, args.metric, args.rerank, args.workers, checks,
-                              DEFAULT_FMRS if args.calibrate else ()) for root in args.data_root]
+        rows = [evaluate_data(extractor, reader, root, args.metric, args.rerank, args.workers, checks,
+                              DEFAULT_FMRS if args.calibrate else ()) for reader, root in zip(readers, args.data_root)]
     except USER_ERRORS as error:
         print(f'{parser.prog}: error: {one_line(error)}', file=sys.stderr)
         return exit_code(error)

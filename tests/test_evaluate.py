@@ -167,3 +167,10 @@ def test_every_model_source_gives_the_same_scores_and_hub_copies_carry_the_thres
 def test_the_shipped_model_is_the_default(data_root, tmp_path, capsys):
     assert main(['--data-root', str(data_root), '--device', 'cpu', '--workers', '0']) == 0
     assert capsys.readouterr().out.startswith('model hbfp_mobilenetv2_100.cuhk03, input 128x64')
+
+
+def test_one_reader_per_data_root_or_one_for_all(data_root, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(['--data-root', str(data_root), '--data-root', str(data_root), '--data-root', str(data_root),
+              '--dataset', 'market_layout', '--dataset', 'image_lists'])
+    assert exit_info.value.code == 2 and '--dataset: give one for every --data-root' in capsys.readouterr().err

@@ -137,3 +137,14 @@ def test_a_file_that_is_not_a_thresholds_record_is_refused(tmp_path):
         read_thresholds(path)
     with pytest.raises(FileNotFoundError, match='thresholds file not found'):
         read_thresholds(tmp_path / 'missing.json')
+
+
+def test_the_shipped_model_carries_thresholds_for_its_own_input_and_metric():
+    import timm
+    record = stored_thresholds('hbfp_mobilenetv2_100.cuhk03')
+    cfg = timm.models.get_pretrained_cfg('hbfp_mobilenetv2_100.cuhk03')
+    assert record['model'] == 'hbfp_mobilenetv2_100.cuhk03' and record['metric'] == 'euclidean'
+    assert tuple(record['img_size']) == tuple(cfg.input_size[1:]) and record['flip'] is False
+    entries = {entry['fmr_target']: entry for entry in record['thresholds']}
+    assert set(entries) == {1e-2, 1e-3} and entries[1e-3]['threshold'] < entries[1e-2]['threshold']
+    assert all(entry['fmr'] <= entry['fmr_target'] for entry in entries.values())
