@@ -87,6 +87,9 @@ def _runs_for(args: argparse.Namespace, mode: str, settings: Settings, data: Ben
     train_dir = output / train_dir_name
     weights, train_results = train_model(data.reader, data.root, settings, train_dir, args.command)
     epochs = count(train_results['config']['epochs'], 'epoch')
+    for row in train_results.get('cross_domain') or []:
+        print(f"{model_name} trained on {data.root}, tested on {row['data_root']} ({row['dataset']}): "
+              f"rank-1 {100 * row['rank1']:.1f}, mAP {100 * row['mAP']:.1f}")
     runs.append(trained_run(f'{model_name}, trained {epochs}', settings, weights, train_results, train_dir))
     return runs
 

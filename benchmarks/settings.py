@@ -17,6 +17,7 @@ import timm
 import torch
 
 import hbfp_timm  # noqa: F401  (registers the hbfp_* models with timm)
+from hbfp_timm.data.datasets import DATASET_NAMES
 from hbfp_timm.model_args import parse_model_arg
 from hbfp_timm.train import TrainConfig
 
@@ -128,7 +129,7 @@ RECIPE_FLAGS: Dict[str, Tuple[Callable[[str], Any], str, str]] = {
 }
 # Flags that only mean something when the benchmark trains (their names as attributes of the parsed flags).
 TRAINING_ONLY = ('epochs', 'batch_size', 'num_instances', 'max_steps_per_epoch', 'backbone_weights',
-                 'no_pretrained_backbone', 'channels_last', *RECIPE_FLAGS)
+                 'no_pretrained_backbone', 'channels_last', 'eval_data_roots', 'eval_dataset', *RECIPE_FLAGS)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, synthetic_epochs: Optional[int] = None) -> None:
@@ -181,6 +182,11 @@ def add_common_arguments(parser: argparse.ArgumentParser, synthetic_epochs: Opti
     recipe.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=None,
                         help="train in channels-last memory format (speed only; default: the trainer's, off; "
                              'measure a backbone with python -m benchmarks.memory_format)')
+    recipe.add_argument('--eval-data-root', dest='eval_data_roots', action='append', default=None, metavar='DIR',
+                        help='another data set the trainer scores at every evaluation, beside the in-domain one '
+                             '(cross-domain; repeatable; in the trainer run folder\'s results.json)')
+    recipe.add_argument('--eval-dataset', default=None, choices=DATASET_NAMES,
+                        help='reader of the --eval-data-root folders (default market_layout)')
     backbone = recipe.add_mutually_exclusive_group()
     backbone.add_argument('--backbone-weights', default=None, metavar='FILE',
                           help='local ImageNet weights file of the backbone, for training on an offline machine')
@@ -266,8 +272,10 @@ def resolve_settings(args: argparse.Namespace, synthetic: bool) -> Settings:
     if args.backbone_weights is not None and not Path(args.backbone_weights).expanduser().is_file():
         raise BenchmarkError(f'--backbone-weights {args.backbone_weights}: no such file (expected a local ImageNet '
                              f'weights file of the backbone)')
-    recipe = {name: getattr(args, name) for name in (*RECIPE_FLAGS, 'channels_last')
+    recipe = {name: getattr(args, name) for name in (*RECIPE_FLAGS, 'channels_last', 'eval_dataset')
               if getattr(args, name) is not None}
+    if args.eval_data_roots:
+        recipe['eval_data_roots'] = tuple(args.eval_data_roots)
     return Settings(
         model=model, model_args=dict(args.model_args), img_size=img_size,
         epochs=args.epochs if args.epochs is not None else preset.get('epochs'),

@@ -4,7 +4,7 @@
 weights: measured numbers beside the paper's (labelled as the paper's), whether the data were synthetic, the
 loading snippet with ``import hbfp_timm``, and the paper's citation.
 """
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import timm
 import torch.nn as nn
@@ -186,6 +186,8 @@ def render_model_card(model: nn.Module, results: Optional[Mapping[str, Any]] = N
         if dataset in PAPER_TABLE1:
             lines.append(f'| the paper\'s Table 1 (ResNet-50, 384x128; not these weights) | {cells(PAPER_TABLE1[dataset])} |')
     lines += ['']
+    lines += _cross_domain_lines(results)
+    lines += _threshold_lines(results)
     if notes:
         lines += ['## About these weights', '', notes.strip(), '']
     lines += _training_lines(results)
@@ -216,6 +218,39 @@ def render_model_card(model: nn.Module, results: Optional[Mapping[str, Any]] = N
         '## Citation', '', '```bibtex', PAPER_BIBTEX, '```', '',
     ]
     return '\n'.join(lines)
+
+
+def _cross_domain_lines(results: Optional[Mapping[str, Any]]) -> List[str]:
+    """The card's cross-domain table: the trainer's ``--eval-data-root`` scores at the last evaluation."""
+    rows = (results or {}).get('cross_domain') or []
+    if not rows:
+        return []
+    lines = ['### Cross-domain evaluation', '',
+             f'Trained on {_dataset_title(results)}, tested on other data sets without further training (same '
+             'protocol and input size; percent):', '',
+             '| tested on | reader | queries | gallery | Rank-1 | Rank-5 | Rank-10 | mAP |',
+             '|---|---|---:|---:|---:|---:|---:|---:|']
+    lines += [f"| {row['data_root']} | {row['dataset']} | {row['num_query']} | {row['num_gallery']} | "
+              + ' | '.join(f'{_percent(row[k]):g}' for k in ('rank1', 'rank5', 'rank10', 'mAP')) + ' |' for row in rows]
+    return lines + ['']
+
+
+def _threshold_lines(results: Optional[Mapping[str, Any]]) -> List[str]:
+    """The card's "same person" thresholds (``results['thresholds']``, a record of hbfp_timm.verification)."""
+    record = (results or {}).get('thresholds')
+    if not record:
+        return []
+    where = (record.get('calibrated_on') or {}).get('data_root', 'labelled validation data')
+    lines = ['### "Same person" distance thresholds', '',
+             f"Calibrated on {where} ({record.get('metric')} distance, flip {record.get('flip')}): a pair of images "
+             'is the same person when its distance is below the threshold. They are in `config.json` '
+             '(`reid_thresholds`); `python -m hbfp_timm.search --same-person FMR` uses them. **A threshold holds for '
+             'the cameras it was calibrated on**: re-check it on yours with `python -m hbfp_timm.evaluate`.', '',
+             '| false-match rate target | threshold | false-match rate | true-match rate |', '|---:|---:|---:|---:|']
+    rate = lambda value, digits: 'n/a' if value is None else f'{100 * value:.{digits}f}%'  # noqa: E731
+    lines += [f"| {entry['fmr_target']:g} | {entry['threshold']:.4f} | {rate(entry.get('fmr'), 3)} | "
+              f"{rate(entry.get('tmr'), 1)} |" for entry in record['thresholds']]
+    return lines + ['']
 
 
 def _input_size(model: nn.Module, results: Optional[Mapping[str, Any]]) -> Tuple[int, int]:

@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group('data')
     data.add_argument('--dataset', default=d.dataset, choices=DATASET_NAMES, help='data set reader')
     data.add_argument('--data-root', default=d.data_root, help='folder holding the data set')
+    data.add_argument('--eval-data-root', dest='eval_data_roots', action='append', default=list(d.eval_data_roots),
+                      metavar='DIR', help='another data set scored at every evaluation, beside the in-domain one '
+                                          '(cross-domain; repeatable)')
+    data.add_argument('--eval-dataset', default=d.eval_dataset, choices=DATASET_NAMES,
+                      help='reader of the --eval-data-root folders (%(default)s: any Market-style folder)')
     data.add_argument('--img-size', nargs=2, type=_positive_int, default=list(d.img_size), metavar=('H', 'W'),
                       help='input height and width')
     data.add_argument('--batch-size', type=_positive_int, default=d.batch_size,
@@ -145,6 +150,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = vars(parser.parse_args(argv))
     args['model_args'] = dict(args.pop('model_arg'))
     args['img_size'] = tuple(args['img_size'])
+    args['eval_data_roots'] = tuple(args['eval_data_roots'])
     cfg: Optional[TrainConfig] = None
     with Interruptions() as interruptions:
         try:
@@ -154,6 +160,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                 given = _given_arguments(argv)
                 args = {**saved, **{key: value for key, value in args.items() if key in given}}
                 args['img_size'] = tuple(args['img_size'])
+                args['eval_data_roots'] = tuple(args.get('eval_data_roots', ()))
             cfg = TrainConfig(**args)
             return train(cfg, command=['python', '-m', 'hbfp_timm.train', *argv])
         except (Exception, KeyboardInterrupt) as exc:

@@ -74,6 +74,8 @@ class TrainConfig:
         output: Output folder; default the folder of ``resume``, else ``runs/<model>_<dataset>``.
         resume: ``checkpoint.pt`` (or the folder holding it) to continue from.
         max_steps_per_epoch: Cap on training steps per epoch (smoke runs); None trains on full epochs.
+        eval_data_roots: Other data sets scored at every evaluation, beside the in-domain one (cross-domain).
+        eval_dataset: Reader of ``eval_data_roots`` (``market_layout``: any Market-style folder).
     """
     dataset: str = 'market1501'
     data_root: str = 'data'
@@ -112,6 +114,8 @@ class TrainConfig:
     output: Optional[str] = None
     resume: Optional[str] = None
     max_steps_per_epoch: Optional[int] = None
+    eval_data_roots: Tuple[str, ...] = ()
+    eval_dataset: str = 'market_layout'
 
 
 def _finite(value: float) -> bool:
@@ -126,6 +130,8 @@ def validate_config(cfg: TrainConfig) -> None:
     """
     checks = [
         (cfg.dataset in DATASET_NAMES, f'dataset: expected one of {", ".join(DATASET_NAMES)}, got {cfg.dataset!r}'),
+        (cfg.eval_dataset in DATASET_NAMES,
+         f'eval_dataset: expected one of {", ".join(DATASET_NAMES)}, got {cfg.eval_dataset!r}'),
         (timm.is_model(cfg.model), f'model: unknown timm model {cfg.model!r} (e.g. hbfp_resnet50, hbfp_resnet18)'),
         (len(cfg.img_size) == 2 and all(int(s) > 0 for s in cfg.img_size),
          f'img_size: expected two positive integers (height, width), got {cfg.img_size!r}'),

@@ -28,6 +28,7 @@ from .checkpoint import (
     planned_outputs, rng_states, save_checkpoint, save_descriptor_model, set_rng_states, write_json,
 )
 from .config import DEVICE_DEFAULTS, TrainConfig, TrainSetupError, validate_config
+from .cross_domain import cross_domain_line, evaluate_cross_domain, read_eval_datasets
 from .distributed import BranchForward, init_distributed, resolve_device
 from .prepare import (
     build_model, check_images, check_input_size, check_resume_fits, output_dir, prepare_output, read_dataset,
@@ -118,6 +119,7 @@ def _train(cfg: TrainConfig, command: List[str], rank: int, world_size: int, loc
     checkpoint = load_checkpoint(cfg.resume, cfg.model) if cfg.resume else None
 
     dataset = read_dataset(cfg)
+    eval_sets = read_eval_datasets(cfg)
     if is_main:
         tqdm.write(dataset.summary())
 
@@ -161,6 +163,8 @@ def _train(cfg: TrainConfig, command: List[str], rank: int, world_size: int, loc
         previous = json.loads(checkpoint['results'])
         for key in ('history', 'evaluations', 'best', 'last', 'metrics'):
             results[key] = previous[key]
+        if 'cross_domain' in previous:
+            results['cross_domain'] = previous['cross_domain']
         results['checkpoint_epoch'] = start_epoch
         results['resumed_from'] = previous.get('resumed_from', []) + [{'epoch': start_epoch, 'command': command}]
     if is_main:
@@ -203,6 +207,9 @@ def _train(cfg: TrainConfig, command: List[str], rank: int, world_size: int, loc
                                       amp_dtype=amp_dtype)
                 entry = {'epoch': epoch + 1, **_headline(evaluation),
                          'num_skipped_queries': evaluation['num_skipped_queries']}
+                if eval_sets:
+                    entry['cross_domain'] = evaluate_cross_domain(model, eval_sets, cfg, device, amp_dtype)
+                    results['cross_domain'] = entry['cross_domain']
                 results['evaluations'].append(entry)
                 results['last'] = entry
                 results['metrics'] = _headline(evaluation)
@@ -210,7 +217,8 @@ def _train(cfg: TrainConfig, command: List[str], rank: int, world_size: int, loc
                 if best is None or (entry['mAP'], entry['rank1']) > (best['mAP'], best['rank1']):
                     results['best'] = entry
                     save_descriptor_model(model, output / BEST_MODEL_NAME, {**metadata, 'epoch': str(epoch + 1)})
-                tqdm.write(f'epoch {epoch + 1}: rank-1 {entry["rank1"]:.2%}  mAP {entry["mAP"]:.2%}')
+                tqdm.write(f'epoch {epoch + 1}: rank-1 {entry["rank1"]:.2%}  mAP {entry["mAP"]:.2%}'
+                           + cross_domain_line(entry.get('cross_domain', [])))
             if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
                 results['checkpoint_epoch'] = epoch + 1
                 save_checkpoint(output / CHECKPOINT_NAME, {
