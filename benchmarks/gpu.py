@@ -1,0 +1,227 @@
+"""The GPU check: every measurement of the GPU issue in one run of about 7 minutes on one H100/H200.
+
+    python -m benchmarks.gpu --output OUT                  # on the device machine (OUT: e.g. $OUT)
+    python -m benchmarks.gpu --output OUT --only speed_fp16,search    # rerun some sections
+    python -m benchmarks.gpu --output OUT --dry-run        # the same sections on CPU at tiny sizes
+
+Each section runs the project's own probe (``benchmarks.speed``, ``benchmarks.memory_format``,
+``benchmarks.checkpointing``, ``benchmarks.retrieval``) or the test suite in a child process with its own time
+budget, so that a section that fails or overruns is recorded and the others still run. After every section
+``OUT/gpu_report.md`` (a table of the sections, the targets with measured value, target and by how much they are
+met or missed, and each section's printed tail) and ``OUT/gpu_raw.json`` (everything, with each probe's own
+JSON) are rewritten: a run cut short still leaves what finished.
+
+Without CUDA and without ``--dry-run`` it stops at once (exit 2): the numbers are only meaningful on the device.
+"""
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence
+
+import torch
+
+__all__ = ['Section', 'SECTIONS', 'sections_for', 'run_sections', 'render_report', 'main']
+
+TAIL_LINES = 25
+
+
+class Section(NamedTuple):
+    """One part of the check: a command (with ``{out}`` for the output folder), its budget and what it shows."""
+    name: str
+    what: str
+    command: List[str]
+    budget_s: int
+    json_name: Optional[str] = None  # the probe's own JSON file in the output folder, when it writes one
+
+
+def _python(*args: str) -> List[str]:
+    return [sys.executable, *args]
+
+
+# On the device: the sizes of the GPU issue. Budgets add up to about 7 minutes.
+SECTIONS = [
+    Section('suite', 'the whole test suite, skips listed (CUDA-only tests must run, not skip)',
+            _python('-m', 'pytest', '-q', '-rs', '-p', 'no:cacheprovider'), 140),
+    Section('speed_bf16', 'hbfp_resnet50 vs BoT at 384x128, batch 32 and 64, eval and train, fp32 and AMP bfloat16: '
+                          'images/s, time per FLOP, GeP share, AMP speed-up, peak memory, recipe wall time',
+            _python('-m', 'benchmarks.speed', '--batch-sizes', '32', '64', '--precisions', 'fp32', 'amp',
+                    '--amp-dtype', 'bfloat16', '--repeats', '3', '--output', '{out}/speed_bf16.json'),
+            90, 'speed_bf16.json'),
+    Section('speed_fp16', 'the same under AMP float16 (no memory probe)',
+            _python('-m', 'benchmarks.speed', '--batch-sizes', '32', '64', '--precisions', 'amp', '--amp-dtype',
+                    'float16', '--repeats', '3', '--no-memory', '--output', '{out}/speed_fp16.json'),
+            45, 'speed_fp16.json'),
+    Section('compile', 'torch.compile of both models, batch 64, AMP bfloat16',
+            _python('-m', 'benchmarks.speed', '--batch-sizes', '64', '--precisions', 'amp', '--amp-dtype', 'bfloat16',
+                    '--compile', '--repeats', '3', '--no-memory', '--output', '{out}/speed_compile.json'),
+            45, 'speed_compile.json'),
+    Section('memory_format', 'channels-last against contiguous, train and eval: hbfp_resnet50 at 384x128, batch 64',
+            _python('-m', 'benchmarks.memory_format', '--models', 'hbfp_resnet50', '--batch-size', '64', '--repeats',
+                    '3', '--output', '{out}/memory_format.json'), 20, 'memory_format.json'),
+    Section('mobilenet', 'the same for hbfp_mobilenetv2_100 at 256x128, batch 64 (the shipped architecture)',
+            _python('-m', 'benchmarks.memory_format', '--models', 'hbfp_mobilenetv2_100', '--img-size', '256', '128',
+                    '--batch-size', '64', '--repeats', '3', '--output', '{out}/mobilenet.json'), 20, 'mobilenet.json'),
+    Section('checkpointing', 'peak device memory of a training step at batch 64, with and without gradient '
+                             'checkpointing',
+            _python('-m', 'benchmarks.checkpointing', '--batch-size', '64', '--output', '{out}/checkpointing.json'),
+            25, 'checkpointing.json'),
+    Section('search', 'top-10 of 1,000 queries over 1M x 4,096 float16 descriptors on the device, against exact',
+            _python('-m', 'benchmarks.retrieval', '--device', 'cuda', '--tasks', 'topk', '--output',
+                    '{out}/search.json'), 35, 'search.json'),
+]
+
+# On CPU, every section at tiny sizes: checks that the script and its report work, measures nothing.
+DRY_RUN = {
+    'suite': _python('-m', 'pytest', '-q', '-rs', '-p', 'no:cacheprovider', 'tests/test_losses.py'),
+    'speed_bf16': _python('-m', 'benchmarks.speed', '--quick', '--device', 'cpu', '--img-size', '64', '32',
+                          '--precisions', 'fp32', '--no-memory', '--loader-workers', '0', '--reference-queries', '10',
+                          '--output', '{out}/speed_bf16.json'),
+    'speed_fp16': None,  # the same probe as speed_bf16: once is enough for a dry run
+    'compile': None,
+    'memory_format': _python('-m', 'benchmarks.memory_format', '--models', 'hbfp_resnet18', '--img-size', '64', '32',
+                             '--batch-size', '2', '--repeats', '1', '--modes', 'eval', '--device', 'cpu',
+                             '--output', '{out}/memory_format.json'),
+    'mobilenet': None,
+    'checkpointing': _python('-m', 'benchmarks.checkpointing', '--model', 'hbfp_resnet18', '--img-size', '64', '32',
+                             '--batch-size', '2', '--device', 'cpu', '--output', '{out}/checkpointing.json'),
+    'search': _python('-m', 'benchmarks.retrieval', '--quick', '--tasks', 'topk', '--output', '{out}/search.json'),
+}
+
+
+def sections_for(dry_run: bool, only: Optional[Sequence[str]] = None) -> List[Section]:
+    """The sections to run: all (or `only`), with the dry-run commands when `dry_run`."""
+    names = [section.name for section in SECTIONS]
+    unknown = sorted(set(only or ()) - set(names))
+    if unknown:
+        raise ValueError(f'--only: unknown section {", ".join(unknown)}; expected some of {", ".join(names)}')
+    chosen = [section for section in SECTIONS if not only or section.name in only]
+    if dry_run:
+        chosen = [section._replace(command=DRY_RUN[section.name], budget_s=120) for section in chosen
+                  if DRY_RUN[section.name] is not None]
+    return chosen
+
+
+def environment() -> Dict[str, Any]:
+    """The machine: torch, CUDA, the device's name, and ``nvidia-smi`` when there is one."""
+    info: Dict[str, Any] = {'python': platform.python_version(), 'torch': torch.__version__,
+                            'cuda': torch.version.cuda, 'cuda_available': torch.cuda.is_available(),
+                            'cpu_count': os.cpu_count()}
+    if torch.cuda.is_available():
+        info['device'] = torch.cuda.get_device_name(0)
+        info['bf16_supported'] = torch.cuda.is_bf16_supported()
+    try:
+        info['nvidia_smi'] = subprocess.run(['nvidia-smi'], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        info['nvidia_smi'] = None
+    return info
+
+
+def _run_section(section: Section, out: Path) -> Dict[str, Any]:
+    command = [part.replace('{out}', str(out)) for part in section.command]
+    print(f'[gpu check] {section.name}: {" ".join(command[1:])} (budget {section.budget_s} s)', flush=True)
+    start = time.perf_counter()
+    record: Dict[str, Any] = {'name': section.name, 'what': section.what, 'command': command,
+                              'budget_s': section.budget_s}
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=section.budget_s)
+        record['status'] = 'ok' if done.returncode == 0 else f'failed (exit {done.returncode})'
+        output = done.stdout + done.stderr
+    except subprocess.TimeoutExpired as expired:
+        record['status'] = f'timed out after {section.budget_s} s'
+        output = ((expired.stdout or b'').decode(errors='replace') if isinstance(expired.stdout, bytes)
+                  else expired.stdout or '') + ((expired.stderr or b'').decode(errors='replace')
+                                                if isinstance(expired.stderr, bytes) else expired.stderr or '')
+    except OSError as error:
+        record['status'] = f'failed ({error})'
+        output = ''
+    record['seconds'] = round(time.perf_counter() - start, 1)
+    record['tail'] = '\n'.join(output.strip().splitlines()[-TAIL_LINES:])
+    if section.json_name and (out / section.json_name).is_file():
+        try:
+            record['result'] = json.loads((out / section.json_name).read_text())
+        except ValueError:
+            record['result'] = None
+    print(f'[gpu check] {section.name}: {record["status"]} in {record["seconds"]} s', flush=True)
+    return record
+
+
+def _targets(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The speed probe's targets of every section that judged some, each with its section."""
+    rows = []
+    for record in records:
+        for name, target in ((record.get('result') or {}).get('targets') or {}).items():
+            rows.append({'section': record['name'], 'target': name, **target})
+    return rows
+
+
+def render_report(raw: Dict[str, Any]) -> str:
+    """``gpu_report.md``: the sections, the targets (met or missed, and by how much) and each section's tail."""
+    env = raw['environment']
+    lines = [f"# GPU check ({'DRY RUN on CPU: checks the script, measures nothing' if raw['dry_run'] else 'device'})",
+             '', f"Command: `{' '.join(raw['command'])}`", '',
+             f"Machine: {env.get('device', 'no CUDA device')}, torch {env['torch']}, CUDA {env['cuda']}, "
+             f"{env['cpu_count']} CPUs; started {raw['started']}, {raw['seconds']} s in all.", '',
+             '| section | status | seconds (budget) | what |', '|---|---|---:|---|']
+    lines += [f"| {r['name']} | {r['status']} | {r['seconds']} ({r['budget_s']}) | {r['what']} |"
+              for r in raw['sections']]
+    targets = _targets(raw['sections'])
+    lines += ['', '## Targets', '', '| section | target | measured | goal | met |', '|---|---|---:|---:|---|']
+    for row in targets:
+        goal = f"<= {row['max']:g}" if 'max' in row else f">= {row['min']:g}"
+        bound = row.get('max', row.get('min'))
+        by = '' if row['met'] or row['met'] is None else f" (missed by {abs(row['value'] / bound - 1):.0%})"
+        met = 'n/a' if row['met'] is None else ('yes' if row['met'] else 'NO' + by)
+        lines.append(f"| {row['section']} | {row['target']} | {row['value']:.4g} | {goal} | {met} |")
+    if not targets:
+        lines.append('| – | no section judged a target | | | |')
+    for record in raw['sections']:
+        lines += ['', f"## {record['name']}: {record['status']}", '', f"`{' '.join(record['command'])}`", '',
+                  '```', record['tail'], '```']
+    return '\n'.join(lines) + '\n'
+
+
+def run_sections(sections: List[Section], out: Path, command: List[str], dry_run: bool) -> Dict[str, Any]:
+    """Run `sections` in order, rewriting the report and the raw JSON after each one."""
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    raw: Dict[str, Any] = {'command': command, 'dry_run': dry_run, 'environment': environment(),
+                           'started': time.strftime('%Y-%m-%d %H:%M:%S %Z'), 'sections': [], 'seconds': 0.0}
+    for section in sections:
+        raw['sections'].append(_run_section(section, out))
+        raw['seconds'] = round(time.perf_counter() - start, 1)
+        (out / 'gpu_raw.json').write_text(json.dumps(raw, indent=1) + '\n', encoding='utf-8')
+        (out / 'gpu_report.md').write_text(render_report(raw), encoding='utf-8')
+    return raw
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m benchmarks.gpu``; see ``--help``."""
+    parser = argparse.ArgumentParser(prog='python -m benchmarks.gpu', description=__doc__.split('\n\n')[0])
+    parser.add_argument('--output', required=True, metavar='OUT', help='folder for gpu_report.md and gpu_raw.json')
+    parser.add_argument('--only', type=lambda text: [part for part in text.split(',') if part], default=None,
+                        metavar='A,B', help=f"sections to run (default all: {', '.join(s.name for s in SECTIONS)})")
+    parser.add_argument('--dry-run', action='store_true', help='every section on CPU at tiny sizes (a script check)')
+    args = parser.parse_args(argv)
+    if not args.dry_run and not torch.cuda.is_available():
+        print(f'{parser.prog}: error: no CUDA device here; the GPU check measures on one (use --dry-run to check the '
+              f'script on CPU)', file=sys.stderr)
+        return 2
+    try:
+        sections = sections_for(args.dry_run, args.only)
+    except ValueError as error:
+        parser.error(str(error))
+    command = ['python', '-m', 'benchmarks.gpu', *(sys.argv[1:] if argv is None else argv)]
+    raw = run_sections(sections, Path(args.output), command, args.dry_run)
+    failed = [r['name'] for r in raw['sections'] if r['status'] != 'ok']
+    print(f"[gpu check] wrote {Path(args.output) / 'gpu_report.md'}; "
+          + (f"sections not ok: {', '.join(failed)}" if failed else 'every section ok'))
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

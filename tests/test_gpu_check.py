@@ -1,0 +1,61 @@
+"""benchmarks.gpu: the prepared GPU check, exercised through its CPU dry run and hand-made sections."""
+import json
+import sys
+
+import pytest
+import torch
+
+from benchmarks import gpu
+
+
+def test_dry_run_writes_the_report_and_raw_json_of_each_section(tmp_path):
+    out = tmp_path / 'out'
+    code = gpu.main(['--dry-run', '--only', 'suite,memory_format', '--output', str(out)])
+    assert code == 0
+    raw = json.loads((out / 'gpu_raw.json').read_text())
+    assert [s['name'] for s in raw['sections']] == ['suite', 'memory_format'] and raw['dry_run'] is True
+    assert all(s['status'] == 'ok' and s['seconds'] > 0 for s in raw['sections'])
+    assert 'passed' in raw['sections'][0]['tail']
+    assert raw['sections'][1]['result'] is not None  # the probe's own JSON, read back
+    report = (out / 'gpu_report.md').read_text()
+    assert report.startswith('# GPU check (DRY RUN on CPU') and '| memory_format | ok |' in report
+
+
+def test_every_device_section_has_a_dry_run_or_is_a_repeat_of_one():
+    names = [section.name for section in gpu.SECTIONS]
+    assert set(gpu.DRY_RUN) == set(names)
+    dry = gpu.sections_for(dry_run=True)
+    assert all('cuda' not in ' '.join(section.command) for section in dry)
+    assert sum(section.budget_s for section in gpu.SECTIONS) <= 7 * 60  # the device run fits ~7 minutes
+    with pytest.raises(ValueError, match='unknown section nope'):
+        gpu.sections_for(dry_run=False, only=['nope'])
+
+
+def test_a_failing_or_overrunning_section_is_recorded_and_the_others_still_run(tmp_path):
+    sections = [gpu.Section('fails', 'exits 3', [sys.executable, '-c', 'import sys; print("bad"); sys.exit(3)'], 30),
+                gpu.Section('slow', 'sleeps', [sys.executable, '-c', 'import time; time.sleep(30)'], 1),
+                gpu.Section('works', 'prints', [sys.executable, '-c', 'print("fine")'], 30)]
+    raw = gpu.run_sections(sections, tmp_path, ['python', '-m', 'benchmarks.gpu'], dry_run=True)
+    assert [s['status'] for s in raw['sections']] == ['failed (exit 3)', 'timed out after 1 s', 'ok']
+    assert raw['sections'][0]['tail'] == 'bad' and raw['sections'][2]['tail'] == 'fine'
+    report = (tmp_path / 'gpu_report.md').read_text()
+    assert '| slow | timed out after 1 s |' in report and '| works | ok |' in report
+
+
+def test_targets_say_by_how_much_they_are_missed():
+    raw = {'command': ['python'], 'dry_run': False, 'started': 'now', 'seconds': 1.0,
+           'environment': {'torch': 't', 'cuda': 'c', 'cpu_count': 1, 'device': 'H200'},
+           'sections': [{'name': 'speed_bf16', 'what': '', 'status': 'ok', 'seconds': 1, 'budget_s': 2,
+                         'command': ['x'], 'tail': '', 'result': {'targets': {
+                             'gep_share_of_forward': {'value': 0.06, 'max': 0.03, 'met': False},
+                             'amp': {'value': 2.0, 'min': 1.8, 'met': True}}}}]}
+    report = gpu.render_report(raw)
+    assert '| speed_bf16 | gep_share_of_forward | 0.06 | <= 0.03 | NO (missed by 100%) |' in report
+    assert '| speed_bf16 | amp | 2 | >= 1.8 | yes |' in report
+
+
+def test_without_cuda_and_without_dry_run_it_stops_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    assert gpu.main(['--output', str(tmp_path / 'out')]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'no CUDA device here' in err and not (tmp_path / 'out').exists()
