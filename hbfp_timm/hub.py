@@ -1,4 +1,4 @@
-"""Hugging Face Hub: pretrained Re-ID weights in, checkpoints and model cards out (DESIGN.md section 6).
+"""Hugging Face Hub: pretrained Re-ID weights in, checkpoints and model cards out (docs/design.md, "Hub and weights").
 
 Out: :func:`save_pretrained` writes a Hub repository layout (``config.json``, ``model.safetensors``,
 ``README.md`` model card) with timm's own ``save_for_hf``, so that ``timm.create_model("hf-hub:ORG/NAME",
@@ -51,7 +51,7 @@ WEIGHTS_NAME = 'model.safetensors'  # the trainer's and the Hub's weights file
 HUB_LAYOUT = ('config.json', WEIGHTS_NAME, 'README.md')
 RESULTS_NAME = 'results.json'  # the trainer's run summary
 CHECKPOINT_SUFFIXES = ('.safetensors', '.pt', '.pth', '.bin')
-# Benchmark module that reproduces each data set's Table 1 column (DESIGN.md section 6).
+# Benchmark module that reproduces each data set's Table 1 column (docs/design.md, "Public API").
 BENCHMARK_OF_DATASET = {
     'market1501': 'benchmarks.market', 'dukemtmc': 'benchmarks.duke',
     'cuhk03_labeled': 'benchmarks.cuhk03', 'cuhk03_detected': 'benchmarks.cuhk03',

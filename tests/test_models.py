@@ -66,7 +66,7 @@ def test_model_default_cfgs(name):
 
 
 def test_resnet50_matches_the_paper_budget():
-    """DESIGN.md: 24x8 maps of 1024/1024/2048 channels, 4096-d descriptor, about 68M parameters."""
+    """docs/design.md, "Architecture": 24x8 maps of 1024/1024/2048 channels, 4096-d descriptor, about 68M parameters."""
     model = timm.create_model('hbfp_resnet50').eval()
     x = torch.randn(1, 3, 384, 128)
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Cut any timm CNN into the three levels HBFP-Net needs (DESIGN.md section 2, "Any timm backbone").
+"""Cut any timm CNN into the three levels HBFP-Net needs (docs/design.md, "Architecture").
 
 HBFP-Net reads three maps from a backbone and re-enters two of its segments:
 

@@ -3,7 +3,7 @@
 Paper: "Hierarchical Bi-Directional Feature Perception Network for Person Re-Identification",
 Zhipu Liu, Lei Zhang, Yang Yang, ACM MM 2020 - https://doi.org/10.1145/3394171.3413689
 
-The network (paper 3.1, Fig. 2; DESIGN.md section 2):
+The network (paper 3.1, Fig. 2; docs/design.md, "Architecture"):
 
 * a backbone cut into low (X), middle (Y) and high (Z) maps of one spatial size (``backbone.py``);
 * two BFP modules, ``BFP(X, Y) -> (X~, Y~x)`` and ``BFP(Y, Z) -> (Y~z, Z~)`` (Eq. 1-5);
@@ -13,7 +13,7 @@ The network (paper 3.1, Fig. 2; DESIGN.md section 2):
 * three branches ``F_L = A_L``, ``F_M = A_M``, ``F_H``, each with generalized pooling (Eq. 6), a BatchNorm
   neck and a bias-free classifier (BoT head). The test descriptor concatenates the three neck features.
 
-Every **(choice)** of DESIGN.md is a constructor flag with the paper-faithful default, and the Table 2
+Every **(choice)** of docs/design.md is a constructor flag with the paper-faithful default, and the Table 2
 ablations are configurations of the same class (``branches``, ``bfp_pairs``, ``hierarchical``,
 ``global_pool``).
 """

@@ -1,6 +1,6 @@
 """The HBFP-Net trainer: ``python -m hbfp_timm.train --dataset market1501 --data-root DATA``.
 
-Recipe (paper 4.2, DESIGN.md section 3), the defaults of :class:`TrainConfig` and of the command line:
+Recipe (paper 4.2; docs/design.md, "Training recipe"), the defaults of :class:`TrainConfig` and of the command line:
 384x128 input; random horizontal flip, random erasing and cutout; PK batches of P = 16 identities x K = 4
 images; batch-hard triplet loss (margin 0.3) + label-smoothed ID loss (epsilon 0.3) on every branch; Adam,
 lr 2e-4, weight decay 5e-4, constant for 200 epochs then decaying exponentially towards 0 by epoch 500.
