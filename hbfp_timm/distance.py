@@ -3,12 +3,13 @@
 Shared by :mod:`hbfp_timm.metrics` (evaluation), :mod:`hbfp_timm.reranking` and the commands: one definition
 of the Euclidean and cosine distances, so that chunked and whole-matrix computations agree.
 """
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
 
-__all__ = ['METRICS', 'as_features', 'check_metric', 'compute_distance_matrix', 'distance_block', 'gallery_statistic']
+__all__ = ['METRICS', 'as_features', 'check_metric', 'compute_distance_matrix', 'distance_block', 'gallery_statistic',
+           'query_and_gallery']
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 METRICS = ('euclidean', 'cosine')
@@ -31,6 +32,17 @@ def as_features(features: ArrayLike, name: str, dtype: Optional[torch.dtype] = t
     if not tensor.is_floating_point():
         tensor = tensor.float()
     return tensor if dtype is None else tensor.to(dtype)
+
+
+def query_and_gallery(q_feats: ArrayLike, g_feats: ArrayLike, metric: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Query and gallery descriptors as float32 tensors on the query's device, checked: a known `metric`, 2-D
+    inputs of one dimension (errors name ``q_feats`` / ``g_feats``)."""
+    check_metric(metric)
+    query = as_features(q_feats, 'q_feats')
+    gallery = as_features(g_feats, 'g_feats').to(query.device)
+    if query.shape[1] != gallery.shape[1]:
+        raise ValueError(f'q_feats dim {query.shape[1]} differs from g_feats dim {gallery.shape[1]}')
+    return query, gallery
 
 
 def gallery_statistic(gallery: torch.Tensor, metric: str) -> torch.Tensor:

@@ -141,7 +141,7 @@ def _tables(rows: List[Dict[str, Any]]) -> str:
               '|---|---|---:|---:|---:|']
     for row in rows:
         verification = row['verification']
-        entries = [(f"equal-error point of these data", verification['eer'])]
+        entries = [('equal-error point of these data', verification['eer'])]
         entries += [(entry['label'], entry) for entry in verification['checked']]
         entries += [(f"calibrated here at FMR {entry['fmr_target']:g}", entry)
                     for entry in verification.get('calibrated', [])]

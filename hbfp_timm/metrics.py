@@ -23,7 +23,7 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .distance import as_features, check_metric, compute_distance_matrix, distance_block, gallery_statistic
+from .distance import compute_distance_matrix, distance_block, gallery_statistic, query_and_gallery
 from .reranking import re_ranking
 
 __all__ = [
@@ -386,11 +386,7 @@ def evaluate_features_detailed(
     Raises:
         ValueError: on inconsistent shapes, NaN descriptors, or when no query has a true match.
     """
-    check_metric(metric)
-    query = as_features(q_feats, 'q_feats')
-    gallery = as_features(g_feats, 'g_feats').to(query.device)
-    if query.shape[1] != gallery.shape[1]:
-        raise ValueError(f'q_feats dim {query.shape[1]} differs from g_feats dim {gallery.shape[1]}')
+    query, gallery = query_and_gallery(q_feats, g_feats, metric)
     num_q, num_g = len(query), len(gallery)
     q_pids, g_pids, q_camids, g_camids = _check_ids(
         q_pids, g_pids, q_camids, g_camids, num_q, num_g, max_rank,

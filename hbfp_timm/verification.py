@@ -31,7 +31,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .distance import as_features, check_metric, distance_block, gallery_statistic
+from .distance import distance_block, gallery_statistic, query_and_gallery
 
 __all__ = ['DEFAULT_FMRS', 'THRESHOLDS_FORMAT', 'PairDistances', 'pair_distances', 'calibrate', 'check_threshold',
            'select_threshold', 'save_thresholds', 'read_thresholds', 'stored_thresholds']
@@ -104,11 +104,7 @@ def pair_distances(
     Raises:
         ValueError: on inconsistent shapes, or when there is no genuine or no impostor pair.
     """
-    check_metric(metric)
-    query = as_features(q_feats, 'q_feats')
-    gallery = as_features(g_feats, 'g_feats').to(query.device)
-    if query.shape[1] != gallery.shape[1]:
-        raise ValueError(f'q_feats dim {query.shape[1]} differs from g_feats dim {gallery.shape[1]}')
+    query, gallery = query_and_gallery(q_feats, g_feats, metric)
     q_pids, q_camids = _ids(q_pids, 'q_pids', len(query)), _ids(q_camids, 'q_camids', len(query))
     g_pids, g_camids = _ids(g_pids, 'g_pids', len(gallery)), _ids(g_camids, 'g_camids', len(gallery))
     if any(not 0 < f < 1 for f in fmrs):
