@@ -8,13 +8,14 @@ from typing import Any, Dict, Sequence, Tuple, Union
 
 import torch.nn as nn
 
+from hbfp_timm.files import format_size
 from hbfp_timm.train import CHECKPOINT_NAME
 
 from .cli import BenchmarkError, one_line
 from .models import state_bytes
 from .report import count, render_report
 
-__all__ = ['prepare_output', 'training_footprint', 'announce_training', 'format_bytes', 'bytes_written',
+__all__ = ['prepare_output', 'training_footprint', 'announce_training', 'bytes_written',
            'write_outputs']
 
 
@@ -65,17 +66,9 @@ def announce_training(footprints: Sequence[int], output: Path) -> None:
         footprints: :func:`training_footprint` of each run.
         output: The output folder.
     """
-    print(f'The {count(len(footprints), "training run")} will write about {format_bytes(sum(footprints))} under '
+    print(f'The {count(len(footprints), "training run")} will write about {format_size(sum(footprints))} under '
           f'{output}/train_* (per run: {CHECKPOINT_NAME} to resume training, model.safetensors and best.safetensors)',
           flush=True)
-
-
-def format_bytes(size: float) -> str:
-    """``size`` bytes in kB, MB or GB (powers of 1000), as a person reads them."""
-    for unit, scale in (('GB', 1e9), ('MB', 1e6)):
-        if size >= scale:
-            return f'{size / scale:.1f} {unit}'
-    return f'{size / 1e3:.0f} kB'
 
 
 def bytes_written(folders: Sequence[Union[str, Path]]) -> Tuple[int, int]:
@@ -122,7 +115,7 @@ def write_outputs(results: Dict[str, Any], output: Path, report_name: str, headi
                          if run.get('train_output')})
     if train_dirs:
         total, checkpoints = bytes_written(train_dirs)
-        print(f'the {count(len(train_dirs), "training run")} wrote {format_bytes(total)} '
-              f'under {output}/train_*, of which {format_bytes(checkpoints)} are {CHECKPOINT_NAME} files (needed '
+        print(f'the {count(len(train_dirs), "training run")} wrote {format_size(total)} '
+              f'under {output}/train_*, of which {format_size(checkpoints)} are {CHECKPOINT_NAME} files (needed '
               f'only to resume or extend training)', flush=True)
     return report

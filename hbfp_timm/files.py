@@ -16,9 +16,13 @@ from pathlib import Path
 from typing import Callable, Iterable, List, Tuple, Union
 
 __all__ = [
-    'OutputWriteError', 'atomic_write', 'follow_umask', 'check_writable_folder', 'remove_stale_temporaries',
-    'format_size', 'sha256_file',
+    'RESULTS_NAME', 'MODEL_NAME', 'OutputWriteError', 'atomic_write', 'follow_umask', 'check_writable_folder',
+    'remove_stale_temporaries', 'format_size', 'sha256_file',
 ]
+
+# A trainer run folder, as the trainer writes it and the hub, release and extractor read it.
+RESULTS_NAME = 'results.json'  # the run's summary: model, arguments, data set, input size, scores
+MODEL_NAME = 'model.safetensors'  # the descriptor model's weights (also a Hub repository's weights file)
 
 PathLike = Union[str, os.PathLike]
 # Below this much free space a failed write is taken to be a full disk: torch.save reports a full disk as

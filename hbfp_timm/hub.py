@@ -37,19 +37,17 @@ from huggingface_hub.utils import get_session
 from safetensors import SafetensorError, safe_open
 from timm.models import load_state_dict, resolve_pretrained_cfg, save_for_hf
 
-from .files import follow_umask
+from .files import MODEL_NAME, RESULTS_NAME, follow_umask
 from .model_card import architecture, check_results, render_model_card
 
 __all__ = [
-    'WEIGHTS_NAME', 'RESULTS_NAME', 'WeightsNotFoundError', 'CheckpointMismatchError', 'save_pretrained',
+    'MODEL_NAME', 'RESULTS_NAME', 'WeightsNotFoundError', 'CheckpointMismatchError', 'save_pretrained',
     'push_to_hub', 'load_checkpoint', 'load_run', 'render_model_card', 'check_state_dict',
     'check_pretrained_state_dict', 'explain_pretrained_errors', 'hub_reachable', 'offline_if_hub_unreachable',
     'trained_input_size', 'main',
 ]
 
-WEIGHTS_NAME = 'model.safetensors'  # the trainer's and the Hub's weights file
-HUB_LAYOUT = ('config.json', WEIGHTS_NAME, 'README.md')
-RESULTS_NAME = 'results.json'  # the trainer's run summary
+HUB_LAYOUT = ('config.json', MODEL_NAME, 'README.md')
 CHECKPOINT_SUFFIXES = ('.safetensors', '.pt', '.pth', '.bin')
 # Benchmark module that reproduces each data set's Table 1 column (docs/design.md, "Public API").
 BENCHMARK_OF_DATASET = {
@@ -255,7 +253,7 @@ def explain_pretrained_errors(
     except (HfHubHTTPError, EntryNotFoundError, OfflineModeIsEnabled) as exc:
         repo = cfg.hf_hub_id or '?'
         raise WeightsNotFoundError(
-            f'{name}: no pretrained weights could be loaded because {_why(exc, repo, cfg.hf_hub_filename or WEIGHTS_NAME)}. '
+            f'{name}: no pretrained weights could be loaded because {_why(exc, repo, cfg.hf_hub_filename or MODEL_NAME)}. '
             f'{_ways_out(name, cfg)}') from None
 
 
@@ -412,7 +410,7 @@ def load_run(run: Union[str, Path]) -> Tuple[nn.Module, Dict[str, Any]]:
         ValueError: ``results.json`` is not valid JSON or lacks what the model card needs.
     """
     run = Path(run)
-    weights = run if run.suffix == '.safetensors' else run / WEIGHTS_NAME
+    weights = run if run.suffix == '.safetensors' else run / MODEL_NAME
     results_path = weights.parent / RESULTS_NAME
     if not weights.parent.is_dir():
         raise FileNotFoundError(f'{weights.parent}: run directory not found; expected the trainer\'s --output folder')
@@ -429,7 +427,7 @@ def load_run(run: Union[str, Path]) -> Tuple[nn.Module, Dict[str, Any]]:
         raise ValueError(f"{results_path}: 'model' must name a registered HBFP model such as 'hbfp_resnet50', got {arch!r}")
     check_results(results, arch, source=str(results_path))
     if not weights.is_file():
-        raise FileNotFoundError(f'{weights}: weights not found; expected the trainer\'s {WEIGHTS_NAME} next to {RESULTS_NAME}')
+        raise FileNotFoundError(f'{weights}: weights not found; expected the trainer\'s {MODEL_NAME} next to {RESULTS_NAME}')
     # The checkpoint holds every weight, so no ImageNet backbone weights are fetched first.
     model_args = dict(results.get('model_args', {}), num_classes=0, **BACKBONE_WEIGHT_ARGS)
     model = timm.create_model(arch, pretrained=False, **model_args)

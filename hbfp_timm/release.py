@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from .embed import collect_images, exit_code
 from .extractor import FeatureExtractor
 from .files import follow_umask, sha256_file
-from .hub import WEIGHTS_NAME, load_run
+from .hub import MODEL_NAME, load_run
 from .models.registry import BUNDLED_WEIGHTS
 
 __all__ = ['half_state_dict', 'descriptor_fidelity', 'release', 'main']
@@ -78,7 +78,7 @@ def release(run: Path, tag: str, images: Optional[Path] = None, tolerance: float
     if list(registered.input_size[1:]) != list(results['img_size']):
         raise ValueError(f"{run}: trained at {results['img_size']}, but {tag} is registered at "
                          f'{list(registered.input_size[1:])}; change the registry first')
-    source = Path(run) / WEIGHTS_NAME if Path(run).is_dir() else Path(run)
+    source = Path(run) / MODEL_NAME if Path(run).is_dir() else Path(run)
     target = Path(output) if output else BUNDLED_WEIGHTS[tag]
     target.parent.mkdir(parents=True, exist_ok=True)
     metadata = {'architecture': arch, 'tag': tag, 'model_args': json.dumps(results.get('model_args', {})),

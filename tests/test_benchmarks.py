@@ -15,6 +15,7 @@ import hbfp_timm  # noqa: F401  (registers the models)
 from benchmarks import ablation, cli, datasets, market, outputs, report, settings
 from benchmarks.figures import MATCH_COLOUR, MISMATCH_COLOUR, draw_cmc_curves, draw_ranked_lists
 from benchmarks.report import comparison_table
+from hbfp_timm.files import format_size
 from hbfp_timm.paper import PAPER_TABLE1
 from hbfp_timm.synthetic import generate_synthetic_dataset
 
@@ -349,8 +350,8 @@ def test_ablation_on_own_market_layout_data_applies_the_recipe_flags_and_summari
     assert announced < printed.index('[1/1] Table 3')
     written = sum(path.stat().st_size for path in out.glob('train_*/*'))
     checkpoints = sum(path.stat().st_size for path in out.glob('train_*/checkpoint.pt'))
-    assert (f'the 2 training runs wrote {outputs.format_bytes(written)} under {out}/train_*, of which '
-            f'{outputs.format_bytes(checkpoints)} are checkpoint.pt files') in printed
+    assert (f'the 2 training runs wrote {format_size(written)} under {out}/train_*, of which '
+            f'{format_size(checkpoints)} are checkpoint.pt files') in printed
     estimate = 2 * outputs.training_footprint(timm.create_model(
         'hbfp_mobilenetv2_100', correlation_dim=8, perception_dim=16, global_pool='gep'))
     assert 0.8 < estimate / written < 1.25

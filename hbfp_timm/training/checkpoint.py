@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-from ..files import atomic_write, format_size
+from ..files import MODEL_NAME, RESULTS_NAME, atomic_write, format_size
 from .config import TrainSetupError
 
 __all__ = [
@@ -20,8 +20,6 @@ __all__ = [
 ]
 
 CHECKPOINT_NAME = 'checkpoint.pt'
-RESULTS_NAME = 'results.json'
-MODEL_NAME = 'model.safetensors'
 BEST_MODEL_NAME = 'best.safetensors'
 OUTPUT_NAMES = (CHECKPOINT_NAME, RESULTS_NAME, MODEL_NAME, BEST_MODEL_NAME)
 
