@@ -15,7 +15,7 @@ from .config import TrainSetupError
 
 __all__ = [
     'CHECKPOINT_NAME', 'RESULTS_NAME', 'MODEL_NAME', 'BEST_MODEL_NAME', 'OUTPUT_NAMES', 'write_json',
-    'descriptor_state_dict', 'save_descriptor_model', 'save_checkpoint', 'load_checkpoint', 'epoch_seeds',
+    'descriptor_state_dict', 'save_descriptor_model', 'save_checkpoint', 'load_train_state', 'epoch_seeds',
     'rng_states', 'set_rng_states', 'planned_outputs', 'describe_outputs',
 ]
 
@@ -89,8 +89,10 @@ def save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
     atomic_write(path, lambda tmp_name: torch.save(state, tmp_name))
 
 
-def load_checkpoint(path_or_dir: str, model_name: Optional[str] = None) -> Dict[str, Any]:
-    """Read a checkpoint written by :func:`train` (memory-mapped), checking its model name when given."""
+def load_train_state(path_or_dir: str, model_name: Optional[str] = None) -> Dict[str, Any]:
+    """Read the resumable train state (`checkpoint.pt`: model, optimizer, scheduler, RNGs, results) written by
+    :func:`train` (memory-mapped), checking its model name when given. Weights files go through
+    `hbfp_timm.hub.load_checkpoint` instead."""
     path = Path(path_or_dir).expanduser()
     if path.is_dir():
         path = path / CHECKPOINT_NAME

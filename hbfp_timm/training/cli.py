@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional, Sequence
 from ..data import DATASET_NAMES, ImageReadError
 from ..files import OutputWriteError
 from ..model_args import parse_model_arg
-from .checkpoint import CHECKPOINT_NAME, RESULTS_NAME, load_checkpoint
+from .checkpoint import CHECKPOINT_NAME, RESULTS_NAME, load_train_state
 from .config import AMP_DTYPES, DEVICE_DEFAULTS, TrainConfig, TrainSetupError
 from .interrupts import Interruptions
 from .loop import TrainingDivergedError, train
@@ -156,7 +156,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         try:
             if args['resume']:
                 # A resumed run keeps its own configuration; flags given on this command line override it.
-                saved = json.loads(load_checkpoint(args['resume'])['config'])
+                saved = json.loads(load_train_state(args['resume'])['config'])
                 given = _given_arguments(argv)
                 args = {**saved, **{key: value for key, value in args.items() if key in given}}
                 args['img_size'] = tuple(args['img_size'])

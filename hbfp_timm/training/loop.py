@@ -24,7 +24,7 @@ from ..losses import HBFPLoss
 from ..progress import progress
 from ..synthetic import read_synthetic_marker
 from .checkpoint import (
-    BEST_MODEL_NAME, CHECKPOINT_NAME, MODEL_NAME, RESULTS_NAME, describe_outputs, epoch_seeds, load_checkpoint,
+    BEST_MODEL_NAME, CHECKPOINT_NAME, MODEL_NAME, RESULTS_NAME, describe_outputs, epoch_seeds, load_train_state,
     planned_outputs, rng_states, save_checkpoint, save_descriptor_model, set_rng_states, write_json,
 )
 from .config import DEVICE_DEFAULTS, TrainConfig, TrainSetupError, validate_config
@@ -116,7 +116,7 @@ def _train(cfg: TrainConfig, command: List[str], rank: int, world_size: int, loc
     amp_dtype = _amp_dtype(cfg, device)
     output = output_dir(cfg)
     prepare_output(output, remove_stale=is_main)
-    checkpoint = load_checkpoint(cfg.resume, cfg.model) if cfg.resume else None
+    checkpoint = load_train_state(cfg.resume, cfg.model) if cfg.resume else None
 
     dataset = read_dataset(cfg)
     eval_sets = read_eval_datasets(cfg)
