@@ -16,31 +16,24 @@ import argparse
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .data.checks import find_unreadable_images
 from .data.datasets import IMAGE_EXTENSIONS
 from .data.lists import LIST_SUFFIXES, ImageList, identities_from_names, read_image_list
 from .extractor import FeatureExtractor
-from .hub import CheckpointMismatchError, WeightsNotFoundError
-from .model_args import parse_model_arg
-from .models.registry import DEFAULT_REID_MODEL
+from .commands import USER_ERRORS, add_model_arguments, exit_code, extractor_from_args, one_line, run_command
 
-__all__ = ['Embeddings', 'collect_images', 'skip_unreadable', 'embed', 'save_embeddings', 'load_embeddings',
-           'add_model_arguments', 'extractor_from_args', 'exit_code', 'one_line', 'run_command', 'main']
+__all__ = ['Embeddings', 'collect_images', 'skip_unreadable', 'embed', 'save_embeddings', 'load_embeddings', 'main']
 
 PathLike = Union[str, os.PathLike]
 FORMAT = 'hbfp_timm.embeddings/1'
-# What the commands report as one line instead of a traceback.
-USER_ERRORS = (FileNotFoundError, ValueError, OSError, TypeError, ImportError, WeightsNotFoundError,
-               CheckpointMismatchError, SafetensorError)
 
 
 class Embeddings(NamedTuple):
@@ -124,69 +117,6 @@ def load_embeddings(path: PathLike) -> Embeddings:
     if len(paths) != len(tensors['features']):
         raise ValueError(f'{path}: {len(paths)} paths for {len(tensors["features"])} descriptors')
     return Embeddings(tensors['features'], paths, tensors.get('pids'), tensors.get('camids'), metadata)
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options naming the model and how it runs, shared by the embed and search commands."""
-    model = parser.add_argument_group('model')
-    model.add_argument('--model', metavar='MODEL',
-                       help='trainer run directory, Hub folder (config.json), hf-hub:ORG/NAME, local-dir:PATH, or a '
-                            'registered name such as hbfp_resnet50 (with --checkpoint, or its published weights) '
-                            f'(default: {DEFAULT_REID_MODEL}, whose weights ship with the package)')
-    model.add_argument('--checkpoint', metavar='FILE', help='weights file (.safetensors) to load into --model')
-    model.add_argument('--untrained', action='store_true',
-                       help='run a registered --model without any trained weights (to check a pipeline)')
-    model.add_argument('--model-arg', action='append', type=parse_model_arg, default=[], metavar='KEY=VALUE',
-                       help='constructor argument of a registered --model, value parsed as a Python literal '
-                            '(repeatable), e.g. --model-arg correlation_dim=8')
-    model.add_argument('--img-size', type=int, nargs=2, metavar=('H', 'W'),
-                       help="input size (default: the run's training size or the model's pretrained_cfg)")
-    model.add_argument('--batch-size', type=int, default=32, help='images per forward pass (%(default)s)')
-    model.add_argument('--device', default=None, help='cpu, cuda, cuda:1, ... (default: cuda when available)')
-    model.add_argument('--amp', action='store_true', help='mixed precision (float16 on CUDA, bfloat16 on CPU)')
-    model.add_argument('--flip', action='store_true', help='average with the mirrored image')
-    model.add_argument('--workers', type=int, default=2, help='image decoding processes (%(default)s)')
-    model.add_argument('--skip-bad-images', action='store_true',
-                       help='leave out images that cannot be decoded, listing each one and the count (default: '
-                            'the first one is an error)')
-
-
-def extractor_from_args(args: argparse.Namespace) -> FeatureExtractor:
-    """A `FeatureExtractor` from the options of `add_model_arguments`."""
-    if not args.model and (args.checkpoint or args.untrained):
-        flag = '--checkpoint' if args.checkpoint else '--untrained'
-        raise ValueError(f'{flag}: needs --model naming the architecture (e.g. --model hbfp_resnet50)')
-    args.model = args.model or DEFAULT_REID_MODEL
-    return FeatureExtractor(args.model, checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size,
-                            amp=args.amp, flip=args.flip, img_size=tuple(args.img_size) if args.img_size else None,
-                            workers=args.workers, model_args=dict(args.model_arg) or None,
-                            progress=sys.stderr.isatty(), pretrained=not args.untrained)
-
-
-def _warning_line(message, category, filename, lineno, line=None) -> str:
-    """A command's warnings as one ``warning:`` line, without the source location meant for programmers."""
-    return f'warning: {message}\n'
-
-
-def run_command(main) -> None:
-    """``python -m hbfp_timm.<command>``: warnings shown as one line each, then the command's exit status."""
-    warnings.formatwarning = _warning_line
-    sys.exit(main())
-
-
-def exit_code(error: BaseException) -> int:
-    """The exit status of a command that stopped on `error`: 1 when the machine failed the work (a file that
-    cannot be read or written, a disk that is full), 2 when what the command was asked cannot be done (a missing
-    file, an unknown model, weights that do not fit, a bad value), as argparse does for usage errors."""
-    return 1 if isinstance(error, OSError) and not isinstance(error, FileNotFoundError) else 2
-
-
-def one_line(error: BaseException) -> str:
-    """The message of an error on one line (for a DataLoader worker's error, its original last line)."""
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    if not lines:
-        return type(error).__name__
-    return lines[-1] if 'Original Traceback' in str(error) else lines[0]
 
 
 def skip_unreadable(listing: ImageList, report=None) -> ImageList:

@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .data.datasets import DATASET_NAMES, ImageDataset, build_dataset
-from .embed import USER_ERRORS, add_model_arguments, exit_code, extractor_from_args, one_line, run_command
+from .commands import USER_ERRORS, add_model_arguments, exit_code, extractor_from_args, one_line, run_command
 from .engine import extract_features, score_features
 from .metrics import evaluate_features_detailed
 from .verification import (

@@ -483,7 +483,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                               commit_message=args.commit_message, notes=notes, license=args.license))
     except (OSError, ValueError, CheckpointMismatchError, HfHubHTTPError) as exc:  # OSError: a full disk too
         print(f'{parser.prog}: error: {exc}', file=sys.stderr)
-        from .embed import exit_code  # the commands' rule; embed builds on this module, so imported here
+        from .commands import exit_code  # the commands' rule; commands builds on this module, so imported here
         return exit_code(exc)  # 2: a missing run file, bad results; 1: the disk or the Hub failed
     return 0
 

@@ -21,7 +21,8 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from .embed import collect_images, exit_code
+from .commands import exit_code
+from .embed import collect_images
 from .extractor import FeatureExtractor
 from .files import follow_umask, sha256_file
 from .hub import MODEL_NAME, load_run

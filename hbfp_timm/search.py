@@ -26,10 +26,8 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
-from .embed import (
-    USER_ERRORS, Embeddings, add_model_arguments, embed, exit_code, extractor_from_args, load_embeddings, one_line,
-    run_command,
-)
+from .commands import USER_ERRORS, add_model_arguments, exit_code, extractor_from_args, one_line, run_command
+from .embed import Embeddings, embed, load_embeddings
 from .metrics import evaluate_features_detailed
 from .models.registry import DEFAULT_REID_MODEL
 from .retrieval import topk
