@@ -78,7 +78,7 @@ def layer_costs(model: hbfp_timm.HBFPNet, batch_size: int, img_size: Tuple[int, 
     x = torch.randn(batch_size, 3, *img_size, device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    cuts = model._cuts
+    cuts = model.cuts
     with torch.no_grad(), autocast(device, amp_dtype):
         low = run_modules(model.backbone, cuts.stem, x)
         mid = run_modules(model.backbone, cuts.block3, low)

@@ -22,7 +22,7 @@ from typing import List, Sequence, Tuple
 import timm
 import torch
 import torch.nn as nn
-from timm.models._manipulate import adapt_input_conv
+from timm.models import adapt_input_conv
 
 __all__ = [
     'BackboneCuts', 'BackboneModules', 'StageOutput', 'create_backbone', 'cut_backbone', 'load_backbone_weights',

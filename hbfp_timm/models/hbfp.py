@@ -33,7 +33,7 @@ from timm.models._features import feature_take_indices
 from ..layers import BFP, BatchNormNeck, GeneralizedPooling
 from ..layers.bfp import check_positive_int
 from ..layers.gep import GEP_COMBINES
-from .backbone import BackboneModules, create_backbone, cut_backbone, load_backbone_weights
+from .backbone import BackboneCuts, BackboneModules, create_backbone, cut_backbone, load_backbone_weights
 from .checks import (check_choice, check_image_batch, check_lambdas, check_num_classes, check_probability,
                      check_subset)
 from .segments import (FeatureTap, Segment, SharedSegment, checkpoint, prune_after, run_with_taps, segments_with_taps,
@@ -101,6 +101,7 @@ class HBFPNet(nn.Module):
         backbone_weights: Local ImageNet weights file for the backbone (offline machines); implies
             ``pretrained_backbone``.
     """
+    __jit_unused_properties__ = ['cuts']  # a Python-side description of the backbone, not part of forward
 
     def __init__(
             self,
@@ -220,6 +221,12 @@ class HBFPNet(nn.Module):
         self.num_classes = num_classes
         if global_pool is not None:
             self.global_pool, self.unpooled = self._create_pool(global_pool)
+
+    @property
+    def cuts(self) -> BackboneCuts:
+        """Where the backbone is cut (`hbfp_timm.models.backbone`): the module names of the stem (up to X), block3
+        (X to Y) and block4 (Y to Z), and of each stage; for probes that run the levels one by one."""
+        return self._cuts
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
