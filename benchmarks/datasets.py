@@ -102,7 +102,7 @@ def prepare_synthetic(folder: Path, seed: int, spec: Mapping[str, Any]) -> ReIDD
     Returns:
         The data set, read with the ``market_layout`` reader.
     """
-    from hbfp_timm.synthetic import generate_synthetic_dataset
+    from hbfp_timm.data.synthetic import generate_synthetic_dataset
 
     params = dict(num_ids=spec['num_ids'], num_cams=spec['num_cams'], seed=seed,
                   images_per_id=spec['images_per_id'], height=spec['image_size'][0], width=spec['image_size'][1])

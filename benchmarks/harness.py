@@ -15,7 +15,7 @@ Data: ``--data-root DIR`` is read with ``hbfp_timm.data.build_dataset``; a malfo
 one line (exit code 2). Without ``--data-root`` the data set is looked for under ``$REID_DATA_ROOT`` and
 ``~/data``. If it is not there, the command prints where the real data set is expected and how its folders
 must look, and runs the **embedded default**: the whole pipeline on a synthetic Market-layout set generated
-into ``OUTPUT/synthetic`` (``hbfp_timm.synthetic``), with a small model (``hbfp_resnet18``), small images, a
+into ``OUTPUT/synthetic`` (``hbfp_timm.data.synthetic``), with a small model (``hbfp_resnet18``), small images, a
 short schedule, no ImageNet initialisation (no download), evaluated untrained and trained (settings in
 :data:`benchmarks.settings.SYNTHETIC_PRESET`). Its rows are labelled "synthetic — not comparable with the paper".
 

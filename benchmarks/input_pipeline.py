@@ -1,7 +1,7 @@
 """Images per second that JPEG decoding and the paper's training augmentation deliver, by number of workers.
 
 The speed benchmark sets this beside what the model consumes in training, so that input never becomes the
-bottleneck unnoticed. The images are synthetic pedestrians (``hbfp_timm.synthetic``) at Market-1501's size (64x128
+bottleneck unnoticed. The images are synthetic pedestrians (``hbfp_timm.data.synthetic``) at Market-1501's size (64x128
 pixels, JPEG), read through the trainer's own dataset class and transform (``build_train_transform``: resize to the
 network input, flip, random erasing, cutout, normalisation), batched by a ``DataLoader`` the way the trainer batches.
 """
@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from hbfp_timm.data import ImageDataset, build_dataset, build_train_transform
-from hbfp_timm.synthetic import generate_synthetic_dataset
+from hbfp_timm.data.synthetic import generate_synthetic_dataset
 
 __all__ = ['loader_throughput']
 

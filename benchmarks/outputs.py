@@ -8,7 +8,7 @@ from typing import Any, Dict, Sequence, Tuple, Union
 
 import torch.nn as nn
 
-from hbfp_timm.files import format_size
+from hbfp_timm.utils.files import format_size
 from hbfp_timm.train import CHECKPOINT_NAME
 
 from .cli import BenchmarkError, one_line

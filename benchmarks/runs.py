@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from hbfp_timm.data import ImageDataset, ReIDDataset, build_test_transform
 from hbfp_timm.engine import evaluate
-from hbfp_timm.files import sha256_file
+from hbfp_timm.utils.files import sha256_file
 from hbfp_timm.train import MODEL_NAME, TrainConfig, train
 
 from .cli import BenchmarkError, one_line

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from .metrics import RankResult, compute_distance_matrix, evaluate_features_detailed, evaluate_rank_detailed
-from .progress import progress
+from .utils.progress import progress
 from .reranking import re_ranking_features
 from .retrieval import topk
 

@@ -27,9 +27,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from .data.transforms import build_test_transform
 from .engine import describe_batch, unwrap_model
-from .files import RESULTS_NAME
+from .utils.files import RESULTS_NAME
 from .hub import BACKBONE_WEIGHT_ARGS, load_checkpoint, load_run, trained_input_size
-from .progress import progress
+from .utils.progress import progress
 
 __all__ = ['FeatureExtractor', 'load_model']
 

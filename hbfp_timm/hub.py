@@ -37,7 +37,7 @@ from huggingface_hub.utils import get_session
 from safetensors import SafetensorError, safe_open
 from timm.models import load_state_dict, resolve_pretrained_cfg, save_for_hf
 
-from .files import MODEL_NAME, RESULTS_NAME, follow_umask
+from .utils.files import MODEL_NAME, RESULTS_NAME, follow_umask
 from .model_card import architecture, check_results, render_model_card
 
 __all__ = [

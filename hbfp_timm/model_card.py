@@ -73,7 +73,7 @@ def _dataset_title(results: Mapping[str, Any]) -> str:
     """The training data of a run as a reader should see it; synthetic data says so."""
     synthetic = results.get('synthetic_data')
     if synthetic:
-        return (f"synthetic pedestrians (python -m hbfp_timm.synthetic, seed {synthetic.get('seed', '?')}, "
+        return (f"synthetic pedestrians (python -m hbfp_timm.data.synthetic, seed {synthetic.get('seed', '?')}, "
                 f"{synthetic.get('num_ids', '?')} identities)")
     return DATASET_TITLES.get(results['dataset'], results['dataset'])
 
@@ -167,7 +167,7 @@ def render_model_card(model: nn.Module, results: Optional[Mapping[str, Any]] = N
     ]
     if results is not None and results.get('synthetic_data'):
         lines += ['**Trained on synthetic data.** These weights learnt from generated pictures of pedestrians '
-                  '(`python -m hbfp_timm.synthetic`), not from photographs of people: they exercise the pipeline, '
+                  '(`python -m hbfp_timm.data.synthetic`), not from photographs of people: they exercise the pipeline, '
                   'and their scores say nothing about re-identifying real people.', '']
     if results is None or results['metrics'] is None:
         lines.append('These weights come with no evaluation: no metrics were given when they were saved.')

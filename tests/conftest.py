@@ -4,7 +4,7 @@ import signal
 import pytest
 import torch
 
-from hbfp_timm.synthetic import generate_synthetic_dataset
+from hbfp_timm.data.synthetic import generate_synthetic_dataset
 from hbfp_timm.train import TrainConfig
 
 TRAIN_IMG_SIZE = (64, 32)

@@ -1,4 +1,5 @@
-"""hbfp_timm.files: atomic writes that follow the umask, a clear line on a full disk, stale temporaries removed."""
+"""hbfp_timm.utils.files: atomic writes that follow the umask, a clear line on a full disk, stale temporaries
+removed."""
 import errno
 import os
 import stat
@@ -10,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from hbfp_timm import files
-from hbfp_timm.files import (
+from hbfp_timm.utils import files
+from hbfp_timm.utils.files import (
     OutputWriteError, atomic_write, check_writable_folder, format_size, remove_stale_temporaries,
 )
 

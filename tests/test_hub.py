@@ -24,7 +24,7 @@ from PIL import Image
 
 import hbfp_timm  # noqa: F401  (registers the hbfp_* models with timm)
 from hbfp_timm import hub
-from hbfp_timm.files import current_umask
+from hbfp_timm.utils.files import current_umask
 from hbfp_timm.models import registry as hbfp_models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -303,13 +303,13 @@ def test_model_card_usage_snippet_runs_and_gives_the_saved_model_descriptor(
 
 
 def test_model_card_of_a_run_on_synthetic_data_says_so(custom_model):
-    synthetic = {'generator': 'python -m hbfp_timm.synthetic', 'seed': 3, 'num_ids': 12}
+    synthetic = {'generator': 'python -m hbfp_timm.data.synthetic', 'seed': 3, 'num_ids': 12}
     card = hub.render_model_card(custom_model, dict(RESULTS, dataset='market_layout', synthetic_data=synthetic))
     meta = _front_matter(card)
     assert 'synthetic-data' in meta['tags']
     assert meta['model-index'][0]['results'][0]['dataset']['name'].startswith('synthetic pedestrians')
     assert '**Trained on synthetic data.**' in card
-    assert '- Training data: synthetic pedestrians (python -m hbfp_timm.synthetic, seed 3, 12 identities).' in card
+    assert '- Training data: synthetic pedestrians (python -m hbfp_timm.data.synthetic, seed 3, 12 identities).' in card
     real = hub.render_model_card(custom_model, RESULTS)
     assert 'synthetic' not in real and '- Training data: Market-1501.' in real
 

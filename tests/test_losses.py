@@ -6,7 +6,7 @@ import timm
 import torch
 
 import hbfp_timm  # noqa: F401  (registers the models)
-from hbfp_timm.losses import BatchHardTripletLoss, HBFPLoss, pairwise_euclidean
+from hbfp_timm.training.losses import BatchHardTripletLoss, HBFPLoss, pairwise_euclidean
 
 
 def _brute_force_triplet(features, targets, margin):

@@ -1,7 +1,7 @@
-"""hbfp_timm.progress: a bar on a terminal, whole lines (and none for short work) in logs and pipes."""
+"""hbfp_timm.utils.progress: a bar on a terminal, whole lines (and none for short work) in logs and pipes."""
 import io
 
-from hbfp_timm.progress import progress
+from hbfp_timm.utils.progress import progress
 
 
 class _Terminal(io.StringIO):

@@ -1,4 +1,4 @@
-"""Tests of the synthetic Market-layout generator (hbfp_timm.synthetic)."""
+"""Tests of the synthetic Market-layout generator (hbfp_timm.data.synthetic)."""
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +9,7 @@ from PIL import Image
 
 from hbfp_timm.data import market_layout
 from hbfp_timm.metrics import compute_distance_matrix, evaluate_rank_detailed
-from hbfp_timm.synthetic import generate_synthetic_dataset, main, read_synthetic_marker
+from hbfp_timm.data.synthetic import generate_synthetic_dataset, main, read_synthetic_marker
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,7 +21,7 @@ def _all_files(root: Path):
 def test_cli_writes_market_layout_that_the_market_reader_parses(tmp_path):
     out = tmp_path / 'synthetic'
     completed = subprocess.run(
-        [sys.executable, '-m', 'hbfp_timm.synthetic', str(out), '--num-ids', '8', '--num-cams', '3',
+        [sys.executable, '-m', 'hbfp_timm.data.synthetic', str(out), '--num-ids', '8', '--num-cams', '3',
          '--seed', '5', '--images-per-id', '4', '--height', '32', '--width', '16', '--quiet'],
         cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     assert 'num_train_ids=4' in completed.stdout
@@ -99,14 +99,15 @@ def test_cli_reports_bad_arguments_in_one_line(tmp_path, capsys, argv, message):
         main([str(tmp_path), '--quiet', *argv])
     err = capsys.readouterr().err.strip()
     assert info.value.code == 2 and '\n' not in err
-    assert err.startswith('python -m hbfp_timm.synthetic: error: ') and message in err
+    assert err.startswith('python -m hbfp_timm.data.synthetic: error: ') and message in err
 
 
 def test_the_folder_is_marked_synthetic_with_the_generator_settings(tmp_path):
     summary = generate_synthetic_dataset(tmp_path, num_ids=4, num_cams=2, images_per_id=2, height=32, width=16,
                                          seed=7, progress=False)
     marker = read_synthetic_marker(tmp_path)
-    assert marker['seed'] == 7 and marker['num_ids'] == 4 and marker['generator'] == 'python -m hbfp_timm.synthetic'
+    assert marker['seed'] == 7 and marker['num_ids'] == 4
+    assert marker['generator'] == 'python -m hbfp_timm.data.synthetic'
     assert marker['num_train_images'] == summary['num_train_images']
     assert read_synthetic_marker(tmp_path / 'bounding_box_train') is None  # not a generated data set root
 

@@ -13,9 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from hbfp_timm import files, hub
-from hbfp_timm.losses import HBFPLoss
-from hbfp_timm.synthetic import generate_synthetic_dataset
+from hbfp_timm import hub
+
+from hbfp_timm.utils import files
+from hbfp_timm.training.losses import HBFPLoss
+from hbfp_timm.data.synthetic import generate_synthetic_dataset
 from hbfp_timm.train import TrainSetupError, build_parser, main, train
 from hbfp_timm.training import loop, prepare
 from conftest import default_sigint_in_child

@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from PIL import Image
 
-from ..progress import progress
+from ..utils.progress import progress
 
 __all__ = ['image_problem', 'find_unreadable_images']
 

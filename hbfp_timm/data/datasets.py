@@ -272,7 +272,7 @@ def msmt17(root: PathLike) -> ReIDDataset:
 
 
 def market_layout(root: PathLike, name: str = 'market_layout') -> ReIDDataset:
-    """Any folder in the Market-1501 layout and naming (e.g. the output of `python -m hbfp_timm.synthetic`).
+    """Any folder in the Market-1501 layout and naming (e.g. the output of `python -m hbfp_timm.data.synthetic`).
 
     Args:
         root: the folder holding ``bounding_box_train/``, ``query/`` and ``bounding_box_test/``.

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-from ..files import MODEL_NAME, RESULTS_NAME, atomic_write, format_size
+from ..utils.files import MODEL_NAME, RESULTS_NAME, atomic_write, format_size
 from .config import TrainSetupError
 
 __all__ = [

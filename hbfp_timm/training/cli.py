@@ -12,7 +12,7 @@ import sys
 from typing import Any, Dict, Optional, Sequence
 
 from ..data import DATASET_NAMES, ImageReadError
-from ..files import OutputWriteError
+from ..utils.files import OutputWriteError
 from ..model_args import parse_model_arg
 from .checkpoint import CHECKPOINT_NAME, RESULTS_NAME, load_train_state
 from .config import AMP_DTYPES, DEVICE_DEFAULTS, TrainConfig, TrainSetupError

@@ -20,9 +20,9 @@ from ..data import RandomIdentitySampler, make_dataloaders
 from ..data.loader import interruptions_deferred
 from ..data.transforms import build_test_transform, build_train_transform
 from ..engine import evaluate
-from ..losses import HBFPLoss
-from ..progress import progress
-from ..synthetic import read_synthetic_marker
+from .losses import HBFPLoss
+from ..utils.progress import progress
+from ..data.synthetic import read_synthetic_marker
 from .checkpoint import (
     BEST_MODEL_NAME, CHECKPOINT_NAME, MODEL_NAME, RESULTS_NAME, describe_outputs, epoch_seeds, load_train_state,
     planned_outputs, rng_states, save_checkpoint, save_descriptor_model, set_rng_states, write_json,
@@ -98,7 +98,7 @@ def train(cfg: TrainConfig, command: Optional[Sequence[str]] = None) -> Dict[str
     Raises:
         TrainSetupError: On an invalid configuration, output folder, data set, checkpoint or unavailable weights.
         TrainingDivergedError: The loss or the weights became NaN or infinite.
-        hbfp_timm.files.OutputWriteError: An output could not be written (e.g. no space left on the device).
+        hbfp_timm.utils.files.OutputWriteError: An output could not be written (e.g. no space left on the device).
         hbfp_timm.data.ImageReadError: An image became unreadable during training.
     """
     validate_config(cfg)

@@ -1,6 +1,6 @@
 """A synthetic pedestrian re-ID data set in the Market-1501 layout, for tests, CI and CPU demos.
 
-    python -m hbfp_timm.synthetic OUT --num-ids 100 --num-cams 6 --seed 0
+    python -m hbfp_timm.data.synthetic OUT --num-ids 100 --num-cams 6 --seed 0
 
 It imitates what makes re-ID hard, at a size a CPU can train on:
 
@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .progress import progress as progress_bar
+from ..utils.progress import progress as progress_bar
 
 __all__ = ['generate_synthetic_dataset', 'read_synthetic_marker', 'MARKER_NAME', 'main']
 
@@ -358,8 +358,8 @@ def generate_synthetic_dataset(
         'num_distractors': num_distractors,
         'num_junk': num_junk,
     }
-    marker = {'generator': 'python -m hbfp_timm.synthetic', 'seed': seed, 'num_ids': num_ids, 'num_cams': num_cams,
-              'images_per_id': images_per_id, 'height': height, 'width': width,
+    marker = {'generator': 'python -m hbfp_timm.data.synthetic', 'seed': seed, 'num_ids': num_ids,
+              'num_cams': num_cams, 'images_per_id': images_per_id, 'height': height, 'width': width,
               **{key: value for key, value in summary.items() if key != 'out'}}
     (out / MARKER_NAME).write_text(json.dumps(marker, indent=2) + '\n')
     return summary
@@ -376,9 +376,9 @@ def read_synthetic_marker(root: Union[str, Path]) -> Optional[Dict[str, Union[in
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Union[int, str]]:
-    """Command line entry point; see ``python -m hbfp_timm.synthetic --help``."""
+    """Command line entry point; see ``python -m hbfp_timm.data.synthetic --help``."""
     parser = argparse.ArgumentParser(
-        prog='python -m hbfp_timm.synthetic',
+        prog='python -m hbfp_timm.data.synthetic',
         description='Write a synthetic pedestrian re-ID data set in the Market-1501 layout and naming.')
     parser.add_argument('out', help='output folder')
     parser.add_argument('--num-ids', type=int, default=100, help='identities, half train half test (default 100)')

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.loss import LabelSmoothingCrossEntropy
 
-from .models import BranchOutputs
+from ..models import BranchOutputs
 
 __all__ = ['BatchHardTripletLoss', 'HBFPLoss', 'pairwise_euclidean']
 

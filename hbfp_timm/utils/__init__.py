@@ -1,0 +1,2 @@
+"""Helpers of the application around the model zoo: safe output files and the run-folder layout (:mod:`.files`),
+progress of long work (:mod:`.progress`)."""
