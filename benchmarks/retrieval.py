@@ -2,13 +2,13 @@
 
 ``python -m benchmarks.retrieval`` measures (``--tasks`` picks some, ``--quick`` shrinks every size):
 
-* ``topk``: 1,000 queries against 1M gallery descriptors of 512-d, top-10: `hbfp_timm.retrieval.topk`
+* ``topk``: 1,000 queries against 1M gallery descriptors of 512-d, top-10: `hbfp_timm.metrics.retrieval.topk`
   against ``compute_distance_matrix`` + ``torch.topk`` (the naive baseline), the faiss flat index when faiss
   is installed, and ``topk`` on the same gallery stored in float16;
 * ``evaluate``: CMC / mAP of 10,000 queries against 100,000 gallery descriptors of 512-d:
   `hbfp_timm.metrics.evaluate_features` against ``evaluate_rank(compute_distance_matrix(...))``;
 * ``rerank``: k-reciprocal re-ranking at Market-1501 test scale (3,368 queries, 15,913 gallery images,
-  2,048-d clustered descriptors): `hbfp_timm.reranking.re_ranking` from the three distance matrices and
+  2,048-d clustered descriptors): `hbfp_timm.metrics.reranking.re_ranking` from the three distance matrices and
   `re_ranking_features` from the descriptors.
 
 ``--device cuda`` measures instead the accelerator case: top-10 of 1,000 float32 queries against 1M gallery
@@ -37,10 +37,10 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from hbfp_timm.distance import compute_distance_matrix
+from hbfp_timm.metrics.distance import compute_distance_matrix
 from hbfp_timm.metrics import evaluate_features, evaluate_rank
-from hbfp_timm.retrieval import faiss_available, topk
-from hbfp_timm.reranking import re_ranking, re_ranking_features
+from hbfp_timm.metrics.retrieval import faiss_available, topk
+from hbfp_timm.metrics.reranking import re_ranking, re_ranking_features
 
 from .memory import status_bytes
 

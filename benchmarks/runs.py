@@ -11,7 +11,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from hbfp_timm.data import ImageDataset, ReIDDataset, build_test_transform
-from hbfp_timm.engine import evaluate
+from hbfp_timm.metrics.evaluation import evaluate
 from hbfp_timm.utils.files import sha256_file
 from hbfp_timm.train import MODEL_NAME, TrainConfig, train
 
@@ -44,7 +44,8 @@ def _test_loader(items, settings: Settings) -> DataLoader:
 
 
 def evaluate_model(model: nn.Module, dataset: ReIDDataset, settings: Settings, max_rank: int = 50) -> Evaluation:
-    """Single-query Rank-1/5/10 and mAP under the Market-1501 protocol, through ``hbfp_timm.engine.evaluate``.
+    """Single-query Rank-1/5/10 and mAP under the Market-1501 protocol, through
+    ``hbfp_timm.metrics.evaluation.evaluate``.
 
     Args:
         model: Descriptor model.

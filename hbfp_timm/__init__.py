@@ -15,6 +15,6 @@ def __getattr__(name: str):
     # Imported on first use: the extractor brings in the hub module, and importing it with the package would make
     # `python -m hbfp_timm.hub` warn that the module was already imported before it ran.
     if name == 'FeatureExtractor':
-        from .extractor import FeatureExtractor
+        from .inference.extractor import FeatureExtractor
         return FeatureExtractor
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .commands import USER_ERRORS, add_model_arguments, exit_code, extractor_from_args, one_line, run_command
 from .embed import collect_images, skip_unreadable
-from .engine import unwrap_model
+from .inference.features import unwrap_model
 
 __all__ = ['LEVELS', 'LevelMaps', 'activation_energy', 'bfp_activation_maps', 'draw_activation_maps', 'main']
 

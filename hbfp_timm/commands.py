@@ -8,7 +8,7 @@ import warnings
 
 from safetensors import SafetensorError
 
-from .extractor import FeatureExtractor
+from .inference.extractor import FeatureExtractor
 from .hub import CheckpointMismatchError, WeightsNotFoundError
 from .model_args import parse_model_arg
 from .models.registry import DEFAULT_REID_MODEL

@@ -13,7 +13,7 @@ Beside rank-1/5/10 and mAP, each data set gets:
 
 * the per-camera-pair breakdown: the queries of one camera searched among the gallery images of one other
   camera only, rank-1 and mAP per pair, worst first (which camera pairs fail);
-* the "same person" decision (`hbfp_timm.verification`): the data's own equal-error rate, and, for every
+* the "same person" decision (`hbfp_timm.metrics.verification`): the data's own equal-error rate, and, for every
   threshold stored with the model's weights (or given with ``--threshold``), how many genuine cross-camera
   pairs it accepts and how many impostor pairs it wrongly accepts on these data;
 * with ``--calibrate`` (one ``--data-root``, a labelled validation split, never the test split a model is
@@ -34,9 +34,10 @@ from torch.utils.data import DataLoader
 
 from .data.datasets import DATASET_NAMES, ImageDataset, build_dataset
 from .commands import USER_ERRORS, add_model_arguments, exit_code, extractor_from_args, one_line, run_command
-from .engine import extract_features, score_features
+from .inference.features import extract_features
+from .metrics.evaluation import score_features
 from .metrics import evaluate_features_detailed
-from .verification import (
+from .metrics.verification import (
     DEFAULT_FMRS, THRESHOLDS_NAME, calibrate, check_threshold, pair_distances, save_thresholds, stored_thresholds,
 )
 

@@ -325,7 +325,7 @@ def save_pretrained(model: nn.Module, directory: Union[str, Path],
         directory: Output folder, created if needed.
         results: The trainer's results (``dataset``, ``metrics`` as fractions in [0, 1], ``img_size`` [H, W]) for
             the model card's ``model-index``, and optionally ``thresholds`` (a record of
-            :mod:`hbfp_timm.verification`, stored in ``config.json`` as ``reid_thresholds``); None for weights
+            :mod:`hbfp_timm.metrics.verification`, stored in ``config.json`` as ``reid_thresholds``); None for weights
             without evaluation.
         repo_id: Hub repository the card's usage snippet names (``push_to_hub`` sets it).
         notes: Markdown for the card's "About these weights" section (see :func:`render_model_card`).
@@ -347,7 +347,7 @@ def save_pretrained(model: nn.Module, directory: Union[str, Path],
                 safe_serialization=True, data_config=data_config)
     if results and results.get('thresholds'):
         # timm reads config.json's architecture, pretrained_cfg and model_args only; the "same person" thresholds
-        # travel beside them (hbfp_timm.verification.stored_thresholds reads them back).
+        # travel beside them (hbfp_timm.metrics.verification.stored_thresholds reads them back).
         config_path = directory / 'config.json'
         config = json.loads(config_path.read_text(encoding='utf-8'))
         config['reid_thresholds'] = results['thresholds']
@@ -470,7 +470,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         model, results = load_run(args.run)
         if args.dataset:
             results = dict(results, dataset=args.dataset)
-        from .verification import THRESHOLDS_NAME, read_thresholds  # builds on the registry, as this module does
+        from .metrics.verification import THRESHOLDS_NAME, read_thresholds  # builds on the registry, as this module does
         run_folder = Path(args.run).parent if Path(args.run).suffix == '.safetensors' else Path(args.run)
         thresholds = args.thresholds or (run_folder / THRESHOLDS_NAME if (run_folder / THRESHOLDS_NAME).is_file()
                                          else None)

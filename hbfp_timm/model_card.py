@@ -236,7 +236,7 @@ def _cross_domain_lines(results: Optional[Mapping[str, Any]]) -> List[str]:
 
 
 def _threshold_lines(results: Optional[Mapping[str, Any]]) -> List[str]:
-    """The card's "same person" thresholds (``results['thresholds']``, a record of hbfp_timm.verification)."""
+    """The card's "same person" thresholds (``results['thresholds']``, a record of hbfp_timm.metrics.verification)."""
     record = (results or {}).get('thresholds')
     if not record:
         return []

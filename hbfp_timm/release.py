@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from .commands import exit_code
 from .embed import collect_images
-from .extractor import FeatureExtractor
+from .inference.extractor import FeatureExtractor
 from .utils.files import follow_umask, sha256_file
 from .hub import MODEL_NAME, load_run
 from .models.registry import BUNDLED_WEIGHTS

@@ -4,7 +4,7 @@
 ``--query`` and ``--gallery`` each name a folder of images, a ``.csv`` / ``.txt`` list, one image, or an
 embeddings file of ``python -m hbfp_timm.embed`` (a large gallery is embedded once and searched many times;
 ``--model`` is then only needed for the side that still has to be described). The search is exact
-(`hbfp_timm.retrieval.topk`); a query's own file is never among its results (a folder searched against
+(`hbfp_timm.metrics.retrieval.topk`); a query's own file is never among its results (a folder searched against
 itself finds each image's nearest *other* images).
 
 Writes ``OUT/ranking.json`` (per query: its path, and its top-k gallery paths with their distances) and
@@ -14,7 +14,7 @@ are the query's identity, the picture colours them green / red, and rank-1 and m
 Market-1501 protocol (camera-less data: `hbfp_timm.data.lists`); otherwise borders are a neutral grey.
 
 ``--same-person [FMR]`` marks each result whose distance is below the model's "same person" threshold, the one
-calibrated at that false-match rate (default 1e-3) and stored with its weights (`hbfp_timm.verification`);
+calibrated at that false-match rate (default 1e-3) and stored with its weights (`hbfp_timm.metrics.verification`);
 ``--threshold DISTANCE`` gives one directly. A threshold holds for the cameras it was calibrated on: re-check it
 on labelled data of yours with ``python -m hbfp_timm.evaluate``.
 """
@@ -30,9 +30,9 @@ from .commands import USER_ERRORS, add_model_arguments, exit_code, extractor_fro
 from .embed import Embeddings, embed, load_embeddings
 from .metrics import evaluate_features_detailed
 from .models.registry import DEFAULT_REID_MODEL
-from .retrieval import topk
-from .verification import select_threshold, stored_thresholds
-from .visualize import draw_ranking
+from .metrics.retrieval import topk
+from .metrics.verification import select_threshold, stored_thresholds
+from .inference.visualize import draw_ranking
 
 __all__ = ['search', 'main']
 
@@ -62,7 +62,7 @@ def search(query: Embeddings, gallery: Embeddings, k: int = 10, metric: str = 'e
         gallery: gallery embeddings.
         k: results per query.
         metric: 'euclidean' or 'cosine'.
-        backend: 'torch' or 'faiss' (see `hbfp_timm.retrieval.topk`).
+        backend: 'torch' or 'faiss' (see `hbfp_timm.metrics.retrieval.topk`).
         device: where to search (default: where the descriptors are).
         threshold: a "same person" distance threshold: each result gets ``same_person`` (distance below it).
 

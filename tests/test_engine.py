@@ -1,11 +1,13 @@
-"""Feature extraction and evaluation (hbfp_timm.engine) on models and loaders whose answers are known."""
+"""Feature extraction (hbfp_timm.inference.features) and evaluation (hbfp_timm.metrics.evaluation) on models and
+loaders whose answers are known."""
 import pytest
 import timm
 import torch
 import torch.nn as nn
 
 import hbfp_timm  # noqa: F401  (registers the hbfp_* models)
-from hbfp_timm.engine import evaluate, extract_features
+from hbfp_timm.inference.features import extract_features
+from hbfp_timm.metrics.evaluation import evaluate
 
 
 class LeftHalfMean(nn.Module):

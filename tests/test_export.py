@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 import hbfp_timm  # noqa: F401  (registers the hbfp_* models with timm)
-from hbfp_timm.export import export_onnx, export_program
+from hbfp_timm.inference.export import export_onnx, export_program
 from hbfp_timm.layers import generalized_pool2d
 from hbfp_timm.models.backbone import run_modules
 

@@ -1,13 +1,13 @@
-"""Tests of hbfp_timm.reranking: agreement with a plain dense loop of the original k-reciprocal algorithm, the
+"""Tests of hbfp_timm.metrics.reranking: agreement with a plain dense loop of the original k-reciprocal algorithm, the
 features path, and the method's known properties."""
 import numpy as np
 import pytest
 import torch
 
-from hbfp_timm.distance import compute_distance_matrix
+from hbfp_timm.metrics.distance import compute_distance_matrix
 from hbfp_timm.metrics import evaluate_rank
-from hbfp_timm import reranking
-from hbfp_timm.reranking import re_ranking, re_ranking_features
+from hbfp_timm.metrics import reranking
+from hbfp_timm.metrics.reranking import re_ranking, re_ranking_features
 
 
 def _reference_re_ranking(q_g, q_q, g_g, k1, k2, lambda_value, boundary_cases=None):

@@ -1,13 +1,13 @@
-"""Tests of hbfp_timm.retrieval.topk: parity with the whole distance matrix, blockwise paths, low-precision
+"""Tests of hbfp_timm.metrics.retrieval.topk: parity with the whole distance matrix, blockwise paths, low-precision
 galleries, ties, the faiss backend and bad input."""
 import faiss
 import numpy as np
 import pytest
 import torch
 
-from hbfp_timm import retrieval
-from hbfp_timm.distance import compute_distance_matrix
-from hbfp_timm.retrieval import topk
+from hbfp_timm.metrics import retrieval
+from hbfp_timm.metrics.distance import compute_distance_matrix
+from hbfp_timm.metrics.retrieval import topk
 
 
 def _naive(query, gallery, k, metric):

@@ -1,12 +1,12 @@
-"""hbfp_timm.verification: "same person" thresholds from genuine and impostor pair distances."""
+"""hbfp_timm.metrics.verification: "same person" thresholds from genuine and impostor pair distances."""
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from hbfp_timm.distance import compute_distance_matrix
-from hbfp_timm.verification import (
+from hbfp_timm.metrics.distance import compute_distance_matrix
+from hbfp_timm.metrics.verification import (
     THRESHOLDS_FORMAT, calibrate, check_threshold, pair_distances, read_thresholds, save_thresholds, select_threshold,
     stored_thresholds,
 )

@@ -1,10 +1,10 @@
-"""Pictures (hbfp_timm.visualize): border colours by identity, a legend that explains them, a CMC legend that
+"""Pictures (hbfp_timm.inference.visualize): border colours by identity, a legend that explains them, a CMC legend that
 fits inside the image."""
 import numpy as np
 import pytest
 from PIL import Image
 
-from hbfp_timm.visualize import (
+from hbfp_timm.inference.visualize import (
     MATCH_COLOUR, MISMATCH_COLOUR, QUERY_COLOUR, UNKNOWN_COLOUR, draw_cmc_curves, draw_ranked_lists, draw_ranking,
 )
 

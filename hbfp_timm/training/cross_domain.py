@@ -2,7 +2,8 @@
 every evaluation, beside the in-domain numbers (train on one data set, test on another).
 
 Each extra folder is read before the first epoch (a missing or unreadable one stops the run at once), and is
-scored on its query/gallery split with the run's metric, flip and precision (`hbfp_timm.engine.evaluate`).
+scored on its query/gallery split with the run's metric, flip and precision
+(`hbfp_timm.metrics.evaluation.evaluate`).
 """
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -14,7 +15,7 @@ from torch.utils.data import DataLoader
 from ..data import ReIDDataset, build_dataset
 from ..data.datasets import ImageDataset
 from ..data.transforms import build_test_transform
-from ..engine import evaluate
+from ..metrics.evaluation import evaluate
 from .config import TrainConfig, TrainSetupError
 
 __all__ = ['read_eval_datasets', 'evaluate_cross_domain', 'cross_domain_line']

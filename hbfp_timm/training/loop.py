@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from ..data import RandomIdentitySampler, make_dataloaders
 from ..data.loader import interruptions_deferred
 from ..data.transforms import build_test_transform, build_train_transform
-from ..engine import evaluate
+from ..metrics.evaluation import evaluate
 from .losses import HBFPLoss
 from ..utils.progress import progress
 from ..data.synthetic import read_synthetic_marker

@@ -12,9 +12,7 @@ true matches (binary searches in rows sorted by value alone) and equals the plai
 `evaluate_rank_reference` to floating-point rounding. `evaluate_features` gives the same from descriptors,
 computing the distances block by block instead of holding the whole matrix.
 
-`compute_distance_matrix` (:mod:`hbfp_timm.distance`) and `re_ranking` (:mod:`hbfp_timm.reranking`, Zhong et al.,
-"Re-ranking Person Re-identification with k-reciprocal Encoding", CVPR 2017) are importable from here too.
-HBFP-Net's reported numbers (Table 1) are without re-ranking.
+HBFP-Net's reported numbers (Table 1) are without re-ranking (:mod:`.reranking`).
 """
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,12 +21,11 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .distance import compute_distance_matrix, distance_block, gallery_statistic, query_and_gallery
-from .reranking import re_ranking
+from .distance import distance_block, gallery_statistic, query_and_gallery
 
 __all__ = [
-    'RankResult', 'compute_distance_matrix', 'evaluate_features', 'evaluate_features_detailed', 'evaluate_rank',
-    'evaluate_rank_detailed', 'evaluate_rank_reference', 're_ranking',
+    'RankResult', 'evaluate_features', 'evaluate_features_detailed', 'evaluate_rank', 'evaluate_rank_detailed',
+    'evaluate_rank_reference',
 ]
 
 ArrayLike = Union[np.ndarray, torch.Tensor]

@@ -19,7 +19,7 @@ A threshold holds for the domain it was calibrated on (cameras, lighting, resolu
 size, metric and flip): on other cameras the same distance can mean another false-match rate.
 ``python -m hbfp_timm.evaluate`` re-checks a stored threshold on any labelled data and calibrates new ones.
 
-The distances are computed block by block (`hbfp_timm.distance`), never as a whole matrix; what is kept is
+The distances are computed block by block (`hbfp_timm.metrics.distance`), never as a whole matrix; what is kept is
 every genuine distance and the smallest impostor distances the lowest target FMR needs.
 """
 import json
@@ -232,7 +232,7 @@ def stored_thresholds(model: Optional[str]) -> Optional[Dict[str, Any]]:
     """
     if not model:
         return None
-    from .models.registry import BUNDLED_WEIGHTS
+    from ..models.registry import BUNDLED_WEIGHTS
     name = str(model)
     if name in BUNDLED_WEIGHTS:
         candidates = [BUNDLED_WEIGHTS[name].with_suffix('.thresholds.json')]

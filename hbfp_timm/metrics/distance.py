@@ -1,6 +1,6 @@
 """Distances between Re-ID descriptors, computed block by block into a preallocated output.
 
-Shared by :mod:`hbfp_timm.metrics` (evaluation), :mod:`hbfp_timm.reranking` and the commands: one definition
+Shared by :mod:`hbfp_timm.metrics` (evaluation), :mod:`hbfp_timm.metrics.reranking` and the commands: one definition
 of the Euclidean and cosine distances, so that chunked and whole-matrix computations agree.
 """
 from typing import Optional, Tuple, Union
@@ -95,7 +95,7 @@ def compute_distance_matrix(
     """Pairwise distances between query and gallery descriptors.
 
     The whole (num_query, num_gallery) matrix is allocated; see `hbfp_timm.metrics.evaluate_features` and
-    `hbfp_timm.retrieval.topk` for evaluation and search without it.
+    `hbfp_timm.metrics.retrieval.topk` for evaluation and search without it.
 
     Args:
         query_features: (num_query, dim) tensor or array.
