@@ -60,7 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from hbfp_timm.paper import PAPER_CITATION, PAPER_TABLE2, PAPER_TABLE3
+from hbfp_timm.hub.paper import PAPER_CITATION, PAPER_TABLE2, PAPER_TABLE3
 from hbfp_timm.train import TrainConfig
 
 from .cli import ArgumentParser, BenchmarkError, exact_command, guarded

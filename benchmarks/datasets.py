@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from hbfp_timm.data import ReIDDataset, build_dataset
-from hbfp_timm.paper import DATASET_TITLES
+from hbfp_timm.hub.paper import DATASET_TITLES
 
 from .cli import BenchmarkError, one_line
 

@@ -56,7 +56,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch.nn as nn
 
-from hbfp_timm.paper import DATASET_TITLES, PAPER_CITATION, PAPER_TABLE1
+from hbfp_timm.hub.paper import DATASET_TITLES, PAPER_CITATION, PAPER_TABLE1
 
 from .cli import ArgumentParser, BenchmarkError, exact_command, guarded
 from .datasets import (

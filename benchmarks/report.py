@@ -25,7 +25,6 @@ set beside them.
 """
 import platform
 import statistics
-from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ['METRIC_COLUMNS', 'SYNTHETIC_LABEL', 'count', 'summarize_seeds', 'comparison_table', 'seed_table',

@@ -8,7 +8,7 @@ import sys
 from typing import Optional, Sequence
 
 from .harness import main as harness_main
-from hbfp_timm.paper import PAPER_TABLE1
+from hbfp_timm.hub.paper import PAPER_TABLE1
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -16,7 +16,7 @@ from benchmarks import ablation, cli, datasets, market, outputs, report, setting
 from benchmarks.figures import MATCH_COLOUR, MISMATCH_COLOUR, draw_cmc_curves, draw_ranked_lists
 from benchmarks.report import comparison_table
 from hbfp_timm.utils.files import format_size
-from hbfp_timm.paper import PAPER_TABLE1
+from hbfp_timm.hub.paper import PAPER_TABLE1
 from hbfp_timm.data.synthetic import generate_synthetic_dataset
 
 TINY_PRESET = dict(settings.SYNTHETIC_PRESET, num_ids=12, num_cams=3, images_per_id=6, img_size=(64, 32),

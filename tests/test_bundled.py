@@ -15,6 +15,7 @@ import torch
 
 import hbfp_timm  # noqa: F401  (registers the hbfp_* models with timm)
 from hbfp_timm import hub, release
+from hbfp_timm.models import pretrained
 from hbfp_timm.models import registry
 from test_hub import _trained_like, fake_hub, hub_cache  # noqa: F401  (fixtures)
 
@@ -53,7 +54,7 @@ def no_network(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError('a network request was made')
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', False)
-    monkeypatch.setattr(hub, 'hub_reachable', refuse)
+    monkeypatch.setattr(pretrained, 'hub_reachable', refuse)
     monkeypatch.setattr(socket.socket, 'connect', refuse)
 
 

@@ -139,7 +139,7 @@ def test_every_model_source_gives_the_same_scores_and_hub_copies_carry_the_thres
     """A run folder, its Hub folder (by path and as local-dir:), the same published to a Hub cache (hf-hub:,
     offline) and the registered name with --checkpoint are one model: one score; the thresholds of the run travel
     into config.json and are re-checked from each Hub source."""
-    from hbfp_timm.hub import main as hub_main
+    from hbfp_timm.hub.cli import main as hub_main
     from tiny_models import TINY_ARGS
     run = write_run(tmp_path / 'run', tiny_model(seed=3))
     (run / 'thresholds.json').write_text(json.dumps({'format': 'hbfp_timm.thresholds/1', 'metric': 'euclidean',

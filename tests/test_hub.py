@@ -24,6 +24,8 @@ from PIL import Image
 
 import hbfp_timm  # noqa: F401  (registers the hbfp_* models with timm)
 from hbfp_timm import hub
+from hbfp_timm.hub import cli as hub_cli
+from hbfp_timm.models import pretrained
 from hbfp_timm.utils.files import current_umask
 from hbfp_timm.models import registry as hbfp_models
 
@@ -463,7 +465,7 @@ def test_cli_save_with_notes_dataset_and_licence_writes_them_on_the_card(run_dir
         json.loads((run_dir / 'results.json').read_text()), dataset='market_layout',
         config={'epochs': 12, 'lr': 0.001, 'seed': 3}, command=['python', '-m', 'hbfp_timm.train', '--seed', '3'],
         num_train_pids=743)))
-    assert hub.main(['save', str(run_dir), str(tmp_path / 'out'), '--notes', str(tmp_path / 'notes.md'),
+    assert hub_cli.main(['save', str(run_dir), str(tmp_path / 'out'), '--notes', str(tmp_path / 'notes.md'),
                      '--license', 'other', '--dataset', 'cuhk03']) == 0
     card = (tmp_path / 'out' / 'README.md').read_text()
     meta = _front_matter(card)
@@ -472,12 +474,12 @@ def test_cli_save_with_notes_dataset_and_licence_writes_them_on_the_card(run_dir
     assert "- Recipe (the trainer's settings): epochs 12, lr 0.001, seed 3." in card
     assert '- Training identities: 743.' in card and 'python -m hbfp_timm.train --seed 3' in card
     assert json.loads((tmp_path / 'out' / 'config.json').read_text())['pretrained_cfg']['tag'] == 'cuhk03'
-    assert hub.main(['save', str(run_dir), str(tmp_path / 'out2'), '--notes', str(tmp_path / 'absent.md')]) == 2
+    assert hub_cli.main(['save', str(run_dir), str(tmp_path / 'out2'), '--notes', str(tmp_path / 'absent.md')]) == 2
 
 
 def test_cli_push_uploads_a_run_directory(run_dir, fake_hub, capsys):
     endpoint, received = fake_hub
-    assert hub.main(['push', str(run_dir), '--repo-id', 'someteam/run7', '--token', 'hf_fake_token']) == 0
+    assert hub_cli.main(['push', str(run_dir), '--repo-id', 'someteam/run7', '--token', 'hf_fake_token']) == 0
     assert sorted(received['files']) == ['README.md', 'config.json', 'model.safetensors']
     assert received['files']['model.safetensors'] == (run_dir / 'model.safetensors').read_bytes()
     config = json.loads(received['files']['config.json'])
@@ -488,7 +490,7 @@ def test_cli_push_uploads_a_run_directory(run_dir, fake_hub, capsys):
 
 def test_cli_reports_a_missing_run_file_in_one_line(run_dir, tmp_path, capsys):
     (run_dir / 'results.json').unlink()
-    assert hub.main(['save', str(run_dir), str(tmp_path / 'out')]) == 2
+    assert hub_cli.main(['save', str(run_dir), str(tmp_path / 'out')]) == 2
     error = capsys.readouterr().err.strip()
     assert '\n' not in error
     assert error.startswith('python -m hbfp_timm.hub: error: ') and f"{run_dir / 'results.json'}: not found" in error
@@ -504,20 +506,20 @@ def _closed_port_endpoint() -> str:
 
 def test_hub_reachable_asks_the_endpoint_once(fake_hub, monkeypatch):
     endpoint, received = fake_hub
-    assert hub.hub_reachable()
+    assert pretrained.hub_reachable()
     assert [method for method, _, _ in received['requests']] == ['HEAD']
     monkeypatch.setattr(huggingface_hub.constants, 'ENDPOINT', _closed_port_endpoint())
-    assert not hub.hub_reachable(timeout=1.0)
+    assert not pretrained.hub_reachable(timeout=1.0)
 
 
 def test_unreachable_hub_switches_to_the_cache_for_the_block_only(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', False)
     monkeypatch.setattr(huggingface_hub.constants, 'ENDPOINT', _closed_port_endpoint())
-    with hub.offline_if_hub_unreachable(timeout=1.0) as offline:
+    with pretrained.offline_if_hub_unreachable(timeout=1.0) as offline:
         assert offline and huggingface_hub.constants.HF_HUB_OFFLINE
     assert huggingface_hub.constants.HF_HUB_OFFLINE is False
-    monkeypatch.setattr(hub, 'hub_reachable', lambda timeout: True)
-    with hub.offline_if_hub_unreachable() as offline:
+    monkeypatch.setattr(pretrained, 'hub_reachable', lambda timeout: True)
+    with pretrained.offline_if_hub_unreachable() as offline:
         assert not offline and not huggingface_hub.constants.HF_HUB_OFFLINE
 
 
@@ -525,9 +527,9 @@ def test_offline_pretrained_load_without_cache_fails_at_once(hub_cache, monkeypa
     """With the Hub unreachable, a weights file missing from the cache is one clear error within seconds, not
     after huggingface_hub's retries (about 50 s without a network)."""
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', False)
-    monkeypatch.setattr(hub, 'hub_reachable', lambda timeout: False)
+    monkeypatch.setattr(pretrained, 'hub_reachable', lambda timeout: False)
     start = time.perf_counter()
     with pytest.raises(OSError, match='cannot find the requested files in the local cache'):
-        with hub.offline_if_hub_unreachable():
+        with pretrained.offline_if_hub_unreachable():
             timm.create_model('resnet18', pretrained=True)
     assert time.perf_counter() - start < 10

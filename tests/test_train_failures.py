@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hbfp_timm import hub
+from hbfp_timm.models import pretrained
 
 from hbfp_timm.utils import files
 from hbfp_timm.training.losses import HBFPLoss
@@ -339,7 +339,7 @@ def test_offline_pretrained_backbone_fails_at_once_with_the_offline_flags(make_c
     """No network and no cached ImageNet weights: the ways out within seconds, not after ~50 s of retries."""
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', False)
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(tmp_path / 'empty_cache'))
-    monkeypatch.setattr(hub, 'hub_reachable', lambda timeout: False)
+    monkeypatch.setattr(pretrained, 'hub_reachable', lambda timeout: False)
     start = time.perf_counter()
     with pytest.raises(TrainSetupError, match='offline, pass --backbone-weights FILE.*or --no-pretrained-backbone'):
         train(make_config(tmp_path / 'out', pretrained_backbone=True), command=['test'])

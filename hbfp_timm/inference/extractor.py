@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader, Dataset
 from ..data.transforms import build_test_transform
 from .features import describe_batch, unwrap_model
 from ..utils.files import RESULTS_NAME
-from ..hub import BACKBONE_WEIGHT_ARGS, load_checkpoint, load_run, trained_input_size
+from ..hub.weights import BACKBONE_WEIGHT_ARGS, load_checkpoint, load_run
+from ..models.pretrained import trained_input_size
 from ..utils.progress import progress
 
 __all__ = ['FeatureExtractor', 'load_model']

@@ -1,0 +1,111 @@
+"""Checkpoints out: a Hugging Face Hub repository layout (:func:`save_pretrained`) and its upload
+(:func:`push_to_hub`), built on timm's own ``save_for_hf``.
+
+:func:`save_pretrained` writes ``config.json``, ``model.safetensors`` and a ``README.md`` model card, so that
+``timm.create_model("hf-hub:ORG/NAME", pretrained=True)`` and ``timm.create_model("local-dir:PATH",
+pretrained=True)`` rebuild the model with its constructor arguments; :func:`push_to_hub` uploads the same files in
+one commit.
+"""
+import json
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import timm
+import torch.nn as nn
+from huggingface_hub import HfApi
+from timm.models import save_for_hf
+
+from ..utils.files import MODEL_NAME, follow_umask
+from .model_card import architecture, check_results, render_model_card
+from .weights import BACKBONE_WEIGHT_ARGS
+
+__all__ = ['HUB_LAYOUT', 'save_pretrained', 'push_to_hub']
+
+HUB_LAYOUT = ('config.json', MODEL_NAME, 'README.md')
+
+
+def save_pretrained(model: nn.Module, directory: Union[str, Path],
+                    results: Optional[Mapping[str, Any]] = None, repo_id: Optional[str] = None,
+                    notes: Optional[str] = None, license: str = 'apache-2.0') -> Path:
+    """Write a Hugging Face Hub repository layout: ``config.json``, ``model.safetensors``, ``README.md``.
+
+    Built on timm's ``save_for_hf`` with ``safe_serialization=True`` (timm's default also writes a pickle
+    ``pytorch_model.bin``; this never does). ``config.json`` holds the architecture and the constructor
+    arguments the model was created with, so ``timm.create_model("hf-hub:ORG/NAME", pretrained=True)`` and
+    ``timm.create_model("local-dir:DIRECTORY", pretrained=True)`` rebuild it.
+
+    Args:
+        model: An HBFP model built with ``timm.create_model`` (it records the architecture and arguments).
+        directory: Output folder, created if needed.
+        results: The trainer's results (``dataset``, ``metrics`` as fractions in [0, 1], ``img_size`` [H, W]) for
+            the model card's ``model-index``, and optionally ``thresholds`` (a record of
+            :mod:`hbfp_timm.metrics.verification`, stored in ``config.json`` as ``reid_thresholds``); None for weights
+            without evaluation.
+        repo_id: Hub repository the card's usage snippet names (``push_to_hub`` sets it).
+        notes: Markdown for the card's "About these weights" section (see :func:`render_model_card`).
+        license: The card's licence identifier.
+
+    Returns:
+        ``directory`` as a Path.
+    """
+    arch = architecture(model)
+    results = check_results(results, arch)
+    directory = Path(directory)
+    recorded = getattr(model, '_model_args', {})  # what timm.create_model was given
+    export_args = {k: v for k, v in BACKBONE_WEIGHT_ARGS.items() if recorded.get(k) not in (None, v)}
+    source_cfg = {'tag': results['dataset'] if results else None}
+    data_config = None
+    if results and results.get('img_size'):
+        data_config = {'input_size': (model.in_chans, *results['img_size'])}
+    save_for_hf(model, directory, model_config={'pretrained_cfg': source_cfg}, model_args=export_args,
+                safe_serialization=True, data_config=data_config)
+    if results and results.get('thresholds'):
+        # timm reads config.json's architecture, pretrained_cfg and model_args only; the "same person" thresholds
+        # travel beside them (hbfp_timm.metrics.verification.stored_thresholds reads them back).
+        config_path = directory / 'config.json'
+        config = json.loads(config_path.read_text(encoding='utf-8'))
+        config['reid_thresholds'] = results['thresholds']
+        config_path.write_text(json.dumps(config, indent=2) + '\n', encoding='utf-8')
+    (directory / 'README.md').write_text(render_model_card(model, results, repo_id, notes, license), encoding='utf-8')
+    for name in HUB_LAYOUT:
+        follow_umask(directory / name)  # safetensors writes its file readable by the owner only
+    return directory
+
+
+def push_to_hub(
+        model: nn.Module,
+        repo_id: str,
+        results: Optional[Mapping[str, Any]] = None,
+        private: bool = False,
+        token: Optional[str] = None,
+        commit_message: str = 'Add HBFP-Net Re-ID weights',
+        notes: Optional[str] = None,
+        license: str = 'apache-2.0',
+) -> str:
+    """Upload the :func:`save_pretrained` layout to a Hub model repository (created if missing) in one commit.
+
+    This follows timm's ``push_to_hf_hub`` (create the repository, ``save_for_hf``, ``upload_folder``) but
+    writes our model card every time: timm's version writes a generic image-classification README only when
+    the repository has none, so the card would never carry the ``model-index`` of a new run.
+
+    Args:
+        model: An HBFP model built with ``timm.create_model``.
+        repo_id: ``ORG/NAME`` of the Hub repository.
+        results: The trainer's results for the model card (see :func:`save_pretrained`).
+        private: Create the repository as private.
+        token: Hub token; None uses the locally saved token or ``HF_TOKEN``.
+        commit_message: Message of the upload commit.
+        notes: Markdown for the card's "About these weights" section.
+        license: The card's licence identifier.
+
+    Returns:
+        The URL of the commit.
+    """
+    api = HfApi(token=token, library_name='timm', library_version=timm.__version__)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    with tempfile.TemporaryDirectory() as folder:
+        save_pretrained(model, folder, results, repo_id=repo_id, notes=notes, license=license)
+        commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
+    return str(commit.commit_url)
+
