@@ -1,5 +1,5 @@
-"""Command-line plumbing shared by the benchmark commands: the user-facing :class:`BenchmarkError`, its one-line
-form, the guard that turns it into an exit code, the parser whose errors are one line, and the recorded command
+"""Command-line plumbing shared by the benchmark commands: the user-facing :class:`BenchmarkError`, the guard that
+turns it into one line (``hbfp_timm.commands.one_line``) and an exit code, the parser whose errors are one line, and the recorded command
 line."""
 import argparse
 import shlex
@@ -8,9 +8,10 @@ from typing import Any, Callable, NoReturn, Sequence
 
 import torch
 
+from hbfp_timm.commands import one_line
 from hbfp_timm.training.interrupts import Interruptions
 
-__all__ = ['BenchmarkError', 'ArgumentParser', 'one_line', 'exact_command', 'guarded']
+__all__ = ['BenchmarkError', 'ArgumentParser', 'exact_command', 'guarded']
 
 INTERRUPTED_EXIT_CODE = 130  # what a shell reports for a process ended by SIGINT (128 + 2)
 TERMINATED_EXIT_CODE = 143  # ... and by SIGTERM (128 + 15)
@@ -25,21 +26,6 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f'{self.prog}: error: {" ".join(message.split())} (see --help)\n')
-
-
-def one_line(error: BaseException) -> str:
-    """The message of ``error`` on one line (its type name when it has none; a KeyError without its quotes).
-
-    Args:
-        error: The exception.
-
-    Returns:
-        The message, whitespace collapsed.
-    """
-    text = str(error).strip() or type(error).__name__
-    if isinstance(error, KeyError):
-        text = text.strip("'\"")
-    return ' '.join(text.split())
 
 
 def exact_command(prog: str, argv: Sequence[str]) -> str:

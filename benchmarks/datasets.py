@@ -8,8 +8,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from hbfp_timm.data import ReIDDataset, build_dataset
 from hbfp_timm.hub.paper import DATASET_TITLES
+from hbfp_timm.commands import one_line
 
-from .cli import BenchmarkError, one_line
+from .cli import BenchmarkError
 
 __all__ = ['DATA_ROOT_ENV', 'DEFAULT_DATA_ROOTS', 'PAPER_IDENTITIES', 'BenchmarkData', 'default_data_roots',
            'find_datasets', 'prepare_synthetic', 'not_the_paper_dataset', 'benchmark_data', 'synthetic_benchmark_data',

@@ -26,8 +26,9 @@ import torch
 import torch.nn as nn
 
 import hbfp_timm  # noqa: F401  (registers the hbfp_* models with timm)
+from hbfp_timm.commands import one_line
 
-from .cli import ArgumentParser, BenchmarkError, exact_command, guarded, one_line
+from .cli import ArgumentParser, BenchmarkError, exact_command, guarded
 from .settings import check_device
 from .timing import branches_loss, median_ratio, time_interleaved
 

@@ -9,8 +9,9 @@ import torch.nn as nn
 
 import hbfp_timm  # noqa: F401  (registers the hbfp_* models with timm)
 from hbfp_timm.hub import load_checkpoint
+from hbfp_timm.commands import one_line
 
-from .cli import BenchmarkError, one_line
+from .cli import BenchmarkError
 from .settings import Settings
 
 __all__ = ['create_model', 'outline_model', 'state_bytes', 'load_weights', 'hub_weights_file']

@@ -10,8 +10,9 @@ import torch.nn as nn
 
 from hbfp_timm.utils.files import format_size
 from hbfp_timm.train import CHECKPOINT_NAME
+from hbfp_timm.commands import one_line
 
-from .cli import BenchmarkError, one_line
+from .cli import BenchmarkError
 from .models import state_bytes
 from .report import count, render_report
 

@@ -14,8 +14,9 @@ from hbfp_timm.data import ImageDataset, ReIDDataset, build_test_transform
 from hbfp_timm.metrics.evaluation import evaluate
 from hbfp_timm.utils.files import sha256_file
 from hbfp_timm.train import MODEL_NAME, TrainConfig, train
+from hbfp_timm.commands import one_line
 
-from .cli import BenchmarkError, one_line
+from .cli import BenchmarkError
 from .figures import draw_cmc_curves, draw_ranked_lists
 from .models import create_model, load_weights
 from .settings import Settings

@@ -18,7 +18,7 @@ import torch
 
 import hbfp_timm  # noqa: F401  (registers the hbfp_* models with timm)
 from hbfp_timm.data.datasets import DATASET_NAMES
-from hbfp_timm.model_args import parse_model_arg
+from hbfp_timm.commands import parse_model_arg
 from hbfp_timm.train import TrainConfig
 
 from .cli import BenchmarkError

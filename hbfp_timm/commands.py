@@ -1,19 +1,23 @@
-"""What the commands (``python -m hbfp_timm.embed|search|activations|evaluate|release|hub``) share: the options
-naming a model and how it runs, the extractor built from them, and one rule for errors: a user's mistake or a
-failed read is one line on stderr (`one_line`) and an exit status (`exit_code`), never a traceback.
+"""What the commands (``python -m hbfp_timm.train|embed|search|activations|evaluate|release|hub`` and the
+benchmarks) share: the options naming a model and how it runs (``--model-arg KEY=VALUE``: `parse_model_arg`), the
+extractor built from them, and one rule for errors: a user's mistake or a failed read is one line on stderr
+(`one_line`) and an exit status (`exit_code`), never a traceback.
 """
 import argparse
+import ast
+import re
 import sys
 import warnings
+from typing import Any, Tuple
 
 from safetensors import SafetensorError
 
 from .inference.extractor import FeatureExtractor
 from .hub import CheckpointMismatchError, WeightsNotFoundError
-from .model_args import parse_model_arg
 from .models.registry import DEFAULT_REID_MODEL
 
-__all__ = ['USER_ERRORS', 'add_model_arguments', 'extractor_from_args', 'run_command', 'exit_code', 'one_line']
+__all__ = ['USER_ERRORS', 'add_model_arguments', 'extractor_from_args', 'run_command', 'exit_code', 'one_line',
+           'parse_model_arg']
 
 # What the commands report as one line instead of a traceback.
 USER_ERRORS = (FileNotFoundError, ValueError, OSError, TypeError, ImportError, WeightsNotFoundError,
@@ -76,8 +80,36 @@ def exit_code(error: BaseException) -> int:
 
 
 def one_line(error: BaseException) -> str:
-    """The message of an error on one line (for a DataLoader worker's error, its original last line)."""
-    lines = [line for line in str(error).splitlines() if line.strip()]
+    """The message of an error on one line: its whitespace collapsed; a KeyError's key without quotes; for an
+    error raised in a DataLoader worker (its text carries the worker's traceback), the original last line without
+    its exception type; the type's name when there is no message."""
+    text = str(error).strip()
+    if isinstance(error, KeyError):
+        text = text.strip('\'"')
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         return type(error).__name__
-    return lines[-1] if 'Original Traceback' in str(error) else lines[0]
+    if 'Traceback (most recent call last)' in text:
+        return re.sub(r'^[\w.]+(Error|Exception): ', '', lines[-1])
+    return ' '.join(' '.join(lines).split())
+
+
+def parse_model_arg(text: str) -> Tuple[str, Any]:
+    """``KEY=VALUE`` of ``--model-arg``, the value read as a Python literal.
+
+    Args:
+        text: The flag value, e.g. ``gep_lambdas=(0, 1)`` or ``global_pool=avg`` (a bare word is a string).
+
+    Returns:
+        ``(key, value)``.
+
+    Raises:
+        argparse.ArgumentTypeError: Not ``KEY=VALUE`` with ``KEY`` a Python identifier.
+    """
+    key, sep, value = text.partition('=')
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f'expected KEY=VALUE with KEY a Python identifier, got {text!r}')
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value

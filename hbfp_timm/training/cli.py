@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional, Sequence
 
 from ..data import DATASET_NAMES, ImageReadError
 from ..utils.files import OutputWriteError
-from ..model_args import parse_model_arg
+from ..commands import one_line, parse_model_arg
 from .checkpoint import CHECKPOINT_NAME, RESULTS_NAME, load_train_state
 from .config import AMP_DTYPES, DEVICE_DEFAULTS, TrainConfig, TrainSetupError
 from .interrupts import Interruptions
@@ -173,7 +173,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             if isinstance(exc, OutputWriteError):
                 parser.exit(1, f'{PROG}: error: {exc.strerror or exc}\n')
             if isinstance(exc, ImageReadError):
-                parser.exit(1, f'{PROG}: error: {_last_line(exc)}; --check-images finds every unreadable image '
+                parser.exit(1, f'{PROG}: error: {one_line(exc)}; --check-images finds every unreadable image '
                                f'before training\n')
             if isinstance(exc, TrainingDivergedError):
                 parser.exit(1, f'{PROG}: error: {exc}\n')
@@ -204,13 +204,6 @@ def _as_flags(message: str, parser: argparse.ArgumentParser) -> str:
     if match is None or not all(name in flags for name in match[1].split(', ')):
         return message
     return ', '.join(flags[name] for name in match[1].split(', ')) + message[len(match[1]):]
-
-
-def _last_line(exc: BaseException) -> str:
-    """The message of an exception raised in a DataLoader worker, whose text holds the worker's traceback."""
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    last = lines[-1] if lines else type(exc).__name__
-    return re.sub(r'^[\w.]+(Error|Exception): ', '', last)
 
 
 def _given_arguments(argv: Sequence[str]) -> set:
