@@ -18,7 +18,7 @@ re-id evaluation; the estimated wall time of the paper's training recipe on this
 * the estimated wall time of the paper's Market-1501 recipe (500 epochs of 12,936 images at batch 64, an
   evaluation of 19,281 images every 50 epochs) from those throughputs;
 * ``hbfp_timm.metrics.evaluate_rank`` at Market-1501 test scale (3,368 x 15,913 random distances with
-  Market-like identities and cameras) against the per-query reference loop ``evaluate_rank_reference``,
+  Market-like identities and cameras) against the per-query loop over argsorted rows that torchreid runs,
   which is timed on a subset of queries and extrapolated linearly (it is linear in the number of queries).
 
 It prints markdown tables, checks the targets (issues 6 and 10) and writes everything to ``--output`` as JSON.

@@ -36,7 +36,7 @@ from .data.datasets import DATASET_NAMES, ImageDataset, build_dataset
 from .commands import USER_ERRORS, add_model_arguments, exit_code, extractor_from_args, one_line, run_command
 from .inference.features import extract_features
 from .metrics.evaluation import score_features
-from .metrics import evaluate_features_detailed
+from .metrics import evaluate_features
 from .metrics.verification import (
     DEFAULT_FMRS, THRESHOLDS_NAME, calibrate, check_threshold, pair_distances, save_thresholds, stored_thresholds,
 )
@@ -66,7 +66,7 @@ def camera_pair_scores(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids,
             gallery = g_camids == g_cam
             if g_cam == q_cam or not np.isin(q_pids[queries], g_pids[gallery]).any():
                 continue
-            result = evaluate_features_detailed(q_feats[queries], g_feats[gallery], q_pids[queries], g_pids[gallery],
+            result = evaluate_features(q_feats[queries], g_feats[gallery], q_pids[queries], g_pids[gallery],
                                                 q_camids[queries], g_camids[gallery], metric=metric, max_rank=1)
             rows.append({'query_camera': int(q_cam), 'gallery_camera': int(g_cam),
                          'num_query': result.num_valid_queries, 'rank1': float(result.cmc[0]),

@@ -28,7 +28,7 @@ import numpy as np
 
 from .commands import USER_ERRORS, add_model_arguments, exit_code, extractor_from_args, one_line, run_command
 from .embed import Embeddings, embed, load_embeddings
-from .metrics import evaluate_features_detailed
+from .metrics.evaluation import score_features
 from .models.registry import DEFAULT_REID_MODEL
 from .metrics.retrieval import topk
 from .metrics.verification import select_threshold, stored_thresholds
@@ -99,11 +99,9 @@ def search(query: Embeddings, gallery: Embeddings, k: int = 10, metric: str = 'e
     if known:
         q_cams, g_cams = _cameras(query, gallery)
         try:
-            result = evaluate_features_detailed(query.features, gallery.features, query.pids.numpy(),
-                                                gallery.pids.numpy(), q_cams, g_cams, metric=metric, max_rank=10)
-            evaluation = {'rank1': float(result.cmc[0]), 'rank5': float(result.cmc[4]),
-                          'rank10': float(result.cmc[9]), 'mAP': result.mAP,
-                          'num_skipped_queries': result.num_skipped,
+            scores = score_features(query.features, gallery.features, query.pids.numpy(), gallery.pids.numpy(),
+                                    q_cams, g_cams, metric=metric, max_rank=10)
+            evaluation = {**scores,
                           'protocol': 'Market-1501: same identity and camera left out' if query.camids is not None
                           and gallery.camids is not None else 'no cameras: only the query file itself left out'}
         except ValueError as error:  # e.g. no query has a true match: nothing to score, the search still stands

@@ -4,15 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from hbfp_timm.metrics import (
-    compute_distance_matrix, evaluate_features, evaluate_features_detailed, evaluate_rank, evaluate_rank_detailed,
-    evaluate_rank_reference,
-)
+from hbfp_timm.metrics import compute_distance_matrix, evaluate_features, evaluate_rank
+from reference import evaluate_rank_loop
 
 
 def _single_query(g_dists, g_pids, g_camids, q_pid=1, q_camid=0, max_rank=5):
     distmat = np.asarray([g_dists], dtype=np.float32)
-    return evaluate_rank_detailed(distmat, np.array([q_pid]), np.array(g_pids), np.array([q_camid]),
+    return evaluate_rank(distmat, np.array([q_pid]), np.array(g_pids), np.array([q_camid]),
                                   np.array(g_camids), max_rank=max_rank)
 
 
@@ -51,7 +49,7 @@ def test_query_without_valid_match_is_skipped_and_counted():
     distmat = np.array([[0.1, 0.2, 0.3], [0.3, 0.2, 0.1]], dtype=np.float32)
     q_pids, q_camids = np.array([1, 2]), np.array([0, 0])
     g_pids, g_camids = np.array([1, 2, 3]), np.array([1, 0, 1])  # query 2's only match shares its camera
-    result = evaluate_rank_detailed(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=3)
+    result = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=3)
     assert result.num_valid_queries == 1
     assert result.num_skipped == 1
     np.testing.assert_array_equal(result.valid_mask, [True, False])
@@ -109,8 +107,8 @@ def _random_protocol_case(rng, num_q, num_g, num_ids, num_cams, dtype, tie_level
 def test_vectorised_equals_reference_loop(num_q, num_g, dtype, tie_levels, max_rank, chunk_size):
     rng = np.random.default_rng(num_q * 1000 + num_g)
     case = _random_protocol_case(rng, num_q, num_g, num_ids=15, num_cams=4, dtype=dtype, tie_levels=tie_levels)
-    fast = evaluate_rank_detailed(*case, max_rank=max_rank, chunk_size=chunk_size)
-    reference = evaluate_rank_reference(*case, max_rank=max_rank)
+    fast = evaluate_rank(*case, max_rank=max_rank, chunk_size=chunk_size)
+    reference = evaluate_rank_loop(*case, max_rank=max_rank)
     assert reference.num_skipped > 0  # the random case exercises skipping
     _assert_same_result(fast, reference)
     assert fast.cmc.shape == (max_rank,)
@@ -141,7 +139,7 @@ def test_query_whose_only_matches_share_its_camera_is_skipped_among_valid_ones()
     distmat = np.array([[0.1, 0.2, 0.3, 0.4], [0.4, 0.3, 0.2, 0.1]], dtype=np.float32)
     q_pids, q_camids = np.array([1, 2]), np.array([0, 0])
     g_pids, g_camids = np.array([2, 2, 1, -1]), np.array([0, 0, 1, 1])  # both images of pid 2 in camera 0
-    result = evaluate_rank_detailed(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=3)
+    result = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=3)
     np.testing.assert_array_equal(result.valid_mask, [True, False])
     assert result.num_skipped == 1
     np.testing.assert_allclose(result.cmc, [0, 0, 1])  # pid 2 entries are negatives for query 1; junk ignored
@@ -161,14 +159,14 @@ def test_many_matches_per_query_and_uneven_match_counts_equal_reference(tie_leve
         distmat = rng.random((num_q, num_g), dtype=np.float32)
     else:
         distmat = rng.integers(0, tie_levels, (num_q, num_g)).astype(np.float32)
-    fast = evaluate_rank_detailed(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=20, chunk_size=5)
-    _assert_same_result(fast, evaluate_rank_reference(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=20))
+    fast = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=20, chunk_size=5)
+    _assert_same_result(fast, evaluate_rank_loop(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=20))
     assert fast.num_skipped == 1  # pid 9 has no gallery image
 
 
 def test_rows_of_only_distractors_and_junk_are_skipped():
     distmat = np.array([[0.2, 0.1, 0.3], [0.3, 0.2, 0.1]], dtype=np.float32)
-    result = evaluate_rank_detailed(distmat, np.array([1, 2]), np.array([0, -1, 1]), np.array([0, 0]),
+    result = evaluate_rank(distmat, np.array([1, 2]), np.array([0, -1, 1]), np.array([0, 0]),
                                     np.array([1, 1, 1]), max_rank=3)
     np.testing.assert_array_equal(result.valid_mask, [True, False])
     np.testing.assert_allclose(result.cmc, [0, 1, 1])  # junk at 0.1 ignored, distractor at 0.2 ranks first
@@ -178,8 +176,8 @@ def test_rows_of_only_distractors_and_junk_are_skipped():
 def test_other_float_dtypes_equal_reference(dtype):
     rng = np.random.default_rng(11)
     case = _random_protocol_case(rng, 30, 90, num_ids=8, num_cams=3, dtype=dtype)
-    _assert_same_result(evaluate_rank_detailed(*case, max_rank=10, chunk_size=4),
-                        evaluate_rank_reference(*case, max_rank=10))
+    _assert_same_result(evaluate_rank(*case, max_rank=10, chunk_size=4),
+                        evaluate_rank_loop(*case, max_rank=10))
 
 
 def test_infinite_distances_and_signed_zeros_rank_like_a_stable_argsort():
@@ -187,8 +185,8 @@ def test_infinite_distances_and_signed_zeros_rank_like_a_stable_argsort():
     case = list(_random_protocol_case(rng, 25, 80, num_ids=6, num_cams=3, dtype=np.float32))
     choices = np.array([np.inf, -np.inf, 0.0, -0.0, 1.0], dtype=np.float32)
     case[0] = choices[rng.integers(0, len(choices), case[0].shape)]
-    _assert_same_result(evaluate_rank_detailed(*case, max_rank=10, chunk_size=3),
-                        evaluate_rank_reference(*case, max_rank=10))
+    _assert_same_result(evaluate_rank(*case, max_rank=10, chunk_size=3),
+                        evaluate_rank_loop(*case, max_rank=10))
 
 
 def test_result_does_not_depend_on_thread_count():
@@ -197,9 +195,9 @@ def test_result_does_not_depend_on_thread_count():
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        single = evaluate_rank_detailed(*case, chunk_size=4)
+        single = evaluate_rank(*case, chunk_size=4)
         torch.set_num_threads(2)
-        several = evaluate_rank_detailed(*case, chunk_size=4)
+        several = evaluate_rank(*case, chunk_size=4)
     finally:
         torch.set_num_threads(threads)
     np.testing.assert_array_equal(single.all_AP, several.all_AP)
@@ -212,7 +210,7 @@ def test_nan_anywhere_is_an_error(nan_at):
     row, column = {'ranked row': (0, 1), 'junk column': (0, 2), 'skipped row': (1, 0)}[nan_at]
     distmat[row, column] = np.nan
     with pytest.raises(ValueError, match='NaN'):
-        evaluate_rank_detailed(distmat, np.array([1, 5]), np.array([1, 2, -1]), np.array([0, 0]),
+        evaluate_rank(distmat, np.array([1, 5]), np.array([1, 2, -1]), np.array([0, 0]),
                                np.array([1, 1, 1]))
 
 
@@ -278,9 +276,9 @@ def _random_split(seed, num_q=40, num_g=300, dim=8):
 def test_evaluate_features_equals_evaluate_rank_of_the_whole_matrix(metric, block_bytes):
     q_feats, g_feats, q_pids, g_pids, q_camids, g_camids = _random_split(seed=3)
     q_pids[5:12] = 99  # a run of queries without any match: whole blocks with nothing to score
-    expected = evaluate_rank_detailed(compute_distance_matrix(q_feats, g_feats, metric=metric),
+    expected = evaluate_rank(compute_distance_matrix(q_feats, g_feats, metric=metric),
                                       q_pids, g_pids, q_camids, g_camids, max_rank=20)
-    result = evaluate_features_detailed(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, metric=metric,
+    result = evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, metric=metric,
                                         max_rank=20, block_bytes=block_bytes)
     np.testing.assert_array_equal(result.cmc, expected.cmc)
     np.testing.assert_array_equal(result.all_AP, expected.all_AP)
@@ -289,6 +287,14 @@ def test_evaluate_features_equals_evaluate_rank_of_the_whole_matrix(metric, bloc
     cmc, mAP = evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, metric=metric, max_rank=20)
     np.testing.assert_array_equal(cmc, expected.cmc)
     assert mAP == expected.mAP
+
+
+def test_the_result_unpacks_and_indexes_as_torchreids_cmc_map_pair():
+    q_feats, g_feats, *ids = _random_split(seed=4)
+    result = evaluate_features(q_feats, g_feats, *ids, max_rank=5)
+    cmc, mAP = result
+    assert cmc is result.cmc and mAP == result.mAP and result[0] is result.cmc and result[-1] == result.mAP
+    assert len(result) == 2 and 0 < result.mAP < 1 and result.cmc.shape == (5,)
 
 
 def test_evaluate_features_accepts_numpy_and_half_precision_descriptors():

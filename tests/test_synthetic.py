@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from hbfp_timm.data import market_layout
-from hbfp_timm.metrics import compute_distance_matrix, evaluate_rank_detailed
+from hbfp_timm.metrics import compute_distance_matrix, evaluate_rank
 from hbfp_timm.data.synthetic import generate_synthetic_dataset, main, read_synthetic_marker
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ def test_splits_follow_the_market_protocol(tmp_path):
     pairs = [(pid, camid) for _, pid, camid in dataset.query]
     assert len(pairs) == len(set(pairs))
     distmat = np.random.default_rng(0).random((len(dataset.query), len(dataset.gallery)), dtype=np.float32)
-    assert evaluate_rank_detailed(distmat, *_protocol_ids(dataset)).num_skipped == 0
+    assert evaluate_rank(distmat, *_protocol_ids(dataset)).num_skipped == 0
 
 
 def _protocol_ids(dataset):
@@ -134,8 +134,8 @@ def test_learnable_but_not_trivial(tmp_path):
     distmat = compute_distance_matrix(_colour_histogram_features(dataset.query),
                                       _colour_histogram_features(dataset.gallery))
     args = _protocol_ids(dataset)
-    baseline = evaluate_rank_detailed(distmat, *args)
-    chance = evaluate_rank_detailed(np.random.default_rng(0).random(distmat.shape, dtype=np.float32), *args)
+    baseline = evaluate_rank(distmat, *args)
+    chance = evaluate_rank(np.random.default_rng(0).random(distmat.shape, dtype=np.float32), *args)
     # A colour histogram finds far more than chance, yet the set is far from solved by colour alone.
     assert baseline.cmc[0] > 4 * max(chance.cmc[0], 0.02)
     assert baseline.cmc[0] < 0.9 and baseline.mAP < 0.7

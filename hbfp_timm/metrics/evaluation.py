@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from ..inference.features import extract_features
 from .distance import compute_distance_matrix
-from .rank import RankResult, evaluate_features_detailed, evaluate_rank_detailed
+from .rank import RankResult, evaluate_features, evaluate_rank
 from .reranking import re_ranking_features
 from .retrieval import topk
 
@@ -113,14 +113,14 @@ def score_features(
     ids = (q_pids, g_pids, q_camids, g_camids)
     if keep_distmat:
         distmat = compute_distance_matrix(q_feats, g_feats, metric=metric)
-        result = evaluate_rank_detailed(distmat, *ids, max_rank=curve_length)
+        result = evaluate_rank(distmat, *ids, max_rank=curve_length)
     else:
-        result = evaluate_features_detailed(q_feats, g_feats, *ids, metric=metric, max_rank=curve_length)
+        result = evaluate_features(q_feats, g_feats, *ids, metric=metric, max_rank=curve_length)
     results: Dict[str, Any] = _scores(result, max_rank)
     results.update(num_query=len(q_pids), num_gallery=len(g_pids), metric=metric)
     if keep_distmat:
         results['distmat'] = distmat
     if rerank:
         reranked = re_ranking_features(q_feats, g_feats, metric=metric)
-        results['reranked'] = _scores(evaluate_rank_detailed(reranked, *ids, max_rank=curve_length), max_rank)
+        results['reranked'] = _scores(evaluate_rank(reranked, *ids, max_rank=curve_length), max_rank)
     return results

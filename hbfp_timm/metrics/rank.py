@@ -7,10 +7,11 @@ Protocol (Zheng et al., "Scalable Person Re-identification: A Benchmark", ICCV 2
 * distractors (identity 0) stay, as negatives;
 * a query with no remaining true match is skipped and counted.
 
-`evaluate_rank` keeps the signature torchreid users know, but is exact and fast: it only ranks each query's
-true matches (binary searches in rows sorted by value alone) and equals the plain per-query loop
-`evaluate_rank_reference` to floating-point rounding. `evaluate_features` gives the same from descriptors,
-computing the distances block by block instead of holding the whole matrix.
+Two entry points, one protocol and one set of checks: `evaluate_rank` from a distance matrix (torchreid's
+signature; exact and fast: it only ranks each query's true matches, by binary searches in rows sorted by value
+alone, and equals the plain per-query loop of the tests to floating-point rounding), and `evaluate_features` from
+descriptors (the same result, the distances computed block by block instead of holding the whole matrix). Both
+return a `RankResult`, which unpacks as torchreid's ``cmc, mAP``.
 
 HBFP-Net's reported numbers (Table 1) are without re-ranking (:mod:`.reranking`).
 """
@@ -23,10 +24,7 @@ import torch
 
 from .distance import distance_block, gallery_statistic, query_and_gallery
 
-__all__ = [
-    'RankResult', 'evaluate_features', 'evaluate_features_detailed', 'evaluate_rank', 'evaluate_rank_detailed',
-    'evaluate_rank_reference',
-]
+__all__ = ['RankResult', 'check_ids', 'evaluate_features', 'evaluate_rank']
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 # Default size of one block of query-to-gallery distances in evaluate_features (the extra memory it needs is a
@@ -36,7 +34,8 @@ EVALUATION_BLOCK_BYTES = 256 * 2 ** 20
 
 @dataclass
 class RankResult:
-    """Detailed evaluation result.
+    """CMC and mAP of an evaluation, with what they are made of; unpacks and indexes as torchreid's ``(cmc, mAP)``
+    pair (``cmc, mAP = evaluate_rank(...)``, ``evaluate_rank(...)[1]``).
 
     Attributes:
         cmc: (max_rank,) fraction of valid queries whose first true match is within the top k+1.
@@ -53,6 +52,15 @@ class RankResult:
     num_valid_queries: int
     num_skipped: int
 
+    def __iter__(self):
+        return iter((self.cmc, self.mAP))
+
+    def __getitem__(self, index):
+        return (self.cmc, self.mAP)[index]
+
+    def __len__(self) -> int:
+        return 2
+
 
 def _as_ids(values: ArrayLike, name: str) -> np.ndarray:
     array = np.asarray(values.cpu() if isinstance(values, torch.Tensor) else values)
@@ -68,9 +76,10 @@ def _raise_if_nan(distances: np.ndarray) -> None:
         raise ValueError('distmat contains NaN; distances must be comparable numbers')
 
 
-def _check_ids(q_pids, g_pids, q_camids, g_camids, num_q: int, num_g: int, max_rank, sizes: str):
-    """The four id arrays as int64, checked against the number of queries and gallery items (`sizes` says
-    where those come from)."""
+def check_ids(q_pids: ArrayLike, g_pids: ArrayLike, q_camids: ArrayLike, g_camids: ArrayLike, num_q: int, num_g: int,
+              sizes: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The four id arrays of a query/gallery split as int64, checked against the number of queries and gallery
+    items (`sizes` says where those come from, for the error)."""
     q_pids, q_camids = _as_ids(q_pids, 'q_pids'), _as_ids(q_camids, 'q_camids')
     g_pids, g_camids = _as_ids(g_pids, 'g_pids'), _as_ids(g_camids, 'g_camids')
     for name, array, expected in (('q_pids', q_pids, num_q), ('q_camids', q_camids, num_q),
@@ -79,9 +88,12 @@ def _check_ids(q_pids, g_pids, q_camids, g_camids, num_q: int, num_g: int, max_r
             raise ValueError(f'{name} has length {len(array)} but {sizes}')
     if num_q == 0:
         raise ValueError(f'no queries: {sizes}')
+    return q_pids, g_pids, q_camids, g_camids
+
+
+def _check_max_rank(max_rank) -> None:
     if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
         raise ValueError(f'max_rank must be a positive integer, got {max_rank!r}')
-    return q_pids, g_pids, q_camids, g_camids
 
 
 def _check_inputs(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, check_nan=True):
@@ -90,8 +102,9 @@ def _check_inputs(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, check_n
         raise ValueError(f'distmat must be 2-D (num_query, num_gallery), got shape {distmat.shape}')
     if not np.issubdtype(distmat.dtype, np.floating):
         distmat = distmat.astype(np.float64)
-    q_pids, g_pids, q_camids, g_camids = _check_ids(
-        q_pids, g_pids, q_camids, g_camids, *distmat.shape, max_rank, sizes=f'distmat has shape {distmat.shape}')
+    q_pids, g_pids, q_camids, g_camids = check_ids(
+        q_pids, g_pids, q_camids, g_camids, *distmat.shape, sizes=f'distmat has shape {distmat.shape}')
+    _check_max_rank(max_rank)
     if check_nan:
         _raise_if_nan(distmat)
     return distmat, q_pids, g_pids, q_camids, g_camids
@@ -192,7 +205,7 @@ def _positions_in_rows(distmat: np.ndarray, kept_columns: Optional[np.ndarray], 
     return positions
 
 
-def evaluate_rank_detailed(
+def evaluate_rank(
         distmat: ArrayLike,
         q_pids: ArrayLike,
         g_pids: ArrayLike,
@@ -201,7 +214,7 @@ def evaluate_rank_detailed(
         max_rank: int = 50,
         chunk_size: int = 32,
 ) -> RankResult:
-    """CMC and mAP under the Market-1501 protocol, exact and without sorting gallery indices.
+    """CMC and mAP under the Market-1501 protocol (torchreid's signature), exact and without sorting gallery indices.
 
     Ties in distance are broken by gallery index (the earlier gallery entry ranks first), exactly like a stable
     argsort of each row. Only the ranks of a query's true matches enter CMC and AP, so they are computed
@@ -236,7 +249,7 @@ def evaluate_rank_detailed(
         chunk_size: number of query rows sorted at once (bounds memory).
 
     Returns:
-        A `RankResult`.
+        A `RankResult`; ``cmc, mAP = evaluate_rank(...)`` unpacks it as torchreid's (cmc[0] is rank-1).
 
     Raises:
         ValueError: on inconsistent shapes, NaN distances, or when no query has a true match.
@@ -265,7 +278,7 @@ class _QueryRanks:
 
 def _rank_queries(distmat: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray, q_camids: np.ndarray,
                   g_camids: np.ndarray, chunk_size: int) -> _QueryRanks:
-    """Steps 1-3 of `evaluate_rank_detailed` on checked inputs; a block without valid queries is no error."""
+    """Steps 1-3 of `evaluate_rank` on checked inputs; a block without valid queries is no error."""
     num_q = distmat.shape[0]
     junk = g_pids == -1
     kept_columns = np.flatnonzero(~junk) if junk.any() else None
@@ -320,35 +333,8 @@ def _combine(parts: Sequence[_QueryRanks], max_rank: int) -> RankResult:
     )
 
 
-def evaluate_rank(
-        distmat: ArrayLike,
-        q_pids: ArrayLike,
-        g_pids: ArrayLike,
-        q_camids: ArrayLike,
-        g_camids: ArrayLike,
-        max_rank: int = 50,
-) -> Tuple[np.ndarray, float]:
-    """CMC and mAP under the Market-1501 protocol (torchreid's signature).
-
-    See `evaluate_rank_detailed` for the protocol, tie-breaking and the number of skipped queries.
-
-    Args:
-        distmat: (num_query, num_gallery) distances, smaller is more similar.
-        q_pids: (num_query,) query identities.
-        g_pids: (num_gallery,) gallery identities; -1 is junk, 0 a distractor.
-        q_camids: (num_query,) query cameras.
-        g_camids: (num_gallery,) gallery cameras.
-        max_rank: length of the CMC curve.
-
-    Returns:
-        (cmc, mAP): cmc a (max_rank,) float array (cmc[0] is rank-1), mAP a float in [0, 1].
-    """
-    result = evaluate_rank_detailed(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
-    return result.cmc, result.mAP
-
-
 @torch.no_grad()
-def evaluate_features_detailed(
+def evaluate_features(
         q_feats: ArrayLike,
         g_feats: ArrayLike,
         q_pids: ArrayLike,
@@ -359,7 +345,7 @@ def evaluate_features_detailed(
         max_rank: int = 50,
         block_bytes: int = EVALUATION_BLOCK_BYTES,
 ) -> RankResult:
-    """`evaluate_rank_detailed(compute_distance_matrix(q_feats, g_feats, metric), ...)` without the whole matrix.
+    """`evaluate_rank(compute_distance_matrix(q_feats, g_feats, metric), ...)` without the whole matrix.
 
     Queries are taken in blocks; each block's distances to the whole gallery are computed (by the same code as
     `compute_distance_matrix`), ranked and dropped. The result is the same as through the whole matrix; the
@@ -385,9 +371,9 @@ def evaluate_features_detailed(
     """
     query, gallery = query_and_gallery(q_feats, g_feats, metric)
     num_q, num_g = len(query), len(gallery)
-    q_pids, g_pids, q_camids, g_camids = _check_ids(
-        q_pids, g_pids, q_camids, g_camids, num_q, num_g, max_rank,
-        sizes=f'q_feats has {num_q} rows and g_feats {num_g}')
+    q_pids, g_pids, q_camids, g_camids = check_ids(
+        q_pids, g_pids, q_camids, g_camids, num_q, num_g, sizes=f'q_feats has {num_q} rows and g_feats {num_g}')
+    _check_max_rank(max_rank)
     for name, features in (('q_feats', query), ('g_feats', gallery)):
         if not torch.isfinite(features).all():
             raise ValueError(f'{name} contains NaN or infinite values; descriptors must be finite numbers')
@@ -404,85 +390,3 @@ def evaluate_features_detailed(
         parts.append(_rank_queries(distances.numpy(), q_pids[start:stop], g_pids, q_camids[start:stop],
                                    g_camids, chunk_size=32))
     return _combine(parts, max_rank)
-
-
-def evaluate_features(
-        q_feats: ArrayLike,
-        g_feats: ArrayLike,
-        q_pids: ArrayLike,
-        g_pids: ArrayLike,
-        q_camids: ArrayLike,
-        g_camids: ArrayLike,
-        metric: str = 'euclidean',
-        max_rank: int = 50,
-) -> Tuple[np.ndarray, float]:
-    """CMC and mAP from descriptors, the same as `evaluate_rank(compute_distance_matrix(...))`, in bounded memory.
-
-    See `evaluate_features_detailed`.
-
-    Args:
-        q_feats: (num_query, dim) query descriptors.
-        g_feats: (num_gallery, dim) gallery descriptors.
-        q_pids: (num_query,) query identities.
-        g_pids: (num_gallery,) gallery identities; -1 is junk, 0 a distractor.
-        q_camids: (num_query,) query cameras.
-        g_camids: (num_gallery,) gallery cameras.
-        metric: 'euclidean' or 'cosine'.
-        max_rank: length of the CMC curve.
-
-    Returns:
-        (cmc, mAP): cmc a (max_rank,) float array (cmc[0] is rank-1), mAP a float in [0, 1].
-    """
-    result = evaluate_features_detailed(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, metric, max_rank)
-    return result.cmc, result.mAP
-
-
-def evaluate_rank_reference(
-        distmat: ArrayLike,
-        q_pids: ArrayLike,
-        g_pids: ArrayLike,
-        q_camids: ArrayLike,
-        g_camids: ArrayLike,
-        max_rank: int = 50,
-) -> RankResult:
-    """Plain per-query loop of the same protocol, kept as the readable definition for tests and benchmarks.
-
-    Args:
-        distmat: (num_query, num_gallery) distances, smaller is more similar.
-        q_pids: (num_query,) query identities.
-        g_pids: (num_gallery,) gallery identities; -1 is junk, 0 a distractor.
-        q_camids: (num_query,) query cameras.
-        g_camids: (num_gallery,) gallery cameras.
-        max_rank: length of the CMC curve.
-
-    Returns:
-        A `RankResult`, equal to `evaluate_rank_detailed`'s up to floating-point rounding.
-    """
-    distmat, q_pids, g_pids, q_camids, g_camids = _check_inputs(
-        distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
-    num_q = distmat.shape[0]
-    valid_mask = np.zeros(num_q, dtype=bool)
-    cmc_rows, ap_values = [], []
-    for q in range(num_q):
-        order = np.argsort(distmat[q], kind='stable')
-        pids, cams = g_pids[order], g_camids[order]
-        removed = ((pids == q_pids[q]) & (cams == q_camids[q])) | (pids == -1)
-        matches = (pids[~removed] == q_pids[q]).astype(np.float64)
-        if not matches.any():
-            continue
-        valid_mask[q] = True
-        first_rank = int(np.flatnonzero(matches)[0])
-        cmc_rows.append((np.arange(max_rank) >= first_rank).astype(np.float64))
-        precision_at_k = np.cumsum(matches) / np.arange(1, len(matches) + 1)
-        ap_values.append(float((precision_at_k * matches).sum() / matches.sum()))
-    if not ap_values:
-        raise ValueError(f'none of the {num_q} queries has a true match in the gallery')
-    all_ap = np.asarray(ap_values)
-    return RankResult(
-        cmc=np.mean(cmc_rows, axis=0),
-        mAP=float(all_ap.mean()),
-        all_AP=all_ap,
-        valid_mask=valid_mask,
-        num_valid_queries=len(ap_values),
-        num_skipped=num_q - len(ap_values),
-    )

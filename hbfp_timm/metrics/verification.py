@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .distance import distance_block, gallery_statistic, query_and_gallery
+from .rank import check_ids
 
 __all__ = ['DEFAULT_FMRS', 'THRESHOLDS_FORMAT', 'PairDistances', 'pair_distances', 'calibrate', 'check_threshold',
            'select_threshold', 'save_thresholds', 'read_thresholds', 'stored_thresholds']
@@ -63,13 +64,6 @@ class PairDistances:
     impostors_below: np.ndarray
     at: np.ndarray
     metric: str
-
-
-def _ids(values: ArrayLike, name: str, size: int) -> np.ndarray:
-    array = np.asarray(values.cpu() if isinstance(values, torch.Tensor) else values)
-    if array.shape != (size,) or (array.size and not np.issubdtype(array.dtype, np.integer)):
-        raise ValueError(f'{name}: expected {size} integer ids, got shape {array.shape} dtype {array.dtype}')
-    return array.astype(np.int64)
 
 
 @torch.no_grad()
@@ -105,8 +99,8 @@ def pair_distances(
         ValueError: on inconsistent shapes, or when there is no genuine or no impostor pair.
     """
     query, gallery = query_and_gallery(q_feats, g_feats, metric)
-    q_pids, q_camids = _ids(q_pids, 'q_pids', len(query)), _ids(q_camids, 'q_camids', len(query))
-    g_pids, g_camids = _ids(g_pids, 'g_pids', len(gallery)), _ids(g_camids, 'g_camids', len(gallery))
+    q_pids, g_pids, q_camids, g_camids = check_ids(q_pids, g_pids, q_camids, g_camids, len(query), len(gallery),
+                                                   sizes=f'q_feats has {len(query)} rows and g_feats {len(gallery)}')
     if any(not 0 < f < 1 for f in fmrs):
         raise ValueError(f'fmrs: expected false-match rates in (0, 1), got {list(fmrs)}')
     valid_gallery = g_pids != -1
