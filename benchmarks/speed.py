@@ -38,13 +38,14 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import hbfp_timm
+from hbfp_timm.inference.features import autocast_dtype
 from hbfp_timm.models.backbone import run_modules
 
 from .baseline import create_benchmark_model
 from .evaluation_speed import MARKET_GALLERY, MARKET_QUERIES, evaluation_speed
 from .input_pipeline import loader_throughput
 from .memory import peak_memory
-from .timing import PRECISIONS, autocast, count_flops, default_amp_dtype, make_step, median_ratio, time_interleaved
+from .timing import PRECISIONS, autocast, count_flops, make_step, median_ratio, time_interleaved
 
 __all__ = ['layer_costs', 'recipe_estimate', 'run', 'format_table', 'parse_args', 'main']
 
@@ -410,7 +411,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.amp:
         args.precisions = ['amp']
     args.precisions = args.precisions or (['fp32', 'amp'] if on_cuda else ['fp32'])
-    args.amp_dtype = args.amp_dtype or default_amp_dtype(device)
+    args.amp_dtype = args.amp_dtype or autocast_dtype(device)
     if args.batch_sizes is None:
         args.batch_sizes = [2] if args.quick else ([8, 32, 64] if on_cuda else [2, 4, 8])
     if args.repeats is None:

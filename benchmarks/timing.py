@@ -13,18 +13,11 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ['PRECISIONS', 'default_amp_dtype', 'autocast', 'make_step', 'branches_loss', 'time_interleaved',
+__all__ = ['PRECISIONS', 'autocast', 'make_step', 'branches_loss', 'time_interleaved',
            'median_ratio', 'count_flops']
 
-# 'fp32': no autocast; 'amp': torch.autocast with the run's AMP dtype (see default_amp_dtype).
+# 'fp32': no autocast; 'amp': torch.autocast with the run's AMP dtype (``hbfp_timm.inference.features.autocast_dtype``).
 PRECISIONS = ('fp32', 'amp')
-
-
-def default_amp_dtype(device: torch.device) -> torch.dtype:
-    """bfloat16 where the device computes it natively (CPU, CUDA from Ampere on), else float16."""
-    if device.type == 'cuda' and not torch.cuda.is_bf16_supported(including_emulation=False):
-        return torch.float16
-    return torch.bfloat16
 
 
 def autocast(device: torch.device, amp_dtype: Optional[torch.dtype]) -> ContextManager:

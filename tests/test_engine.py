@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 import hbfp_timm  # noqa: F401  (registers the hbfp_* models)
-from hbfp_timm.inference.features import extract_features
+from hbfp_timm.inference.features import autocast_dtype, extract_features
 from hbfp_timm.metrics.evaluation import evaluate
 
 
@@ -151,3 +151,14 @@ def test_evaluation_refuses_an_autocast_dtype_that_is_not_half_precision():
     query, gallery = _toy_split()
     with pytest.raises(ValueError, match='amp_dtype: expected torch.float16 or torch.bfloat16, got torch.float64'):
         evaluate(AutocastProbe(), query, gallery, 'cpu', amp=True, amp_dtype=torch.float64)
+
+
+@pytest.mark.parametrize('native_bf16, expected', [(True, torch.bfloat16), (False, torch.float16)])
+def test_the_default_autocast_dtype_is_bfloat16_where_the_device_has_it(monkeypatch, native_bf16, expected):
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda including_emulation=True: native_bf16)
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'Tesla V100')
+    assert autocast_dtype('cuda') == expected and autocast_dtype('cpu') == torch.bfloat16
+    assert autocast_dtype('cuda', torch.float16) == torch.float16
+    if not native_bf16:
+        with pytest.raises(ValueError, match='amp_dtype: Tesla V100 has no native bfloat16'):
+            autocast_dtype('cuda', torch.bfloat16)

@@ -4,7 +4,7 @@
 :func:`extract_features` runs it over a loader of ``(images, pids, camids)`` batches (what
 :mod:`hbfp_timm.metrics.evaluation` scores, and what :class:`.extractor.FeatureExtractor` builds on).
 """
-from typing import Iterable, Optional, Tuple
+from typing import Iterable, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -40,13 +40,34 @@ def describe(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return model(images)
 
 
-def autocast_dtype(device_type: str, amp_dtype: Optional[torch.dtype] = None) -> torch.dtype:
-    """The autocast dtype of an evaluation: ``amp_dtype`` when given, else float16 on CUDA, bfloat16 elsewhere."""
-    if amp_dtype is not None:
-        if amp_dtype not in (torch.float16, torch.bfloat16):
-            raise ValueError(f'amp_dtype: expected torch.float16 or torch.bfloat16, got {amp_dtype}')
-        return amp_dtype
-    return torch.float16 if device_type == 'cuda' else torch.bfloat16
+def _native_bfloat16(device: torch.device) -> bool:
+    if device.type != 'cuda':
+        return True
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)  # emulated bfloat16 speeds nothing up
+    except TypeError:  # torch before 2.4 does not emulate it
+        return torch.cuda.is_bf16_supported()
+
+
+def autocast_dtype(device: Union[str, torch.device], amp_dtype: Optional[torch.dtype] = None) -> torch.dtype:
+    """The project's one rule for mixed precision (evaluation, trainer and benchmarks): ``amp_dtype`` when given,
+    else bfloat16 where the device computes it natively (CPU; CUDA from Ampere on), else float16.
+
+    Args:
+        device: The device (or its type) autocast runs on.
+        amp_dtype: torch.float16 or torch.bfloat16; None for the default.
+
+    Raises:
+        ValueError: ``amp_dtype`` is not a half-precision type, or is bfloat16 on a GPU without it.
+    """
+    device = torch.device(device)
+    if amp_dtype is None:
+        return torch.bfloat16 if _native_bfloat16(device) else torch.float16
+    if amp_dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f'amp_dtype: expected torch.float16 or torch.bfloat16, got {amp_dtype}')
+    if amp_dtype == torch.bfloat16 and not _native_bfloat16(device):
+        raise ValueError(f'amp_dtype: {torch.cuda.get_device_name(device)} has no native bfloat16')
+    return amp_dtype
 
 
 @torch.no_grad()
@@ -71,7 +92,7 @@ def describe_batch(
         (B, D) float32 descriptors on the batch's device.
     """
     device_type = images.device.type
-    dtype = autocast_dtype(device_type, amp_dtype)
+    dtype = autocast_dtype(images.device, amp_dtype)
     with torch.autocast(device_type=device_type, dtype=dtype, enabled=amp):
         descriptor = describe(model, images).float()
         if flip:

@@ -18,11 +18,11 @@ from tqdm.auto import tqdm
 
 from ..data import RandomIdentitySampler, make_dataloaders
 from ..data.loader import interruptions_deferred
-from ..data.transforms import build_test_transform, build_train_transform
-from ..metrics.evaluation import evaluate
-from .losses import HBFPLoss
-from ..utils.progress import progress
 from ..data.synthetic import read_synthetic_marker
+from ..data.transforms import build_test_transform, build_train_transform
+from ..inference.features import autocast_dtype
+from ..metrics.evaluation import evaluate
+from ..utils.progress import progress
 from .checkpoint import (
     BEST_MODEL_NAME, CHECKPOINT_NAME, MODEL_NAME, RESULTS_NAME, describe_outputs, epoch_seeds, load_train_state,
     planned_outputs, rng_states, save_checkpoint, save_descriptor_model, set_rng_states, write_json,
@@ -30,6 +30,7 @@ from .checkpoint import (
 from .config import DEVICE_DEFAULTS, TrainConfig, TrainSetupError, validate_config
 from .cross_domain import cross_domain_line, evaluate_cross_domain, read_eval_datasets
 from .distributed import BranchForward, init_distributed, resolve_device
+from .losses import HBFPLoss
 from .prepare import (
     build_model, check_images, check_input_size, check_resume_fits, output_dir, prepare_output, read_dataset,
 )
@@ -57,19 +58,14 @@ def _build_loaders(cfg: TrainConfig, dataset, rank: int, world_size: int):
 
 
 def _amp_dtype(cfg: TrainConfig, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype, or None for full precision (CPU, or ``amp=False``)."""
+    """The autocast dtype (the project's rule, :func:`hbfp_timm.inference.features.autocast_dtype`), or None for
+    full precision (CPU, or ``amp=False``)."""
     if not cfg.amp or device.type != 'cuda':
         return None
     try:
-        bf16 = torch.cuda.is_bf16_supported(including_emulation=False)  # emulated bfloat16 speeds nothing up
-    except TypeError:  # torch before 2.4 does not emulate it
-        bf16 = torch.cuda.is_bf16_supported()
-    if cfg.amp_dtype == 'auto':
-        return torch.bfloat16 if bf16 else torch.float16
-    if cfg.amp_dtype == 'bfloat16' and not bf16:
-        raise TrainSetupError(f'amp_dtype: {torch.cuda.get_device_name(device)} has no native bfloat16; '
-                              f'use --amp-dtype float16 (or auto)')
-    return getattr(torch, cfg.amp_dtype)
+        return autocast_dtype(device, None if cfg.amp_dtype == 'auto' else getattr(torch, cfg.amp_dtype))
+    except ValueError as error:
+        raise TrainSetupError(f'{error}; use --amp-dtype float16 (or auto)') from None
 
 
 def _speed_option(value: Optional[bool], name: str, device: torch.device) -> bool:
