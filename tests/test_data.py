@@ -384,3 +384,13 @@ def test_an_interruption_while_workers_start_is_delivered_after_they_have_starte
             delivered_inside.append(False)
     assert delivered_inside == [False]
     assert signal.getsignal(signal.SIGINT) is handler  # the handler is back
+
+
+def test_image_dataset_reads_a_file_a_pil_image_and_an_array_alike(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 8, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / 'a.png')
+    transform = build_test_transform((16, 8))
+    dataset = ImageDataset([(tmp_path / 'a.png', 3, 1), (Image.fromarray(pixels), 4, 2), (pixels, -1, -1)], transform)
+    (from_file, pid, camid, path), (from_pil, *_, no_path), (from_array, *_) = (dataset[i] for i in range(3))
+    assert (pid, camid, path, no_path) == (3, 1, str(tmp_path / 'a.png'), '')
+    assert torch.equal(from_file, from_pil) and torch.equal(from_file, from_array)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -326,10 +327,13 @@ class ImageReadError(OSError):
 
 
 class ImageDataset(Dataset):
-    """Torch dataset over (path, pid, camid) items; yields (image, pid, camid, path).
+    """Torch dataset over (image, pid, camid) items; yields (image, pid, camid, path).
+
+    An item's image is a file path, or an image already in memory (a PIL image or an HxWx3 uint8 RGB array, as
+    :class:`hbfp_timm.FeatureExtractor` takes them; its path is then ``''``).
 
     Args:
-        items: list of (path, pid, camid).
+        items: list of (path or image, pid, camid).
         transform: applied to the RGB PIL image (e.g. from `hbfp_timm.data.transforms`); None keeps the image.
     """
 
@@ -342,11 +346,15 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> Tuple[Union[torch.Tensor, Image.Image], int, int, str]:
         path, pid, camid = self.items[index]
-        try:
-            with Image.open(path) as image:
-                image = image.convert('RGB')
-        except (OSError, ValueError, Image.DecompressionBombError) as error:
-            raise ImageReadError(f'cannot read image {path}: {error}') from error
+        if isinstance(path, (Image.Image, np.ndarray)):
+            image, path = (Image.fromarray(path) if isinstance(path, np.ndarray) else path).convert('RGB'), ''
+        else:
+            try:
+                with Image.open(path) as image:
+                    image = image.convert('RGB')
+            except (OSError, ValueError, Image.DecompressionBombError) as error:
+                raise ImageReadError(f'cannot read image {path}: {error}') from error
+            path = str(path)
         if self.transform is not None:
             image = self.transform(image)
         return image, pid, camid, path

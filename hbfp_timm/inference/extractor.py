@@ -23,14 +23,15 @@ import torch
 import torch.nn as nn
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from ..data.datasets import ImageDataset
 from ..data.transforms import build_test_transform
-from .features import describe_batch, unwrap_model
-from ..utils.files import RESULTS_NAME
 from ..hub.weights import BACKBONE_WEIGHT_ARGS, load_checkpoint, load_run
 from ..models.pretrained import trained_input_size
+from ..utils.files import RESULTS_NAME
 from ..utils.progress import progress
+from .features import describe_batch, unwrap_model
 
 __all__ = ['FeatureExtractor', 'load_model']
 
@@ -105,30 +106,6 @@ def load_model(
         kwargs.update(BACKBONE_WEIGHT_ARGS)
     module = load_checkpoint(timm.create_model(name, pretrained=False, **kwargs), checkpoint)
     return module.eval(), trained_input_size(checkpoint)
-
-
-class _Images(Dataset):
-    """Items (paths, PIL images or HxWx3 uint8 arrays) through the test transform."""
-
-    def __init__(self, items: List[ImageLike], transform):
-        self.items, self.transform = items, transform
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        item = self.items[index]
-        if isinstance(item, np.ndarray):
-            image = Image.fromarray(item)
-        elif isinstance(item, Image.Image):
-            image = item
-        else:
-            try:
-                with Image.open(item) as opened:
-                    image = opened.convert('RGB')
-            except (OSError, ValueError) as error:
-                raise OSError(f'cannot read image {item}: {error}') from None
-        return self.transform(image.convert('RGB'))
 
 
 def _check_array(array: np.ndarray, where: str) -> None:
@@ -235,9 +212,10 @@ class FeatureExtractor:
         return torch.cat(list(self._batches(self._items(images))))
 
     def _batches(self, items: List[ImageLike]) -> Iterable[torch.Tensor]:
-        loader = DataLoader(_Images(items, self.transform), batch_size=self.batch_size, shuffle=False,
-                            num_workers=self.workers, pin_memory=self.device.type == 'cuda')
-        return progress(loader, desc='images', unit='batch', disable=not self.progress)
+        dataset = ImageDataset([(item, -1, -1) for item in items], self.transform)
+        loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.workers,
+                            pin_memory=self.device.type == 'cuda')
+        return (images for images, *_ in progress(loader, desc='images', unit='batch', disable=not self.progress))
 
     def _describe(self, batch: torch.Tensor) -> torch.Tensor:
         descriptor = describe_batch(self.model, batch.to(self.device, non_blocking=True), self.flip, self.amp)
