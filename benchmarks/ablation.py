@@ -60,6 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from hbfp_timm.models import BOT_ARGS
 from hbfp_timm.hub.paper import PAPER_CITATION, PAPER_TABLE2, PAPER_TABLE3
 from hbfp_timm.train import TrainConfig
 
@@ -136,7 +137,7 @@ def _gep(lambdas: Sequence[float], combine: str = 'mean') -> Dict[str, Any]:
     return _net(hierarchical=True, global_pool='gep', gep_lambdas=tuple(lambdas), gep_combine=combine)
 
 
-_HIGH_ONLY = _net(branches=('high',), bfp_pairs=())
+_HIGH_ONLY = dict(BOT_ARGS)  # the Baseline rows are BoT
 _LAMBDA_SETS = {'gep0': ALL_LAMBDAS[:1], 'gep03': ALL_LAMBDAS[:2], 'gep035': ALL_LAMBDAS[:3],
                 'gep0357': ALL_LAMBDAS[:4], 'gep03571': ALL_LAMBDAS}
 _TABLE3_LABELS = dict(zip(_LAMBDA_SETS, PAPER_TABLE3))

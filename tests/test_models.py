@@ -8,6 +8,7 @@ import torch
 
 import hbfp_timm
 from hbfp_timm import HBFPNet
+from hbfp_timm.models import BOT_ARGS
 from hbfp_timm.models.registry import BUNDLED_WEIGHTS
 
 VARIANTS = ['hbfp_resnet50', 'hbfp_resnet101', 'hbfp_resnet18', 'hbfp_convnext_tiny',
@@ -81,8 +82,19 @@ def test_resnet50_matches_the_paper_budget():
     assert 20.0e6 < refeed < 21.0e6
     assert 67e6 < count(model) < 69e6
     # res_conv4_1 cut: the stem ends in layer3[0]; layer4 keeps stride 1 without dilation.
-    assert model._cuts.stem[-1] == 'layer3.0' and model._cuts.block4 == ('layer4',)
+    assert model.cuts.stem[-1] == 'layer3.0' and model.cuts.block4 == ('layer4',)
     assert model.backbone.layer4[0].conv2.stride == (1, 1) and model.backbone.layer4[0].conv2.dilation == (1, 1)
+
+
+def test_bot_args_build_bots_resnet50():
+    """BoT (Luo et al. 2019): ResNet-50 with last stride 1, average pooling, BatchNorm neck; nothing of HBFP."""
+    bot = timm.create_model('hbfp_resnet50', **BOT_ARGS).eval()
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    assert count(bot) == count(timm.create_model('resnet50', num_classes=0)) + count(bot.neck)
+    assert not [name for name, _ in bot.named_modules() if 'bfp' in name or 'refeed' in name]
+    with torch.no_grad():
+        assert bot(torch.randn(1, 3, 64, 32)).shape == (1, 2048)
+        assert bot.forward_levels(torch.randn(1, 3, 64, 32))[-1].shape[-2:] == (4, 2)  # stride 16: last stride 1
 
 
 def test_refeed_blocks_are_copies_initialised_from_the_backbone():

@@ -3,5 +3,6 @@ from .backbone import BackboneCuts, create_backbone, cut_backbone
 from ..layers import BatchNormNeck
 from .hbfp import BranchOutputs, HBFPNet
 from . import registry  # noqa: F401  (registers the hbfp_* models with timm)
+from .registry import BOT_ARGS
 
-__all__ = ['HBFPNet', 'BranchOutputs', 'BatchNormNeck', 'BackboneCuts', 'create_backbone', 'cut_backbone']
+__all__ = ['HBFPNet', 'BranchOutputs', 'BatchNormNeck', 'BackboneCuts', 'BOT_ARGS', 'create_backbone', 'cut_backbone']

@@ -11,7 +11,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from .hbfp import HBFPNet
 
-__all__ = ['HUB_NAMESPACE', 'REID_DATASETS', 'DEFAULT_REID_MODEL', 'BUNDLED_WEIGHTS', 'WEIGHTS_DIR',
+__all__ = ['HUB_NAMESPACE', 'REID_DATASETS', 'DEFAULT_REID_MODEL', 'BUNDLED_WEIGHTS', 'WEIGHTS_DIR', 'BOT_ARGS',
            'bundled_weights_overlay']
 
 
@@ -55,6 +55,10 @@ REID_DATASETS = ('market1501', 'dukemtmc', 'cuhk03_labeled', 'cuhk03_detected')
 # Weights that ship inside the package, found before the Hub cache and the Hub (no network at all).
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / 'weights'
 DEFAULT_REID_MODEL = 'hbfp_mobilenetv2_100.cuhk03'  # what embed / search use when no --model is given
+# The BoT baseline (Luo et al. 2019; the paper's "Baseline" rows) as an HBFP configuration: the backbone's last map
+# only (last stride 1), no BFP, average pooling, the BatchNorm neck. timm.create_model('hbfp_resnet50', **BOT_ARGS)
+# is BoT's ResNet-50, parameter for parameter; the speed benchmark and the ablations compare against it.
+BOT_ARGS = dict(branches=('high',), bfp_pairs=(), hierarchical=False, global_pool='avg')
 BUNDLED_WEIGHTS = {DEFAULT_REID_MODEL: WEIGHTS_DIR / f'{DEFAULT_REID_MODEL}.safetensors'}
 
 
