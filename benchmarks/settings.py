@@ -6,11 +6,10 @@ The recipe flags (``--lr``, ``--margin``, ``--label-smoothing``, ...) are the tr
 when the command line is parsed, so a bad value fails before any data is read or any model trained.
 """
 import argparse
-import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import timm
@@ -20,12 +19,13 @@ import hbfp_timm  # noqa: F401  (registers the hbfp_* models with timm)
 from hbfp_timm.data.datasets import DATASET_NAMES
 from hbfp_timm.commands import parse_model_arg
 from hbfp_timm.train import TrainConfig
+from hbfp_timm.training.cli import RECIPE_FLAGS, add_recipe_arguments, field_type, positive_int
 
 from .cli import BenchmarkError
 from .datasets import DATA_ROOT_ENV
 
 __all__ = [
-    'Settings', 'DEFAULT_MODEL', 'SYNTHETIC_PRESET', 'RECIPE_FLAGS', 'add_common_arguments', 'resolve_settings',
+    'Settings', 'DEFAULT_MODEL', 'SYNTHETIC_PRESET', 'add_common_arguments', 'resolve_settings',
     'seeds_of', 'training_flags_given', 'parse_model_arg', 'seed_everything', 'check_device',
 ]
 
@@ -86,46 +86,16 @@ class Settings:
     synthetic_data: Dict[str, Any] = field(default_factory=dict)
 
 
-def _number(kind: Callable[[str], Any], check: Callable[[Any], bool], expected: str) -> Callable[[str], Any]:
-    """An argparse ``type`` reading ``kind`` and refusing values outside ``check`` (and inf / nan)."""
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not math.isfinite(value) or not check(value):
-            raise argparse.ArgumentTypeError(f'expected {expected}, got {text!r}')
-        return value
-    return parse
-
-
-_POSITIVE_INT = _number(int, lambda v: v >= 1, 'a positive integer')
-_NON_NEGATIVE_INT = _number(int, lambda v: v >= 0, 'an integer >= 0')
-_POSITIVE_FLOAT = _number(float, lambda v: v > 0, 'a finite number > 0')
-_NON_NEGATIVE_FLOAT = _number(float, lambda v: v >= 0, 'a finite number >= 0')
-_PROBABILITY = _number(float, lambda v: 0 <= v <= 1, 'a probability in [0, 1]')
-
 _PAPER = TrainConfig()
-# Flag -> (argparse type, metavar, help); each is the TrainConfig field of the same name, its default the paper's.
-RECIPE_FLAGS: Dict[str, Tuple[Callable[[str], Any], str, str]] = {
-    'lr': (_POSITIVE_FLOAT, 'LR', f'Adam learning rate (default: the paper\'s {_PAPER.lr:g}; '
-                            f'{SYNTHETIC_PRESET["train_overrides"]["lr"]:g} on synthetic data)'),
-    'lr_constant_epochs': (_NON_NEGATIVE_INT, 'N', 'epochs at the base learning rate before the exponential decay '
-                                              f'(default: the paper\'s {_PAPER.lr_constant_epochs})'),
-    'lr_final_factor': (_number(float, lambda v: 0 < v <= 1, 'a factor in (0, 1]'), 'F',
-                        f'learning-rate factor reached at the last epoch (default {_PAPER.lr_final_factor:g})'),
-    'weight_decay': (_NON_NEGATIVE_FLOAT, 'WD', f'Adam weight decay (default: the paper\'s {_PAPER.weight_decay:g})'),
-    'margin': (_NON_NEGATIVE_FLOAT, 'M', f'triplet loss margin (default: the paper\'s {_PAPER.margin:g})'),
-    'label_smoothing': (_number(float, lambda v: 0 <= v < 1, 'an epsilon in [0, 1)'), 'EPS',
-                        f'label smoothing of the ID loss (default: the paper\'s {_PAPER.label_smoothing:g}; the '
-                        f'ablation rows without the ID loss have none)'),
-    'flip_prob': (_PROBABILITY, 'P', f'horizontal flip probability (default {_PAPER.flip_prob:g})'),
-    'random_erasing_prob': (_PROBABILITY, 'P', f'random erasing probability (default {_PAPER.random_erasing_prob:g}; '
-                                          '0 on synthetic data)'),
-    'cutout_prob': (_PROBABILITY, 'P', f'cutout probability (default {_PAPER.cutout_prob:g}; 0 in the embedded '
-                                       'default; the ablation rows without cutout set 0)'),
-    'eval_every': (_POSITIVE_INT, 'N', 'evaluate during training every N epochs, and after the last; the best of these '
-                                  f'evaluations is reported beside the final one (default {_PAPER.eval_every})'),
+# What the benchmarks' --help adds to the trainer's recipe flags: where their defaults differ from the paper's.
+_RECIPE_NOTES = {
+    'lr': f" (default: the paper's {_PAPER.lr:g}; {SYNTHETIC_PRESET['train_overrides']['lr']:g} on synthetic data)",
+    'label_smoothing': f" (default: the paper's {_PAPER.label_smoothing:g}; the ablation rows without the ID loss "
+                       "have none)",
+    'random_erasing_prob': f' (default {_PAPER.random_erasing_prob:g}; 0 on synthetic data)',
+    'cutout_prob': f' (default {_PAPER.cutout_prob:g}; 0 in the embedded default; the ablation rows without cutout '
+                   'set 0)',
+    'eval_every': f'; the best of these evaluations is reported beside the final one (default {_PAPER.eval_every})',
 }
 # Flags that only mean something when the benchmark trains (their names as attributes of the parsed flags).
 TRAINING_ONLY = ('epochs', 'batch_size', 'num_instances', 'max_steps_per_epoch', 'backbone_weights',
@@ -151,11 +121,11 @@ def add_common_arguments(parser: argparse.ArgumentParser, synthetic_epochs: Opti
                         help='HBFPNet constructor argument, the value read as a Python literal (repeatable), e.g. '
                              '--model-arg gep_combine=sum --model-arg "gep_lambdas=(0, 1)"; on ablation rows it '
                              'replaces the row\'s value')
-    parser.add_argument('--img-size', type=_POSITIVE_INT, nargs=2, metavar=('H', 'W'), default=None,
+    parser.add_argument('--img-size', type=positive_int, nargs=2, metavar=('H', 'W'), default=None,
                         help="input height and width (default: the model's pretrained_cfg, 384 128; "
                              f"{' '.join(map(str, SYNTHETIC_PRESET['img_size']))} on synthetic data)")
     parser.add_argument('--device', default=None, help='torch device (default cuda if available, else cpu)')
-    parser.add_argument('--workers', type=_NON_NEGATIVE_INT, default=None, metavar='N',
+    parser.add_argument('--workers', type=field_type('workers', int), default=None, metavar='N',
                         help='data loading workers (default 4; 0 on synthetic data)')
     seeds = parser.add_mutually_exclusive_group()
     seeds.add_argument('--seed', type=int, default=0, metavar='N', help='random seed (default 0)')
@@ -167,17 +137,18 @@ def add_common_arguments(parser: argparse.ArgumentParser, synthetic_epochs: Opti
     parser.add_argument('--output', default=None, metavar='DIR', help='output folder (default runs/<benchmark>)')
 
     recipe = parser.add_argument_group('training recipe (the paper\'s unless given; training runs only)')
-    recipe.add_argument('--epochs', type=_POSITIVE_INT, default=None, metavar='N',
+    recipe.add_argument('--epochs', type=positive_int, default=None, metavar='N',
                         help=f"training epochs (default: the trainer's, the paper's {_PAPER.epochs}; "
                              f"{synthetic_epochs} on synthetic data)")
-    recipe.add_argument('--batch-size', type=_POSITIVE_INT, default=None, metavar='N',
+    recipe.add_argument('--batch-size', type=positive_int, default=None, metavar='N',
                         help=f"training batch P x K (default {_PAPER.batch_size}; {SYNTHETIC_PRESET['batch_size']} "
                              'on synthetic data)')
-    recipe.add_argument('--num-instances', type=_POSITIVE_INT, default=None, metavar='K',
+    recipe.add_argument('--num-instances', type=positive_int, default=None, metavar='K',
                         help=f'K, images per identity in a batch (default {_PAPER.num_instances})')
-    for name, (kind, metavar, text) in RECIPE_FLAGS.items():
-        recipe.add_argument('--' + name.replace('_', '-'), type=kind, default=None, metavar=metavar, help=text)
-    recipe.add_argument('--max-steps-per-epoch', type=_POSITIVE_INT, default=None, metavar='N',
+    add_recipe_arguments(recipe, notes={name: _RECIPE_NOTES.get(name, f" (default: the paper's "
+                                                                      f'{getattr(_PAPER, name):g})')
+                                        for name in RECIPE_FLAGS})
+    recipe.add_argument('--max-steps-per-epoch', type=positive_int, default=None, metavar='N',
                         help='cap training steps per epoch (smoke runs)')
     recipe.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=None,
                         help="train in channels-last memory format (speed only; default: the trainer's, off; "

@@ -9,18 +9,18 @@ import argparse
 import json
 import re
 import sys
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 from ..data import DATASET_NAMES, ImageReadError
 from ..utils.files import OutputWriteError
 from ..commands import one_line, parse_model_arg
 from .checkpoint import CHECKPOINT_NAME, RESULTS_NAME, load_train_state
-from .config import AMP_DTYPES, DEVICE_DEFAULTS, TrainConfig, TrainSetupError
+from .config import AMP_DTYPES, DEVICE_DEFAULTS, TrainConfig, TrainSetupError, field_problem
 from .interrupts import Interruptions
 from .loop import TrainingDivergedError, train
 from .prepare import output_dir
 
-__all__ = ['build_parser', 'main']
+__all__ = ['RECIPE_FLAGS', 'add_recipe_arguments', 'build_parser', 'field_type', 'main', 'positive_int']
 
 PROG = 'python -m hbfp_timm.train'
 
@@ -43,11 +43,63 @@ def _device_defaults(option: str) -> str:
                      for device, values in DEVICE_DEFAULTS.items())
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
+def positive_int(text: str) -> int:
+    """argparse type of a count that must be at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f'expected a positive integer, got {text}')
     return value
+
+
+# The recipe flags (paper 4.2), declared once for the trainer and the benchmarks: TrainConfig field -> (type of the
+# value, metavar, help). Each value is checked by the trainer's own rule (`FIELD_RULES`) as it is parsed.
+RECIPE_FLAGS: Dict[str, Tuple[type, str, str]] = {
+    'lr': (float, 'LR', 'Adam learning rate'),
+    'lr_constant_epochs': (int, 'N', 'epochs at the base learning rate before the exponential decay'),
+    'lr_final_factor': (float, 'F', 'learning-rate factor reached at the last epoch (the paper\'s "decays to 0")'),
+    'weight_decay': (float, 'WD', 'Adam weight decay'),
+    'margin': (float, 'M', 'triplet loss margin'),
+    'label_smoothing': (float, 'EPS', 'label smoothing of the ID loss'),
+    'flip_prob': (float, 'P', 'horizontal flip probability'),
+    'random_erasing_prob': (float, 'P', 'random erasing probability'),
+    'cutout_prob': (float, 'P', 'cutout probability'),
+    'eval_every': (int, 'N', 'evaluate every N epochs (and after the last)'),
+}
+
+
+def field_type(name: str, kind: type) -> Callable[[str], Any]:
+    """The argparse type of the flag of TrainConfig field ``name``: the text read as ``kind``, then checked by the
+    trainer's rule of that field, so that a bad value fails as the command line is parsed."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'expected {"an integer" if kind is int else "a number"}, '
+                                             f'got {text!r}') from None
+        problem = field_problem(name, value)
+        if problem:
+            raise argparse.ArgumentTypeError(problem.partition(': ')[2])
+        return value
+    parse.__name__ = name
+    return parse
+
+
+def add_recipe_arguments(group: Any, defaults: Optional[TrainConfig] = None,
+                         notes: Optional[Mapping[str, str]] = None) -> None:
+    """Add the :data:`RECIPE_FLAGS` to a parser or argument group.
+
+    Args:
+        group: The parser or group.
+        defaults: Their defaults (the trainer's ``TrainConfig()``); None leaves them unset (None).
+        notes: Text added to a flag's help, by field name.
+    """
+    for name, (kind, metavar, text) in RECIPE_FLAGS.items():
+        group.add_argument('--' + name.replace('_', '-'), type=field_type(name, kind), metavar=metavar,
+                           default=None if defaults is None else getattr(defaults, name),
+                           help=text + (notes or {}).get(name, ''))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,16 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
                                           '(cross-domain; repeatable)')
     data.add_argument('--eval-dataset', default=d.eval_dataset, choices=DATASET_NAMES,
                       help='reader of the --eval-data-root folders (%(default)s: any Market-style folder)')
-    data.add_argument('--img-size', nargs=2, type=_positive_int, default=list(d.img_size), metavar=('H', 'W'),
+    data.add_argument('--img-size', nargs=2, type=positive_int, default=list(d.img_size), metavar=('H', 'W'),
                       help='input height and width')
-    data.add_argument('--batch-size', type=_positive_int, default=d.batch_size,
+    data.add_argument('--batch-size', type=positive_int, default=d.batch_size,
                       help='P x K images per batch (per process under torchrun)')
-    data.add_argument('--num-instances', type=_positive_int, default=d.num_instances,
+    data.add_argument('--num-instances', type=positive_int, default=d.num_instances,
                       help='K, images per identity in a batch')
-    data.add_argument('--flip-prob', type=float, default=d.flip_prob, help='horizontal flip probability')
-    data.add_argument('--random-erasing-prob', type=float, default=d.random_erasing_prob,
-                      help='random erasing probability')
-    data.add_argument('--cutout-prob', type=float, default=d.cutout_prob, help='cutout probability')
     data.add_argument('--workers', type=int, default=d.workers, help='data loading processes')
     data.add_argument('--check-images', action='store_true',
                       help='decode every image before training (by default only cheap header and size checks run)')
@@ -93,19 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument('--backbone-weights', default=d.backbone_weights, metavar='FILE',
                        help='local ImageNet weights file for the backbone (offline machines)')
 
-    optim = parser.add_argument_group('optimisation')
-    optim.add_argument('--epochs', type=_positive_int, default=d.epochs, help='training epochs')
-    optim.add_argument('--lr-constant-epochs', type=int, default=d.lr_constant_epochs,
-                       help='epochs at the base learning rate before the exponential decay')
-    optim.add_argument('--lr-final-factor', type=float, default=d.lr_final_factor,
-                       help='learning-rate factor reached at the last epoch (the paper\'s "decays to 0")')
-    optim.add_argument('--lr', type=float, default=d.lr, help='Adam learning rate')
-    optim.add_argument('--weight-decay', type=float, default=d.weight_decay, help='Adam weight decay')
-    optim.add_argument('--margin', type=float, default=d.margin, help='triplet loss margin')
-    optim.add_argument('--label-smoothing', type=float, default=d.label_smoothing, help='ID loss label smoothing')
+    optim = parser.add_argument_group('recipe and optimisation')
+    optim.add_argument('--epochs', type=positive_int, default=d.epochs, help='training epochs')
+    add_recipe_arguments(optim, d)
     optim.add_argument('--triplet-weight', type=float, default=d.triplet_weight, help='weight of the triplet loss')
     optim.add_argument('--id-weight', type=float, default=d.id_weight, help='weight of the ID loss')
-    optim.add_argument('--max-steps-per-epoch', type=_positive_int, default=d.max_steps_per_epoch,
+    optim.add_argument('--max-steps-per-epoch', type=positive_int, default=d.max_steps_per_epoch,
                        help='cap on steps per epoch (smoke runs)')
 
     run = parser.add_argument_group('run')
@@ -121,13 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument('--compile', default=d.compile, action=argparse.BooleanOptionalAction,
                      help=f'torch.compile the training forward pass (default: {_device_defaults("compile")})')
     run.add_argument('--seed', type=int, default=d.seed, help='random seed')
-    run.add_argument('--eval-every', type=_positive_int, default=d.eval_every,
-                     help='evaluate every N epochs (and after the last)')
-    run.add_argument('--checkpoint-every', type=_positive_int, default=d.checkpoint_every,
+    run.add_argument('--checkpoint-every', type=positive_int, default=d.checkpoint_every,
                      help='write the resumable checkpoint every N epochs (and after the last)')
     run.add_argument('--flip-test', action='store_true', help='average test descriptors with mirrored images')
     run.add_argument('--metric', default=d.metric, choices=('euclidean', 'cosine'), help='test distance')
-    run.add_argument('--test-batch-size', type=_positive_int, default=d.test_batch_size,
+    run.add_argument('--test-batch-size', type=positive_int, default=d.test_batch_size,
                      help='feature extraction batch size')
     run.add_argument('--output', default=d.output, metavar='DIR',
                      help='output folder (default: the --resume folder, else runs/<model>_<dataset>)')
@@ -169,7 +208,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                 name = interruptions.received or 'Ctrl-C'
                 parser.exit(143 if name == 'SIGTERM' else 130, f'{PROG}: interrupted ({name}); {_resume_hint(cfg)}\n')
             if isinstance(exc, TrainSetupError):
-                parser.exit(2, f'{PROG}: error: {_as_flags(str(exc), parser)}\n')
+                parser.exit(2, f'{PROG}: error: {_as_flags(str(exc))}\n')
             if isinstance(exc, OutputWriteError):
                 parser.exit(1, f'{PROG}: error: {exc.strerror or exc}\n')
             if isinstance(exc, ImageReadError):
@@ -195,22 +234,31 @@ def _resume_hint(cfg: Optional[TrainConfig]) -> str:
     return f'{folder / CHECKPOINT_NAME}{held} is intact; continue with: {PROG} --resume {folder}'
 
 
-def _as_flags(message: str, parser: argparse.ArgumentParser) -> str:
+# TrainConfig fields whose flag is not ``--`` + the field name with hyphens.
+_FLAG_OF_FIELD = {'model_args': '--model-arg', 'pretrained_backbone': '--no-pretrained-backbone',
+                  'eval_data_roots': '--eval-data-root', 'amp': '--no-amp'}
+
+
+def _as_flags(message: str) -> str:
     """``'label_smoothing: ...'`` -> ``'--label-smoothing: ...'``: name the option the user typed."""
-    flags = {action.dest: action.option_strings[0] for action in parser._actions if action.option_strings}
-    flags['model_args'] = flags.pop('model_arg')
-    flags['pretrained_backbone'] = '--no-pretrained-backbone'
     match = re.match(r'^([a-z_]+(?:, [a-z_]+)*): ', message)
-    if match is None or not all(name in flags for name in match[1].split(', ')):
+    names = match[1].split(', ') if match else []
+    if not names or not all(name in TrainConfig.__dataclass_fields__ for name in names):
         return message
-    return ', '.join(flags[name] for name in match[1].split(', ')) + message[len(match[1]):]
+    flags = [_FLAG_OF_FIELD.get(name, '--' + name.replace('_', '-')) for name in names]
+    return ', '.join(flags) + message[len(match[1]):]
+
+
+class _Unset(list):
+    """Stands for "not on the command line" in a namespace given to argparse, which then leaves an option that is
+    not given as it is (argparse only fills in defaults where the namespace has no value; being a list, ``append``
+    options start from it)."""
 
 
 def _given_arguments(argv: Sequence[str]) -> set:
     """``TrainConfig`` field names of the options present on the command line (not left at their default)."""
     parser = build_parser()
-    for action in parser._actions:
-        action.default = argparse.SUPPRESS
-    given = set(vars(parser.parse_args(argv)))
+    unset = argparse.Namespace(**{name: _Unset() for name in vars(parser.parse_args([]))})
+    given = {name for name, value in vars(parser.parse_args(argv, namespace=unset)).items()
+             if not (isinstance(value, _Unset) and not value)}
     return {'model_args' if name == 'model_arg' else name for name in given} | {'resume'}
-

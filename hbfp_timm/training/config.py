@@ -3,13 +3,14 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import timm
 
 from ..data import DATASET_NAMES
 
-__all__ = ['TrainConfig', 'TrainSetupError', 'validate_config', 'AMP_DTYPES', 'DEVICE_DEFAULTS']
+__all__ = ['TrainConfig', 'TrainSetupError', 'validate_config', 'field_problem', 'FIELD_RULES', 'AMP_DTYPES',
+           'DEVICE_DEFAULTS']
 
 AMP_DTYPES = ('auto', 'bfloat16', 'float16')
 # Speed options whose best value depends on the device type; a TrainConfig field left at None takes the value
@@ -122,6 +123,37 @@ def _finite(value: float) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
+# What each numeric field must be: (rule, what is expected). validate_config applies them to a whole TrainConfig,
+# and the command lines (the trainer's and the benchmarks') to each flag as it is parsed (`field_problem`).
+FIELD_RULES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
+    'epochs': (lambda v: v >= 1, 'expected >= 1'),
+    'lr_constant_epochs': (lambda v: v >= 0, 'expected >= 0'),
+    'lr_final_factor': (lambda v: _finite(v) and 0 < v <= 1, 'expected a value in (0, 1]'),
+    'num_instances': (lambda v: v >= 2, 'expected >= 2 (batch-hard triplets need positives)'),
+    # Adam steps are about lr in size whatever the gradient: above 1 the weights are lost in a few steps.
+    'lr': (lambda v: _finite(v) and 0 < v <= 1, 'expected a value in (0, 1] (the paper uses 2e-4)'),
+    'weight_decay': (lambda v: _finite(v) and v >= 0, 'expected a finite value >= 0'),
+    'margin': (lambda v: _finite(v) and v >= 0, 'expected a finite value >= 0'),
+    'label_smoothing': (lambda v: _finite(v) and 0 <= v < 1, 'expected a value in [0, 1)'),
+    'triplet_weight': (lambda v: _finite(v) and v >= 0, 'expected a finite value >= 0'),
+    'id_weight': (lambda v: _finite(v) and v >= 0, 'expected a finite value >= 0'),
+    'flip_prob': (lambda v: _finite(v) and 0 <= v <= 1, 'expected a probability in [0, 1]'),
+    'random_erasing_prob': (lambda v: _finite(v) and 0 <= v <= 1, 'expected a probability in [0, 1]'),
+    'cutout_prob': (lambda v: _finite(v) and 0 <= v <= 1, 'expected a probability in [0, 1]'),
+    'seed': (lambda v: v >= 0, 'expected an integer >= 0'),
+    'workers': (lambda v: v >= 0, 'expected >= 0'),
+    'eval_every': (lambda v: v >= 1, 'expected >= 1'),
+    'checkpoint_every': (lambda v: v >= 1, 'expected >= 1'),
+    'test_batch_size': (lambda v: v >= 1, 'expected >= 1'),
+}
+
+
+def field_problem(name: str, value: Any) -> Optional[str]:
+    """``'<field>: expected ..., got <value>'`` when ``value`` breaks the rule of field ``name``, else None."""
+    rule, expected = FIELD_RULES[name]
+    return None if rule(value) else f'{name}: {expected}, got {value}'
+
+
 def validate_config(cfg: TrainConfig) -> None:
     """Check every field that can be checked without the data or the model.
 
@@ -135,39 +167,14 @@ def validate_config(cfg: TrainConfig) -> None:
         (timm.is_model(cfg.model), f'model: unknown timm model {cfg.model!r} (e.g. hbfp_resnet50, hbfp_resnet18)'),
         (len(cfg.img_size) == 2 and all(int(s) > 0 for s in cfg.img_size),
          f'img_size: expected two positive integers (height, width), got {cfg.img_size!r}'),
-        (cfg.epochs >= 1, f'epochs: expected >= 1, got {cfg.epochs}'),
-        (cfg.lr_constant_epochs >= 0, f'lr_constant_epochs: expected >= 0, got {cfg.lr_constant_epochs}'),
-        (0 < cfg.lr_final_factor <= 1, f'lr_final_factor: expected a value in (0, 1], got {cfg.lr_final_factor}'),
-        (cfg.num_instances >= 2, f'num_instances: expected >= 2 (batch-hard triplets need positives), '
-                                 f'got {cfg.num_instances}'),
+        *((field_problem(name, getattr(cfg, name)) is None, field_problem(name, getattr(cfg, name)))
+          for name in FIELD_RULES),
         (cfg.batch_size >= 2 * cfg.num_instances and cfg.batch_size % cfg.num_instances == 0,
          f'batch_size: expected a multiple of num_instances={cfg.num_instances} holding at least two identities, '
          f'got {cfg.batch_size}'),
-        # Adam steps are about lr in size whatever the gradient: above 1 the weights are lost in a few steps.
-        (_finite(cfg.lr) and 0 < cfg.lr <= 1, f'lr: expected a value in (0, 1] (the paper uses 2e-4), got {cfg.lr}'),
-        (_finite(cfg.weight_decay) and cfg.weight_decay >= 0,
-         f'weight_decay: expected a finite value >= 0, got {cfg.weight_decay}'),
-        (_finite(cfg.margin) and cfg.margin >= 0, f'margin: expected a finite value >= 0, got {cfg.margin}'),
-        (_finite(cfg.label_smoothing) and 0 <= cfg.label_smoothing < 1,
-         f'label_smoothing: expected a value in [0, 1), got {cfg.label_smoothing}'),
-        (_finite(cfg.triplet_weight) and cfg.triplet_weight >= 0,
-         f'triplet_weight: expected a finite value >= 0, got {cfg.triplet_weight}'),
-        (_finite(cfg.id_weight) and cfg.id_weight >= 0,
-         f'id_weight: expected a finite value >= 0, got {cfg.id_weight}'),
         (cfg.triplet_weight > 0 or cfg.id_weight > 0,
          'triplet_weight, id_weight: expected at least one above 0 (with both at 0 nothing is learnt)'),
-        (_finite(cfg.flip_prob) and 0 <= cfg.flip_prob <= 1,
-         f'flip_prob: expected a probability in [0, 1], got {cfg.flip_prob}'),
-        (_finite(cfg.random_erasing_prob) and 0 <= cfg.random_erasing_prob <= 1,
-         f'random_erasing_prob: expected a probability in [0, 1], got {cfg.random_erasing_prob}'),
-        (_finite(cfg.cutout_prob) and 0 <= cfg.cutout_prob <= 1,
-         f'cutout_prob: expected a probability in [0, 1], got {cfg.cutout_prob}'),
         (cfg.amp_dtype in AMP_DTYPES, f'amp_dtype: expected one of {", ".join(AMP_DTYPES)}, got {cfg.amp_dtype!r}'),
-        (cfg.seed >= 0, f'seed: expected an integer >= 0, got {cfg.seed}'),
-        (cfg.workers >= 0, f'workers: expected >= 0, got {cfg.workers}'),
-        (cfg.eval_every >= 1, f'eval_every: expected >= 1, got {cfg.eval_every}'),
-        (cfg.checkpoint_every >= 1, f'checkpoint_every: expected >= 1, got {cfg.checkpoint_every}'),
-        (cfg.test_batch_size >= 1, f'test_batch_size: expected >= 1, got {cfg.test_batch_size}'),
         (cfg.metric in ('euclidean', 'cosine'), f"metric: expected 'euclidean' or 'cosine', got {cfg.metric!r}"),
         (cfg.max_steps_per_epoch is None or cfg.max_steps_per_epoch >= 1,
          f'max_steps_per_epoch: expected >= 1 or None, got {cfg.max_steps_per_epoch}'),
