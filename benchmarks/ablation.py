@@ -65,12 +65,13 @@ from hbfp_timm.hub.paper import PAPER_CITATION, PAPER_TABLE2, PAPER_TABLE3
 from hbfp_timm.train import TrainConfig
 
 from .cli import ArgumentParser, BenchmarkError, exact_command, guarded
-from .datasets import (
+from .harness import (
     benchmark_data, find_datasets, no_data_notice, own_data_note, prepare_synthetic, synthetic_benchmark_data)
-from .models import outline_model
-from .outputs import announce_training, prepare_output, training_footprint, write_outputs
-from .report import SYNTHETIC_LABEL, count, library_versions, summarize_seeds
-from .runs import evaluate_runs, train_model, trained_run
+from .report import (
+    SYNTHETIC_LABEL, announce_training, count, library_versions, prepare_output, summarize_seeds, training_footprint,
+    write_outputs,
+)
+from .runs import evaluate_runs, outline_model, train_model, trained_run
 from .settings import Settings, add_common_arguments, resolve_settings, seed_everything, seeds_of
 
 __all__ = ['AblationRow', 'ABLATION_ROWS', 'select_rows', 'row_settings', 'main']

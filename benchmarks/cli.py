@@ -1,6 +1,6 @@
 """Command-line plumbing shared by the benchmark commands: the user-facing :class:`BenchmarkError`, the guard that
-turns it into one line (``hbfp_timm.commands.one_line``) and an exit code, the parser whose errors are one line, and the recorded command
-line."""
+turns it into one line (``hbfp_timm.commands.one_line``) and an exit code, the parser whose errors are one line,
+and the recorded command line."""
 import argparse
 import shlex
 import sys

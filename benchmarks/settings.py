@@ -22,14 +22,15 @@ from hbfp_timm.train import TrainConfig
 from hbfp_timm.training.cli import RECIPE_FLAGS, add_recipe_arguments, field_type, positive_int
 
 from .cli import BenchmarkError
-from .datasets import DATA_ROOT_ENV
 
 __all__ = [
-    'Settings', 'DEFAULT_MODEL', 'SYNTHETIC_PRESET', 'add_common_arguments', 'resolve_settings',
+    'Settings', 'DEFAULT_MODEL', 'DATA_ROOT_ENV', 'SYNTHETIC_PRESET', 'add_common_arguments', 'resolve_settings',
     'seeds_of', 'training_flags_given', 'parse_model_arg', 'seed_everything', 'check_device',
 ]
 
 DEFAULT_MODEL = 'hbfp_resnet50'
+# The environment variable naming the folder that holds the data sets (looked in before ~/data).
+DATA_ROOT_ENV = 'REID_DATA_ROOT'
 
 # The embedded default: sized so that `python -m benchmarks.market` finishes in a few minutes on a 2-core CPU
 # and the trained model is clearly better than the untrained one. Training starts from random weights (no

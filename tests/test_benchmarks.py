@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 import hbfp_timm  # noqa: F401  (registers the models)
-from benchmarks import ablation, cli, datasets, market, outputs, report, settings
-from benchmarks.figures import MATCH_COLOUR, MISMATCH_COLOUR, draw_cmc_curves, draw_ranked_lists
+from benchmarks import ablation, cli, harness, market, report, settings
+from hbfp_timm.inference.visualize import MATCH_COLOUR, MISMATCH_COLOUR, draw_cmc_curves, draw_ranked_lists
 from benchmarks.report import comparison_table
 from hbfp_timm.utils.files import format_size
 from hbfp_timm.hub.paper import PAPER_TABLE1
@@ -146,8 +146,8 @@ def test_embedded_default_trains_evaluates_and_writes_table_json_and_pictures(
         tiny_market, tmp_path, monkeypatch, capsys):
     """No --data-root and nothing under the default roots: the synthetic pipeline runs end to end; then the
     trained weights, evaluated through --checkpoint on a Market-layout root, give the same numbers."""
-    monkeypatch.setenv(datasets.DATA_ROOT_ENV, str(tmp_path / 'empty'))
-    monkeypatch.setattr(datasets, 'DEFAULT_DATA_ROOTS', ())
+    monkeypatch.setenv(harness.DATA_ROOT_ENV, str(tmp_path / 'empty'))
+    monkeypatch.setattr(harness, 'DEFAULT_DATA_ROOTS', ())
     monkeypatch.setattr(settings, 'SYNTHETIC_PRESET', TINY_PRESET)
     out = tmp_path / 'run'
     assert market.main(TINY_FLAGS + ['--output', str(out)]) == 0
@@ -245,8 +245,8 @@ def test_ablation_unknown_row_is_one_line_error(capsys):
 
 
 def test_ablation_runs_a_row_on_synthetic_data_beside_the_paper(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv(datasets.DATA_ROOT_ENV, str(tmp_path / 'empty'))
-    monkeypatch.setattr(datasets, 'DEFAULT_DATA_ROOTS', ())
+    monkeypatch.setenv(harness.DATA_ROOT_ENV, str(tmp_path / 'empty'))
+    monkeypatch.setattr(harness, 'DEFAULT_DATA_ROOTS', ())
     monkeypatch.setattr(settings, 'SYNTHETIC_PRESET', TINY_PRESET)
     assert ablation.main(['--rows', 'baseline'] + TINY_FLAGS + ['--output', str(tmp_path)]) == 0
     printed = capsys.readouterr().out
@@ -352,7 +352,7 @@ def test_ablation_on_own_market_layout_data_applies_the_recipe_flags_and_summari
     checkpoints = sum(path.stat().st_size for path in out.glob('train_*/checkpoint.pt'))
     assert (f'the 2 training runs wrote {format_size(written)} under {out}/train_*, of which '
             f'{format_size(checkpoints)} are checkpoint.pt files') in printed
-    estimate = 2 * outputs.training_footprint(timm.create_model(
+    estimate = 2 * report.training_footprint(timm.create_model(
         'hbfp_mobilenetv2_100', correlation_dim=8, perception_dim=16, global_pool='gep'))
     assert 0.8 < estimate / written < 1.25
 
@@ -416,8 +416,8 @@ def test_truncated_checkpoint_is_one_line_naming_the_file_before_any_evaluation(
 
 @pytest.mark.parametrize('command', [market.main, ablation.main])
 def test_output_that_is_a_file_or_cannot_be_created_fails_before_any_work(command, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv(datasets.DATA_ROOT_ENV, str(tmp_path / 'empty'))
-    monkeypatch.setattr(datasets, 'DEFAULT_DATA_ROOTS', ())
+    monkeypatch.setenv(harness.DATA_ROOT_ENV, str(tmp_path / 'empty'))
+    monkeypatch.setattr(harness, 'DEFAULT_DATA_ROOTS', ())
     monkeypatch.setattr(settings, 'SYNTHETIC_PRESET', TINY_PRESET)
     a_file = tmp_path / 'results.txt'
     a_file.write_text('keep me')
@@ -466,3 +466,20 @@ def test_an_os_error_such_as_a_full_disk_is_one_line_naming_the_file(capsys):
         raise OSError(28, 'No space left on device', '/out/results.json')
     assert cli.guarded(disk_full) == 1
     assert capsys.readouterr().err == "error: [Errno 28] No space left on device: '/out/results.json'\n"
+
+
+def test_the_table1_harness_passes_eval_data_root_to_the_trainer(data_root, tmp_path, monkeypatch, capsys):
+    preset = dict(settings.SYNTHETIC_PRESET, num_ids=12, num_cams=3, images_per_id=6, img_size=(64, 32),
+                  image_size=(64, 32))
+    monkeypatch.setenv(harness.DATA_ROOT_ENV, str(tmp_path / 'empty'))
+    monkeypatch.setattr(harness, 'DEFAULT_DATA_ROOTS', ())
+    monkeypatch.setattr(settings, 'SYNTHETIC_PRESET', preset)
+    out = tmp_path / 'bench'
+    assert market.main(['--epochs', '1', '--max-steps-per-epoch', '1', '--batch-size', '8', '--num-instances', '4',
+                        '--device', 'cpu', '--workers', '0', '--output', str(out),
+                        '--eval-data-root', str(data_root)]) == 0
+    trainer = json.loads((out / 'train_market_layout' / 'results.json').read_text())
+    row, = trainer['cross_domain']
+    assert row['data_root'] == str(data_root) and trainer['config']['eval_data_roots'] == [str(data_root)]
+    assert f"tested on {data_root} (market_layout): rank-1 {100 * row['rank1']:.1f}, mAP {100 * row['mAP']:.1f}" \
+        in capsys.readouterr().out

@@ -54,21 +54,3 @@ def test_a_missing_eval_data_root_stops_before_training_in_one_line(data_root, t
     captured = capsys.readouterr()
     assert captured.err.count('\n') == 1 and captured.err.startswith('python -m hbfp_timm.train: error: --eval-data-root')
     assert str(tmp_path / 'nowhere') in captured.err and 'epoch 1/1' not in captured.out
-
-
-def test_the_table1_harness_passes_eval_data_root_to_the_trainer(data_root, tmp_path, monkeypatch, capsys):
-    from benchmarks import datasets, market, settings
-    preset = dict(settings.SYNTHETIC_PRESET, num_ids=12, num_cams=3, images_per_id=6, img_size=(64, 32),
-                  image_size=(64, 32))
-    monkeypatch.setenv(datasets.DATA_ROOT_ENV, str(tmp_path / 'empty'))
-    monkeypatch.setattr(datasets, 'DEFAULT_DATA_ROOTS', ())
-    monkeypatch.setattr(settings, 'SYNTHETIC_PRESET', preset)
-    out = tmp_path / 'bench'
-    assert market.main(['--epochs', '1', '--max-steps-per-epoch', '1', '--batch-size', '8', '--num-instances', '4',
-                        '--device', 'cpu', '--workers', '0', '--output', str(out),
-                        '--eval-data-root', str(data_root)]) == 0
-    trainer = json.loads((out / 'train_market_layout' / 'results.json').read_text())
-    row, = trainer['cross_domain']
-    assert row['data_root'] == str(data_root) and trainer['config']['eval_data_roots'] == [str(data_root)]
-    assert f"tested on {data_root} (market_layout): rank-1 {100 * row['rank1']:.1f}, mAP {100 * row['mAP']:.1f}" \
-        in capsys.readouterr().out
