@@ -16,7 +16,6 @@ from benchmarks import ablation, cli, harness, market, report, settings
 from hbfp_timm.inference.visualize import MATCH_COLOUR, MISMATCH_COLOUR, draw_cmc_curves, draw_ranked_lists
 from benchmarks.report import comparison_table
 from hbfp_timm.utils.files import format_size
-from hbfp_timm.hub.paper import PAPER_TABLE1
 from hbfp_timm.data.synthetic import generate_synthetic_dataset
 
 TINY_PRESET = dict(settings.SYNTHETIC_PRESET, num_ids=12, num_cams=3, images_per_id=6, img_size=(64, 32),
@@ -66,12 +65,6 @@ def test_comparison_table_on_synthetic_data_labels_rows_and_omits_differences():
         '| synthetic Market layout | ours: hbfp_resnet50, checkpoint (synthetic — not comparable with the paper) '
         '| 93.2 | 97.5 | 98.0 | 90.0 |',
     ])
-
-
-def test_paper_table1_holds_the_published_numbers():
-    assert PAPER_TABLE1 == {
-        'market1501': {'rank1': 95.8, 'mAP': 89.8}, 'dukemtmc': {'rank1': 89.5, 'mAP': 80.2},
-        'cuhk03_labeled': {'rank1': 81.3, 'mAP': 79.4}, 'cuhk03_detected': {'rank1': 80.0, 'mAP': 77.5}}
 
 
 def test_ranked_list_borders_show_right_and_wrong_identities_and_skip_same_camera_matches(tmp_path):

@@ -284,15 +284,6 @@ def test_bfp_matches_a_loop_over_positions_of_eq_2_to_5():
             torch.testing.assert_close(q_tilde[sample], ref_q, rtol=1e-5, atol=1e-5)
 
 
-def test_bfp_softmax_columns_sum_to_one():
-    bfp = BFP(4, 4, correlation_dim=3, perception_dim=5).eval()
-    p, q = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
-    with torch.no_grad():
-        corr = bfp.correlation(bfp.p_mask(p), bfp.q_mask(q))
-    torch.testing.assert_close(corr.softmax(dim=1).sum(dim=1), torch.ones(2, 9))
-    torch.testing.assert_close(corr.transpose(1, 2).softmax(dim=1).sum(dim=1), torch.ones(2, 9))
-
-
 def test_bfp_residual_is_identity_at_initialisation():
     bfp = BFP(8, 16, correlation_dim=4, perception_dim=8, residual=True).train()
     p, q = torch.randn(3, 8, 4, 2), torch.randn(3, 16, 4, 2)
