@@ -24,7 +24,7 @@ import torch.fx
 import torch.nn as nn
 from timm.layers import ConvNormAct
 
-__all__ = ['SelfAwareness', 'BFP', 'check_positive_int']
+__all__ = ['SelfAwareness', 'BFP', 'augment', 'check_positive_int']
 
 
 def check_positive_int(name: str, value: int) -> None:
@@ -125,8 +125,12 @@ class BFP(nn.Module):
         return p_tilde, q_tilde
 
     def forward(self, p: torch.Tensor, q: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Augmented pair: ``(P + P~, Q + Q~)`` when ``residual`` else ``(P~, Q~)``."""
+        """Augmented pair: ``(P + P~, Q + Q~)`` when ``residual`` else ``(P~, Q~)`` (see :func:`augment`)."""
         p_tilde, q_tilde = self.perceive(p, q)
-        if self.residual:
-            return p + p_tilde, q + q_tilde
-        return p_tilde, q_tilde
+        return augment(p, p_tilde, self.residual), augment(q, q_tilde, self.residual)
+
+
+def augment(original: torch.Tensor, perceived: torch.Tensor, residual: bool) -> torch.Tensor:
+    """aug(P) of Eq. 5: ``P + P~`` (residual, the default **(choice)**) or the literal ``P~``. HBFP-Net augments its
+    middle map once, with what both BFP modules perceive of it summed."""
+    return original + perceived if residual else perceived

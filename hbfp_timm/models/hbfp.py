@@ -31,7 +31,7 @@ from timm.models import register_notrace_module
 from timm.models._features import feature_take_indices
 
 from ..layers import BFP, BatchNormNeck, GeneralizedPooling
-from ..layers.bfp import check_positive_int
+from ..layers.bfp import augment, check_positive_int
 from ..layers.gep import GEP_COMBINES
 from .backbone import BackboneCuts, BackboneModules, create_backbone, cut_backbone, load_backbone_weights
 from .checks import (check_choice, check_image_batch, check_lambdas, check_num_classes, check_probability,
@@ -282,25 +282,21 @@ class HBFPNet(nn.Module):
         check_image_batch(x, self.in_chans, self.reduction, next(self.backbone.parameters()).dtype,
                           min_batch=2 if batch_norm_neck else 1)
 
-    def _augment(self, original: torch.Tensor, perceived: torch.Tensor) -> torch.Tensor:
-        """``original + perceived`` (residual) or ``perceived`` (literal)."""
-        return original + perceived if self.residual else perceived
-
     def _perceive(self, low: torch.Tensor, mid: torch.Tensor, high: torch.Tensor) -> List[torch.Tensor]:
         """The BFP-augmented maps ``[A_L, A_M, A_H]``; a level no BFP module touches stays as it is."""
         low_aug, mid_aug, high_aug = low, mid, high
         mid_perceived: Optional[torch.Tensor] = None
         if self.bfp_low_mid is not None:
             low_tilde, mid_from_low = self.bfp_low_mid.perceive(low, mid)
-            low_aug = self._augment(low, low_tilde)
+            low_aug = augment(low, low_tilde, self.residual)
             mid_perceived = mid_from_low
         if self.bfp_mid_high is not None:
             mid_from_high, high_tilde = self.bfp_mid_high.perceive(mid, high)
-            high_aug = self._augment(high, high_tilde)
+            high_aug = augment(high, high_tilde, self.residual)
             # Paper 3.1: the middle map is perceived from both sides and the two augmentations summed.
             mid_perceived = mid_from_high if mid_perceived is None else mid_perceived + mid_from_high
         if mid_perceived is not None:
-            mid_aug = self._augment(mid, mid_perceived)
+            mid_aug = augment(mid, mid_perceived, self.residual)
         return [low_aug, mid_aug, high_aug]
 
     def _learned_maps(self, low: torch.Tensor, mid: torch.Tensor, high: torch.Tensor) -> List[torch.Tensor]:
