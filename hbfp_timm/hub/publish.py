@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional, Union
 import timm
 import torch.nn as nn
 from huggingface_hub import HfApi
-from timm.models import save_for_hf
+from timm.models import get_model_args, save_for_hf
 
 from ..utils.files import MODEL_NAME, follow_umask
 from .model_card import architecture, check_results, render_model_card
@@ -52,7 +52,7 @@ def save_pretrained(model: nn.Module, directory: Union[str, Path],
     arch = architecture(model)
     results = check_results(results, arch)
     directory = Path(directory)
-    recorded = getattr(model, '_model_args', {})  # what timm.create_model was given
+    recorded = get_model_args(model)  # what timm.create_model was given
     export_args = {k: v for k, v in BACKBONE_WEIGHT_ARGS.items() if recorded.get(k) not in (None, v)}
     source_cfg = {'tag': results['dataset'] if results else None}
     data_config = None
