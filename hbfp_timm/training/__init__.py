@@ -30,9 +30,11 @@ Failures end in one line naming the argument or the file (see :mod:`.cli` for th
 run stops at the first NaN or infinite loss or weight; Ctrl-C and SIGTERM leave the last checkpoint intact and
 no temporary files.
 
-Modules: :mod:`.config` (``TrainConfig`` and its checks), :mod:`.schedule` (the learning-rate schedule),
-:mod:`.checkpoint` (atomic outputs, RNG state, checkpoint I/O), :mod:`.distributed` (device, torchrun),
-:mod:`.prepare` (the checks before the first epoch), :mod:`.loop` (``train``), :mod:`.cli` (``build_parser``,
+Modules: :mod:`.config` (``TrainConfig`` and its rules), :mod:`.schedule` (the learning-rate schedule),
+:mod:`.checkpoint` (what a run writes and reads back, atomically, and its size), :mod:`.determinism` (per-epoch
+seeds, RNG states for exact resume), :mod:`.losses` (Eq. 7-9), :mod:`.distributed` (device, torchrun),
+:mod:`.cross_domain` (``--eval-data-root``), :mod:`.interrupts` (Ctrl-C, SIGTERM), :mod:`.prepare` (the checks
+before the first epoch), :mod:`.loop` (``train``), :mod:`.cli` (``build_parser``,
 ``main``). ``hbfp_timm.train`` re-exports the public names.
 """
 from .checkpoint import BEST_MODEL_NAME, CHECKPOINT_NAME, MODEL_NAME, RESULTS_NAME, descriptor_state_dict

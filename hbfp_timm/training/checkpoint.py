@@ -1,11 +1,10 @@
-"""Run outputs written atomically (checkpoint, results, descriptor weights) and the RNG state of exact resume."""
+"""What a run writes, atomically (the resumable checkpoint, results, descriptor weights), reads back to resume, and
+how large it is, said before the first epoch and after the last."""
 import json
-import random
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
 from safetensors.torch import save_file
@@ -15,8 +14,8 @@ from .config import TrainSetupError
 
 __all__ = [
     'CHECKPOINT_NAME', 'RESULTS_NAME', 'MODEL_NAME', 'BEST_MODEL_NAME', 'OUTPUT_NAMES', 'write_json',
-    'descriptor_state_dict', 'save_descriptor_model', 'save_checkpoint', 'load_train_state', 'epoch_seeds',
-    'rng_states', 'set_rng_states', 'planned_outputs', 'describe_outputs',
+    'descriptor_state_dict', 'save_descriptor_model', 'save_checkpoint', 'load_train_state', 'planned_outputs',
+    'describe_outputs',
 ]
 
 CHECKPOINT_NAME = 'checkpoint.pt'
@@ -49,40 +48,6 @@ def descriptor_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
 def save_descriptor_model(model: nn.Module, path: Path, metadata: Dict[str, str]) -> None:
     state = descriptor_state_dict(model)
     atomic_write(path, lambda tmp_name: save_file(state, tmp_name, metadata=metadata))
-
-
-def epoch_seeds(seed: int, epoch: int, rank: int) -> Tuple[int, int]:
-    """Two 32-bit seeds (augmentation RNGs, loader workers) that depend only on (seed, epoch, rank)."""
-    augmentation, workers = np.random.SeedSequence([seed, epoch, rank]).generate_state(2)
-    return int(augmentation), int(workers)
-
-
-def rng_states() -> Dict[str, Any]:
-    np_state = np.random.get_state()
-    states = {
-        'python': random.getstate(),
-        # numpy's state as plain types and a tensor, so the checkpoint loads with weights_only=True.
-        'numpy': (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *[
-            v.item() if isinstance(v, np.generic) else v for v in np_state[2:]]),
-        'torch': torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        states['cuda'] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: Dict[str, Any]) -> None:
-    random.setstate(_as_tuples(states['python']))
-    np_state = states['numpy']
-    np.random.set_state((np_state[0], np_state[1].numpy().astype(np.uint32), *np_state[2:]))
-    torch.set_rng_state(states['torch'])
-    if 'cuda' in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states['cuda'])
-
-
-def _as_tuples(value: Any) -> Any:
-    """Lists back to tuples (random.setstate wants the exact nesting of random.getstate)."""
-    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def save_checkpoint(path: Path, state: Dict[str, Any]) -> None:

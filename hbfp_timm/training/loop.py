@@ -24,11 +24,12 @@ from ..inference.features import autocast_dtype
 from ..metrics.evaluation import evaluate
 from ..utils.progress import progress
 from .checkpoint import (
-    BEST_MODEL_NAME, CHECKPOINT_NAME, MODEL_NAME, RESULTS_NAME, describe_outputs, epoch_seeds, load_train_state,
-    planned_outputs, rng_states, save_checkpoint, save_descriptor_model, set_rng_states, write_json,
+    BEST_MODEL_NAME, CHECKPOINT_NAME, MODEL_NAME, RESULTS_NAME, describe_outputs, load_train_state, planned_outputs,
+    save_checkpoint, save_descriptor_model, write_json,
 )
 from .config import DEVICE_DEFAULTS, TrainConfig, TrainSetupError, validate_config
 from .cross_domain import cross_domain_line, evaluate_cross_domain, read_eval_datasets
+from .determinism import epoch_seeds, rng_states, set_rng_states
 from .distributed import BranchForward, init_distributed, resolve_device
 from .losses import HBFPLoss
 from .prepare import (
