@@ -4,11 +4,11 @@
     python -m benchmarks.gpu --output OUT --only speed_fp16,search    # rerun some sections
     python -m benchmarks.gpu --output OUT --dry-run        # the same sections on CPU at tiny sizes
 
-Each section runs the project's own probe (``benchmarks.speed``, ``benchmarks.memory_format``,
-``benchmarks.checkpointing``, ``benchmarks.retrieval``) or the test suite in a child process with its own time
-budget, so that a section that fails or overruns is recorded and the others still run. After every section
+Each section runs the speed benchmark (``python -m benchmarks.speed``: its default sections, or ``--sections``
+``memory_format``, ``checkpointing`` or ``search``) or the test suite in a child process with its own time budget,
+so that a section that fails or overruns is recorded and the others still run. After every section
 ``OUT/gpu_report.md`` (a table of the sections, the targets with measured value, target and by how much they are
-met or missed, and each section's printed tail) and ``OUT/gpu_raw.json`` (everything, with each probe's own
+met or missed, and each section's printed tail) and ``OUT/gpu_raw.json`` (everything, with each section's own
 JSON) are rewritten: a run cut short still leaves what finished.
 
 Without CUDA and without ``--dry-run`` it stops at once (exit 2): the numbers are only meaningful on the device.
@@ -43,53 +43,56 @@ def _python(*args: str) -> List[str]:
     return [sys.executable, *args]
 
 
+def _speed(*args: str) -> List[str]:
+    return _python('-m', 'benchmarks.speed', *args)
+
+
 # On the device: the sizes of the GPU issue. Budgets add up to about 7 minutes.
 SECTIONS = [
     Section('suite', 'the whole test suite, skips listed (CUDA-only tests must run, not skip)',
             _python('-m', 'pytest', '-q', '-rs', '-p', 'no:cacheprovider'), 140),
     Section('speed_bf16', 'hbfp_resnet50 vs BoT at 384x128, batch 32 and 64, eval and train, fp32 and AMP bfloat16: '
                           'images/s, time per FLOP, GeP share, AMP speed-up, peak memory, recipe wall time',
-            _python('-m', 'benchmarks.speed', '--batch-sizes', '32', '64', '--precisions', 'fp32', 'amp',
-                    '--amp-dtype', 'bfloat16', '--repeats', '3', '--output', '{out}/speed_bf16.json'),
+            _speed('--batch-sizes', '32', '64', '--precisions', 'fp32', 'amp', '--amp-dtype', 'bfloat16', '--repeats',
+                   '3', '--output', '{out}/speed_bf16.json'),
             90, 'speed_bf16.json'),
     Section('speed_fp16', 'the same under AMP float16 (no memory probe)',
-            _python('-m', 'benchmarks.speed', '--batch-sizes', '32', '64', '--precisions', 'amp', '--amp-dtype',
-                    'float16', '--repeats', '3', '--no-memory', '--output', '{out}/speed_fp16.json'),
+            _speed('--batch-sizes', '32', '64', '--precisions', 'amp', '--amp-dtype', 'float16', '--repeats', '3',
+                   '--no-memory', '--output', '{out}/speed_fp16.json'),
             45, 'speed_fp16.json'),
     Section('compile', 'torch.compile of both models, batch 64, AMP bfloat16',
-            _python('-m', 'benchmarks.speed', '--batch-sizes', '64', '--precisions', 'amp', '--amp-dtype', 'bfloat16',
-                    '--compile', '--repeats', '3', '--no-memory', '--output', '{out}/speed_compile.json'),
+            _speed('--batch-sizes', '64', '--precisions', 'amp', '--amp-dtype', 'bfloat16', '--compile', '--repeats',
+                   '3', '--no-memory', '--output', '{out}/speed_compile.json'),
             45, 'speed_compile.json'),
     Section('memory_format', 'channels-last against contiguous, train and eval: hbfp_resnet50 at 384x128, batch 64',
-            _python('-m', 'benchmarks.memory_format', '--models', 'hbfp_resnet50', '--batch-size', '64', '--repeats',
-                    '3', '--output', '{out}/memory_format.json'), 20, 'memory_format.json'),
+            _speed('--sections', 'memory_format', '--models', 'hbfp_resnet50', '--batch-size', '64', '--repeats', '3',
+                   '--output', '{out}/memory_format.json'), 20, 'memory_format.json'),
     Section('mobilenet', 'the same for hbfp_mobilenetv2_100 at 256x128, batch 64 (the shipped architecture)',
-            _python('-m', 'benchmarks.memory_format', '--models', 'hbfp_mobilenetv2_100', '--img-size', '256', '128',
-                    '--batch-size', '64', '--repeats', '3', '--output', '{out}/mobilenet.json'), 20, 'mobilenet.json'),
+            _speed('--sections', 'memory_format', '--models', 'hbfp_mobilenetv2_100', '--img-size', '256', '128',
+                   '--batch-size', '64', '--repeats', '3', '--output', '{out}/mobilenet.json'), 20, 'mobilenet.json'),
     Section('checkpointing', 'peak device memory of a training step at batch 64, with and without gradient '
                              'checkpointing',
-            _python('-m', 'benchmarks.checkpointing', '--batch-size', '64', '--output', '{out}/checkpointing.json'),
+            _speed('--sections', 'checkpointing', '--batch-size', '64', '--output', '{out}/checkpointing.json'),
             25, 'checkpointing.json'),
     Section('search', 'top-10 of 1,000 queries over 1M x 4,096 float16 descriptors on the device, against exact',
-            _python('-m', 'benchmarks.retrieval', '--device', 'cuda', '--tasks', 'topk', '--output',
-                    '{out}/search.json'), 35, 'search.json'),
+            _speed('--sections', 'search', '--device', 'cuda', '--output', '{out}/search.json'), 35, 'search.json'),
 ]
 
 # On CPU, every section at tiny sizes: checks that the script and its report work, measures nothing.
 DRY_RUN = {
     'suite': _python('-m', 'pytest', '-q', '-rs', '-p', 'no:cacheprovider', 'tests/test_losses.py'),
-    'speed_bf16': _python('-m', 'benchmarks.speed', '--quick', '--device', 'cpu', '--img-size', '64', '32',
-                          '--precisions', 'fp32', '--no-memory', '--loader-workers', '0', '--reference-queries', '10',
-                          '--output', '{out}/speed_bf16.json'),
+    'speed_bf16': _speed('--quick', '--device', 'cpu', '--img-size', '64', '32', '--precisions', 'fp32', '--no-memory',
+                         '--loader-workers', '0', '--reference-queries', '10', '--output', '{out}/speed_bf16.json'),
     'speed_fp16': None,  # the same probe as speed_bf16: once is enough for a dry run
     'compile': None,
-    'memory_format': _python('-m', 'benchmarks.memory_format', '--models', 'hbfp_resnet18', '--img-size', '64', '32',
-                             '--batch-size', '2', '--repeats', '1', '--modes', 'eval', '--device', 'cpu',
-                             '--output', '{out}/memory_format.json'),
+    'memory_format': _speed('--sections', 'memory_format', '--models', 'hbfp_resnet18', '--img-size', '64', '32',
+                            '--batch-size', '2', '--repeats', '1', '--modes', 'eval', '--device', 'cpu',
+                            '--output', '{out}/memory_format.json'),
     'mobilenet': None,
-    'checkpointing': _python('-m', 'benchmarks.checkpointing', '--model', 'hbfp_resnet18', '--img-size', '64', '32',
-                             '--batch-size', '2', '--device', 'cpu', '--output', '{out}/checkpointing.json'),
-    'search': _python('-m', 'benchmarks.retrieval', '--quick', '--tasks', 'topk', '--output', '{out}/search.json'),
+    'checkpointing': _speed('--sections', 'checkpointing', '--model', 'hbfp_resnet18', '--img-size', '64', '32',
+                            '--batch-size', '2', '--device', 'cpu', '--output', '{out}/checkpointing.json'),
+    'search': _speed('--sections', 'search', '--quick', '--tasks', 'topk', '--device', 'cpu', '--output',
+                     '{out}/search.json'),
 }
 
 
@@ -151,7 +154,7 @@ def _run_section(section: Section, out: Path) -> Dict[str, Any]:
 
 
 def _targets(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """The speed probe's targets of every section that judged some, each with its section."""
+    """The speed benchmark's targets of every section that judged some, each with its section."""
     rows = []
     for record in records:
         for name, target in ((record.get('result') or {}).get('targets') or {}).items():

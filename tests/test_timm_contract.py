@@ -17,7 +17,7 @@ from timm.models import get_notrace_functions, get_notrace_modules
 from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
-from benchmarks.checkpointing import activation_bytes
+from benchmarks.probes import activation_bytes
 import hbfp_timm  # noqa: F401  (registers the hbfp_* models with timm)
 from hbfp_timm.data.transforms import build_test_transform
 from hbfp_timm.models.backbone import run_modules
