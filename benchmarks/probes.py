@@ -44,6 +44,7 @@ from hbfp_timm.metrics.distance import compute_distance_matrix
 from hbfp_timm.metrics.reranking import re_ranking, re_ranking_features
 from hbfp_timm.metrics.retrieval import faiss_available, topk
 from hbfp_timm.models import BOT_ARGS
+from hbfp_timm.utils.memory import saved_activation_bytes
 
 from .cli import BenchmarkError
 
@@ -344,21 +345,9 @@ def compare_formats(model_name: str, img_size: Sequence[int], batch_size: int, r
 
 
 def activation_bytes(model: nn.Module, x: torch.Tensor) -> Tuple[int, torch.Tensor]:
-    """One training step (``forward_branches``, :func:`branches_loss`, backward); returns (the bytes autograd keeps
-    from forward to backward: every tensor saved for backward, parameters and buffers excluded; the loss)."""
-    parameters = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
-    kept = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in parameters:
-            kept[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        loss = branches_loss(model.forward_branches(x))
-    loss.backward()
-    return sum(kept.values()), loss
+    """One training step (``forward_branches``, :func:`branches_loss`, backward): (the bytes autograd keeps from
+    forward to backward, ``hbfp_timm.utils.memory.saved_activation_bytes``; the loss)."""
+    return saved_activation_bytes(model, lambda: branches_loss(model.forward_branches(x)))
 
 
 def checkpointing_probe(model: str, img_size: Sequence[int], batch_size: int, checkpointing: bool,

@@ -153,7 +153,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, synthetic_epochs: Opti
                         help='cap training steps per epoch (smoke runs)')
     recipe.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=None,
                         help="train in channels-last memory format (speed only; default: the trainer's, off; "
-                             'measure a backbone with python -m benchmarks.memory_format)')
+                             'measure a backbone with python -m benchmarks.speed --sections memory_format)')
     recipe.add_argument('--eval-data-root', dest='eval_data_roots', action='append', default=None, metavar='DIR',
                         help='another data set the trainer scores at every evaluation, beside the in-domain one '
                              '(cross-domain; repeatable; in the trainer run folder\'s results.json)')

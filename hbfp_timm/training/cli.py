@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
                           'gradient scaling)')
     run.add_argument('--channels-last', default=d.channels_last, action=argparse.BooleanOptionalAction,
                      help='channels-last memory format for model and images; on CPU it pays off for depthwise '
-                          'backbones such as MobileNetV2 (python -m benchmarks.memory_format) '
+                          'backbones such as MobileNetV2 (python -m benchmarks.speed --sections memory_format) '
                           f'(default: {_device_defaults("channels_last")})')
     run.add_argument('--compile', default=d.compile, action=argparse.BooleanOptionalAction,
                      help=f'torch.compile the training forward pass (default: {_device_defaults("compile")})')

@@ -14,8 +14,8 @@ __all__ = ['TrainConfig', 'TrainSetupError', 'validate_config', 'field_problem',
 
 AMP_DTYPES = ('auto', 'bfloat16', 'float16')
 # Speed options whose best value depends on the device type; a TrainConfig field left at None takes the value
-# here. They change speed, not results. On CPU channels-last depends on the backbone (`python -m
-# benchmarks.memory_format`, one thread: a training step 1.53x faster for hbfp_mobilenetv2_100 at 128x64, 1.04x for
+# here. They change speed, not results. On CPU channels-last depends on the backbone (`python -m benchmarks.speed
+# --sections memory_format`, one thread: a training step 1.53x faster for hbfp_mobilenetv2_100 at 128x64, 1.04x for
 # hbfp_resnet50 at 384x128, 0.87x, slower, for the embedded default's hbfp_resnet18 at 64x32), so it stays off and
 # `--channels-last` turns it on; torch.compile does not pay off for short CPU runs. The CUDA values stay off until
 # benchmarks/speed.py has been run on a GPU.
