@@ -64,7 +64,6 @@ from hbfp_timm.models import BOT_ARGS
 from hbfp_timm.hub.paper import PAPER_CITATION, PAPER_TABLE2, PAPER_TABLE3
 from hbfp_timm.train import TrainConfig
 
-from .cli import ArgumentParser, BenchmarkError, exact_command, guarded
 from .harness import (
     benchmark_data, find_datasets, no_data_notice, own_data_note, prepare_synthetic, synthetic_benchmark_data)
 from .report import (
@@ -72,7 +71,10 @@ from .report import (
     write_outputs,
 )
 from .runs import evaluate_runs, outline_model, train_model, trained_run
-from .settings import Settings, add_common_arguments, resolve_settings, seed_everything, seeds_of
+from .settings import (
+    ArgumentParser, BenchmarkError, Settings, add_common_arguments, exact_command, guarded, resolve_settings,
+    seed_everything, seeds_of,
+)
 
 __all__ = ['AblationRow', 'ABLATION_ROWS', 'select_rows', 'row_settings', 'main']
 

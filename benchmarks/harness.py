@@ -42,9 +42,9 @@ Reproducibility: each seed seeds python, numpy and torch (and the trainer and th
 ``torch.use_deterministic_algorithms(True, warn_only=True)`` is on for the run.
 
 This module also finds the data (a ``--data-root``, the default roots ``$REID_DATA_ROOT`` and ``~/data``, or the
-synthetic set, generated on demand). The other pieces live beside it: :mod:`.settings` (flags and presets),
-:mod:`.runs` (models, weights, training and evaluating), :mod:`.report` (tables and what is written),
-:mod:`.cli` (errors and exit codes).
+synthetic set, generated on demand). The other pieces live beside it: :mod:`.settings` (flags, presets, errors
+and exit codes), :mod:`.runs` (models, weights, training and evaluating), :mod:`.report` (tables and what is
+written).
 """
 import argparse
 import dataclasses
@@ -62,7 +62,6 @@ from hbfp_timm.commands import one_line
 from hbfp_timm.data import ReIDDataset, build_dataset
 from hbfp_timm.hub.paper import DATASET_TITLES, PAPER_CITATION, PAPER_TABLE1
 
-from .cli import ArgumentParser, BenchmarkError, exact_command, guarded
 from .report import (
     SYNTHETIC_LABEL, announce_training, count, library_versions, prepare_output, summarize_seeds,
     training_footprint, write_outputs,
@@ -71,8 +70,8 @@ from .runs import (
     Run, create_model, evaluate_runs, hub_weights_file, load_weights, outline_model, train_model, trained_run,
 )
 from .settings import (
-    DATA_ROOT_ENV, Settings, add_common_arguments, resolve_settings, seed_everything, seeds_of,
-    training_flags_given,
+    ArgumentParser, BenchmarkError, DATA_ROOT_ENV, Settings, add_common_arguments, exact_command, guarded,
+    resolve_settings, seed_everything, seeds_of, training_flags_given,
 )
 
 __all__ = [

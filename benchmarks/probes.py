@@ -46,7 +46,7 @@ from hbfp_timm.metrics.retrieval import faiss_available, topk
 from hbfp_timm.models import BOT_ARGS
 from hbfp_timm.utils.memory import saved_activation_bytes
 
-from .cli import BenchmarkError
+from .settings import BenchmarkError
 
 # 'fp32': no autocast; 'amp': torch.autocast with the run's AMP dtype (``hbfp_timm.inference.features.autocast_dtype``).
 PRECISIONS = ('fp32', 'amp')

@@ -39,7 +39,7 @@ from hbfp_timm.commands import one_line
 from hbfp_timm.train import CHECKPOINT_NAME
 from hbfp_timm.utils.files import format_size
 
-from .cli import BenchmarkError
+from .settings import BenchmarkError
 from .runs import state_bytes
 
 __all__ = [

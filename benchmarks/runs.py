@@ -22,8 +22,7 @@ from hbfp_timm.metrics.evaluation import evaluate
 from hbfp_timm.train import MODEL_NAME, TrainConfig, train
 from hbfp_timm.utils.files import sha256_file
 
-from .cli import BenchmarkError
-from .settings import Settings
+from .settings import BenchmarkError, Settings
 
 __all__ = [
     'Evaluation', 'evaluate_model', 'train_model', 'best_evaluation', 'Run', 'trained_run', 'evaluate_runs',

@@ -1,5 +1,8 @@
-"""Run settings of the benchmarks: the shared flags, the embedded default's preset, how flags left unset are
-filled (the paper's recipe on real data, :data:`SYNTHETIC_PRESET` on synthetic data), and seeding.
+"""The command line of the benchmarks: the shared flags, the embedded default's preset, how flags left unset are
+filled (the paper's recipe on real data, :data:`SYNTHETIC_PRESET` on synthetic data), seeding, and the plumbing
+every benchmark command shares (the user-facing :class:`BenchmarkError`, the guard that turns it into one line,
+``hbfp_timm.commands.one_line``, and an exit code; the parser whose errors are one line; the recorded command
+line).
 
 The recipe flags (``--lr``, ``--margin``, ``--label-smoothing``, ...) are the trainer's
 (:class:`hbfp_timm.train.TrainConfig`) under the same names; a flag given overrides the preset. Each is checked
@@ -7,26 +10,29 @@ when the command line is parsed, so a bad value fails before any data is read or
 """
 import argparse
 import random
+import shlex
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 import numpy as np
 import timm
 import torch
 
 import hbfp_timm  # noqa: F401  (registers the hbfp_* models with timm)
+from hbfp_timm.commands import one_line, parse_model_arg
 from hbfp_timm.data.datasets import DATASET_NAMES
-from hbfp_timm.commands import parse_model_arg
 from hbfp_timm.train import TrainConfig
 from hbfp_timm.training.cli import RECIPE_FLAGS, add_recipe_arguments, field_type, positive_int
-
-from .cli import BenchmarkError
+from hbfp_timm.training.interrupts import Interruptions
 
 __all__ = [
     'Settings', 'DEFAULT_MODEL', 'DATA_ROOT_ENV', 'SYNTHETIC_PRESET', 'add_common_arguments', 'resolve_settings',
-    'seeds_of', 'training_flags_given', 'parse_model_arg', 'seed_everything', 'check_device',
+    'seeds_of', 'training_flags_given', 'parse_model_arg', 'seed_everything', 'check_device', 'BenchmarkError',
+    'ArgumentParser', 'exact_command', 'guarded',
 ]
+
 
 DEFAULT_MODEL = 'hbfp_resnet50'
 # The environment variable naming the folder that holds the data sets (looked in before ~/data).
@@ -275,3 +281,65 @@ def check_device(name: str) -> str:
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise BenchmarkError(f'--device {name}: CUDA is not available on this machine')
     return name
+
+
+# --- cli --------------------------------------------------------------------------------------------------------------
+INTERRUPTED_EXIT_CODE = 130  # what a shell reports for a process ended by SIGINT (128 + 2)
+TERMINATED_EXIT_CODE = 143  # ... and by SIGTERM (128 + 15)
+
+
+class BenchmarkError(Exception):
+    """A user-facing error (bad data root, missing weights...): printed on one line, exit code 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose errors are one line (the usage is in ``--help``), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f'{self.prog}: error: {" ".join(message.split())} (see --help)\n')
+
+
+def exact_command(prog: str, argv: Sequence[str]) -> str:
+    """The command line as a user would retype it.
+
+    Args:
+        prog: ``python -m benchmarks.<name>``.
+        argv: The arguments.
+
+    Returns:
+        One shell-quoted line.
+    """
+    return prog + (' ' + shlex.join(argv) if argv else '')
+
+
+def guarded(function: Callable[[], Any]) -> int:
+    """Run ``function``; a :class:`BenchmarkError` becomes one ``error:`` line on stderr and exit code 2, an
+    ``OSError`` (disk full, a file gone) one line and exit code 1, Ctrl-C one line and exit code 130, SIGTERM one
+    line and exit code 143 (each training run's last checkpoint stays intact and resumable).
+
+    Args:
+        function: The benchmark body.
+
+    Returns:
+        The process exit code.
+    """
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    with Interruptions() as interruptions:
+        try:
+            function()
+        except BenchmarkError as error:
+            print(f'error: {one_line(error)}', file=sys.stderr, flush=True)
+            return 2
+        except OSError as error:  # the machine's part (disk full, a file gone): its message names the file
+            print(f'error: {one_line(error)}', file=sys.stderr, flush=True)
+            return 1
+        except KeyboardInterrupt:
+            interruptions.settle()
+            name = interruptions.received or 'Ctrl-C'
+            print(f'interrupted ({name}); no report written; each train_* folder keeps its last checkpoint.pt: '
+                  f'python -m hbfp_timm.train --resume FOLDER continues it', file=sys.stderr, flush=True)
+            return TERMINATED_EXIT_CODE if name == 'SIGTERM' else INTERRUPTED_EXIT_CODE
+        finally:
+            torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    return 0

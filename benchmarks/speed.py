@@ -65,7 +65,7 @@ from hbfp_timm.commands import one_line
 from hbfp_timm.inference.features import autocast_dtype
 from hbfp_timm.models.backbone import run_modules
 
-from .cli import ArgumentParser, exact_command, guarded
+from .settings import ArgumentParser, exact_command, guarded
 from .probes import (DTYPES, MARKET_GALLERY, MARKET_QUERIES, PRECISIONS, SEARCH_TASKS, autocast,
                      compare_checkpointing, compare_formats, compare_search, count_flops, create_benchmark_model,
                      device_topk, evaluation_speed, loader_throughput, make_step, median_ratio, peak_memory,

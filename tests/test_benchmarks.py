@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import hbfp_timm  # noqa: F401  (registers the models)
-from benchmarks import ablation, cli, harness, market, report, settings
+from benchmarks import ablation, harness, market, report, settings
 from hbfp_timm.inference.visualize import MATCH_COLOUR, MISMATCH_COLOUR, draw_cmc_curves, draw_ranked_lists
 from benchmarks.report import comparison_table
 from hbfp_timm.utils.files import format_size
@@ -437,7 +437,7 @@ def test_help_states_every_default_without_none(command, capsys):
 def test_ctrl_c_is_one_line_and_exit_code_130(capsys):
     def interrupted():
         raise KeyboardInterrupt
-    assert cli.guarded(interrupted) == 130
+    assert settings.guarded(interrupted) == 130
     assert capsys.readouterr().err.count('\n') == 1
 
 
@@ -447,7 +447,7 @@ def test_sigterm_is_one_line_naming_the_resumable_checkpoints_and_exit_code_143(
     def terminated():
         signal.raise_signal(signal.SIGTERM)
         time.sleep(5)  # the handler raises before this ends
-    assert cli.guarded(terminated) == 143
+    assert settings.guarded(terminated) == 143
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and err.startswith('interrupted (SIGTERM); no report written;')
     assert 'python -m hbfp_timm.train --resume FOLDER' in err
@@ -457,7 +457,7 @@ def test_sigterm_is_one_line_naming_the_resumable_checkpoints_and_exit_code_143(
 def test_an_os_error_such_as_a_full_disk_is_one_line_naming_the_file(capsys):
     def disk_full():
         raise OSError(28, 'No space left on device', '/out/results.json')
-    assert cli.guarded(disk_full) == 1
+    assert settings.guarded(disk_full) == 1
     assert capsys.readouterr().err == "error: [Errno 28] No space left on device: '/out/results.json'\n"
 
 
