@@ -51,6 +51,8 @@ import os
 import platform
 import statistics
 import sys
+import time
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -63,19 +65,23 @@ from torch.utils.flop_counter import FlopCounterMode
 import hbfp_timm
 from hbfp_timm.commands import one_line
 from hbfp_timm.inference.features import autocast_dtype
+from hbfp_timm.layers.gep import default_implementation, generalized_pool2d
+from hbfp_timm.metrics import evaluate_rank
 from hbfp_timm.models.backbone import run_modules
 
+from .probes import (
+    DTYPES, MARKET_CAMS, MARKET_DISTRACTORS, MARKET_GALLERY, MARKET_IDS, MARKET_QUERIES, MARKET_TRAIN_IMAGES, MODELS,
+    PRECISIONS, RECIPE_BATCH, RECIPE_EPOCHS, RECIPE_EVAL_EVERY, RECIPE_HOURS_MAX, SEARCH_TASKS, autocast,
+    compare_checkpointing, compare_formats, compare_search, count_flops, create_benchmark_model, device_topk,
+    loader_throughput, make_step, median_ratio, peak_memory, time_interleaved,
+)
+from .report import speed_report
 from .settings import ArgumentParser, exact_command, guarded
-from .probes import (DTYPES, MARKET_GALLERY, MARKET_QUERIES, PRECISIONS, SEARCH_TASKS, autocast,
-                     compare_checkpointing, compare_formats, compare_search, count_flops, create_benchmark_model,
-                     device_topk, evaluation_speed, loader_throughput, make_step, median_ratio, peak_memory,
-                     time_interleaved)
 
-__all__ = ['SECTIONS', 'layer_costs', 'recipe_estimate', 'run', 'format_table', 'parse_args', 'main']
+__all__ = ['SECTIONS', 'layer_costs', 'recipe_estimate', 'run', 'parse_args', 'main']
 
 SECTIONS = ('models', 'layers', 'pipeline', 'evaluation', 'memory_format', 'checkpointing', 'search')
 DEFAULT_SECTIONS = SECTIONS[:4]
-MODELS = ('bot_resnet50', 'hbfp_resnet50')
 MODES = ('eval', 'train')
 
 # Targets of issues 6 (CPU), 10 (GPU) and 11 (search on one H100, printed).
@@ -84,11 +90,6 @@ GEP_SHARE_MAX = 0.03
 EVAL_SECONDS_MAX = 1.5
 EVAL_SPEEDUP_MIN = 30.0
 AMP_TRAIN_SPEEDUP_MIN = 1.8  # HBFP training, amp over fp32, at batch 64
-RECIPE_HOURS_MAX = 1.5  # on one H100: only checked on CUDA
-DEVICE_TOPK_SECONDS_MAX = 0.2
-
-# The paper's recipe (4.2) on Market-1501: 12,936 training images, batch 64, 500 epochs; an evaluation every 50.
-MARKET_TRAIN_IMAGES, RECIPE_EPOCHS, RECIPE_BATCH, RECIPE_EVAL_EVERY = 12936, 500, 64, 50
 
 
 def layer_costs(model: hbfp_timm.HBFPNet, batch_size: int, img_size: Tuple[int, int], device: torch.device,
@@ -112,6 +113,7 @@ def layer_costs(model: hbfp_timm.HBFPNet, batch_size: int, img_size: Tuple[int, 
                 fn()
         return step
 
+    lambdas = getattr(model.global_pool, 'lambdas', None)
     steps = {
         'forward': under_no_grad(lambda: model(x)),
         'bfp_low_mid': under_no_grad(lambda: model.bfp_low_mid.perceive(low, mid)),
@@ -119,6 +121,13 @@ def layer_costs(model: hbfp_timm.HBFPNet, batch_size: int, img_size: Tuple[int, 
         'gep': under_no_grad(lambda: model.global_pool(features)),
         'avg_pool': under_no_grad(lambda: features.mean(dim=(2, 3))),
     }
+    # Each implementation of generalized pooling on this device, eval and forward + backward: the default's win.
+    paths = ['plain', 'chunked'] if device.type == 'cpu' else ['plain'] + (['triton'] if find_spec('triton') else [])
+    for path in paths if lambdas is not None else ():
+        steps[f'gep_{path}'] = under_no_grad(
+            lambda path=path: generalized_pool2d(features, lambdas, implementation=path))
+        steps[f'gep_{path}_train'] = lambda path=path: generalized_pool2d(
+            features.detach().requires_grad_(), lambdas, implementation=path).sum().backward()
     times = time_interleaved(steps, repeats, device)
     # FLOPs do not depend on the precision: counted in float32 on float32 copies of the maps.
     with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -127,18 +136,75 @@ def layer_costs(model: hbfp_timm.HBFPNet, batch_size: int, img_size: Tuple[int, 
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model.bfp_low_mid.perceive(low.float(), mid.float())
         model.bfp_mid_high.perceive(mid.float(), high.float())
-    lambdas = getattr(model.global_pool, 'lambdas', None)
     return {
         'batch_size': batch_size,
         'precision': 'fp32' if amp_dtype is None else 'amp',
         'map_shapes': {'low': list(low.shape), 'mid': list(mid.shape), 'high': list(high.shape),
                        'gep_input': list(features.shape)},
         'lambdas': [round(v, 4) for v in lambdas.tolist()] if lambdas is not None else None,
+        'gep_default': default_implementation(features.flatten(2)[0]) if lambdas is not None else None,
         'seconds': times,
         'median_seconds': {name: statistics.median(t) for name, t in times.items()},
         'share_of_forward': {name: median_ratio(t, times['forward']) for name, t in times.items() if name != 'forward'},
         'bfp_flop_share': counter.get_total_flops() / total_flops,
     }
+
+
+def market_like_ids(seed: int = 0) -> Tuple[np.ndarray, ...]:
+    """Random (q_pids, g_pids, q_camids, g_camids) int64 arrays with the structure of the Market-1501 test split:
+    every identity has queries in distinct cameras and gallery images in random cameras, at least one of them in a
+    camera other than its first query's; distractors (identity 0) fill the rest of the gallery."""
+    rng = np.random.default_rng(seed)
+    ids = np.arange(1, MARKET_IDS + 1)
+    q_pids = np.concatenate([ids, rng.choice(ids, MARKET_QUERIES - MARKET_IDS)])
+    q_camids = rng.integers(1, MARKET_CAMS + 1, MARKET_QUERIES)
+    num_id_images = MARKET_GALLERY - MARKET_DISTRACTORS
+    g_pids = np.concatenate([ids, rng.choice(ids, num_id_images - MARKET_IDS), np.zeros(MARKET_DISTRACTORS, int)])
+    g_camids = rng.integers(1, MARKET_CAMS + 1, MARKET_GALLERY)
+    g_camids[:MARKET_IDS] = q_camids[:MARKET_IDS] % MARKET_CAMS + 1
+    return q_pids.astype(np.int64), g_pids.astype(np.int64), q_camids.astype(np.int64), g_camids.astype(np.int64)
+
+
+def per_query_baseline(distmat: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray, q_camids: np.ndarray,
+                       g_camids: np.ndarray) -> Tuple[float, float]:
+    """The usual way (torchreid's ``evaluate_rank``): argsort every row, then walk each query's ranked gallery.
+    Returns (rank-1, mAP) over the queries with a true match."""
+    ranked = np.argsort(distmat, axis=1, kind='stable')
+    first_hits, precisions = [], []
+    for query, order in enumerate(ranked):
+        kept = order[(g_pids[order] != -1) & ~((g_pids[order] == q_pids[query]) & (g_camids[order] == q_camids[query]))]
+        hit_positions = np.flatnonzero(g_pids[kept] == q_pids[query])
+        if len(hit_positions):
+            first_hits.append(hit_positions[0] == 0)
+            precisions.append(np.mean(np.arange(1, len(hit_positions) + 1) / (hit_positions + 1)))
+    return float(np.mean(first_hits)), float(np.mean(precisions))
+
+
+def evaluation_speed(repeats: int, reference_queries: int, seed: int = 0) -> Dict:
+    """``evaluate_rank`` on 3,368 x 15,913 random distances with :func:`market_like_ids`, against
+    :func:`per_query_baseline` timed on ``reference_queries`` queries and extrapolated linearly."""
+    q_pids, g_pids, q_camids, g_camids = market_like_ids(seed)
+    distmat = np.random.default_rng(seed + 1).random((MARKET_QUERIES, MARKET_GALLERY), dtype=np.float32)
+    vectorised = []
+    for _ in range(repeats):
+        begin = time.perf_counter()
+        cmc, mAP = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids)
+        vectorised.append(time.perf_counter() - begin)
+    subset = min(reference_queries, MARKET_QUERIES)
+    begin = time.perf_counter()
+    reference_rank1, reference_mAP = per_query_baseline(distmat[:subset], q_pids[:subset], g_pids, q_camids[:subset],
+                                                        g_camids)
+    reference_subset_seconds = time.perf_counter() - begin
+    subset_cmc, subset_mAP = evaluate_rank(distmat[:subset], q_pids[:subset], g_pids, q_camids[:subset], g_camids)
+    reference_seconds = reference_subset_seconds * MARKET_QUERIES / subset
+    median = statistics.median(vectorised)
+    return {'shape': [MARKET_QUERIES, MARKET_GALLERY], 'seconds': vectorised, 'median_seconds': median,
+            'rank1': float(cmc[0]), 'mAP': mAP, 'reference_queries_timed': subset,
+            'reference_subset_seconds': reference_subset_seconds, 'reference_seconds': reference_seconds,
+            'reference_extrapolated': subset < MARKET_QUERIES,
+            'reference_agrees_on_subset': bool(abs(reference_rank1 - subset_cmc[0]) < 1e-9
+                                               and abs(reference_mAP - subset_mAP) < 1e-9),
+            'speedup': reference_seconds / median}
 
 
 def recipe_estimate(train_images_per_second: float, eval_images_per_second: float,
@@ -317,148 +383,6 @@ def _targets(results: Dict, device: torch.device) -> Dict[str, Dict]:
     return targets
 
 
-def _mib(value: Optional[int]) -> str:
-    return '-' if value is None else f'{value / 2 ** 20:.0f}'
-
-
-def _models_lines(results: Dict) -> List[str]:
-    lines = ['| batch | precision | mode | BoT img/s | HBFP img/s | time ratio | FLOP ratio | time / FLOP ratio '
-             '| BoT peak MiB | HBFP peak MiB |', '|---|---|---|---|---|---|---|---|---|---|']
-    for row in results['throughput']:
-        ips, memory = row['images_per_second'], row.get('peak_memory_bytes', {})
-        lines.append(
-            f"| {row['batch_size']} | {row['precision']} | {row['mode']} | {ips['bot_resnet50']:.2f} "
-            f"| {ips['hbfp_resnet50']:.2f} | {row['time_ratio']:.2f} | {results['flop_ratio'][row['mode']]:.2f} "
-            f"| {row['time_over_flop_ratio']:.2f} | {_mib(memory.get('bot_resnet50'))} "
-            f"| {_mib(memory.get('hbfp_resnet50'))} |")
-    if results['amp_speedup']:
-        lines += ['', 'Mixed precision over fp32, images/s ratio:', '', '| batch | mode | BoT | HBFP |',
-                  '|---|---|---|---|']
-        lines += [f"| {s['batch_size']} | {s['mode']} | {s['bot_resnet50']:.2f}x | {s['hbfp_resnet50']:.2f}x |"
-                  for s in results['amp_speedup']]
-    flops, params = results['flops_per_image'], results['params']
-    lines += ['', '| model | params (M) | GFLOPs/img forward | GFLOPs/img forward+backward |', '|---|---|---|---|']
-    lines += [f"| {name} | {params[name] / 1e6:.1f} | {flops[name]['eval'] / 1e9:.1f} "
-              f"| {flops[name]['train'] / 1e9:.1f} |"
-              for name in MODELS]
-    return lines
-
-
-def _layers_lines(results: Dict) -> List[str]:
-    first = results['layers'][0]
-    lines = [f"Layers alone, eval, GeP input (C, H, W) {tuple(first['map_shapes']['gep_input'][1:])}, lambdas "
-             f"{tuple(first['lambdas'] or ())}; BFP FLOP share of the forward {100 * first['bfp_flop_share']:.1f}%:",
-             '', '| batch | precision | forward ms | bfp_low_mid | bfp_mid_high | gep | avg_pool |',
-             '|---|---|---|---|---|---|---|']
-    for layers in results['layers']:
-        median, share = layers['median_seconds'], layers['share_of_forward']
-        parts = ' | '.join(f'{1e3 * median[n]:.2f} ms ({100 * share[n]:.2f}%)'
-                           for n in ('bfp_low_mid', 'bfp_mid_high', 'gep', 'avg_pool'))
-        lines.append(f"| {layers['batch_size']} | {layers['precision']} | {1e3 * median['forward']:.1f} | {parts} |")
-    return lines
-
-
-def _pipeline_lines(results: Dict) -> List[str]:
-    return [f"Input pipeline (JPEG decoding + training augmentation, batches of {RECIPE_BATCH}):", '',
-            '| loader workers | images/s |', '|---|---|'] + [
-        f'| {n} | {ips:.0f} |' for n, ips in results['loader_images_per_second'].items()]
-
-
-def _recipe_lines(results: Dict) -> List[str]:
-    lines = ["Paper's Market-1501 recipe (500 epochs x 12,936 images + 10 evaluations), estimated from HBFP's "
-             "throughput; optimizer steps not included:", '',
-             '| precision | model train img/s (batch) | input img/s (best workers) | input-bound | hours |',
-             '|---|---|---|---|---|']
-    for precision, e in results['recipe'].items():
-        loader = '-' if e['loader_images_per_second'] is None else f"{e['loader_images_per_second']:.0f}"
-        lines.append(f"| {precision} | {e['train_images_per_second']:.1f} ({e['train_batch_size']}) | {loader} "
-                     f"| {'yes' if e['input_bound'] else 'no'} | {e['hours']:.2f} |")
-    return lines
-
-
-def _evaluation_lines(results: Dict) -> List[str]:
-    ev = results['evaluation']
-    reference = f"extrapolated from {ev['reference_queries_timed']} queries" if ev['reference_extrapolated'] else \
-        'all queries'
-    return [f"evaluate_rank, {ev['shape'][0]} x {ev['shape'][1]} random distances: {ev['median_seconds']:.3f} s; "
-            f"per-query reference loop {ev['reference_seconds']:.2f} s ({reference}); speedup {ev['speedup']:.0f}x; "
-            f"agree on the timed subset: {ev['reference_agrees_on_subset']}."]
-
-
-def memory_format_lines(results: Dict) -> List[str]:
-    """The ``memory_format`` section: seconds of each format, the speed-up and the outputs' largest difference."""
-    lines = ['Memory format, channels-last against contiguous (speed-up above 1: channels-last is faster):', '',
-             '| model | mode | batch | contiguous s | channels-last s | speed-up | max abs difference |',
-             '|---|---|---:|---:|---:|---:|---:|']
-    lines += [f"| {row['model']} | {row['mode']} | {row['batch_size']} | {row['seconds']['contiguous']:.3f} | "
-              f"{row['seconds']['channels_last']:.3f} | {row['speedup']:.2f} | "
-              f"{row['max_abs_difference']:.1e} (of {row['output_scale']:.1e}) |" for row in results['memory_format']]
-    return lines
-
-
-def checkpointing_lines(results: Dict) -> List[str]:
-    """The ``checkpointing`` section: activations, peak memory and time, off and on, with the on/off ratios."""
-    ckpt = results['checkpointing']
-    off, on = ckpt['off'], ckpt['on']
-    lines = [f"Gradient checkpointing, {ckpt['model']}, {ckpt['img_size'][0]}x{ckpt['img_size'][1]}, batch "
-             f"{ckpt['batch_size']}, {ckpt['device']}:", '', '| | off | on | on / off |', '|---|---:|---:|---:|']
-    for key, label, scale, unit in (('activation_bytes', 'activations kept for backward', 2 ** 20, 'MiB'),
-                                    ('peak_step_bytes', 'peak memory of a step', 2 ** 20, 'MiB'),
-                                    ('step_seconds', 'step time', 1, 's')):
-        lines.append(f'| {label} ({unit}) | {off[key] / scale:.1f} | {on[key] / scale:.1f} '
-                     f'| {on[key] / off[key]:.2f} |')
-    return lines + ['', f"same loss with and without: {ckpt['same_loss']}"]
-
-
-def search_lines(results: Dict) -> List[str]:
-    """The ``search`` section: one line for the accelerator case, else a table of every method's measurement."""
-    search = results['search']
-    if 'median_seconds' in search:
-        (num_q, num_g, dim, k), extra, seconds = search['sizes'], search['extra_device_bytes'], search['seconds']
-        memory = 'n/a' if extra is None else f'{extra / 2 ** 30:.2f} GiB'
-        return [f'top-{k} of {num_q:,} queries in {num_g:,} x {dim}-d float16 on {search["device"]} '
-                f'({search["device_name"]}): median {search["median_seconds"]:.3f} s over {len(seconds)} calls '
-                f'(min {min(seconds):.3f}, max {max(seconds):.3f}); extra device memory {memory}; indices equal to '
-                f'exact float32 search on the first queries: {search["agreement"]:.3f}; target on one H100: '
-                f'<= {DEVICE_TOPK_SECONDS_MAX} s']
-    lines = ['| task | sizes | method | wall s | CPU s | extra GiB | wall / ours (best) | CPU / ours (best) | '
-             'same result |', '|---|---|---|---|---|---|---|---|---|']
-    for task in SEARCH_TASKS:
-        for row in search.get(task, []):
-            ratios = ['' if row.get(key) is None else f'{row[key]:.2f}'
-                      for key in ('time_ratio_to_ours', 'cpu_ratio_to_ours')]
-            lines.append(f'| {task} | {"x".join(map(str, row["sizes"]))} | {row["method"]} | {row["seconds"]:.2f} | '
-                         f'{row["cpu_seconds"]:.2f} | {row["extra_bytes"] / 2 ** 30:.2f} | {ratios[0]} | {ratios[1]} | '
-                         f'{row["agrees_with_first"]} |')
-    return lines
-
-
-REPORTS: Tuple[Tuple[str, Callable[[Dict], List[str]]], ...] = (
-    ('throughput', _models_lines), ('layers', _layers_lines), ('loader_images_per_second', _pipeline_lines),
-    ('recipe', _recipe_lines), ('evaluation', _evaluation_lines), ('memory_format', memory_format_lines),
-    ('checkpointing', checkpointing_lines), ('search', search_lines))
-
-
-def format_table(results: Dict) -> str:
-    """The results of every section that ran as markdown, then the targets."""
-    env = results['environment']
-    lines = [f"Device {env.get('gpu', env['device'])}, {env['torch_threads']} torch threads, torch {env['torch']}, "
-             f"input {env['img_size'][0]}x{env['img_size'][1]}, amp dtype {env['amp_dtype']}, "
-             f"compile={env['compile']}, channels_last={env['channels_last']}, {env['repeats']} interleaved repeats "
-             f"(medians).",
-             f"Command: `{env['command']}`"]
-    for key, report in REPORTS:
-        if results.get(key):
-            lines += [''] + report(results)
-    if results['targets']:
-        lines += ['', '| target | value | limit | met |', '|---|---|---|---|']
-    for name, target in results['targets'].items():
-        limit = f"<= {target['max']}" if 'max' in target else f">= {target['min']}"
-        met = {True: 'yes', False: 'NO', None: 'n/a (GPU target)'}[target['met']]
-        lines.append(f"| {name} | {target['value']:.3f} | {limit} | {met} |")
-    return '\n'.join(lines)
-
-
 def _subset(choices: Sequence[str]) -> Callable[[str], List[str]]:
     def parse(text: str) -> List[str]:
         names = [name.strip() for name in text.split(',') if name.strip()]
@@ -555,7 +479,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if 'search' in args.sections and args.device == 'cpu' and not os.path.exists('/proc/self/clear_refs'):
             raise OSError('the search section needs Linux (/proc/self/clear_refs) to measure peak memory')
         results = run(args, argv)
-        results['table'] = format_table(results)
+        results['table'] = speed_report(results)
         print(results['table'])
         output = Path(args.output)
         output.parent.mkdir(parents=True, exist_ok=True)

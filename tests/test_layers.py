@@ -63,7 +63,7 @@ def test_gep_default_lies_between_average_and_max_pooling_for_every_channel():
     assert (pooled > average + 1e-3).all() and (pooled < maximum - 1e-3).all()  # strictly inside on random maps
 
 
-@pytest.mark.parametrize('implementation', ['chunked', 'bucket', 'plain'])
+@pytest.mark.parametrize('implementation', ['chunked', 'plain'])
 def test_gep_implementations_match_the_reference_in_values_and_gradients(implementation):
     # Unsorted and repeated thresholds, a constant channel, and ties at the maximum.
     lambdas = torch.tensor([0.7, 0.0, 1.0, 0.3, 0.5, 0.5])
@@ -139,7 +139,7 @@ def test_gep_triton_check_failure_warns_once_and_says_no(monkeypatch):
 
     monkeypatch.setattr(gep_module, '_triton_function', lambda: Broken)
     monkeypatch.setattr(gep_module, '_TRITON_CHECKED', {})
-    with pytest.warns(RuntimeWarning, match="RuntimeError: cannot compile.*using the 'bucket' implementation"):
+    with pytest.warns(RuntimeWarning, match="RuntimeError: cannot compile.*using the 'plain' implementation"):
         assert gep_module._check_triton(torch.device('cpu'), 12) is False
     with warnings.catch_warnings():
         warnings.simplefilter('error')  # remembered: no second check, no second warning

@@ -9,7 +9,7 @@ import timm
 import torch
 
 import hbfp_timm  # noqa: F401  (registers the hbfp_* models)
-from benchmarks import probes, speed
+from benchmarks import probes, report, speed
 from benchmarks.probes import count_flops, loader_throughput, make_step, peak_memory
 from benchmarks.speed import _amp_speedups, layer_costs, parse_args, recipe_estimate
 
@@ -36,8 +36,10 @@ def test_layer_costs_run_every_part_at_the_forwards_precision(amp_dtype):
     """Under autocast the BFP maps are half precision: counting their FLOPs used to crash (issue 10)."""
     costs = layer_costs(_tiny_hbfp(), 2, (64, 32), CPU, repeats=1, amp_dtype=amp_dtype, channels_last=False)
     assert costs['precision'] == ('fp32' if amp_dtype is None else 'amp')
-    assert set(costs['share_of_forward']) == {'bfp_low_mid', 'bfp_mid_high', 'gep', 'avg_pool'}
+    gep_paths = {f'gep_{path}{mode}' for path in ('plain', 'chunked') for mode in ('', '_train')}
+    assert set(costs['share_of_forward']) == {'bfp_low_mid', 'bfp_mid_high', 'gep', 'avg_pool', *gep_paths}
     assert all(share > 0 for share in costs['share_of_forward'].values())
+    assert costs['gep_default'] == 'chunked'  # on CPU
     assert 0 < costs['bfp_flop_share'] < 1
     assert costs['map_shapes']['gep_input'] == [2, 1024, 4, 2]
 
@@ -185,7 +187,7 @@ def test_search_table_lists_every_row_with_its_ratio():
                  agrees_with_first=1.0),
             dict(task='topk', method='naive', sizes=[1, 2, 3, 4], seconds=8.0, cpu_seconds=9.0, extra_bytes=2 ** 31,
                  agrees_with_first=1.0, time_ratio_to_ours=4.0, cpu_ratio_to_ours=3.0)]
-    table = speed.search_lines({'search': {'topk': rows}})
+    table = report.search_lines({'search': {'topk': rows}})
     assert '| topk | 1x2x3x4 | naive | 8.00 | 9.00 | 2.00 | 4.00 | 3.00 | 1.0 |' in table
 
 
@@ -195,5 +197,5 @@ def test_device_topk_times_a_half_gallery_and_agrees_with_exact_search():
     assert len(result['seconds']) == 2 and result['median_seconds'] > 0
     assert result['extra_device_bytes'] is None  # device memory is only measured on CUDA
     assert result['agreement'] == 1.0  # same float16 values, searched exactly both ways
-    line, = speed.search_lines({'search': result})
+    line, = report.search_lines({'search': result})
     assert 'top-10 of 50 queries in 20,000 x 64-d float16 on cpu' in line and 'target on one H100: <= 0.2 s' in line

@@ -15,16 +15,20 @@ channel's output lies between its average and its maximum, at the scale of avera
 
 Exact implementations of the same arithmetic, chosen by device:
 
-* CPU (``'chunked'``): the keep-mask (positions x thresholds) is built in cache-sized chunks of channels into one
-  reused buffer and multiplied with the values (fast where large fresh allocations are costly);
+* ``'plain'``: one differentiable expression over the whole (positions x thresholds) keep-mask; the reference, and
+  what ``torch.compile``, ``torch.export``, ONNX and TorchScript trace; the default where nothing faster has been
+  measured (accelerators other than CUDA with Triton);
+* CPU (``'chunked'``): the keep-mask is built in cache-sized chunks of channels into one reused buffer and
+  multiplied with the values. On a 2-core CPU, hbfp_resnet50's 4096x24x8 GeP input at batch 8, it is 3.6x faster
+  than ``'plain'`` in eval and 1.4x in forward + backward (``python -m benchmarks.speed --sections layers
+  --img-size 384 128 --batch-sizes 8 --repeats 7``). A mask-free ``bucketize`` path, once the default off CPU,
+  measured 1.3x / 1.2x there (and 0.8x / 1.0x on hbfp_mobilenetv2_100's 1280x8x4 maps at batch 32) against
+  ``'chunked'``'s 3.7x / 1.4x and 1.5x / 1.2x; winning nowhere it was measured, it was removed;
 * CUDA (``'triton'``, when Triton is installed): fused kernels that read the map once in forward and once in
-  backward, in its own dtype, with every threshold's sum and count kept in registers (``_gep_triton.py``). Before
-  its first use on a device it is checked against ``'bucket'`` on a small input, forward and backward; a failure
-  (a Triton that cannot compile it, a mismatch) is reported once as a warning and ``'bucket'`` is used instead;
-* other accelerators, and CUDA without Triton (``'bucket'``): no mask at all. Each value's *bucket* (how many
-  thresholds its normalised value reaches) comes from one ``bucketize``; two ``scatter_add`` give each bucket's sum
-  and count, and a reversed cumulative sum over buckets gives every threshold's kept sum and count. A fixed handful
-  of kernels whatever the map size, O(positions) memory, and backward is one ``gather``.
+  backward, in its own dtype, with every threshold's sum and count kept in registers (``_gep_triton.py``). Kept
+  until the GPU check (``python -m benchmarks.gpu``) measures it. Before its first use on a device it is checked
+  against ``'plain'`` on a small input, forward and backward; a failure (a Triton that cannot compile it, a
+  mismatch) is reported once as a warning and ``'plain'`` is used instead.
 
 Paper: Liu, Zhang, Yang, "Hierarchical Bi-Directional Feature Perception Network for Person
 Re-Identification", ACM MM 2020, Section 3.3.
@@ -34,9 +38,8 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-__all__ = ['GeneralizedPooling', 'generalized_pool2d', 'GEP_COMBINES']
+__all__ = ['GeneralizedPooling', 'generalized_pool2d', 'default_implementation', 'GEP_COMBINES']
 
 GEP_COMBINES = ('mean', 'sum')
 
@@ -112,37 +115,6 @@ class _GeneralizedPoolFunction(torch.autograd.Function):
         return grad_values, None, None
 
 
-class _BucketPoolFunction(torch.autograd.Function):
-    """Mask-free GeP over rows (R, N), for accelerators: thresholds must be sorted ascending.
-
-    ``bucket[r, n]`` = number of thresholds that the normalised value reaches, so a value is kept by
-    threshold k exactly when ``bucket > k``; per-bucket sums and counts, summed from the top bucket down,
-    give every threshold's kept sum and count. Backward: the value's gradient is the sum of
-    ``grad_k / count_k`` over the thresholds that keep it, a prefix sum gathered at its bucket.
-    """
-
-    @staticmethod
-    def forward(ctx, values: torch.Tensor, sorted_lambdas: torch.Tensor, eps: float) -> torch.Tensor:
-        num_lambdas = sorted_lambdas.numel()
-        low, value_range, thresholds = _normalisation(values, sorted_lambdas, eps)
-        bucket = torch.bucketize((values - low) / value_range, sorted_lambdas.to(values.dtype), right=True)
-        bucket.masked_fill_(torch.isinf(thresholds[:, :1]), num_lambdas)  # constant rows: every value is a max
-        sums = values.new_zeros(values.shape[0], num_lambdas + 1).scatter_add_(1, bucket, values)
-        counts = values.new_zeros(values.shape[0], num_lambdas + 1).scatter_add_(
-            1, bucket, values.new_ones(()).expand_as(values))
-        kept_sum = sums.flip(-1).cumsum(-1).flip(-1)[:, 1:]
-        kept_count = counts.flip(-1).cumsum(-1).flip(-1)[:, 1:]
-        # A byte per value is enough to rebuild the gradient (K < 255 thresholds, checked by the layer).
-        ctx.save_for_backward(bucket.to(torch.uint8), kept_count)
-        return kept_sum / kept_count
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):
-        bucket, kept_count = ctx.saved_tensors
-        per_bucket = F.pad((grad_output / kept_count).cumsum(-1), (1, 0))  # (R, K + 1); bucket 0 keeps nothing
-        return per_bucket.gather(1, bucket.long()), None, None
-
-
 def _plain_pool(values: torch.Tensor, lambdas: torch.Tensor, eps: float) -> torch.Tensor:
     """The same arithmetic as one differentiable expression over the whole (R, N, K) mask, for tracers
     (``torch.compile`` fuses it into one reduction; ``torch.export`` and ONNX see comparison, MatMul, ReduceSum,
@@ -150,12 +122,6 @@ def _plain_pool(values: torch.Tensor, lambdas: torch.Tensor, eps: float) -> torc
     low, value_range, thresholds = _normalisation(values, lambdas, eps)
     mask = _keep_mask(values, low, value_range, thresholds)
     return torch.bmm(values.unsqueeze(1), mask).squeeze(1) / mask.sum(dim=1)
-
-
-def _bucket_pool(values: torch.Tensor, lambdas: torch.Tensor, eps: float) -> torch.Tensor:
-    sorted_lambdas, order = lambdas.sort()
-    pooled = _BucketPoolFunction.apply(values, sorted_lambdas, eps)
-    return pooled[:, order.argsort()]  # back to the caller's order of thresholds
 
 
 # Devices on which the Triton kernels passed (True) or failed (False) their first-use check.
@@ -172,7 +138,7 @@ def _triton_function():
 
 
 def _check_triton(device: torch.device, positions: int) -> bool:
-    """Compare the Triton kernels with the bucket path once per device, forward and backward, on a small input with
+    """Compare the Triton kernels with the plain path once per device, forward and backward, on a small input with
     ties, a constant row and unsorted thresholds; warn once and say no if they fail or differ."""
     if device not in _TRITON_CHECKED:
         generator = torch.Generator().manual_seed(0)
@@ -185,7 +151,7 @@ def _check_triton(device: torch.device, positions: int) -> bool:
         try:
             fused = _triton_function().apply(probe, lambdas, 1e-6)
             (fused_grad,) = torch.autograd.grad((fused * weights).sum(), probe)
-            expected = _bucket_pool(probe, lambdas, 1e-6)
+            expected = _plain_pool(probe, lambdas, 1e-6)
             (expected_grad,) = torch.autograd.grad((expected * weights).sum(), probe)
             ok = torch.allclose(fused, expected, rtol=1e-5, atol=1e-5) and \
                 torch.allclose(fused_grad, expected_grad, rtol=1e-5, atol=1e-6)
@@ -194,12 +160,13 @@ def _check_triton(device: torch.device, positions: int) -> bool:
             ok, problem = False, f'{type(exc).__name__}: {exc}'.splitlines()[0]
         if not ok:
             warnings.warn(f'generalized pooling: the fused Triton kernels failed their check on {device} ({problem}); '
-                          f"using the 'bucket' implementation there instead", RuntimeWarning, stacklevel=4)
+                          f"using the 'plain' implementation there instead", RuntimeWarning, stacklevel=4)
         _TRITON_CHECKED[device] = ok
     return _TRITON_CHECKED[device]
 
 
-def _default_implementation(values: torch.Tensor) -> str:
+def default_implementation(values: torch.Tensor) -> str:
+    """The implementation :func:`generalized_pool2d` picks for ``values`` (rows of a map) when none is given."""
     if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
         return 'plain'
     if values.device.type == 'cpu':
@@ -209,23 +176,22 @@ def _default_implementation(values: torch.Tensor) -> str:
         from ._gep_triton import MAX_POSITIONS
         if values.shape[1] <= MAX_POSITIONS and _check_triton(values.device, values.shape[1]):
             return 'triton'
-    return 'bucket'
+    return 'plain'
 
 
 @torch.jit.unused
 def _dispatch(values: torch.Tensor, lambdas: torch.Tensor, eps: float, implementation: Optional[str]) -> torch.Tensor:
     """Eager and traced paths over rows (R, N) of any float dtype (TorchScript takes :func:`_plain_pool` directly)."""
-    implementation = implementation or _default_implementation(values)
+    implementation = implementation or default_implementation(values)
     if implementation == 'triton':
         function = _triton_function()
         if function is None:
             raise ValueError("implementation: 'triton' needs the triton package")
         with torch.autocast(device_type=values.device.type, enabled=False):
             return function.apply(values, lambdas, eps)  # reads half-precision input itself, returns float32
-    functions = {'plain': _plain_pool, 'bucket': _bucket_pool, 'chunked': _GeneralizedPoolFunction.apply}
+    functions = {'plain': _plain_pool, 'chunked': _GeneralizedPoolFunction.apply}
     if implementation not in functions:
-        raise ValueError(f"implementation: expected 'chunked', 'bucket', 'triton', 'plain' or None, "
-                         f"got {implementation!r}")
+        raise ValueError(f"implementation: expected 'chunked', 'triton', 'plain' or None, got {implementation!r}")
     # Sums of up to H*W values: half-precision inputs (AMP) are pooled in float32.
     values = values.to(torch.promote_types(values.dtype, torch.float32))
     with torch.autocast(device_type=values.device.type, enabled=False):
@@ -253,7 +219,7 @@ def generalized_pool2d(
 
     A min and a max reduction give every channel's normalisation; every value is compared with all K
     thresholds at once, and each threshold's kept sum and count follow without a sort and without a loop over
-    thresholds (see the module docstring for the two implementations). Under ``torch.compile``,
+    thresholds (see the module docstring for the implementations). Under ``torch.compile``,
     ``torch.export``, ONNX export and TorchScript the same arithmetic runs as one plain differentiable
     expression, which all of them can trace.
 
@@ -264,8 +230,8 @@ def generalized_pool2d(
             (a numerical guard: min-max normalisation is undefined there, and every lambda gives the
             constant itself).
         implementation: ``'chunked'`` (the CPU default), ``'triton'`` (the CUDA default where Triton is installed
-            and passes its check), ``'bucket'`` (other accelerators) or ``'plain'``; None picks by ``x.device``. All
-            give the same values and gradients, to float32 rounding.
+            and passes its check) or ``'plain'`` (elsewhere); None picks by ``x.device``. All give the same values
+            and gradients, to float32 rounding.
 
     Returns:
         Tensor of shape (B, C, K) and the dtype of ``x``: the mean of the kept raw values per threshold.
