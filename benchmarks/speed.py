@@ -273,7 +273,7 @@ def _throughput(models: Dict[str, nn.Module], args: argparse.Namespace, device: 
     return rows
 
 
-def _amp_speedups(rows: List[Dict]) -> List[Dict]:
+def amp_speedups(rows: List[Dict]) -> List[Dict]:
     """amp over fp32 images/s of each model, for every (batch, mode) measured at both precisions."""
     by_key = {(r['batch_size'], r['mode'], r['precision']): r['images_per_second'] for r in rows}
     speedups = []
@@ -326,7 +326,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> Dict:
         for row in rows:
             row['time_over_flop_ratio'] = row['time_ratio'] / results['flop_ratio'][row['mode']]
         results['throughput'] = rows
-        results['amp_speedup'] = _amp_speedups(rows)
+        results['amp_speedup'] = amp_speedups(rows)
     if 'layers' in sections:
         # Layer costs run the parts of the eager model one by one (a compiled forward is the whole, not its parts).
         layer_batches = [b for b in args.batch_sizes if b >= 32] or [max(args.batch_sizes)]

@@ -17,7 +17,8 @@ import hbfp_timm  # noqa: F401  (registers the hbfp_* models with timm)
 from hbfp_timm import hub, release
 from hbfp_timm.models import pretrained
 from hbfp_timm.models import registry
-from test_hub import _trained_like, fake_hub, hub_cache  # noqa: F401  (fixtures)
+from test_hub import fake_hub, hub_cache  # noqa: F401  (fixtures)
+from tiny_models import trained_like
 
 ROOT = Path(__file__).resolve().parents[1]
 TAG = registry.DEFAULT_REID_MODEL
@@ -37,7 +38,7 @@ def _descriptors(model: torch.nn.Module, seed: int = 0) -> torch.Tensor:
 @pytest.fixture(scope='module')
 def trained():
     """A model of the tag's architecture with every weight moved away from its initial value."""
-    return _trained_like(timm.create_model(ARCH, pretrained_backbone=False), seed=5)
+    return trained_like(timm.create_model(ARCH, pretrained_backbone=False), seed=5)
 
 
 @pytest.fixture(scope='module')
@@ -66,7 +67,7 @@ def _move_bundled(monkeypatch, path: Path) -> None:
 def test_the_bundled_file_is_read_first_without_any_network_request(trained, release_file, monkeypatch, no_network):
     _move_bundled(monkeypatch, release_file)
     loaded = timm.create_model(TAG, pretrained=True)
-    half_weights = _trained_like(timm.create_model(ARCH, pretrained_backbone=False), seed=5)
+    half_weights = trained_like(timm.create_model(ARCH, pretrained_backbone=False), seed=5)
     half_weights.load_state_dict({k: v.float() if v.is_floating_point() else v
                                   for k, v in safetensors.torch.load_file(str(release_file)).items()})
     assert torch.equal(_descriptors(loaded), _descriptors(half_weights))
@@ -102,7 +103,7 @@ def test_without_file_and_cache_the_hub_is_asked_and_a_missing_repository_is_one
 def test_a_callers_own_hub_id_or_file_wins_over_the_bundled_file(trained, release_file, tmp_path, hub_cache,
                                                                   monkeypatch):
     _move_bundled(monkeypatch, release_file)
-    other = _trained_like(timm.create_model(ARCH, pretrained_backbone=False), seed=9)
+    other = trained_like(timm.create_model(ARCH, pretrained_backbone=False), seed=9)
     hub_cache(hub.save_pretrained(other, tmp_path / 'other'), 'someteam/other')
     from_hub = timm.create_model(TAG, pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id='someteam/other'))
     assert torch.equal(_descriptors(from_hub), _descriptors(other))

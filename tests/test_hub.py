@@ -28,6 +28,7 @@ from hbfp_timm.hub import cli as hub_cli
 from hbfp_timm.models import pretrained
 from hbfp_timm.utils.files import current_umask
 from hbfp_timm.models import registry as hbfp_models
+from tiny_models import trained_like
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCH = 'hbfp_mobilenetv2_100'
@@ -40,18 +41,6 @@ RESULTS = {
 INPUT = torch.randn(2, 3, 64, 32, generator=torch.Generator().manual_seed(0))
 
 
-def _trained_like(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Move every parameter and BatchNorm statistic away from its initial value (the zero-initialised BFP
-    projections included), so that a model that did not load these weights gives different outputs."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if tensor.is_floating_point():
-                noise = 0.05 * torch.randn(tensor.shape, generator=generator)
-                tensor.copy_(tensor.abs() + 0.5 + noise.abs() if name.endswith('running_var') else tensor + noise)
-    return model.eval()
-
-
 def _outputs(model: torch.nn.Module) -> torch.Tensor:
     with torch.no_grad():
         return model.eval()(INPUT)
@@ -59,7 +48,7 @@ def _outputs(model: torch.nn.Module) -> torch.Tensor:
 
 @pytest.fixture(scope='module')
 def custom_model():
-    return _trained_like(timm.create_model(ARCH, **CUSTOM_ARGS), seed=1)
+    return trained_like(timm.create_model(ARCH, **CUSTOM_ARGS), seed=1)
 
 
 @pytest.fixture(scope='module')
@@ -153,7 +142,7 @@ def test_hub_namespace_environment_variable_registers_the_data_set_tags_and_read
     """Under HBFP_TIMM_HUB_NAMESPACE=ORG (a team that pushed its own weights), ``hbfp_resnet50.<dataset>`` reads
     ``ORG/hbfp_resnet50.<dataset>`` (constructor args shrink the model for speed; the lookup is under test)."""
     small = dict(backbone='mobilenetv2_100', correlation_dim=16, perception_dim=32)
-    source = _trained_like(timm.create_model('hbfp_resnet50', **small), seed=2)
+    source = trained_like(timm.create_model('hbfp_resnet50', **small), seed=2)
     cache = tmp_path / 'hf_cache'
     repo = cache / 'models--myteam--hbfp_resnet50.dukemtmc'
     commit = '0123456789abcdef0123456789abcdef01234567'

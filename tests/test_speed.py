@@ -11,7 +11,7 @@ import torch
 import hbfp_timm  # noqa: F401  (registers the hbfp_* models)
 from benchmarks import probes, report, speed
 from benchmarks.probes import count_flops, loader_throughput, make_step, peak_memory
-from benchmarks.speed import _amp_speedups, layer_costs, parse_args, recipe_estimate
+from benchmarks.speed import amp_speedups, layer_costs, parse_args, recipe_estimate
 
 CPU = torch.device('cpu')
 TINY = ['--img-size', '64', '32', '--batch-size', '2', '--device', 'cpu']
@@ -62,13 +62,13 @@ def test_recipe_estimate_is_bounded_by_the_slower_of_model_and_input():
     assert unbounded['train_hours'] == pytest.approx(500 * 12936 / 1000 / 3600)
 
 
-def test_amp_speedups_pair_the_rows_of_both_precisions():
+def testamp_speedups_pair_the_rows_of_both_precisions():
     def row(batch, precision, mode, bot, hbfp):
         return {'batch_size': batch, 'precision': precision, 'mode': mode,
                 'images_per_second': {'bot_resnet50': bot, 'hbfp_resnet50': hbfp}}
     rows = [row(64, 'fp32', 'train', 100.0, 40.0), row(64, 'amp', 'train', 250.0, 80.0),
             row(32, 'amp', 'eval', 10.0, 10.0)]  # no fp32 partner: no speed-up
-    assert _amp_speedups(rows) == [{'batch_size': 64, 'mode': 'train', 'bot_resnet50': 2.5, 'hbfp_resnet50': 2.0}]
+    assert amp_speedups(rows) == [{'batch_size': 64, 'mode': 'train', 'bot_resnet50': 2.5, 'hbfp_resnet50': 2.0}]
 
 
 def test_loader_throughput_measures_each_worker_count(tmp_path):

@@ -52,3 +52,15 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def trained_like(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Move every parameter and BatchNorm statistic away from its initial value (the zero-initialised BFP
+    projections included), so that a model that did not load these weights gives different outputs."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if tensor.is_floating_point():
+                noise = 0.05 * torch.randn(tensor.shape, generator=generator)
+                tensor.copy_(tensor.abs() + 0.5 + noise.abs() if name.endswith('running_var') else tensor + noise)
+    return model.eval()
