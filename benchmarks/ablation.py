@@ -60,12 +60,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from hbfp_timm.models import BOT_ARGS
 from hbfp_timm.hub.paper import PAPER_CITATION, PAPER_TABLE2, PAPER_TABLE3
+from hbfp_timm.models import BOT_ARGS
 from hbfp_timm.train import TrainConfig
 
 from .harness import (
-    benchmark_data, find_datasets, no_data_notice, own_data_note, prepare_synthetic, synthetic_benchmark_data)
+    benchmark_data, find_datasets, no_data_notice, own_data_note, prepare_synthetic, synthetic_benchmark_data,
+)
 from .report import (
     SYNTHETIC_LABEL, announce_training, count, library_versions, prepare_output, summarize_seeds, training_footprint,
     write_outputs,

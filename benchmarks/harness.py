@@ -63,14 +63,14 @@ from hbfp_timm.data import ReIDDataset, build_dataset
 from hbfp_timm.hub.paper import DATASET_TITLES, PAPER_CITATION, PAPER_TABLE1
 
 from .report import (
-    SYNTHETIC_LABEL, announce_training, count, library_versions, prepare_output, summarize_seeds,
-    training_footprint, write_outputs,
+    SYNTHETIC_LABEL, announce_training, count, library_versions, prepare_output, summarize_seeds, training_footprint,
+    write_outputs,
 )
 from .runs import (
     Run, create_model, evaluate_runs, hub_weights_file, load_weights, outline_model, train_model, trained_run,
 )
 from .settings import (
-    ArgumentParser, BenchmarkError, DATA_ROOT_ENV, Settings, add_common_arguments, exact_command, guarded,
+    DATA_ROOT_ENV, ArgumentParser, BenchmarkError, Settings, add_common_arguments, exact_command, guarded,
     resolve_settings, seed_everything, seeds_of, training_flags_given,
 )
 

@@ -39,9 +39,9 @@ from hbfp_timm.commands import one_line
 from hbfp_timm.train import CHECKPOINT_NAME
 from hbfp_timm.utils.files import format_size
 
-from .settings import BenchmarkError
 from .probes import DEVICE_TOPK_SECONDS_MAX, MODELS, RECIPE_BATCH, SEARCH_TASKS
 from .runs import state_bytes
+from .settings import BenchmarkError
 
 __all__ = [
     'METRIC_COLUMNS', 'SYNTHETIC_LABEL', 'count', 'summarize_seeds', 'comparison_table', 'seed_table',

@@ -7,8 +7,9 @@ roots are run and the others listed, and with none found the synthetic embedded 
 import sys
 from typing import Optional, Sequence
 
-from .harness import main as harness_main
 from hbfp_timm.hub.paper import PAPER_TABLE1
+
+from .harness import main as harness_main
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

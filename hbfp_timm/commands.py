@@ -12,8 +12,8 @@ from typing import Any, Tuple
 
 from safetensors import SafetensorError
 
-from .inference.extractor import FeatureExtractor
 from .hub import CheckpointMismatchError, WeightsNotFoundError
+from .inference.extractor import FeatureExtractor
 from .models.registry import DEFAULT_REID_MODEL
 
 __all__ = ['USER_ERRORS', 'add_model_arguments', 'extractor_from_args', 'run_command', 'exit_code', 'one_line',

@@ -24,11 +24,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from .commands import USER_ERRORS, add_model_arguments, exit_code, extractor_from_args, one_line, run_command
 from .data.checks import find_unreadable_images
 from .data.datasets import IMAGE_EXTENSIONS
 from .data.lists import LIST_SUFFIXES, ImageList, identities_from_names, read_image_list
 from .inference.extractor import FeatureExtractor
-from .commands import USER_ERRORS, add_model_arguments, exit_code, extractor_from_args, one_line, run_command
 
 __all__ = ['Embeddings', 'collect_images', 'skip_unreadable', 'embed', 'save_embeddings', 'load_embeddings', 'main']
 

@@ -32,11 +32,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .data.datasets import DATASET_NAMES, ImageDataset, build_dataset
 from .commands import USER_ERRORS, add_model_arguments, exit_code, extractor_from_args, one_line, run_command
+from .data.datasets import DATASET_NAMES, ImageDataset, build_dataset
 from .inference.features import extract_features
-from .metrics.evaluation import score_features
 from .metrics import evaluate_features
+from .metrics.evaluation import score_features
 from .metrics.verification import (
     DEFAULT_FMRS, THRESHOLDS_NAME, calibrate, check_threshold, pair_distances, save_thresholds, stored_thresholds,
 )

@@ -23,10 +23,10 @@ from safetensors.torch import load_file, save_file
 
 from .commands import exit_code
 from .embed import collect_images
-from .inference.extractor import FeatureExtractor
-from .utils.files import follow_umask, sha256_file
 from .hub import MODEL_NAME, load_run
+from .inference.extractor import FeatureExtractor
 from .models.registry import BUNDLED_WEIGHTS
+from .utils.files import follow_umask, sha256_file
 
 __all__ = ['half_state_dict', 'descriptor_fidelity', 'release', 'main']
 

@@ -28,11 +28,11 @@ import numpy as np
 
 from .commands import USER_ERRORS, add_model_arguments, exit_code, extractor_from_args, one_line, run_command
 from .embed import Embeddings, embed, load_embeddings
+from .inference.visualize import draw_ranking
 from .metrics.evaluation import score_features
-from .models.registry import DEFAULT_REID_MODEL
 from .metrics.retrieval import topk
 from .metrics.verification import select_threshold, stored_thresholds
-from .inference.visualize import draw_ranking
+from .models.registry import DEFAULT_REID_MODEL
 
 __all__ = ['search', 'main']
 

@@ -8,6 +8,7 @@ from safetensors.torch import save_file
 
 from hbfp_timm.activations import activation_energy, bfp_activation_maps, main
 from hbfp_timm.models.backbone import run_modules
+
 from tiny_models import TINY_ARGS, single_thread, tiny_model, write_images, write_run  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures('single_thread')

@@ -13,10 +13,10 @@ from PIL import Image
 
 import hbfp_timm  # noqa: F401  (registers the models)
 from benchmarks import ablation, harness, market, report, settings
-from hbfp_timm.inference.visualize import MATCH_COLOUR, MISMATCH_COLOUR, draw_cmc_curves, draw_ranked_lists
 from benchmarks.report import comparison_table
-from hbfp_timm.utils.files import format_size
 from hbfp_timm.data.synthetic import generate_synthetic_dataset
+from hbfp_timm.inference.visualize import MATCH_COLOUR, MISMATCH_COLOUR, draw_cmc_curves, draw_ranked_lists
+from hbfp_timm.utils.files import format_size
 
 TINY_PRESET = dict(settings.SYNTHETIC_PRESET, num_ids=12, num_cams=3, images_per_id=6, img_size=(64, 32),
                    image_size=(64, 32))

@@ -15,8 +15,8 @@ import torch
 
 import hbfp_timm  # noqa: F401  (registers the hbfp_* models with timm)
 from hbfp_timm import hub, release
-from hbfp_timm.models import pretrained
-from hbfp_timm.models import registry
+from hbfp_timm.models import pretrained, registry
+
 from test_hub import fake_hub, hub_cache  # noqa: F401  (fixtures)
 from tiny_models import trained_like
 
@@ -188,8 +188,10 @@ print(json.dumps({{"size": json.loads(meta["img_size"]), "cfg": list(cfg["input_
 def test_embed_and_search_run_on_the_shipped_model_when_no_model_is_named(trained, release_file, tmp_path,
                                                                            monkeypatch, no_network, capsys):
     from hbfp_timm import FeatureExtractor
-    from hbfp_timm.embed import load_embeddings, main as embed_main
+    from hbfp_timm.embed import load_embeddings
+    from hbfp_timm.embed import main as embed_main
     from hbfp_timm.search import main as search_main
+
     from tiny_models import write_images
     _move_bundled(monkeypatch, release_file)
     paths = write_images(tmp_path / 'photos', ['0001_c1s1_000001_01.jpg', '0001_c2s1_000002_01.jpg',

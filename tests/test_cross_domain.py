@@ -5,9 +5,9 @@ import pytest
 from torch.utils.data import DataLoader
 
 from hbfp_timm.data import ImageDataset, build_dataset, build_test_transform
-from hbfp_timm.metrics.evaluation import evaluate
-from hbfp_timm.hub import load_run, render_model_card
 from hbfp_timm.data.synthetic import generate_synthetic_dataset
+from hbfp_timm.hub import load_run, render_model_card
+from hbfp_timm.metrics.evaluation import evaluate
 from hbfp_timm.train import main, train
 
 pytestmark = pytest.mark.usefixtures('single_thread')

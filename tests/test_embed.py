@@ -7,6 +7,7 @@ from safetensors.torch import save_file
 
 from hbfp_timm import FeatureExtractor
 from hbfp_timm.embed import Embeddings, collect_images, load_embeddings, main, save_embeddings
+
 from tiny_models import single_thread, tiny_model, write_images, write_run  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures('single_thread')

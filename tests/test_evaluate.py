@@ -2,13 +2,14 @@
 import json
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from hbfp_timm import FeatureExtractor
 from hbfp_timm.data import market_layout
 from hbfp_timm.evaluate import main
 from hbfp_timm.metrics import evaluate_features
+
 from test_hub import hub_cache  # noqa: F401  (fixture)
 from tiny_models import single_thread, tiny_model, write_run  # noqa: F401
 
@@ -140,6 +141,7 @@ def test_every_model_source_gives_the_same_scores_and_hub_copies_carry_the_thres
     offline) and the registered name with --checkpoint are one model: one score; the thresholds of the run travel
     into config.json and are re-checked from each Hub source."""
     from hbfp_timm.hub.cli import main as hub_main
+
     from tiny_models import TINY_ARGS
     run = write_run(tmp_path / 'run', tiny_model(seed=3))
     (run / 'thresholds.json').write_text(json.dumps({'format': 'hbfp_timm.thresholds/1', 'metric': 'euclidean',

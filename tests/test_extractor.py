@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 from hbfp_timm import FeatureExtractor
 from hbfp_timm.data import build_test_transform
 from hbfp_timm.hub import save_pretrained
+
 from tiny_models import TINY_ARGS, TINY_SIZE, single_thread, tiny_model, write_images, write_run  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures('single_thread')

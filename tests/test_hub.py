@@ -26,8 +26,9 @@ import hbfp_timm  # noqa: F401  (registers the hbfp_* models with timm)
 from hbfp_timm import hub
 from hbfp_timm.hub import cli as hub_cli
 from hbfp_timm.models import pretrained
-from hbfp_timm.utils.files import current_umask
 from hbfp_timm.models import registry as hbfp_models
+from hbfp_timm.utils.files import current_umask
+
 from tiny_models import trained_like
 
 ROOT = Path(__file__).resolve().parents[1]

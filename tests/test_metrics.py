@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from hbfp_timm.metrics import compute_distance_matrix, evaluate_features, evaluate_rank
+
 from reference import evaluate_rank_loop
 
 

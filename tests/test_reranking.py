@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from hbfp_timm.metrics import evaluate_rank, reranking
 from hbfp_timm.metrics.distance import compute_distance_matrix
-from hbfp_timm.metrics import evaluate_rank
-from hbfp_timm.metrics import reranking
 from hbfp_timm.metrics.reranking import re_ranking, re_ranking_features
 
 

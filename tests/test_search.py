@@ -8,11 +8,12 @@ import torch
 from PIL import Image
 
 from hbfp_timm import FeatureExtractor
-from hbfp_timm.metrics.distance import compute_distance_matrix
 from hbfp_timm.embed import main as embed_main
-from hbfp_timm.metrics import evaluate_rank
-from hbfp_timm.search import main
 from hbfp_timm.inference.visualize import MATCH_COLOUR, MISMATCH_COLOUR, UNKNOWN_COLOUR
+from hbfp_timm.metrics import evaluate_rank
+from hbfp_timm.metrics.distance import compute_distance_matrix
+from hbfp_timm.search import main
+
 from tiny_models import single_thread, tiny_model, write_images, write_run  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures('single_thread')

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from hbfp_timm.data import market_layout
-from hbfp_timm.metrics import compute_distance_matrix, evaluate_rank
 from hbfp_timm.data.synthetic import generate_synthetic_dataset, main, read_synthetic_marker
+from hbfp_timm.metrics import compute_distance_matrix, evaluate_rank
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

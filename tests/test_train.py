@@ -16,9 +16,9 @@ from torch.utils.data import DataLoader
 import hbfp_timm  # noqa: F401  (registers the hbfp_* models)
 from hbfp_timm.data import ImageDataset, build_dataset, build_test_transform
 from hbfp_timm.metrics.evaluation import evaluate
-from hbfp_timm.utils.files import current_umask, format_size
 from hbfp_timm.train import ConstantThenExponentialDecay, TrainConfig, TrainSetupError, main, train
 from hbfp_timm.training import loop
+from hbfp_timm.utils.files import current_umask, format_size
 
 IMG_SIZE = (64, 32)
 pytestmark = pytest.mark.usefixtures('single_thread')

@@ -13,13 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from hbfp_timm.models import pretrained
-
-from hbfp_timm.utils import files
-from hbfp_timm.training.losses import HBFPLoss
 from hbfp_timm.data.synthetic import generate_synthetic_dataset
+from hbfp_timm.models import pretrained
 from hbfp_timm.train import TrainSetupError, build_parser, main, train
 from hbfp_timm.training import loop, prepare
+from hbfp_timm.training.losses import HBFPLoss
+from hbfp_timm.utils import files
+
 from conftest import default_sigint_in_child
 
 pytestmark = pytest.mark.usefixtures('single_thread')

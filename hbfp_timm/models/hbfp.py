@@ -26,18 +26,17 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import SelectAdaptivePool2d
-from timm.models import group_parameters
-from timm.models import register_notrace_module
+from timm.models import group_parameters, register_notrace_module
 from timm.models._features import feature_take_indices
 
 from ..layers import BFP, BatchNormNeck, GeneralizedPooling
 from ..layers.bfp import augment, check_positive_int
 from ..layers.gep import GEP_COMBINES
 from .backbone import BackboneCuts, BackboneModules, create_backbone, cut_backbone, load_backbone_weights
-from .checks import (check_choice, check_image_batch, check_lambdas, check_num_classes, check_probability,
-                     check_subset)
-from .segments import (FeatureTap, Segment, SharedSegment, checkpoint, prune_after, run_with_taps, segments_with_taps,
-                       tap_name)
+from .checks import check_choice, check_image_batch, check_lambdas, check_num_classes, check_probability, check_subset
+from .segments import (
+    FeatureTap, Segment, SharedSegment, checkpoint, prune_after, run_with_taps, segments_with_taps, tap_name,
+)
 
 __all__ = ['HBFPNet', 'BranchOutputs']
 

@@ -22,8 +22,9 @@ def _create_hbfp(variant: str, pretrained: bool = False, **kwargs) -> HBFPNet:
     if not pretrained:
         return build_model_with_cfg(HBFPNet, variant, pretrained, **kwargs)
     # Imported here because pretrained.py builds on this module; it is only needed when weights are loaded.
-    from .pretrained import check_pretrained_state_dict, explain_pretrained_errors, offline_if_hub_unreachable, \
-        trained_input_size
+    from .pretrained import (
+        check_pretrained_state_dict, explain_pretrained_errors, offline_if_hub_unreachable, trained_input_size,
+    )
     overlay = bundled_weights_overlay(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
     if overlay is not None:
         kwargs['pretrained_cfg_overlay'] = overlay

@@ -11,9 +11,9 @@ import re
 import sys
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
+from ..commands import one_line, parse_model_arg
 from ..data import DATASET_NAMES, ImageReadError
 from ..utils.files import OutputWriteError
-from ..commands import one_line, parse_model_arg
 from .checkpoint import CHECKPOINT_NAME, RESULTS_NAME, load_train_state
 from .config import AMP_DTYPES, DEVICE_DEFAULTS, TrainConfig, TrainSetupError, field_problem
 from .interrupts import Interruptions

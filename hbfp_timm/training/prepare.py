@@ -14,8 +14,8 @@ from tqdm.auto import tqdm
 
 from ..data import ReIDDataset, build_dataset
 from ..data.checks import find_unreadable_images
-from ..utils.files import OutputWriteError, check_writable_folder, format_size, remove_stale_temporaries
 from ..models.pretrained import CheckpointMismatchError, check_state_dict, offline_if_hub_unreachable
+from ..utils.files import OutputWriteError, check_writable_folder, format_size, remove_stale_temporaries
 from .checkpoint import OUTPUT_NAMES
 from .config import TrainConfig, TrainSetupError
 
