@@ -400,7 +400,7 @@ def run_table1(args: argparse.Namespace, dataset_names: Sequence[str], prog: str
     return results
 
 
-def main(argv: Optional[Sequence[str]], prog: str, description: str, dataset_names: Sequence[str],
+def main(argv: Optional[Sequence[str]] = None, *, prog: str, description: str, dataset_names: Sequence[str],
          report_name: str, cuhk03_split: bool = False) -> int:
     """Entry point of a Table 1 command.
 

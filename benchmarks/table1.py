@@ -4,27 +4,19 @@
 With ``--data-root``, every data set must be under it; without it, the data sets found under the default
 roots are run and the others listed, and with none found the synthetic embedded default runs.
 """
+import functools
 import sys
-from typing import Optional, Sequence
 
 from hbfp_timm.hub.paper import PAPER_TABLE1
 
 from .harness import main as harness_main
 
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the four Table 1 benchmarks into one table.
-
-    Args:
-        argv: Command line arguments (None: ``sys.argv[1:]``).
-
-    Returns:
-        The exit code.
-    """
-    return harness_main(argv, prog='python -m benchmarks.table1', report_name='table1',
-                        dataset_names=tuple(PAPER_TABLE1),
-                        description='HBFP-Net on the four data sets of the paper\'s Table 1, side by side with it.')
-
+# main(argv=None) -> exit code
+main = functools.partial(
+    harness_main,
+    prog='python -m benchmarks.table1', report_name='table1', dataset_names=tuple(PAPER_TABLE1),
+    description="HBFP-Net on the four data sets of the paper's Table 1, side by side with it.",
+)
 
 if __name__ == '__main__':
     sys.exit(main())
