@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 __all__ = ['METRICS', 'as_features', 'check_metric', 'compute_distance_matrix', 'distance_block', 'gallery_statistic',
-           'query_and_gallery']
+           'query_and_gallery', 'ranking_scores', 'scores_to_distances']
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 METRICS = ('euclidean', 'cosine')
@@ -77,12 +77,26 @@ def distance_block(
     Returns:
         (B, G) float32 distances (`out` if given).
     """
+    return scores_to_distances(ranking_scores(query, gallery, metric, gallery_stat, out=out),
+                               query.pow(2).sum(dim=1), metric)
+
+
+def ranking_scores(query: torch.Tensor, gallery: torch.Tensor, metric: str, gallery_stat: torch.Tensor,
+                   out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Scores that order each query's row as its distances do, without the query's own constant: euclidean
+    ``|g|^2 - 2 q.g`` (the squared distance minus ``|q|^2``), cosine ``-q.g / |g|`` (the cosine distance minus one,
+    times ``|q|``). What a top-k search ranks; :func:`scores_to_distances` completes the distances of the winners."""
     if metric == 'euclidean':
-        out = torch.addmm(gallery_stat[None, :], query, gallery.t(), alpha=-2.0, out=out)
-        return out.add_(query.pow(2).sum(dim=1, keepdim=True)).clamp_(min=0).sqrt_()
-    out = torch.mm(query, gallery.t(), out=out)
-    query_inv_norm = query.pow(2).sum(dim=1, keepdim=True).sqrt_().clamp_(min=NORM_EPS).reciprocal_()
-    return out.mul_(query_inv_norm).mul_(gallery_stat[None, :]).neg_().add_(1.0)
+        return torch.addmm(gallery_stat[None, :], query, gallery.t(), alpha=-2.0, out=out)
+    return torch.mm(query, gallery.t(), out=out).mul_(gallery_stat[None, :]).neg_()
+
+
+def scores_to_distances(scores: torch.Tensor, query_sq_norm: torch.Tensor, metric: str) -> torch.Tensor:
+    """Distances from :func:`ranking_scores` (in place), given each query's squared norm (B,)."""
+    if metric == 'euclidean':
+        return scores.add_(query_sq_norm[:, None]).clamp_(min=0).sqrt_()
+    query_inv_norm = query_sq_norm.sqrt().clamp_(min=NORM_EPS).reciprocal_()
+    return scores.mul_(query_inv_norm[:, None]).add_(1.0)
 
 
 @torch.no_grad()

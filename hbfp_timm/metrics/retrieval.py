@@ -16,7 +16,7 @@ from typing import Optional, Tuple, Union
 import numpy as np
 import torch
 
-from .distance import NORM_EPS, as_features, check_metric
+from .distance import NORM_EPS, as_features, check_metric, gallery_statistic, ranking_scores, scores_to_distances
 
 __all__ = ['topk', 'faiss_available']
 
@@ -47,12 +47,9 @@ def _merge(best_scores: torch.Tensor, best_indices: torch.Tensor, scores: torch.
 @torch.no_grad()
 def _topk_torch(query: torch.Tensor, gallery: torch.Tensor, k: int, metric: str, device: torch.device,
                 block_bytes: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Running top-k of a score with the same order as the distance, block by block over the gallery.
-
-    Euclidean: ``|g|^2 - 2 q.g`` (the distance squared minus the query's constant ``|q|^2``); cosine:
-    ``-q.g / |g|`` (the cosine distance minus one, times the query's constant ``|q|``). The distances of the
-    k winners are then completed from their scores with the same formulas as `compute_distance_matrix`.
-    """
+    """Running top-k of `ranking_scores` (the order of the distance), block by block over the gallery; the
+    distances of the k winners are then completed from their scores (`scores_to_distances`), as
+    `compute_distance_matrix` computes them."""
     num_q, num_g = query.shape[0], gallery.shape[0]
     query = query.to(device=device, dtype=torch.float32)
     query_sq_norm = query.pow(2).sum(dim=1)
@@ -63,29 +60,19 @@ def _topk_torch(query: torch.Tensor, gallery: torch.Tensor, k: int, metric: str,
     buffer = torch.empty((query_block, gallery_block), device=device)
     for g_start in range(0, num_g, gallery_block):
         block = gallery[g_start:g_start + gallery_block].to(device=device, dtype=torch.float32)
-        block_sq_norm = block.pow(2).sum(dim=1)
-        if metric == 'cosine':
-            block_inv_norm = block_sq_norm.sqrt_().clamp_(min=NORM_EPS).reciprocal_()
+        block_stat = gallery_statistic(block, metric)
         block_k = min(k, len(block))
         new_scores, new_indices = [], []
         for q_start in range(0, num_q, query_block):
             rows = query[q_start:q_start + query_block]
             scores = buffer[:len(rows), :len(block)]
-            if metric == 'euclidean':
-                torch.addmm(block_sq_norm[None, :], rows, block.t(), alpha=-2.0, out=scores)
-            else:
-                torch.mm(rows, block.t(), out=scores).mul_(block_inv_norm[None, :]).neg_()
+            ranking_scores(rows, block, metric, block_stat, out=scores)
             values, columns = scores.topk(block_k, dim=1, largest=False, sorted=False)
             new_scores.append(values)
             new_indices.append(columns + g_start)
         best_scores, best_indices = _merge(best_scores, best_indices, torch.cat(new_scores),
                                            torch.cat(new_indices), k)
-    if metric == 'euclidean':
-        distances = best_scores.add_(query_sq_norm[:, None]).clamp_(min=0).sqrt_()
-    else:
-        query_inv_norm = query_sq_norm.sqrt_().clamp_(min=NORM_EPS).reciprocal_()
-        distances = best_scores.mul_(query_inv_norm[:, None]).add_(1.0)
-    return distances, best_indices
+    return scores_to_distances(best_scores, query_sq_norm, metric), best_indices
 
 
 def _faiss_search(query: torch.Tensor, gallery, k: int, metric: str) -> Tuple[torch.Tensor, torch.Tensor]:
