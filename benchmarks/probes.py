@@ -56,7 +56,6 @@ DTYPES = {'float32': None, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 MARKET_IMAGE_SIZE = (128, 64)
 # The paper's recipe (4.2) on Market-1501: 12,936 training images, batch 64, 500 epochs; an evaluation every 50.
 MARKET_TRAIN_IMAGES, RECIPE_EPOCHS, RECIPE_BATCH, RECIPE_EVAL_EVERY = 12936, 500, 64, 50
-MODELS = ('bot_resnet50', 'hbfp_resnet50')  # what the speed benchmark compares: BoT and HBFP-Net
 # Targets on one H100 (issues 10 and 11): only checked (recipe) or printed (search) on a GPU.
 RECIPE_HOURS_MAX = 1.5
 DEVICE_TOPK_SECONDS_MAX = 0.2
@@ -153,10 +152,16 @@ def count_flops(model: nn.Module, mode: str, x: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
+def model_pair(hbfp_model: str) -> Tuple[str, str]:
+    """What the speed benchmark compares: ``('bot_X', 'hbfp_X')``, an HBFP model and its BoT configuration."""
+    return 'bot_' + hbfp_model[len('hbfp_'):] if hbfp_model.startswith('hbfp_') else 'bot_' + hbfp_model, hbfp_model
+
+
 def create_benchmark_model(name: str, **kwargs: Any) -> nn.Module:
-    """``'bot_resnet50'`` (the BoT baseline: ``hbfp_resnet50`` with ``BOT_ARGS``) or any timm model name."""
-    return timm.create_model('hbfp_resnet50', **BOT_ARGS, **kwargs) if name == 'bot_resnet50' else \
-        timm.create_model(name, **kwargs)
+    """``'bot_X'`` (the BoT baseline: ``hbfp_X`` with ``BOT_ARGS``, e.g. ``bot_resnet50``) or any timm model name."""
+    if name.startswith('bot_'):
+        return timm.create_model('hbfp_' + name[len('bot_'):], **BOT_ARGS, **kwargs)
+    return timm.create_model(name, **kwargs)
 
 
 # -- Memory ------------------------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from hbfp_timm.commands import one_line
 from hbfp_timm.train import CHECKPOINT_NAME
 from hbfp_timm.utils.files import format_size
 
-from .probes import DEVICE_TOPK_SECONDS_MAX, MODELS, RECIPE_BATCH, SEARCH_TASKS
+from .probes import DEVICE_TOPK_SECONDS_MAX, RECIPE_BATCH, SEARCH_TASKS
 from .runs import state_bytes
 from .settings import BenchmarkError
 
@@ -357,25 +357,26 @@ def _mib(value: Optional[int]) -> str:
 
 
 def _models_lines(results: Dict) -> List[str]:
-    lines = ['| batch | precision | mode | BoT img/s | HBFP img/s | time ratio | FLOP ratio | time / FLOP ratio '
+    bot, hbfp = results['models']
+    lines = [f'{hbfp} against its BoT configuration {bot}:', '',
+             '| batch | precision | mode | BoT img/s | HBFP img/s | time ratio | FLOP ratio | time / FLOP ratio '
              '| BoT peak MiB | HBFP peak MiB |', '|---|---|---|---|---|---|---|---|---|---|']
     for row in results['throughput']:
         ips, memory = row['images_per_second'], row.get('peak_memory_bytes', {})
         lines.append(
-            f"| {row['batch_size']} | {row['precision']} | {row['mode']} | {ips['bot_resnet50']:.2f} "
-            f"| {ips['hbfp_resnet50']:.2f} | {row['time_ratio']:.2f} | {results['flop_ratio'][row['mode']]:.2f} "
-            f"| {row['time_over_flop_ratio']:.2f} | {_mib(memory.get('bot_resnet50'))} "
-            f"| {_mib(memory.get('hbfp_resnet50'))} |")
+            f"| {row['batch_size']} | {row['precision']} | {row['mode']} | {ips[bot]:.2f} "
+            f"| {ips[hbfp]:.2f} | {row['time_ratio']:.2f} | {results['flop_ratio'][row['mode']]:.2f} "
+            f"| {row['time_over_flop_ratio']:.2f} | {_mib(memory.get(bot))} | {_mib(memory.get(hbfp))} |")
     if results['amp_speedup']:
         lines += ['', 'Mixed precision over fp32, images/s ratio:', '', '| batch | mode | BoT | HBFP |',
                   '|---|---|---|---|']
-        lines += [f"| {s['batch_size']} | {s['mode']} | {s['bot_resnet50']:.2f}x | {s['hbfp_resnet50']:.2f}x |"
+        lines += [f"| {s['batch_size']} | {s['mode']} | {s[bot]:.2f}x | {s[hbfp]:.2f}x |"
                   for s in results['amp_speedup']]
     flops, params = results['flops_per_image'], results['params']
     lines += ['', '| model | params (M) | GFLOPs/img forward | GFLOPs/img forward+backward |', '|---|---|---|---|']
     lines += [f"| {name} | {params[name] / 1e6:.1f} | {flops[name]['eval'] / 1e9:.1f} "
               f"| {flops[name]['train'] / 1e9:.1f} |"
-              for name in MODELS]
+              for name in results['models']]
     return lines
 
 
