@@ -11,6 +11,8 @@ TRAIN_IMG_SIZE = (64, 32)
 # A 3.6M-parameter HBFP-Net: its checkpoints (43 MB) and steps keep a run to seconds on a busy 2-core machine.
 SMALL_MODEL = 'hbfp_mobilenetv2_100'
 SMALL_MODEL_ARGS = {'correlation_dim': 8, 'perception_dim': 16}
+# The devices of this machine: device paths are tested on each, so a GPU machine runs the CUDA ones too.
+DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
 
 
 @pytest.fixture

@@ -9,6 +9,8 @@ import hbfp_timm  # noqa: F401  (registers the hbfp_* models)
 from hbfp_timm.inference.features import autocast_dtype, extract_features
 from hbfp_timm.metrics.evaluation import evaluate
 
+from conftest import DEVICES
+
 
 class LeftHalfMean(nn.Module):
     """Descriptor = per-channel mean of the left half of the image: mirror-asymmetric on purpose."""
@@ -162,3 +164,12 @@ def test_the_default_autocast_dtype_is_bfloat16_where_the_device_has_it(monkeypa
     if not native_bf16:
         with pytest.raises(ValueError, match='amp_dtype: Tesla V100 has no native bfloat16'):
             autocast_dtype('cuda', torch.bfloat16)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_evaluation_on_each_device_runs_under_its_default_autocast_and_scores_the_same(device):
+    query, gallery = _toy_split()
+    probe = AutocastProbe()
+    results = evaluate(probe, query, gallery, device, max_rank=3, amp=True)
+    assert set(probe.seen) == {autocast_dtype(device)}
+    assert results['rank1'] == pytest.approx(0.5) and results['mAP'] == pytest.approx(0.75)  # as on CPU, by hand

@@ -1,5 +1,6 @@
 """hbfp_timm.FeatureExtractor: the evaluation's preprocessing, every input kind, every way of naming the model,
 and clear errors."""
+import copy
 import warnings
 
 import numpy as np
@@ -12,6 +13,7 @@ from hbfp_timm import FeatureExtractor
 from hbfp_timm.data import build_test_transform
 from hbfp_timm.hub import save_pretrained
 
+from conftest import DEVICES
 from tiny_models import TINY_ARGS, TINY_SIZE, single_thread, tiny_model, write_images, write_run  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures('single_thread')
@@ -62,6 +64,15 @@ def test_descriptors_equal_the_model_on_the_preprocessed_batch_in_input_order(mo
     torch.testing.assert_close(features, expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(extractor(batch), expected, rtol=1e-4, atol=1e-5)  # preprocessed tensor
     torch.testing.assert_close(extractor(batch[3]), expected[3:4], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_descriptors_on_each_device_equal_the_model_on_cpu(model, images, device):
+    """On CUDA the extractor's device path: pinned batches, non-blocking copies, descriptors back on the CPU."""
+    _, expected = _expected(model, images)
+    features = FeatureExtractor(copy.deepcopy(model), device=device, batch_size=2)(images)
+    assert features.device.type == 'cpu' and features.shape == expected.shape
+    torch.testing.assert_close(features, expected, rtol=1e-2, atol=1e-3)  # cuDNN may convolve in TF32
 
 
 def test_flip_averages_with_the_mirrored_image(model, images):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from hbfp_timm.layers import BFP, GeneralizedPooling, generalized_pool2d
 from hbfp_timm.layers import gep as gep_module
 
-DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+from conftest import DEVICES
 
 torch.manual_seed(0)
 

@@ -9,6 +9,8 @@ from hbfp_timm.metrics import retrieval
 from hbfp_timm.metrics.distance import compute_distance_matrix
 from hbfp_timm.metrics.retrieval import topk
 
+from conftest import DEVICES
+
 
 def _naive(query, gallery, k, metric):
     distances = torch.from_numpy(compute_distance_matrix(query, gallery, metric=metric))
@@ -42,6 +44,19 @@ def test_a_low_precision_gallery_is_searched_as_its_stored_values(small_blocks, 
     expected_distances, expected_indices = _naive(query, gallery.float(), 5, 'euclidean')
     torch.testing.assert_close(indices, expected_indices, rtol=0, atol=0)
     torch.testing.assert_close(distances, expected_distances, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_a_float16_gallery_held_on_each_device_gives_the_exact_top_k(small_blocks, device):
+    """On CUDA the search runs on the device (the float16 gallery stays there); results come back on the CPU."""
+    generator = torch.Generator().manual_seed(3)
+    query = torch.randn(10, 16, generator=generator)
+    gallery = torch.randn(500, 16, generator=generator).half()
+    distances, indices = topk(query, gallery.to(device), k=5, device=device)
+    expected_distances, expected_indices = _naive(query, gallery.float(), 5, 'euclidean')
+    assert distances.device.type == indices.device.type == 'cpu'
+    torch.testing.assert_close(indices, expected_indices, rtol=0, atol=0)
+    torch.testing.assert_close(distances, expected_distances, rtol=0, atol=1e-4)
 
 
 def test_numpy_inputs_and_a_gallery_smaller_than_k():
