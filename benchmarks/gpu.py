@@ -1,4 +1,4 @@
-"""The GPU check: every measurement of the GPU issue in one run of about 7 minutes on one H100/H200.
+"""The GPU check: every measurement of the GPU issue in one run of at most 7 minutes on one H100/H200.
 
     python -m benchmarks.gpu --output OUT                  # on the device machine (OUT: e.g. $OUT)
     python -m benchmarks.gpu --output OUT --only speed_fp16,search    # rerun some sections
@@ -47,35 +47,43 @@ def _speed(*args: str) -> List[str]:
     return _python('-m', 'benchmarks.speed', *args)
 
 
-# On the device: the sizes of the GPU issue. Budgets add up to about 7 minutes.
+# Test files with device paths, run first in the suite section: if its budget runs out, the CUDA tests have run.
+DEVICE_TESTS = ('tests/test_layers.py', 'tests/test_engine.py', 'tests/test_extractor.py', 'tests/test_retrieval.py',
+                'tests/test_timm_contract.py', 'tests/test_train.py')
+
+# On the device: the sizes of the GPU issue, the suite last. Budgets (caps) add up to 7 minutes.
 SECTIONS = [
-    Section('suite', 'the whole test suite, skips listed (CUDA-only tests must run, not skip)',
-            _python('-m', 'pytest', '-q', '-rs', '-p', 'no:cacheprovider'), 140),
     Section('speed_bf16', 'hbfp_resnet50 vs BoT at 384x128, batch 32 and 64, eval and train, fp32 and AMP bfloat16: '
-                          'images/s, time per FLOP, GeP share, AMP speed-up, peak memory, recipe wall time',
+                          'images/s, time per FLOP, GeP share and each GeP path, AMP speed-up, peak memory, recipe '
+                          'wall time and the input pipeline\'s share, evaluate_rank',
             _speed('--batch-sizes', '32', '64', '--precisions', 'fp32', 'amp', '--amp-dtype', 'bfloat16', '--repeats',
                    '3', '--output', '{out}/speed_bf16.json'),
-            90, 'speed_bf16.json'),
+            80, 'speed_bf16.json'),
     Section('speed_fp16', 'the same under AMP float16 (no memory probe)',
-            _speed('--batch-sizes', '32', '64', '--precisions', 'amp', '--amp-dtype', 'float16', '--repeats', '3',
-                   '--no-memory', '--output', '{out}/speed_fp16.json'),
-            45, 'speed_fp16.json'),
+            _speed('--sections', 'models,layers', '--batch-sizes', '32', '64', '--precisions', 'amp', '--amp-dtype',
+                   'float16', '--repeats', '3', '--no-memory', '--output', '{out}/speed_fp16.json'),
+            30, 'speed_fp16.json'),
     Section('compile', 'torch.compile of both models, batch 64, AMP bfloat16',
-            _speed('--batch-sizes', '64', '--precisions', 'amp', '--amp-dtype', 'bfloat16', '--compile', '--repeats',
-                   '3', '--no-memory', '--output', '{out}/speed_compile.json'),
-            45, 'speed_compile.json'),
-    Section('memory_format', 'channels-last against contiguous, train and eval: hbfp_resnet50 at 384x128, batch 64',
-            _speed('--sections', 'memory_format', '--models', 'hbfp_resnet50', '--batch-size', '64', '--repeats', '3',
-                   '--output', '{out}/memory_format.json'), 20, 'memory_format.json'),
-    Section('mobilenet', 'the same for hbfp_mobilenetv2_100 at 256x128, batch 64 (the shipped architecture)',
-            _speed('--sections', 'memory_format', '--models', 'hbfp_mobilenetv2_100', '--img-size', '256', '128',
-                   '--batch-size', '64', '--repeats', '3', '--output', '{out}/mobilenet.json'), 20, 'mobilenet.json'),
+            _speed('--sections', 'models', '--batch-sizes', '64', '--precisions', 'amp', '--amp-dtype', 'bfloat16',
+                   '--compile', '--repeats', '3', '--no-memory', '--output', '{out}/speed_compile.json'),
+            35, 'speed_compile.json'),
+    Section('mobilenet', 'hbfp_mobilenetv2_100 (the shipped architecture) vs its BoT configuration at 256x128, batch '
+                         '32 and 64, fp32 and AMP bfloat16: images/s, time per FLOP, GeP share, AMP speed-up',
+            _speed('--sections', 'models,layers', '--model', 'hbfp_mobilenetv2_100', '--img-size', '256', '128',
+                   '--batch-sizes', '32', '64', '--precisions', 'fp32', 'amp', '--amp-dtype', 'bfloat16',
+                   '--repeats', '3', '--no-memory', '--output', '{out}/mobilenet.json'), 30, 'mobilenet.json'),
+    Section('memory_format', 'channels-last against contiguous, train and eval, batch 64 at 384x128: hbfp_resnet50 '
+                             'and hbfp_mobilenetv2_100',
+            _speed('--sections', 'memory_format', '--models', 'hbfp_resnet50', 'hbfp_mobilenetv2_100', '--batch-size',
+                   '64', '--repeats', '3', '--output', '{out}/memory_format.json'), 20, 'memory_format.json'),
     Section('checkpointing', 'peak device memory of a training step at batch 64, with and without gradient '
                              'checkpointing',
             _speed('--sections', 'checkpointing', '--batch-size', '64', '--output', '{out}/checkpointing.json'),
-            25, 'checkpointing.json'),
+            20, 'checkpointing.json'),
     Section('search', 'top-10 of 1,000 queries over 1M x 4,096 float16 descriptors on the device, against exact',
-            _speed('--sections', 'search', '--device', 'cuda', '--output', '{out}/search.json'), 35, 'search.json'),
+            _speed('--sections', 'search', '--device', 'cuda', '--output', '{out}/search.json'), 30, 'search.json'),
+    Section('suite', 'the whole test suite, device tests first, skips listed (CUDA-only tests must run, not skip)',
+            _python('-m', 'pytest', '-q', '-rs', '-p', 'no:cacheprovider', *DEVICE_TESTS, 'tests'), 175),
 ]
 
 # On CPU, every section at tiny sizes: checks that the script and its report work, measures nothing.
@@ -85,10 +93,12 @@ DRY_RUN = {
                          '--loader-workers', '0', '--reference-queries', '10', '--output', '{out}/speed_bf16.json'),
     'speed_fp16': None,  # the same probe as speed_bf16: once is enough for a dry run
     'compile': None,
+    'mobilenet': _speed('--sections', 'models', '--model', 'hbfp_mobilenetv2_100', '--quick', '--device', 'cpu',
+                        '--img-size', '64', '32', '--precisions', 'fp32', '--no-memory', '--output',
+                        '{out}/mobilenet.json'),
     'memory_format': _speed('--sections', 'memory_format', '--models', 'hbfp_resnet18', '--img-size', '64', '32',
                             '--batch-size', '2', '--repeats', '1', '--modes', 'eval', '--device', 'cpu',
                             '--output', '{out}/memory_format.json'),
-    'mobilenet': None,
     'checkpointing': _speed('--sections', 'checkpointing', '--model', 'hbfp_resnet18', '--img-size', '64', '32',
                             '--batch-size', '2', '--device', 'cpu', '--output', '{out}/checkpointing.json'),
     'search': _speed('--sections', 'search', '--quick', '--tasks', 'topk', '--device', 'cpu', '--output',

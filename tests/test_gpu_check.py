@@ -1,6 +1,7 @@
 """benchmarks.gpu: the prepared GPU check, exercised through its CPU dry run and hand-made sections."""
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,10 +14,11 @@ def test_dry_run_writes_the_report_and_raw_json_of_each_section(tmp_path):
     code = gpu.main(['--dry-run', '--only', 'suite,memory_format', '--output', str(out)])
     assert code == 0
     raw = json.loads((out / 'gpu_raw.json').read_text())
-    assert [s['name'] for s in raw['sections']] == ['suite', 'memory_format'] and raw['dry_run'] is True
+    # In the order of SECTIONS: the suite runs last, after the measurements.
+    assert [s['name'] for s in raw['sections']] == ['memory_format', 'suite'] and raw['dry_run'] is True
     assert all(s['status'] == 'ok' and s['seconds'] > 0 for s in raw['sections'])
-    assert 'passed' in raw['sections'][0]['tail']
-    assert raw['sections'][1]['result'] is not None  # the probe's own JSON, read back
+    assert 'passed' in raw['sections'][1]['tail']
+    assert raw['sections'][0]['result'] is not None  # the probe's own JSON, read back
     report = (out / 'gpu_report.md').read_text()
     assert report.startswith('# GPU check (DRY RUN on CPU') and '| memory_format | ok |' in report
 
@@ -26,6 +28,9 @@ def test_every_device_section_has_a_dry_run_or_is_a_repeat_of_one():
     assert set(gpu.DRY_RUN) == set(names)
     dry = gpu.sections_for(dry_run=True)
     assert all('cuda' not in ' '.join(section.command) for section in dry)
+    suite = next(section for section in gpu.SECTIONS if section.name == 'suite')
+    assert gpu.SECTIONS[-1] is suite and suite.command.index('tests') > max(map(suite.command.index, gpu.DEVICE_TESTS))
+    assert all(Path(path).is_file() for path in gpu.DEVICE_TESTS)  # the device tests it runs first exist
     assert sum(section.budget_s for section in gpu.SECTIONS) <= 7 * 60  # the device run fits ~7 minutes
     with pytest.raises(ValueError, match='unknown section nope'):
         gpu.sections_for(dry_run=False, only=['nope'])
