@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from .commands import USER_ERRORS, add_model_arguments, exit_code, extractor_from_args, one_line, run_command
-from .embed import collect_images, skip_unreadable
+from .data.lists import collect_images, skip_unreadable
 from .inference.features import unwrap_model
 
 __all__ = ['LEVELS', 'LevelMaps', 'activation_energy', 'bfp_activation_maps', 'draw_activation_maps', 'main']

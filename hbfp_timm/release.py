@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .commands import exit_code
-from .embed import collect_images
+from .data.lists import collect_images
 from .hub import MODEL_NAME, load_run
 from .inference.extractor import FeatureExtractor
 from .models.registry import BUNDLED_WEIGHTS

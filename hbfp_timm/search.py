@@ -27,7 +27,7 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 
 from .commands import USER_ERRORS, add_model_arguments, exit_code, extractor_from_args, one_line, run_command
-from .embed import Embeddings, embed, load_embeddings
+from .inference.embeddings import Embeddings, embed, load_embeddings
 from .inference.visualize import draw_ranking
 from .metrics.evaluation import score_features
 from .metrics.retrieval import topk

@@ -188,8 +188,8 @@ print(json.dumps({{"size": json.loads(meta["img_size"]), "cfg": list(cfg["input_
 def test_embed_and_search_run_on_the_shipped_model_when_no_model_is_named(trained, release_file, tmp_path,
                                                                            monkeypatch, no_network, capsys):
     from hbfp_timm import FeatureExtractor
-    from hbfp_timm.embed import load_embeddings
     from hbfp_timm.embed import main as embed_main
+    from hbfp_timm.inference.embeddings import load_embeddings
     from hbfp_timm.search import main as search_main
 
     from tiny_models import write_images

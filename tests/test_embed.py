@@ -6,7 +6,9 @@ import torch
 from safetensors.torch import save_file
 
 from hbfp_timm import FeatureExtractor
-from hbfp_timm.embed import Embeddings, collect_images, load_embeddings, main, save_embeddings
+from hbfp_timm.data.lists import collect_images
+from hbfp_timm.embed import main
+from hbfp_timm.inference.embeddings import Embeddings, load_embeddings, save_embeddings
 
 from tiny_models import single_thread, tiny_model, write_images, write_run  # noqa: F401
 

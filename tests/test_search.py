@@ -97,7 +97,7 @@ def test_bad_input_is_one_line_with_a_nonzero_exit(run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.strip() == 'python -m hbfp_timm.search: error: --checkpoint: needs --model naming the architecture ' \
                           '(e.g. --model hbfp_resnet50)'
-    from hbfp_timm.embed import Embeddings, save_embeddings
+    from hbfp_timm.inference.embeddings import Embeddings, save_embeddings
     save_embeddings(tmp_path / 'small.safetensors', Embeddings(torch.zeros(2, 3), ['x', 'y']))
     save_embeddings(tmp_path / 'wide.safetensors', Embeddings(torch.zeros(2, 5), ['x', 'y']))
     assert main(['--query', str(tmp_path / 'small.safetensors'), '--gallery', str(tmp_path / 'wide.safetensors'),

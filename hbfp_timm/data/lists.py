@@ -26,12 +26,15 @@ Training never uses cameras; camera-less training images get camera 0.
 """
 import csv
 import os
+import sys
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
-from .datasets import CUHK03_PATTERN, DUKE_PATTERN, MARKET_PATTERN, MSMT17_PATTERN, Item, ReIDDataset
+from .checks import find_unreadable_images
+from .datasets import CUHK03_PATTERN, DUKE_PATTERN, IMAGE_EXTENSIONS, MARKET_PATTERN, MSMT17_PATTERN, Item, ReIDDataset
 
-__all__ = ['ImageList', 'LIST_SUFFIXES', 'read_image_list', 'image_lists', 'identities_from_names']
+__all__ = ['ImageList', 'LIST_SUFFIXES', 'read_image_list', 'image_lists', 'identities_from_names', 'collect_images',
+           'skip_unreadable']
 
 PathLike = Union[str, os.PathLike]
 LIST_SUFFIXES = ('.csv', '.txt')
@@ -189,3 +192,58 @@ def identities_from_names(paths: Sequence[str]) -> Optional[Tuple[List[int], Lis
         if paths and all(matches):
             return [int(m['pid']) for m in matches], [max(int(m['camid']) - 1, 0) for m in matches]
     return None
+
+
+def collect_images(source: PathLike) -> ImageList:
+    """The images a user points at: a folder (recursively), a list file, or one image file.
+
+    Identities and cameras come from the list file, else from the file names when they all follow one data
+    set's naming scheme (see `hbfp_timm.data.identities_from_names`), else they are unknown (None).
+
+    Args:
+        source: folder, ``.csv`` / ``.txt`` list, or image.
+
+    Returns:
+        An `ImageList`.
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
+        paths = sorted(str(p) for p in path.rglob('*') if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not paths:
+            raise ValueError(f'{path}: no images ({", ".join(IMAGE_EXTENSIONS)}) in this folder or below')
+        listing = ImageList(paths, None, None, path)
+    elif path.suffix.lower() in LIST_SUFFIXES:
+        listing = read_image_list(path, require_pids=False)
+    elif path.is_file():
+        listing = ImageList([str(path)], None, None, path)
+    else:
+        raise FileNotFoundError(f'{path}: not found; expected a folder of images, a .csv/.txt list or an image')
+    if listing.pids is None:
+        named = identities_from_names(listing.paths)
+        if named is not None:
+            listing = listing._replace(pids=named[0], camids=named[1])
+    return listing
+
+
+def skip_unreadable(listing: ImageList, report=None) -> ImageList:
+    """`listing` without the images that cannot be decoded; each one skipped is reported with its reason.
+
+    Args:
+        listing: images (with their identities and cameras, when known).
+        report: called with one line per skipped image, then a line with the count (default: print to stderr).
+
+    Returns:
+        The readable images, in order; a ValueError when none is left.
+    """
+    report = report or (lambda line: print(line, file=sys.stderr))
+    bad = dict(find_unreadable_images(listing.paths, full=True))
+    if not bad:
+        return listing
+    for path, reason in bad.items():
+        report(f'skipped unreadable image {path}: {reason}')
+    keep = [i for i, path in enumerate(listing.paths) if path not in bad]
+    report(f'skipped {len(bad)} of {len(listing.paths)} images of {listing.source} (--skip-bad-images)')
+    if not keep:
+        raise ValueError(f'{listing.source}: none of its {len(listing.paths)} images can be read')
+    pick = (lambda values: [values[i] for i in keep] if values is not None else None)
+    return ImageList(pick(listing.paths), pick(listing.pids), pick(listing.camids), listing.source)

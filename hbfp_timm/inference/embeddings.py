@@ -1,0 +1,102 @@
+"""Descriptors of a user's images with the images they describe: :func:`embed` (a folder, a list file or one
+image through a :class:`.extractor.FeatureExtractor`), and the embeddings file of ``python -m hbfp_timm.embed``
+(:func:`save_embeddings`, :func:`load_embeddings`), which ``python -m hbfp_timm.search`` reads.
+
+The file is safetensors, holding
+
+* ``features``: (N, D) descriptors (float32, or float16 with ``half``);
+* ``paths``: the N image paths, UTF-8, one per line, as a uint8 tensor (no header size limit for large galleries);
+* ``pids`` / ``camids``: (N,) int64 identities and cameras, when the list file gives them or every file name
+  follows a data set's naming scheme (Market-1501, DukeMTMC-reID, CUHK03-NP, MSMT17);
+
+and, as metadata, the model and input size.
+"""
+import os
+import time
+from pathlib import Path
+from typing import Dict, List, NamedTuple, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from ..data.lists import collect_images, skip_unreadable
+from .extractor import FeatureExtractor
+
+__all__ = ['Embeddings', 'embed', 'save_embeddings', 'load_embeddings']
+
+PathLike = Union[str, os.PathLike]
+FORMAT = 'hbfp_timm.embeddings/1'
+
+
+class Embeddings(NamedTuple):
+    """Descriptors with the images they describe.
+
+    Attributes:
+        features: (N, D) tensor.
+        paths: the N image paths.
+        pids: (N,) int64 identities, or None when unknown.
+        camids: (N,) int64 cameras, or None when unknown.
+        metadata: what the file says about how it was made (model, img_size, ...).
+    """
+    features: torch.Tensor
+    paths: List[str]
+    pids: Optional[torch.Tensor] = None
+    camids: Optional[torch.Tensor] = None
+    metadata: Optional[Dict[str, str]] = None
+
+
+def embed(source: PathLike, extractor: FeatureExtractor, half: bool = False,
+          model_name: str = '', skip_bad_images: bool = False) -> Tuple[Embeddings, float]:
+    """Describe the images of `source` (see `collect_images`); returns the embeddings and the seconds taken.
+
+    With `skip_bad_images`, images that cannot be decoded are left out and listed (`skip_unreadable`);
+    otherwise the first one stops the run with an error naming it.
+    """
+    listing = collect_images(source)
+    if skip_bad_images:
+        listing = skip_unreadable(listing)
+    start = time.perf_counter()
+    features = extractor(listing.paths)
+    seconds = time.perf_counter() - start
+    metadata = {'model': model_name, 'img_size': f'{extractor.img_size[0]}x{extractor.img_size[1]}',
+                'flip': str(extractor.flip), 'source': str(listing.source)}
+    as_ids = (lambda ids: torch.as_tensor(ids, dtype=torch.int64) if ids is not None else None)
+    return Embeddings(features.half() if half else features, listing.paths, as_ids(listing.pids),
+                      as_ids(listing.camids), metadata), seconds
+
+
+def save_embeddings(path: PathLike, embeddings: Embeddings) -> Path:
+    """Write embeddings as a safetensors file (module doc)."""
+    for item in embeddings.paths:
+        if '\n' in item:
+            raise ValueError(f'paths: {item!r} contains a line break, which the paths field cannot store')
+    tensors = {
+        'features': embeddings.features.contiguous(),
+        'paths': torch.from_numpy(np.frombuffer('\n'.join(embeddings.paths).encode('utf-8'), dtype=np.uint8).copy()),
+    }
+    for name in ('pids', 'camids'):
+        if getattr(embeddings, name) is not None:
+            tensors[name] = torch.as_tensor(getattr(embeddings, name), dtype=torch.int64)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={'format': FORMAT, **(embeddings.metadata or {})})
+    return path
+
+
+def load_embeddings(path: PathLike) -> Embeddings:
+    """Read a file written by `save_embeddings` (``python -m hbfp_timm.embed``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'{path}: embeddings file not found')
+    with safe_open(str(path), framework='pt') as handle:
+        metadata = handle.metadata() or {}
+    if metadata.get('format') != FORMAT:
+        raise ValueError(f'{path}: not an embeddings file of python -m hbfp_timm.embed (format {metadata.get("format")!r})')
+    tensors = load_file(str(path))
+    text = bytes(tensors['paths'].numpy()).decode('utf-8')
+    paths = text.split('\n') if text else []
+    if len(paths) != len(tensors['features']):
+        raise ValueError(f'{path}: {len(paths)} paths for {len(tensors["features"])} descriptors')
+    return Embeddings(tensors['features'], paths, tensors.get('pids'), tensors.get('camids'), metadata)
