@@ -12,10 +12,9 @@ import numpy as np
 import timm
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
 
 from hbfp_timm.commands import one_line
-from hbfp_timm.data import ImageDataset, ReIDDataset, build_test_transform
+from hbfp_timm.data import ReIDDataset, build_test_transform, test_loaders
 from hbfp_timm.hub import load_checkpoint
 from hbfp_timm.inference.visualize import draw_cmc_curves, draw_ranked_lists
 from hbfp_timm.metrics.evaluation import evaluate
@@ -45,11 +44,6 @@ def _percent(scores: Dict[str, Any]) -> Dict[str, float]:
     return {key: 100 * float(scores[key]) for key in ('rank1', 'rank5', 'rank10', 'mAP')}
 
 
-def _test_loader(items, settings: Settings) -> DataLoader:
-    return DataLoader(ImageDataset(items, build_test_transform(settings.img_size)), batch_size=128, shuffle=False,
-                      num_workers=settings.workers)
-
-
 def evaluate_model(model: nn.Module, dataset: ReIDDataset, settings: Settings, max_rank: int = 50) -> Evaluation:
     """Single-query Rank-1/5/10 and mAP under the Market-1501 protocol, through
     ``hbfp_timm.metrics.evaluation.evaluate``.
@@ -63,7 +57,7 @@ def evaluate_model(model: nn.Module, dataset: ReIDDataset, settings: Settings, m
     Returns:
         The evaluation.
     """
-    scores = evaluate(model, _test_loader(dataset.query, settings), _test_loader(dataset.gallery, settings),
+    scores = evaluate(model, *test_loaders(dataset, build_test_transform(settings.img_size), 128, settings.workers),
                       settings.device, rerank=settings.rerank, max_rank=max_rank, keep_distmat=True)
     reranked = _percent(scores['reranked']) if settings.rerank else None
     return Evaluation(_percent(scores), reranked, scores['cmc'], scores['distmat'], scores['num_query'],

@@ -30,10 +30,10 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from .commands import USER_ERRORS, add_model_arguments, exit_code, extractor_from_args, one_line, run_command
-from .data.datasets import DATASET_NAMES, ImageDataset, build_dataset
+from .data.datasets import DATASET_NAMES, build_dataset
+from .data.loader import test_loaders
 from .inference.features import extract_features
 from .metrics import evaluate_features
 from .metrics.evaluation import score_features
@@ -67,7 +67,7 @@ def camera_pair_scores(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids,
             if g_cam == q_cam or not np.isin(q_pids[queries], g_pids[gallery]).any():
                 continue
             result = evaluate_features(q_feats[queries], g_feats[gallery], q_pids[queries], g_pids[gallery],
-                                                q_camids[queries], g_camids[gallery], metric=metric, max_rank=1)
+                                       q_camids[queries], g_camids[gallery], metric=metric, max_rank=1)
             rows.append({'query_camera': int(q_cam), 'gallery_camera': int(g_cam),
                          'num_query': result.num_valid_queries, 'rank1': float(result.cmc[0]),
                          'mAP': float(result.mAP)})
@@ -96,16 +96,12 @@ def evaluate_data(extractor, dataset_name: str, data_root, metric: str = 'euclid
     """
     dataset = build_dataset(dataset_name, data_root)
 
-    def loader(items):
-        return DataLoader(ImageDataset(items, extractor.transform), batch_size=extractor.batch_size,
-                          num_workers=workers, pin_memory=extractor.device.type == 'cuda')
-
+    loaders = test_loaders(dataset, extractor.transform, extractor.batch_size, workers,
+                           pin_memory=extractor.device.type == 'cuda')
     start = time.perf_counter()
-    features = {}
-    for split, items in (('query', dataset.query), ('gallery', dataset.gallery)):
-        features[split] = extract_features(extractor.model, loader(items), extractor.device, flip=extractor.flip,
-                                           amp=extractor.amp, desc=split)
-    (q_feats, q_pids, q_cams), (g_feats, g_pids, g_cams) = features['query'], features['gallery']
+    (q_feats, q_pids, q_cams), (g_feats, g_pids, g_cams) = (
+        extract_features(extractor.model, loader, extractor.device, flip=extractor.flip, amp=extractor.amp,
+                         desc=split) for split, loader in zip(('query', 'gallery'), loaders))
     scores = score_features(q_feats, g_feats, q_pids, g_pids, q_cams, g_cams, metric=metric, rerank=rerank)
     for entry in (scores, scores.get('reranked') or {}):
         entry.pop('cmc', None)

@@ -12,7 +12,7 @@ from .datasets import ImageDataset, ReIDDataset
 from .sampler import RandomIdentitySampler
 from .transforms import build_test_transform, build_train_transform
 
-__all__ = ['ReIDLoaders', 'make_dataloaders', 'ignore_interruptions', 'interruptions_deferred']
+__all__ = ['ReIDLoaders', 'make_dataloaders', 'test_loaders', 'ignore_interruptions', 'interruptions_deferred']
 
 
 class ReIDLoaders(NamedTuple):
@@ -70,6 +70,15 @@ def interruptions_deferred() -> Iterator[None]:
             signal.raise_signal(signum)
 
 
+def test_loaders(dataset: ReIDDataset, transform: Callable, batch_size: int, workers: int = 0,
+                 pin_memory: bool = False, **loader_args) -> Tuple[DataLoader, DataLoader]:
+    """The query and the gallery loader of `dataset`: ``(images, pids, camids, paths)`` batches in the split's order,
+    each image through `transform` (the test transform), as evaluation reads them."""
+    return tuple(DataLoader(ImageDataset(items, transform), batch_size=batch_size, shuffle=False,
+                            num_workers=workers, pin_memory=pin_memory, **loader_args)
+                 for items in (dataset.query, dataset.gallery))
+
+
 def make_dataloaders(
         dataset: ReIDDataset,
         img_size: Tuple[int, int] = (384, 128),
@@ -112,11 +121,7 @@ def make_dataloaders(
     sampler = RandomIdentitySampler(
         [pid for _, pid, _ in dataset.train], num_instances=k, batch_size=p * k, seed=seed,
         num_replicas=num_replicas, rank=rank)
-    common = dict(num_workers=workers, pin_memory=torch.cuda.is_available(),
-                  worker_init_fn=ignore_interruptions if workers > 0 else None)
+    common = dict(pin_memory=torch.cuda.is_available(), worker_init_fn=ignore_interruptions if workers > 0 else None)
     train = DataLoader(ImageDataset(dataset.train, train_transform), batch_size=p * k, sampler=sampler,
-                       drop_last=True, generator=torch.Generator().manual_seed(seed), **common)
-    query, gallery = (
-        DataLoader(ImageDataset(items, test_transform), batch_size=batch_size_test, shuffle=False, **common)
-        for items in (dataset.query, dataset.gallery))
-    return ReIDLoaders(train, query, gallery)
+                       drop_last=True, generator=torch.Generator().manual_seed(seed), num_workers=workers, **common)
+    return ReIDLoaders(train, *test_loaders(dataset, test_transform, batch_size_test, workers, **common))

@@ -10,10 +10,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
 
-from ..data import ReIDDataset, build_dataset
-from ..data.datasets import ImageDataset
+from ..data import ReIDDataset, build_dataset, test_loaders
 from ..data.transforms import build_test_transform
 from ..metrics.evaluation import evaluate
 from .config import TrainConfig, TrainSetupError
@@ -43,9 +41,8 @@ def evaluate_cross_domain(model: nn.Module, sets: List[Tuple[str, ReIDDataset]],
     transform = build_test_transform(tuple(cfg.img_size))
     rows = []
     for root, dataset in sets:
-        query, gallery = (DataLoader(ImageDataset(items, transform), batch_size=cfg.test_batch_size,
-                                     num_workers=cfg.workers, pin_memory=device.type == 'cuda')
-                          for items in (dataset.query, dataset.gallery))
+        query, gallery = test_loaders(dataset, transform, cfg.test_batch_size, cfg.workers,
+                                      pin_memory=device.type == 'cuda')
         scores = evaluate(model, query, gallery, device, metric=cfg.metric, flip=cfg.flip_test,
                           amp=amp_dtype is not None, amp_dtype=amp_dtype)
         rows.append({'data_root': root, 'dataset': cfg.eval_dataset, **{k: scores[k] for k in HEADLINE},
