@@ -41,7 +41,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="input size (default: the run's training size or the model's pretrained_cfg)")
     model.add_argument('--batch-size', type=int, default=32, help='images per forward pass (%(default)s)')
     model.add_argument('--device', default=None, help='cpu, cuda, cuda:1, ... (default: cuda when available)')
-    model.add_argument('--amp', action='store_true', help='mixed precision (float16 on CUDA, bfloat16 on CPU)')
+    model.add_argument('--amp', action='store_true',
+                       help='mixed precision (bfloat16 where the device has it natively, else float16)')
     model.add_argument('--flip', action='store_true', help='average with the mirrored image')
     model.add_argument('--workers', type=int, default=2, help='image decoding processes (%(default)s)')
     model.add_argument('--skip-bad-images', action='store_true',

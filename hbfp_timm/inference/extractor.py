@@ -122,7 +122,7 @@ class FeatureExtractor:
         checkpoint: weights file to load into the model (see :func:`load_model`).
         device: where the model runs; default CUDA when available, else the CPU.
         batch_size: images per forward pass.
-        amp: run the forward under autocast (float16 on CUDA, bfloat16 on CPU).
+        amp: run the forward under autocast (bfloat16 where the device has it natively, else float16).
         flip: average each descriptor with that of the mirrored image.
         img_size: (height, width) overriding the model's input size (needed for a module without
             ``pretrained_cfg``).

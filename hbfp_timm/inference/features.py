@@ -85,8 +85,8 @@ def describe_batch(
         images: (B, C, H, W) batch.
         flip: Average each descriptor with that of the horizontally mirrored image.
         amp: Run the forward under ``torch.autocast``.
-        amp_dtype: Its dtype (the one the model was trained under, for instance); None: float16 on CUDA,
-            bfloat16 on CPU.
+        amp_dtype: Its dtype (the one the model was trained under, for instance); None: `autocast_dtype`'s
+            default (bfloat16 where native, else float16).
 
     Returns:
         (B, D) float32 descriptors on the batch's device.
@@ -121,7 +121,7 @@ def extract_features(
         flip: Average the descriptors of each image and its horizontal mirror.
         amp: Run the forward under ``torch.autocast``.
         desc: Label of the progress bar (a bar on a terminal, a line a minute in logs).
-        amp_dtype: Autocast dtype; None: float16 on CUDA, bfloat16 on CPU.
+        amp_dtype: Autocast dtype; None: `autocast_dtype`'s default (bfloat16 where native, else float16).
 
     Returns:
         ``(features, pids, camids)``: a (N, D) float32 CPU tensor and two (N,) int64 arrays.

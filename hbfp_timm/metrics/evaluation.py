@@ -66,7 +66,8 @@ def evaluate(
             under ``'topk_indices'`` and ``'topk_distances'``, without the whole matrix (0: not returned). These
             are plain nearest neighbours: the protocol's removals (same identity and camera, junk) are not
             applied to them.
-        amp_dtype: Autocast dtype of the extraction; None: float16 on CUDA, bfloat16 on CPU.
+        amp_dtype: Autocast dtype of the extraction; None: the default of
+            ``hbfp_timm.inference.features.autocast_dtype``.
 
     Returns:
         ``{'rank1', 'rank5', 'rank10', 'mAP'}`` (fractions), ``'cmc'`` (list of max_rank fractions),
