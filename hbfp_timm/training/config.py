@@ -167,8 +167,7 @@ def validate_config(cfg: TrainConfig) -> None:
         (timm.is_model(cfg.model), f'model: unknown timm model {cfg.model!r} (e.g. hbfp_resnet50, hbfp_resnet18)'),
         (len(cfg.img_size) == 2 and all(int(s) > 0 for s in cfg.img_size),
          f'img_size: expected two positive integers (height, width), got {cfg.img_size!r}'),
-        *((field_problem(name, getattr(cfg, name)) is None, field_problem(name, getattr(cfg, name)))
-          for name in FIELD_RULES),
+        *((problem is None, problem) for problem in (field_problem(name, getattr(cfg, name)) for name in FIELD_RULES)),
         (cfg.batch_size >= 2 * cfg.num_instances and cfg.batch_size % cfg.num_instances == 0,
          f'batch_size: expected a multiple of num_instances={cfg.num_instances} holding at least two identities, '
          f'got {cfg.batch_size}'),
