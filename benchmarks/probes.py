@@ -154,13 +154,13 @@ def count_flops(model: nn.Module, mode: str, x: torch.Tensor) -> int:
 
 def model_pair(hbfp_model: str) -> Tuple[str, str]:
     """What the speed benchmark compares: ``('bot_X', 'hbfp_X')``, an HBFP model and its BoT configuration."""
-    return 'bot_' + hbfp_model[len('hbfp_'):] if hbfp_model.startswith('hbfp_') else 'bot_' + hbfp_model, hbfp_model
+    return 'bot_' + hbfp_model.removeprefix('hbfp_'), hbfp_model
 
 
 def create_benchmark_model(name: str, **kwargs: Any) -> nn.Module:
     """``'bot_X'`` (the BoT baseline: ``hbfp_X`` with ``BOT_ARGS``, e.g. ``bot_resnet50``) or any timm model name."""
     if name.startswith('bot_'):
-        return timm.create_model('hbfp_' + name[len('bot_'):], **BOT_ARGS, **kwargs)
+        return timm.create_model('hbfp_' + name.removeprefix('bot_'), **BOT_ARGS, **kwargs)
     return timm.create_model(name, **kwargs)
 
 

@@ -63,7 +63,6 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import hbfp_timm
-from hbfp_timm.commands import one_line
 from hbfp_timm.inference.features import autocast_dtype
 from hbfp_timm.layers.gep import default_implementation, generalized_pool2d
 from hbfp_timm.metrics import evaluate_rank
@@ -76,7 +75,7 @@ from .probes import (
     loader_throughput, make_step, median_ratio, model_pair, peak_memory, time_interleaved,
 )
 from .report import speed_report
-from .settings import ArgumentParser, exact_command, guarded
+from .settings import ArgumentParser, BenchmarkError, check_device, exact_command, guarded
 
 __all__ = ['SECTIONS', 'layer_costs', 'recipe_estimate', 'run', 'parse_args', 'main']
 
@@ -440,11 +439,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
           help=f"search on CPU: a comma-separated subset of {','.join(SEARCH_TASKS)} (default: all)")
     args = parser.parse_args(argv)
     try:
-        device = torch.device(args.device)
-    except RuntimeError as error:
-        parser.error(f"--device {args.device}: expected 'cpu', 'cuda' or 'cuda:N' ({one_line(error)})")
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        parser.error(f'--device {args.device}: CUDA is not available on this machine')
+        device = torch.device(check_device(args.device))
+    except BenchmarkError as error:
+        parser.error(str(error))
     if args.amp and args.precisions:
         parser.error('--amp is a shorthand for --precisions amp; give one of them')
     on_cuda = device.type == 'cuda'
