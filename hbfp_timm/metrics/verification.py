@@ -31,6 +31,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from ..models.registry import BUNDLED_WEIGHTS
 from .distance import distance_block, gallery_statistic, query_and_gallery
 from .rank import check_ids
 
@@ -226,7 +227,6 @@ def stored_thresholds(model: Optional[str]) -> Optional[Dict[str, Any]]:
     """
     if not model:
         return None
-    from ..models.registry import BUNDLED_WEIGHTS
     name = str(model)
     if name in BUNDLED_WEIGHTS:
         candidates = [BUNDLED_WEIGHTS[name].with_suffix('.thresholds.json')]
