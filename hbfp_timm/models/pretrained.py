@@ -22,7 +22,7 @@ from huggingface_hub.utils import get_session
 from safetensors import SafetensorError, safe_open
 from timm.models import resolve_pretrained_cfg
 
-from ..utils.files import RESULTS_NAME
+from ..utils.files import MODEL_NAME, RESULTS_NAME
 
 __all__ = [
     'WeightsNotFoundError', 'CheckpointMismatchError', 'hub_reachable', 'offline_if_hub_unreachable',
@@ -30,8 +30,6 @@ __all__ = [
     'trained_input_size',
 ]
 
-# The weights file of a Hub repository (timm's hf_hub_filename for the HBFP models).
-MODEL_FILENAME = 'model.safetensors'
 # Benchmark module that reproduces each data set's Table 1 column (docs/design.md, "Public API").
 BENCHMARK_OF_DATASET = {
     'market1501': 'benchmarks.market', 'dukemtmc': 'benchmarks.duke',
@@ -232,7 +230,8 @@ def explain_pretrained_errors(
     except (HfHubHTTPError, EntryNotFoundError, OfflineModeIsEnabled) as exc:
         repo = cfg.hf_hub_id or '?'
         raise WeightsNotFoundError(
-            f'{name}: no pretrained weights could be loaded because {_why(exc, repo, cfg.hf_hub_filename or MODEL_FILENAME)}. '
+            f'{name}: no pretrained weights could be loaded because '
+            f'{_why(exc, repo, cfg.hf_hub_filename or MODEL_NAME)}. '
             f'{_ways_out(name, cfg)}') from None
 
 

@@ -9,6 +9,7 @@ from typing import Any, Dict, Optional
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 
+from ..utils.files import MODEL_NAME
 from .hbfp import HBFPNet
 
 __all__ = ['HUB_NAMESPACE', 'REID_DATASETS', 'DEFAULT_REID_MODEL', 'BUNDLED_WEIGHTS', 'WEIGHTS_DIR', 'BOT_ARGS',
@@ -67,7 +68,7 @@ def _cfg(first_conv: str = 'backbone.conv1', **kwargs) -> dict:
     return {
         'url': '',
         # Hub weights are read from safetensors only, never from a pickle.
-        'hf_hub_filename': 'model.safetensors',
+        'hf_hub_filename': MODEL_NAME,
         'num_classes': 0,
         'input_size': (3, 384, 128),
         'pool_size': (24, 8),
@@ -136,7 +137,7 @@ def bundled_weights_overlay(variant: str, pretrained_cfg: Any = None,
     if bundled.is_file():
         return dict(overlay or {}, file=str(bundled))
     from huggingface_hub import try_to_load_from_cache
-    cached = try_to_load_from_cache(cfg.hf_hub_id, cfg.hf_hub_filename or 'model.safetensors')
+    cached = try_to_load_from_cache(cfg.hf_hub_id, cfg.hf_hub_filename or MODEL_NAME)
     return dict(overlay or {}, file=cached if isinstance(cached, str) else None)
 
 
