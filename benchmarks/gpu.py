@@ -8,8 +8,10 @@ Each section runs the speed benchmark (``python -m benchmarks.speed``: its defau
 ``memory_format``, ``checkpointing`` or ``search``) or the test suite in a child process with its own time budget,
 so that a section that fails or overruns is recorded and the others still run. After every section
 ``OUT/gpu_report.md`` (a table of the sections, the targets with measured value, target and by how much they are
-met or missed, and each section's printed tail) and ``OUT/gpu_raw.json`` (everything, with each section's own
-JSON) are rewritten: a run cut short still leaves what finished.
+met or missed, and each section's printed tail) and ``OUT/gpu_raw.json`` (everything: the machine, each section's
+own JSON and its whole output) are rewritten: a run cut short still leaves what finished. These two are the only
+files written under OUT (the probes' JSON files go to a scratch folder), so a machine that sends back only a few
+files sends back the whole check.
 
 Without CUDA and without ``--dry-run`` it stops at once (exit 2): the numbers are only meaningful on the device.
 """
@@ -19,6 +21,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence
@@ -28,15 +31,16 @@ import torch
 __all__ = ['Section', 'SECTIONS', 'sections_for', 'run_sections', 'render_report', 'main']
 
 TAIL_LINES = 25
+OUTPUT_CHARS = 200_000
 
 
 class Section(NamedTuple):
-    """One part of the check: a command (with ``{out}`` for the output folder), its budget and what it shows."""
+    """One part of the check: a command (``{work}`` stands for a scratch folder), its budget and what it shows."""
     name: str
     what: str
     command: List[str]
     budget_s: int
-    json_name: Optional[str] = None  # the probe's own JSON file in the output folder, when it writes one
+    json_name: Optional[str] = None  # the probe's own JSON file in the scratch folder, when it writes one
 
 
 def _python(*args: str) -> List[str]:
@@ -57,31 +61,31 @@ SECTIONS = [
                           'images/s, time per FLOP, GeP share and each GeP path, AMP speed-up, peak memory, recipe '
                           'wall time and the input pipeline\'s share, evaluate_rank',
             _speed('--batch-sizes', '32', '64', '--precisions', 'fp32', 'amp', '--amp-dtype', 'bfloat16', '--repeats',
-                   '3', '--output', '{out}/speed_bf16.json'),
+                   '3', '--output', '{work}/speed_bf16.json'),
             80, 'speed_bf16.json'),
     Section('speed_fp16', 'the same under AMP float16 (no memory probe)',
             _speed('--sections', 'models,layers', '--batch-sizes', '32', '64', '--precisions', 'amp', '--amp-dtype',
-                   'float16', '--repeats', '3', '--no-memory', '--output', '{out}/speed_fp16.json'),
+                   'float16', '--repeats', '3', '--no-memory', '--output', '{work}/speed_fp16.json'),
             30, 'speed_fp16.json'),
     Section('compile', 'torch.compile of both models, batch 64, AMP bfloat16',
             _speed('--sections', 'models', '--batch-sizes', '64', '--precisions', 'amp', '--amp-dtype', 'bfloat16',
-                   '--compile', '--repeats', '3', '--no-memory', '--output', '{out}/speed_compile.json'),
+                   '--compile', '--repeats', '3', '--no-memory', '--output', '{work}/speed_compile.json'),
             35, 'speed_compile.json'),
     Section('mobilenet', 'hbfp_mobilenetv2_100 (the shipped architecture) vs its BoT configuration at 256x128, batch '
                          '32 and 64, fp32 and AMP bfloat16: images/s, time per FLOP, GeP share, AMP speed-up',
             _speed('--sections', 'models,layers', '--model', 'hbfp_mobilenetv2_100', '--img-size', '256', '128',
                    '--batch-sizes', '32', '64', '--precisions', 'fp32', 'amp', '--amp-dtype', 'bfloat16',
-                   '--repeats', '3', '--no-memory', '--output', '{out}/mobilenet.json'), 30, 'mobilenet.json'),
+                   '--repeats', '3', '--no-memory', '--output', '{work}/mobilenet.json'), 30, 'mobilenet.json'),
     Section('memory_format', 'channels-last against contiguous, train and eval, batch 64 at 384x128: hbfp_resnet50 '
                              'and hbfp_mobilenetv2_100',
             _speed('--sections', 'memory_format', '--models', 'hbfp_resnet50', 'hbfp_mobilenetv2_100', '--batch-size',
-                   '64', '--repeats', '3', '--output', '{out}/memory_format.json'), 20, 'memory_format.json'),
+                   '64', '--repeats', '3', '--output', '{work}/memory_format.json'), 20, 'memory_format.json'),
     Section('checkpointing', 'peak device memory of a training step at batch 64, with and without gradient '
                              'checkpointing',
-            _speed('--sections', 'checkpointing', '--batch-size', '64', '--output', '{out}/checkpointing.json'),
+            _speed('--sections', 'checkpointing', '--batch-size', '64', '--output', '{work}/checkpointing.json'),
             20, 'checkpointing.json'),
     Section('search', 'top-10 of 1,000 queries over 1M x 4,096 float16 descriptors on the device, against exact',
-            _speed('--sections', 'search', '--device', 'cuda', '--output', '{out}/search.json'), 30, 'search.json'),
+            _speed('--sections', 'search', '--device', 'cuda', '--output', '{work}/search.json'), 30, 'search.json'),
     Section('suite', 'the whole test suite, device tests first, skips listed (CUDA-only tests must run, not skip)',
             _python('-m', 'pytest', '-q', '-rs', '-p', 'no:cacheprovider', *DEVICE_TESTS, 'tests'), 175),
 ]
@@ -90,19 +94,19 @@ SECTIONS = [
 DRY_RUN = {
     'suite': _python('-m', 'pytest', '-q', '-rs', '-p', 'no:cacheprovider', 'tests/test_losses.py'),
     'speed_bf16': _speed('--quick', '--device', 'cpu', '--img-size', '64', '32', '--precisions', 'fp32', '--no-memory',
-                         '--loader-workers', '0', '--reference-queries', '10', '--output', '{out}/speed_bf16.json'),
+                         '--loader-workers', '0', '--reference-queries', '10', '--output', '{work}/speed_bf16.json'),
     'speed_fp16': None,  # the same probe as speed_bf16: once is enough for a dry run
     'compile': None,
     'mobilenet': _speed('--sections', 'models', '--model', 'hbfp_mobilenetv2_100', '--quick', '--device', 'cpu',
                         '--img-size', '64', '32', '--precisions', 'fp32', '--no-memory', '--output',
-                        '{out}/mobilenet.json'),
+                        '{work}/mobilenet.json'),
     'memory_format': _speed('--sections', 'memory_format', '--models', 'hbfp_resnet18', '--img-size', '64', '32',
                             '--batch-size', '2', '--repeats', '1', '--modes', 'eval', '--device', 'cpu',
-                            '--output', '{out}/memory_format.json'),
+                            '--output', '{work}/memory_format.json'),
     'checkpointing': _speed('--sections', 'checkpointing', '--model', 'hbfp_resnet18', '--img-size', '64', '32',
-                            '--batch-size', '2', '--device', 'cpu', '--output', '{out}/checkpointing.json'),
+                            '--batch-size', '2', '--device', 'cpu', '--output', '{work}/checkpointing.json'),
     'search': _speed('--sections', 'search', '--quick', '--tasks', 'topk', '--device', 'cpu', '--output',
-                     '{out}/search.json'),
+                     '{work}/search.json'),
 }
 
 
@@ -134,8 +138,12 @@ def environment() -> Dict[str, Any]:
     return info
 
 
-def _run_section(section: Section, out: Path) -> Dict[str, Any]:
-    command = [part.replace('{out}', str(out)) for part in section.command]
+def _text(stream) -> str:
+    return stream.decode(errors='replace') if isinstance(stream, bytes) else stream or ''
+
+
+def _run_section(section: Section, work: Path) -> Dict[str, Any]:
+    command = [part.replace('{work}', str(work)) for part in section.command]
     print(f'[gpu check] {section.name}: {" ".join(command[1:])} (budget {section.budget_s} s)', flush=True)
     start = time.perf_counter()
     record: Dict[str, Any] = {'name': section.name, 'what': section.what, 'command': command,
@@ -146,17 +154,16 @@ def _run_section(section: Section, out: Path) -> Dict[str, Any]:
         output = done.stdout + done.stderr
     except subprocess.TimeoutExpired as expired:
         record['status'] = f'timed out after {section.budget_s} s'
-        output = ((expired.stdout or b'').decode(errors='replace') if isinstance(expired.stdout, bytes)
-                  else expired.stdout or '') + ((expired.stderr or b'').decode(errors='replace')
-                                                if isinstance(expired.stderr, bytes) else expired.stderr or '')
+        output = _text(expired.stdout) + _text(expired.stderr)
     except OSError as error:
         record['status'] = f'failed ({error})'
         output = ''
     record['seconds'] = round(time.perf_counter() - start, 1)
     record['tail'] = '\n'.join(output.strip().splitlines()[-TAIL_LINES:])
-    if section.json_name and (out / section.json_name).is_file():
+    record['output'] = output[-OUTPUT_CHARS:]  # the whole output, for a failure's traceback (its end when long)
+    if section.json_name and (work / section.json_name).is_file():
         try:
-            record['result'] = json.loads((out / section.json_name).read_text())
+            record['result'] = json.loads((work / section.json_name).read_text())
         except ValueError:
             record['result'] = None
     print(f'[gpu check] {section.name}: {record["status"]} in {record["seconds"]} s', flush=True)
@@ -199,16 +206,21 @@ def render_report(raw: Dict[str, Any]) -> str:
 
 
 def run_sections(sections: List[Section], out: Path, command: List[str], dry_run: bool) -> Dict[str, Any]:
-    """Run `sections` in order, rewriting the report and the raw JSON after each one."""
+    """Run `sections` in order, rewriting the report and the raw JSON after each one.
+
+    `out` receives exactly two files, ``gpu_report.md`` and ``gpu_raw.json`` (each section's own JSON and its whole
+    output are inside the latter); the probes write their JSON into a scratch folder that is removed afterwards.
+    """
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     raw: Dict[str, Any] = {'command': command, 'dry_run': dry_run, 'environment': environment(),
                            'started': time.strftime('%Y-%m-%d %H:%M:%S %Z'), 'sections': [], 'seconds': 0.0}
-    for section in sections:
-        raw['sections'].append(_run_section(section, out))
-        raw['seconds'] = round(time.perf_counter() - start, 1)
-        (out / 'gpu_raw.json').write_text(json.dumps(raw, indent=1) + '\n', encoding='utf-8')
-        (out / 'gpu_report.md').write_text(render_report(raw), encoding='utf-8')
+    with tempfile.TemporaryDirectory(prefix='gpu-check-') as work:
+        for section in sections:
+            raw['sections'].append(_run_section(section, Path(work)))
+            raw['seconds'] = round(time.perf_counter() - start, 1)
+            (out / 'gpu_raw.json').write_text(json.dumps(raw, indent=1) + '\n', encoding='utf-8')
+            (out / 'gpu_report.md').write_text(render_report(raw), encoding='utf-8')
     return raw
 
 

@@ -19,8 +19,10 @@ def test_dry_run_writes_the_report_and_raw_json_of_each_section(tmp_path):
     assert all(s['status'] == 'ok' and s['seconds'] > 0 for s in raw['sections'])
     assert 'passed' in raw['sections'][1]['tail']
     assert raw['sections'][0]['result'] is not None  # the probe's own JSON, read back
+    assert 'passed' in raw['sections'][1]['output'] and 'Device cpu' in raw['sections'][0]['output']
     report = (out / 'gpu_report.md').read_text()
     assert report.startswith('# GPU check (DRY RUN on CPU') and '| memory_format | ok |' in report
+    assert sorted(path.name for path in out.rglob('*')) == ['gpu_raw.json', 'gpu_report.md']  # nothing else in OUT
 
 
 def test_every_device_section_has_a_dry_run_or_is_a_repeat_of_one():

@@ -12,6 +12,7 @@ import hbfp_timm  # noqa: F401  (registers the hbfp_* models)
 from benchmarks import probes, report, speed
 from benchmarks.probes import count_flops, loader_throughput, make_step, peak_memory
 from benchmarks.speed import amp_speedups, layer_costs, parse_args, recipe_estimate
+from hbfp_timm.metrics.retrieval import faiss_available
 
 CPU = torch.device('cpu')
 TINY = ['--img-size', '64', '32', '--batch-size', '2', '--device', 'cpu']
@@ -167,7 +168,10 @@ def test_checkpointing_section_measures_both_modes_each_in_its_own_process(tmp_p
 # -- search -----------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('task, ours, baseline', [
-    ('topk', 'topk', 'naive'), ('topk', 'topk', 'faiss'), ('evaluate', 'evaluate_features', 'naive'),
+    ('topk', 'topk', 'naive'),
+    pytest.param('topk', 'topk', 'faiss', marks=pytest.mark.skipif(
+        not faiss_available(), reason='faiss is an optional extra (pip install "hbfp-timm[faiss]"), not installed here')),
+    ('evaluate', 'evaluate_features', 'naive'),
     ('rerank', 're_ranking', 're_ranking_features'),
 ])
 def test_search_probes_measure_time_and_memory_and_agree_with_the_baseline(task, ours, baseline):
