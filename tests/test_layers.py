@@ -217,6 +217,27 @@ def test_gep_rejects_bad_lambdas_and_shapes():
         GeneralizedPooling(combine='max')
     with pytest.raises(ValueError, match=r'\(B, C, H, W\)'):
         GeneralizedPooling()(torch.randn(2, 3))
+    with pytest.raises(ValueError, match='^GeneralizedPooling: expected a floating-point map, got torch.int64$'):
+        GeneralizedPooling()(torch.tensor([[[[0, 1], [2, 9]]]]))  # integers would be averaged and truncated
+    with pytest.raises(ValueError, match="^input_fmt: expected 'NCHW' or 'NHWC', got 'NCL'$"):
+        GeneralizedPooling(input_fmt='NCL')
+
+
+def test_gep_pools_channels_last_maps_as_their_channels_first_twin():
+    """timm's Swin-like feature extractors give (B, H, W, C) maps: input_fmt='NHWC' pools over H and W, as timm's
+    own pooling layers do."""
+    x = torch.randn(2, 5, 4, 3)  # B, C, H, W
+    for learnable in (False, True):
+        nchw, nhwc = GeneralizedPooling(learnable=learnable), GeneralizedPooling(learnable=learnable, input_fmt='NHWC')
+        torch.testing.assert_close(nhwc(x.permute(0, 2, 3, 1)), nchw(x), rtol=0, atol=0)
+    assert "input_fmt='NHWC'" in repr(GeneralizedPooling(input_fmt='NHWC'))
+    scripted = torch.jit.script(GeneralizedPooling(input_fmt='NHWC'))
+    torch.testing.assert_close(scripted(x.permute(0, 2, 3, 1)), GeneralizedPooling()(x))
+
+
+def test_gep_traces_with_plain_torch_fx_to_the_eager_result():
+    pool, x = GeneralizedPooling(), torch.randn(2, 3, 4, 5)
+    torch.testing.assert_close(torch.fx.symbolic_trace(pool)(x), pool(x), rtol=0, atol=0)
 
 
 # --- BFP ----------------------------------------------------------------------------------------
@@ -322,6 +343,12 @@ def test_bfp_bad_sizes_name_the_argument(kwargs, arg):
     args = dict(p_channels=4, q_channels=6, correlation_dim=3, perception_dim=5)
     with pytest.raises(ValueError, match=f'^{arg}: expected a positive integer, got {kwargs[arg]!r}$'):
         BFP(**dict(args, **kwargs))
+
+
+def test_bfp_refuses_maps_of_two_batches():
+    bfp = BFP(4, 6, correlation_dim=3, perception_dim=5)
+    with pytest.raises(ValueError, match='^BFP: p and q must hold the same batch, got 1 and 2 maps$'):
+        bfp(torch.randn(1, 4, 3, 2), torch.randn(2, 6, 2, 2))
 
 
 def test_bfp_scripts_and_traces_to_the_eager_result():

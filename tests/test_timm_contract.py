@@ -164,6 +164,8 @@ def test_torchscript_and_fx_models_match_eager():
         fx_model = create_feature_extractor(model, return_nodes=[eval_nodes[-1]], tracer_kwargs=_tracer_kwargs())
         assert torch.equal(list(fx_model(x).values())[0], expected)
         torch.testing.assert_close(list(torch.jit.script(fx_model)(x).values())[0], expected)
+        # Plain torch.fx, which knows nothing of timm's leaf modules, traces the whole model too.
+        assert torch.equal(torch.fx.symbolic_trace(model)(x), expected)
 
 
 def test_fx_traced_training_model_backpropagates_to_every_parameter():

@@ -105,6 +105,8 @@ class BFP(nn.Module):
             raise ValueError(f'BFP: p must be (B, {self.p_channels}, H, W), got shape {tuple(p.shape)}')
         if q.ndim != 4 or q.shape[1] != self.q_channels:
             raise ValueError(f'BFP: q must be (B, {self.q_channels}, H, W), got shape {tuple(q.shape)}')
+        if p.shape[0] != q.shape[0]:
+            raise ValueError(f'BFP: p and q must hold the same batch, got {p.shape[0]} and {q.shape[0]} maps')
 
     def perceive(self, p: torch.Tensor, q: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """The bi-directional perception maps ``(P~, Q~)`` of Eq. 5, without the residual."""

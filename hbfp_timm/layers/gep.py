@@ -37,6 +37,7 @@ import warnings
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
+import torch.fx
 import torch.nn as nn
 
 __all__ = ['GeneralizedPooling', 'generalized_pool2d', 'default_implementation', 'GEP_COMBINES']
@@ -209,6 +210,11 @@ def _pool_float(x: torch.Tensor, lambdas: torch.Tensor, eps: float, implementati
     return pooled.reshape(batch, channels, -1)
 
 
+# Under plain torch.fx.symbolic_trace the pooling is one call in the graph (its path is picked from the input's
+# device and dtype, which tracing cannot see); timm's own fx feature extraction keeps GeneralizedPooling a leaf.
+torch.fx.wrap('_pool_float')
+
+
 def generalized_pool2d(
         x: torch.Tensor,
         lambdas: torch.Tensor,
@@ -252,6 +258,8 @@ class GeneralizedPooling(nn.Module):
             initialised to the fixed combination (1/K each for ``'mean'``, 1 for ``'sum'``).
         flatten: Return (B, C) when True, else (B, C, 1, 1).
         eps: Guard for constant channels (see :func:`generalized_pool2d`).
+        input_fmt: Layout of the input map: ``'NCHW'`` (default; CNN features) or ``'NHWC'`` (the channels-last
+            maps of timm's Swin and other transformer feature extractors), as in timm's pooling layers.
     """
 
     def __init__(
@@ -261,8 +269,11 @@ class GeneralizedPooling(nn.Module):
             learnable: bool = False,
             flatten: bool = True,
             eps: float = 1e-6,
+            input_fmt: str = 'NCHW',
     ):
         super().__init__()
+        if input_fmt not in ('NCHW', 'NHWC'):
+            raise ValueError(f"input_fmt: expected 'NCHW' or 'NHWC', got {input_fmt!r}")
         try:
             lambdas = tuple(float(v) for v in lambdas)
         except (TypeError, ValueError):
@@ -277,10 +288,23 @@ class GeneralizedPooling(nn.Module):
         self.weight = nn.Parameter(torch.full((len(lambdas),), initial)) if learnable else None
         self.flatten = flatten
         self.eps = eps
+        self.input_fmt = input_fmt
+
+    @torch.jit.unused
+    def _check_input(self, x: torch.Tensor) -> None:
+        if isinstance(x, torch.fx.Proxy):  # symbolic tracing: shape and dtype are not known yet
+            return
+        layout = '(B, C, H, W)' if self.input_fmt == 'NCHW' else "(B, H, W, C) (input_fmt='NHWC')"
+        if x.ndim != 4:
+            raise ValueError(f'GeneralizedPooling: expected a {layout} map, got shape {list(x.shape)}')
+        if not x.is_floating_point():
+            raise ValueError(f'GeneralizedPooling: expected a floating-point map, got {x.dtype}')
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4:
-            raise ValueError('GeneralizedPooling: expected a (B, C, H, W) map, got shape ' + str(list(x.shape)))
+        if not torch.jit.is_scripting():
+            self._check_input(x)
+        if self.input_fmt == 'NHWC':
+            x = x.permute(0, 3, 1, 2)
         pooled = _pool_float(x, self.lambdas, self.eps, None)  # combined in float32, cast once
         weight = self.weight
         if weight is not None:
@@ -294,4 +318,5 @@ class GeneralizedPooling(nn.Module):
 
     def extra_repr(self) -> str:
         lambdas = tuple(round(v, 4) for v in self.lambdas.tolist())
-        return f'lambdas={lambdas}, combine={self.combine!r}, learnable={self.weight is not None}'
+        fmt = '' if self.input_fmt == 'NCHW' else f', input_fmt={self.input_fmt!r}'
+        return f'lambdas={lambdas}, combine={self.combine!r}, learnable={self.weight is not None}{fmt}'
