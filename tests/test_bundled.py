@@ -81,7 +81,7 @@ def test_without_the_bundled_file_the_hub_cache_is_read_still_without_a_request(
         trained, tmp_path, hub_cache, monkeypatch, no_network):
     _move_bundled(monkeypatch, tmp_path / 'not-installed.safetensors')
     folder = hub.save_pretrained(trained, tmp_path / 'export')
-    hub_cache(folder, f'{registry.HUB_NAMESPACE}/{TAG}')
+    hub_cache(folder, f'{registry.PROJECT_NAMESPACE}/{TAG}')
     loaded = timm.create_model(TAG, pretrained=True)
     assert torch.equal(_descriptors(loaded), _descriptors(trained))
 
@@ -96,7 +96,7 @@ def test_without_file_and_cache_the_hub_is_asked_and_a_missing_repository_is_one
     message = str(info.value)
     assert '\n' not in message and message.startswith(f'{TAG}: no pretrained weights could be loaded because')
     assert f"The package file {tmp_path / 'not-installed.safetensors'} is missing" in message
-    assert any(path.startswith(f'/{registry.HUB_NAMESPACE}/{TAG}/resolve/main/model.safetensors')
+    assert any(path.startswith(f'/{registry.PROJECT_NAMESPACE}/{TAG}/resolve/main/model.safetensors')
                for _, path, _ in received['requests'])
 
 
@@ -110,6 +110,37 @@ def test_a_callers_own_hub_id_or_file_wins_over_the_bundled_file(trained, releas
     from_file = timm.create_model(TAG, pretrained=True, pretrained_cfg_overlay=dict(
         file=str(tmp_path / 'other' / 'model.safetensors')))
     assert torch.equal(_descriptors(from_file), _descriptors(other))
+
+
+def test_pretrained_with_other_input_channels_adapts_the_first_convolution_as_timm_does(release_file, monkeypatch,
+                                                                                        no_network):
+    """timm's in_chans convention: the stem's weight is adapted (summed for 1 channel, repeated and rescaled for
+    more) by timm's adapt_input_conv; every other weight is the file's."""
+    _move_bundled(monkeypatch, release_file)
+    file = safetensors.torch.load_file(str(release_file))
+    first_conv = f"{timm.models.get_pretrained_cfg(TAG).first_conv}.weight"
+    for in_chans in (1, 4):
+        model = timm.create_model(TAG, pretrained=True, in_chans=in_chans)
+        state = model.state_dict()
+        expected = timm.models.adapt_input_conv(in_chans, file[first_conv]).float()
+        assert state[first_conv].shape[1] == in_chans
+        torch.testing.assert_close(state[first_conv], expected)
+        assert all(torch.equal(state[k], v.float() if v.is_floating_point() else v)
+                   for k, v in file.items() if k != first_conv)
+        with torch.no_grad():
+            assert model.eval()(torch.randn(2, in_chans, *_inputs().shape[2:])).shape == (2, model.num_features)
+
+
+def test_pointing_the_shipped_tag_at_another_hub_repository_names_the_package_file_as_the_way_back(
+        release_file, monkeypatch, hub_cache, tmp_path):
+    _move_bundled(monkeypatch, release_file)
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
+    with pytest.raises(hub.WeightsNotFoundError) as info:
+        timm.create_model(TAG, pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id='someteam/absent'))
+    message = str(info.value)
+    assert '\n' not in message and "'someteam/absent' is not in the local Hugging Face cache" in message
+    assert f'{TAG} ships in the package ({release_file.name}): without an hf_hub_id overlay' in message
+    assert 'reinstall' not in message
 
 
 # --- what is advertised, and the refusal ---------------------------------------------------------------------

@@ -153,15 +153,17 @@ def test_hub_namespace_environment_variable_registers_the_data_set_tags_and_read
             "ids = [timm.models.get_pretrained_cfg(t).hf_hub_id for t in tags]\n"
             f"m = timm.create_model('hbfp_resnet50.dukemtmc', pretrained=True, **{small!r}).eval()\n"
             f"torch.save(m(torch.load({str(tmp_path / 'input.pt')!r})).detach(), {str(tmp_path / 'out.pt')!r})\n"
-            "print(json.dumps([tags, ids, timm.models.get_pretrained_cfg('hbfp_resnet50').tag]))")
+            f"shipped = timm.models.get_pretrained_cfg({hbfp_models.DEFAULT_REID_MODEL!r}).hf_hub_id\n"
+            "print(json.dumps([tags, ids, timm.models.get_pretrained_cfg('hbfp_resnet50').tag, shipped]))")
     env = dict(os.environ, HBFP_TIMM_HUB_NAMESPACE='myteam', HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE='1',
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]))
     done = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    tags, ids, default_tag = json.loads(done.stdout.strip().splitlines()[-1])
+    tags, ids, default_tag, shipped = json.loads(done.stdout.strip().splitlines()[-1])
     assert sorted(tags) == sorted(f'hbfp_resnet50.{d}' for d in hbfp_models.REID_DATASETS)
     assert sorted(ids) == sorted(f'myteam/hbfp_resnet50.{d}' for d in hbfp_models.REID_DATASETS)
     assert default_tag == 'market1501'
+    assert shipped == f'hbfp-timm/{hbfp_models.DEFAULT_REID_MODEL}'  # the shipped weights keep the project's name
     assert torch.equal(torch.load(tmp_path / 'out.pt'), _outputs(source))
 
 
@@ -174,7 +176,7 @@ def test_missing_hub_weights_offline_is_one_clear_error_naming_the_ways_out(hub_
     message = str(info.value)
     assert '\n' not in message
     assert message.startswith(f'{tag}: ')
-    assert f"'{hbfp_models.HUB_NAMESPACE}/{tag}' is not in the local Hugging Face cache" in message
+    assert f"'{hbfp_models.PROJECT_NAMESPACE}/{tag}' is not in the local Hugging Face cache" in message
     assert 'python -m benchmarks.market --train' in message and 'python -m hbfp_timm.train' in message
     assert "pretrained_cfg_overlay=dict(file='RUN_DIR/model.safetensors')" in message
     # No traceback wall: huggingface_hub's exception is neither the cause nor shown as the context.

@@ -133,6 +133,19 @@ def test_features_only_through_each_timm_feature_class(feature_cls):
             torch.testing.assert_close(output, maps[index])
 
 
+def test_features_only_takes_timms_feature_cfg_keys_over_the_defaults():
+    """timm's feature_cfg may name the feature class and the maps itself; it wins over the model's defaults."""
+    x = _images(1)
+    with torch.no_grad():
+        _, maps = _model().eval().forward_intermediates(x)
+        model = _model(features_only=True, feature_cfg=dict(feature_cls='hook', out_indices=(1, 4))).eval()
+        outputs = model(x)
+    outputs = list(outputs.values()) if isinstance(outputs, dict) else outputs
+    assert model.feature_info.channels() == [CHANNELS[1], CHANNELS[4]] and len(outputs) == 2
+    torch.testing.assert_close(outputs[0], maps[1])
+    torch.testing.assert_close(outputs[1], maps[4])
+
+
 def test_prune_intermediate_layers_keeps_only_what_the_requested_stages_need():
     model = _model().eval()
     x = _images()

@@ -145,7 +145,9 @@ def check_pretrained_state_dict(state_dict: Dict[str, torch.Tensor], model: nn.M
     """timm ``pretrained_filter_fn`` of the HBFP models: :func:`check_state_dict` before timm loads the weights.
 
     When the model's ``num_classes`` differs from the checkpoint's, timm drops the classifier and loads the rest;
-    the classifier is then left out of the comparison.
+    the classifier is then left out of the comparison. When the model takes another number of input channels
+    (``in_chans``), the first convolution's weight (``first_conv``) may differ in its input channels alone: timm
+    adapts it after this check, as for its own models.
 
     Args:
         state_dict: The pretrained tensors timm is about to load.
@@ -159,6 +161,14 @@ def check_pretrained_state_dict(state_dict: Dict[str, torch.Tensor], model: nn.M
     classifier = cfg.get('classifier') or 'classifier'
     ignore = (classifier + '.',) if getattr(model, 'num_classes', None) != cfg.get('num_classes') else ()
     holds = file_metadata(cfg['file']).get('architecture') if cfg.get('file') else None
+    first_conv = f"{cfg.get('first_conv')}.weight"
+    expected = model.state_dict().get(first_conv)
+    given = state_dict.get(first_conv)
+    if expected is not None and given is not None and given.shape[1] != expected.shape[1] \
+            and given.shape[:1] + given.shape[2:] == expected.shape[:1] + expected.shape[2:]:
+        state_dict = {key: value for key, value in state_dict.items() if key != first_conv}
+        check_state_dict(model, state_dict, str(source), ignore_prefixes=ignore + (first_conv,), holds=holds)
+        return {**state_dict, first_conv: given}
     check_state_dict(model, state_dict, str(source), ignore_prefixes=ignore, holds=holds)
     return state_dict
 
@@ -170,8 +180,13 @@ def _name_with_tag(variant: str, cfg: Any) -> str:
 def _ways_out(name: str, cfg: Any) -> str:
     from .registry import BUNDLED_WEIGHTS, DEFAULT_REID_MODEL  # the registry builds on this module
     benchmark = BENCHMARK_OF_DATASET.get(cfg.tag or '', 'benchmarks.market')
-    shipped = (f'The package file {BUNDLED_WEIGHTS[name]} is missing from this installation: reinstall hbfp-timm.'
-               if name in BUNDLED_WEIGHTS else f'Trained weights ship for {DEFAULT_REID_MODEL} (CUHK03, 128x64).')
+    bundled = BUNDLED_WEIGHTS.get(name)
+    if bundled is None:
+        shipped = f'Trained weights ship for {DEFAULT_REID_MODEL} (CUHK03, 128x64).'
+    elif not bundled.is_file():
+        shipped = f'The package file {bundled} is missing from this installation: reinstall hbfp-timm.'
+    else:  # the caller pointed the shipped tag at another Hub repository
+        shipped = f'{name} ships in the package ({bundled.name}): without an hf_hub_id overlay it loads from there.'
     return (
         f'{shipped} Own weights: the commands take '
         f'--model RUN_DIR or --checkpoint FILE; Python takes '

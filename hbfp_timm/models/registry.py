@@ -12,14 +12,14 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from ..utils.files import MODEL_NAME
 from .hbfp import HBFPNet
 
-__all__ = ['HUB_NAMESPACE', 'REID_DATASETS', 'DEFAULT_REID_MODEL', 'BUNDLED_WEIGHTS', 'WEIGHTS_DIR', 'BOT_ARGS',
-           'bundled_weights_overlay']
+__all__ = ['HUB_NAMESPACE', 'PROJECT_NAMESPACE', 'REID_DATASETS', 'DEFAULT_REID_MODEL', 'BUNDLED_WEIGHTS',
+           'WEIGHTS_DIR', 'BOT_ARGS', 'bundled_weights_overlay']
 
 
 def _create_hbfp(variant: str, pretrained: bool = False, **kwargs) -> HBFPNet:
     # features_only=True: the model is not a plain sequence of children, so timm's feature wrapper goes through
     # forward_intermediates ('getter'; 'hook' and 'fx' work too); by default it returns the three learned maps.
-    kwargs['feature_cfg'] = dict(feature_cls='getter', out_indices=3, **(kwargs.get('feature_cfg') or {}))
+    kwargs['feature_cfg'] = {'feature_cls': 'getter', 'out_indices': 3, **(kwargs.get('feature_cfg') or {})}
     if not pretrained:
         return build_model_with_cfg(HBFPNet, variant, pretrained, **kwargs)
     # Imported here because pretrained.py builds on this module; it is only needed when weights are loaded.
@@ -51,7 +51,8 @@ def _create_hbfp(variant: str, pretrained: bool = False, **kwargs) -> HBFPNet:
 # variable HBFP_TIMM_HUB_NAMESPACE (read once, at import; it also registers the paper model's data-set tags) or
 # with ``pretrained_cfg_overlay=dict(hf_hub_id=...)``.
 _NAMESPACE_FROM_ENV = os.environ.get('HBFP_TIMM_HUB_NAMESPACE', '').strip().strip('/')
-HUB_NAMESPACE = _NAMESPACE_FROM_ENV or 'hbfp-timm'
+PROJECT_NAMESPACE = 'hbfp-timm'  # the project's own Hub namespace: the shipped weights are named there, always
+HUB_NAMESPACE = _NAMESPACE_FROM_ENV or PROJECT_NAMESPACE
 REID_DATASETS = ('market1501', 'dukemtmc', 'cuhk03_labeled', 'cuhk03_detected')
 
 # Weights that ship inside the package, found before the Hub cache and the Hub (no network at all).
@@ -110,7 +111,7 @@ def _reid_cfgs(model_name: str, **kwargs) -> dict:
 def _bundled_cfg(name: str, input_size, **kwargs) -> dict:
     """A tag whose weights ship in the package (``file``) and are also named on the Hub (``hf_hub_id``)."""
     height, width = input_size
-    return {name: _cfg(file=str(BUNDLED_WEIGHTS[name]), hf_hub_id=f'{HUB_NAMESPACE}/{name}',
+    return {name: _cfg(file=str(BUNDLED_WEIGHTS[name]), hf_hub_id=f'{PROJECT_NAMESPACE}/{name}',
                        input_size=(3, height, width), pool_size=(height // 16, width // 16), **kwargs)}
 
 
@@ -132,7 +133,7 @@ def bundled_weights_overlay(variant: str, pretrained_cfg: Any = None,
     bundled = BUNDLED_WEIGHTS.get(f'{variant}.{cfg.tag}')
     if bundled is None or cfg.source in ('hf-hub', 'local-dir'):
         return None
-    if cfg.hf_hub_id != f'{HUB_NAMESPACE}/{variant}.{cfg.tag}':  # the caller points at other Hub weights
+    if cfg.hf_hub_id != f'{PROJECT_NAMESPACE}/{variant}.{cfg.tag}':  # the caller points at other Hub weights
         return dict(overlay or {}, file=None)
     if bundled.is_file():
         return dict(overlay or {}, file=str(bundled))
