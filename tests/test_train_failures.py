@@ -335,6 +335,26 @@ def test_ctrl_c_or_sigterm_to_a_running_job_is_one_line_and_no_temporary(data_ro
 
 
 # --- setup on the machine -----------------------------------------------------------------------------------
+def test_a_workers_thread_that_loses_the_main_process_is_not_a_traceback_but_other_errors_are():
+    """Seen once in the job above: a worker's resource-sharer thread printed "ConnectionResetError: Connection
+    reset by peer" after the main process had stopped on Ctrl-C. Workers leave such a lost connection unprinted."""
+    code = (
+        "import threading\n"
+        "from hbfp_timm.data.loader import ignore_interruptions\n"
+        "ignore_interruptions(0)\n"
+        "def fail(error):\n"
+        "    raise error\n"
+        "for error in (ConnectionResetError(104, 'Connection reset by peer'), EOFError(), ValueError('real')):\n"
+        "    thread = threading.Thread(target=fail, args=(error,))\n"
+        "    thread.start()\n"
+        "    thread.join()\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]))
+    done = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0
+    assert 'ValueError: real' in done.stderr
+    assert 'ConnectionResetError' not in done.stderr and 'EOFError' not in done.stderr
+
+
 def test_offline_pretrained_backbone_fails_at_once_with_the_offline_flags(make_config, tmp_path, monkeypatch):
     """No network and no cached ImageNet weights: the ways out within seconds, not after ~50 s of retries."""
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', False)

@@ -30,16 +30,25 @@ def _exit_quietly(signum: int, frame: object) -> None:
     os._exit(0)
 
 
+def _quiet_when_the_main_process_hangs_up(args: threading.ExceptHookArgs) -> None:
+    """A worker's background thread (multiprocessing's resource sharer, which hands batches' file descriptors to
+    the main process) loses its connection when the main process stops on an interruption: that is the expected
+    end, not an error to print over the one-line message. Anything else is reported as Python would."""
+    if not issubclass(args.exc_type, (ConnectionError, EOFError)):
+        threading.__excepthook__(args)
+
+
 def ignore_interruptions(worker_id: int) -> None:
     """``worker_init_fn``: leave Ctrl-C to the main process and end quietly on SIGTERM.
 
     The main process handles the interruption and stops the workers in order; a worker that died of the signal
     would turn it into "DataLoader worker exited unexpectedly", and one that ignored SIGTERM would hang the exit
-    (multiprocessing stops leftover workers with SIGTERM). Unblocks what :func:`interruptions_deferred` held back
-    during the fork.
+    (multiprocessing stops leftover workers with SIGTERM), and a connection its threads lose as the main process
+    stops is not printed as a traceback. Unblocks what :func:`interruptions_deferred` held back during the fork.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _exit_quietly)
+    threading.excepthook = _quiet_when_the_main_process_hangs_up
     if hasattr(signal, 'pthread_sigmask'):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, INTERRUPTIONS)
 
