@@ -42,8 +42,8 @@ DATA_ROOT_ENV = 'REID_DATA_ROOT'
 # and the trained model is clearly better than the untrained one. Training starts from random weights (no
 # download), so it departs from the paper's recipe where a short from-scratch run needs it: a 5x larger
 # constant learning rate and no random erasing or cutout (measured: with them, 12 epochs did not beat the
-# untrained model; 40 epochs as below take rank-1 from 28.1 to 54.4 and mAP from 14.2 to 36.5 in under 2 minutes,
-# see README.md). Images are generated at 128x64 and fed to the network at 64x32. The resumable checkpoint
+# untrained model; 40 epochs as below take rank-1 from 28.1 to 61.4 and mAP from 14.2 to 43.6 in about 3 minutes,
+# see README.md's table). Images are generated at 128x64 and fed to the network at 64x32. The resumable checkpoint
 # (weights + Adam moments) is written every 10 epochs and after the last, rather than after each of them.
 SYNTHETIC_PRESET: Dict[str, Any] = dict(
     model='hbfp_resnet18', img_size=(64, 32), epochs=40, batch_size=32, num_instances=4,

@@ -13,9 +13,10 @@ The network (paper 3.1, Fig. 2; docs/design.md, "Architecture"):
 * three branches ``F_L = A_L``, ``F_M = A_M``, ``F_H``, each with generalized pooling (Eq. 6), a BatchNorm
   neck and a bias-free classifier (BoT head). The test descriptor concatenates the three neck features.
 
-Every **(choice)** of docs/design.md is a constructor flag with the paper-faithful default, and the Table 2
-ablations are configurations of the same class (``branches``, ``bfp_pairs``, ``hierarchical``,
-``global_pool``).
+Each **(choice)** of docs/design.md is marked in the code. The defaults are our choices; where the paper can be
+read literally another way, a constructor flag selects that reading (``residual``, ``share_blocks``,
+``descriptor``, ``gep_combine``...). The Table 2 ablations are configurations of the same class
+(``branches``, ``bfp_pairs``, ``hierarchical``, ``global_pool``).
 """
 import copy
 from dataclasses import dataclass

@@ -13,7 +13,7 @@ epoch it checks the arguments, the output folder, the data set (every image chea
 will write and, at the end, what it wrote. Writes to ``--output``:
 
 * ``checkpoint.pt``: resumable state (model, optimizer, scheduler, grad scaler, epoch, RNG states, history),
-  rewritten atomically after every epoch; ``--resume`` continues it exactly;
+  rewritten atomically every ``--checkpoint-every`` epochs (default 1) and after the last; ``--resume`` continues it exactly;
 * ``results.json``: configuration, per-epoch losses, every evaluation, the best and the last; rewritten
   atomically after every epoch;
 * ``model.safetensors``: the final Re-ID descriptor model (classifier dropped), loadable with

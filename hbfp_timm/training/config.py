@@ -40,9 +40,12 @@ class TrainConfig:
         model_args: Extra ``HBFPNet`` constructor kwargs (Table 2 / Table 3 ablations).
         img_size: Network input (height, width).
         epochs: Training epochs.
-        lr_constant_epochs: Epochs at the base learning rate before the exponential decay starts.
-        lr_final_factor: **(choice)** Learning-rate factor reached at the last epoch. The paper says "decays
-            exponentially to 0", which an exponential never reaches; 1e-3 of the base rate stands for 0.
+        lr_constant_epochs: Epochs before the exponential decay starts. Each epoch runs at the schedule's value
+            at its start, so epoch ``lr_constant_epochs + 1`` is still at the base rate
+            (``ConstantThenExponentialDecay``).
+        lr_final_factor: **(choice)** Learning-rate factor the decay reaches at the end of the last epoch. The
+            paper says "decays exponentially to 0", which an exponential never reaches; 1e-3 of the base rate
+            stands for 0.
         batch_size: P x K images per batch (per process under torchrun).
         num_instances: K, images per identity in a batch.
         lr: Adam learning rate.

@@ -8,6 +8,11 @@ class ConstantThenExponentialDecay:
     linearly from 0 to 1 over the remaining epochs, so the rate reaches ``final_factor`` times the base rate
     at ``total_epochs`` (paper 4.2: "constant for 200 epochs, then decays exponentially to 0 by epoch 500").
 
+    The trainer steps the scheduler after each epoch, so an epoch runs at the factor of the number of epochs done
+    before it, the schedule's value at the epoch's start: epochs 1 to ``constant_epochs + 1`` run at the base
+    rate, the decay is under way from the next one, and ``final_factor`` is the value at the end of the last
+    epoch, which itself runs at ``final_factor ** ((total - constant - 1) / (total - constant))``.
+
     A class rather than a closure, so that ``LambdaLR.state_dict`` stores its parameters.
 
     Args:

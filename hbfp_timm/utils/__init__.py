@@ -1,2 +1,3 @@
 """Helpers of the application around the model zoo: safe output files and the run-folder layout (:mod:`.files`),
-progress of long work (:mod:`.progress`)."""
+progress of long work (:mod:`.progress`), the memory a training step keeps between forward and backward
+(:mod:`.memory`)."""
