@@ -82,7 +82,7 @@ def evaluate_data(extractor, dataset_name: str, data_root, metric: str = 'euclid
     Args:
         extractor: a `hbfp_timm.FeatureExtractor` (its model, preprocessing, device, flip and amp).
         dataset_name: reader of `data_root` (`hbfp_timm.data.datasets.DATASET_NAMES`).
-        data_root: the data set's folder.
+        data_root: the data set's folder; its query and gallery splits are read, a training split is not needed.
         metric: 'euclidean' or 'cosine'.
         rerank: also the k-reciprocal re-ranked scores.
         workers: image decoding processes.
@@ -94,7 +94,7 @@ def evaluate_data(extractor, dataset_name: str, data_root, metric: str = 'euclid
         'num_query', 'num_gallery', 'num_skipped_queries', 'metric'[, 'reranked'], 'camera_pairs', 'verification'}``;
         ``verification`` holds ``'eer'``, ``'checked'`` (one entry per threshold) and, with `fmrs`, ``'calibrated'``.
     """
-    dataset = build_dataset(dataset_name, data_root)
+    dataset = build_dataset(dataset_name, data_root, with_train=False)  # evaluation needs no training split
 
     loaders = test_loaders(dataset, extractor.transform, extractor.batch_size, workers,
                            pin_memory=extractor.device.type == 'cuda')

@@ -1,5 +1,6 @@
 """Tests of hbfp_timm.data: readers on tiny on-disk layouts, the PK sampler, transforms and loaders."""
 import os
+import shutil
 import signal
 import time
 from collections import Counter
@@ -129,6 +130,36 @@ def test_empty_split_is_an_error(tmp_path):
     _write_images(tmp_path / 'query', ['-1_c1s1_000401_03.jpg'])  # only junk: nothing usable
     with pytest.raises(ValueError, match="split 'query'.*no usable images"):
         market1501(tmp_path)
+
+
+@pytest.mark.parametrize('reader', ['market1501', 'market_layout', 'dukemtmc', 'cuhk03_labeled', 'msmt17'])
+def test_with_train_false_reads_test_only_data_and_training_still_needs_the_train_split(tmp_path, reader):
+    """Evaluation needs no training split: ``with_train=False`` reads query and gallery alone (train is empty,
+    not read); the default, for training, still refuses data without one, naming what is missing."""
+    if reader == 'msmt17':
+        root = _msmt17_tree(tmp_path / 'MSMT17_V1')
+        for name in ('list_train.txt', 'list_val.txt'):
+            (root / name).unlink()
+        shutil.rmtree(root / 'train')
+    else:
+        root = tmp_path / {'dukemtmc': 'DukeMTMC-reID', 'cuhk03_labeled': 'cuhk03-np/labeled'}.get(reader, 'market1501')
+        names = {'dukemtmc': (['0010_c1_f0000100.jpg'], ['0010_c5_f0000200.jpg']),
+                 'cuhk03_labeled': (['0800_c1_1.png'], ['0800_c2_7.png'])}.get(reader, (MARKET_QUERY, MARKET_GALLERY))
+        _write_images(root / 'query', names[0])
+        _write_images(root / 'bounding_box_test', names[1])
+    data_root = tmp_path if reader != 'market_layout' else root
+    dataset = build_dataset(reader, data_root, with_train=False)
+    assert dataset.train == [] and dataset.query and dataset.gallery
+    with pytest.raises(FileNotFoundError, match='bounding_box_train|list_train|train'):
+        build_dataset(reader, data_root)
+
+
+def test_with_train_false_does_not_read_the_train_split_at_all(tmp_path):
+    _market_tree(tmp_path)
+    _write_images(tmp_path / 'bounding_box_train', ['not_a_market_name.jpg'])  # an error for training only
+    assert len(market_layout(tmp_path, with_train=False).query) == 2
+    with pytest.raises(ValueError, match='not_a_market_name'):
+        market_layout(tmp_path)
 
 
 def test_market_layout_reads_any_folder(tmp_path):

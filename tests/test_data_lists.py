@@ -41,6 +41,19 @@ def test_csv_with_header_and_cameras(tmp_path):
     assert dataset.name == 'image_lists' and dataset.num_train_pids == 2
 
 
+def test_query_and_gallery_lists_alone_are_read_for_evaluation_and_training_needs_train(tmp_path):
+    _images(tmp_path, ['a1.jpg', 'a2.jpg', 'b1.jpg'])
+    _write(tmp_path / 'query.csv', 'a1.jpg,1,0\n')
+    _write(tmp_path / 'gallery.csv', 'a2.jpg,1,1\nb1.jpg,2,1\n')
+    dataset = build_dataset('image_lists', tmp_path, with_train=False)
+    assert dataset.train == [] and len(dataset.query) == 1 and len(dataset.gallery) == 2
+    _write(tmp_path / 'train.csv', 'missing.jpg,1,0\n')  # not read for evaluation
+    assert image_lists(tmp_path, with_train=False).gallery == dataset.gallery
+    (tmp_path / 'train.csv').unlink()
+    with pytest.raises(FileNotFoundError, match='missing list file train.csv or train.txt'):
+        image_lists(tmp_path)
+
+
 def test_whitespace_list_without_cameras_leaves_out_only_the_query_file_itself(tmp_path):
     paths = _images(tmp_path, ['p1_a.jpg', 'p1_b.jpg', 'p2_a.jpg', 'p1_c.jpg'])
     _write(tmp_path / 'train.txt', 'p1_a.jpg 1\np2_a.jpg 2\n')

@@ -37,6 +37,28 @@ def test_scores_equal_the_protocol_on_the_models_descriptors_one_row_per_data_ro
     assert (out / 'evaluation.md').read_text().split('\n\n', 1)[1].strip() in printed  # the same table
 
 
+def test_test_only_data_are_evaluated_without_a_training_split(data_root, tmp_path, capsys):
+    """A folder with only query/ and bounding_box_test/, and lists with only query and gallery, are evaluated:
+    evaluation needs no training split."""
+    import shutil
+    run = write_run(tmp_path / 'run', tiny_model(seed=3))
+    test_only = tmp_path / 'test_only'
+    for split in ('query', 'bounding_box_test'):
+        shutil.copytree(data_root / split, test_only / split)
+    dataset = market_layout(data_root)
+    lists = tmp_path / 'lists'
+    lists.mkdir()
+    for split, items in (('query', dataset.query), ('gallery', dataset.gallery)):
+        (lists / f'{split}.csv').write_text(''.join(f'{path},{pid},{cam}\n' for path, pid, cam in items))
+    common = ['--model', str(run), '--device', 'cpu', '--workers', '0', '--output', str(tmp_path / 'out')]
+    assert main(['--data-root', str(data_root), '--data-root', str(test_only), '--data-root', str(lists),
+                 '--dataset', 'market_layout', '--dataset', 'market_layout', '--dataset', 'image_lists',
+                 *common]) == 0, capsys.readouterr().err
+    rows = json.loads((tmp_path / 'out' / 'evaluation.json').read_text())['results']
+    assert [(r['num_query'], r['num_gallery']) for r in rows] == [(len(dataset.query), len(dataset.gallery))] * 3
+    assert rows[1]['mAP'] == rows[0]['mAP'] and rows[2]['mAP'] == pytest.approx(rows[0]['mAP'], abs=1e-6)
+
+
 def test_a_missing_data_root_is_one_line_and_exit_2(tmp_path, capsys):
     run = write_run(tmp_path / 'run', tiny_model())
     assert main(['--data-root', str(tmp_path / 'nowhere'), '--model', str(run), '--device', 'cpu']) == 2

@@ -15,7 +15,9 @@ Every reader follows the same rules:
 * an entry named like an image that is not a readable file (a dangling symbolic link, a link loop) is skipped
   with a warning naming it;
 * whatever is dropped is counted in ``ReIDDataset.dropped`` and shown by ``summary()``;
-* a missing folder or an empty split is an error naming the path.
+* a missing folder or an empty split is an error naming the path;
+* ``with_train=False`` (evaluation) reads the query and gallery splits only: the training split may be absent
+  and is not read (``train`` is empty); training needs it (the default).
 """
 import os
 import re
@@ -60,7 +62,7 @@ class ReIDDataset:
 
     Attributes:
         name: data set name.
-        train: training items, pids relabelled to 0..num_train_pids-1.
+        train: training items, pids relabelled to 0..num_train_pids-1 (empty when read with ``with_train=False``).
         query: query items, original pids.
         gallery: gallery items, original pids (0 = distractor).
         dropped: what the reader left out, by reason (e.g. ``'junk (id -1)'``), as image counts.
@@ -135,7 +137,8 @@ def _parse_name(path: Path, pattern: re.Pattern, example: str) -> Tuple[int, int
 
 def _finalise(name: str, train: List[Item], query: List[Item], gallery: List[Item],
               sources: Dict[str, object], has_distractors: bool = True, unreadable: int = 0) -> ReIDDataset:
-    """Apply the junk / distractor rules, relabel train, refuse empty splits and count what was dropped."""
+    """Apply the junk / distractor rules, relabel train, refuse empty splits (of those read: the splits named in
+    `sources`) and count what was dropped."""
     not_identities = (JUNK_PID, DISTRACTOR_PID) if has_distractors else (JUNK_PID,)
 
     def identities(items):
@@ -150,16 +153,19 @@ def _finalise(name: str, train: List[Item], query: List[Item], gallery: List[Ite
     train, query = identities(train), identities(query)
     gallery = [item for item in gallery if item[1] != JUNK_PID]
     for split, items in (('train', train), ('query', query), ('gallery', gallery)):
-        if not items:
+        if split in sources and not items:
             raise ValueError(f'{name}: split {split!r} read from {sources[split]} has no usable images')
     relabel = {pid: label for label, pid in enumerate(sorted({pid for _, pid, _ in train}))}
     train = [(path, relabel[pid], camid) for path, pid, camid in train]
     return ReIDDataset(name, train, query, gallery, dropped)
 
 
-def _read_market_style(name: str, root: Path, pattern: re.Pattern, example: str) -> ReIDDataset:
-    splits, sources, unreadable = {}, {}, 0
+def _read_market_style(name: str, root: Path, pattern: re.Pattern, example: str,
+                       with_train: bool = True) -> ReIDDataset:
+    splits, sources, unreadable = {'train': []}, {}, 0
     for split, folder in MARKET_SPLITS.items():
+        if split == 'train' and not with_train:
+            continue
         sources[split] = root / folder
         files, num_unreadable = _image_files(root / folder, example)
         unreadable += num_unreadable
@@ -167,48 +173,57 @@ def _read_market_style(name: str, root: Path, pattern: re.Pattern, example: str)
     return _finalise(name, splits['train'], splits['query'], splits['gallery'], sources, unreadable=unreadable)
 
 
-def _market_layout_description(example: str) -> str:
-    return (f'folders bounding_box_train/, query/, bounding_box_test/ holding images named like {example}')
+def _market_layout_description(example: str, with_train: bool = True) -> str:
+    folders = 'bounding_box_train/, query/, bounding_box_test/' if with_train else 'query/ and bounding_box_test/'
+    return f'folders {folders} holding images named like {example}'
 
 
-def market1501(root: PathLike) -> ReIDDataset:
+def _split_marker(with_train: bool) -> str:
+    """The folder that `_resolve_root` looks for: the training split, or for test-only reading the query split."""
+    return MARKET_SPLITS['train'] if with_train else MARKET_SPLITS['query']
+
+
+def market1501(root: PathLike, with_train: bool = True) -> ReIDDataset:
     """Market-1501 (Zheng et al. 2015): 751 + 750 identities, 6 cameras.
 
     Args:
         root: the folder ``Market-1501-v15.09.15`` itself, or a data root holding it directly or as
             ``market1501/Market-1501-v15.09.15``.
+        with_train: also read the training split (False: query and gallery only, for evaluation).
 
     Returns:
         The data set.
     """
     folder = _resolve_root(
         root, ['.', 'Market-1501-v15.09.15', 'market1501/Market-1501-v15.09.15', 'market1501'],
-        'bounding_box_train', _market_layout_description(MARKET_NAME_EXAMPLE))
-    return _read_market_style('market1501', folder, MARKET_PATTERN, MARKET_NAME_EXAMPLE)
+        _split_marker(with_train), _market_layout_description(MARKET_NAME_EXAMPLE, with_train))
+    return _read_market_style('market1501', folder, MARKET_PATTERN, MARKET_NAME_EXAMPLE, with_train)
 
 
-def dukemtmc(root: PathLike) -> ReIDDataset:
+def dukemtmc(root: PathLike, with_train: bool = True) -> ReIDDataset:
     """DukeMTMC-reID (Zheng et al. 2017): 702 + 702 identities (+ 408 gallery distractors), 8 cameras.
 
     Args:
         root: the folder ``DukeMTMC-reID`` itself, or a data root holding it directly or as
             ``dukemtmc-reid/DukeMTMC-reID``.
+        with_train: also read the training split (False: query and gallery only, for evaluation).
 
     Returns:
         The data set.
     """
     example = '0001_c2_f0046182.jpg'
     folder = _resolve_root(root, ['.', 'DukeMTMC-reID', 'dukemtmc-reid/DukeMTMC-reID', 'dukemtmc/DukeMTMC-reID'],
-                           'bounding_box_train', _market_layout_description(example))
-    return _read_market_style('dukemtmc', folder, DUKE_PATTERN, example)
+                           _split_marker(with_train), _market_layout_description(example, with_train))
+    return _read_market_style('dukemtmc', folder, DUKE_PATTERN, example, with_train)
 
 
-def cuhk03(root: PathLike, variant: str = 'labeled') -> ReIDDataset:
+def cuhk03(root: PathLike, variant: str = 'labeled', with_train: bool = True) -> ReIDDataset:
     """CUHK03-NP, the new protocol of Zhong et al. 2017: 767 training and 700 test identities.
 
     Args:
         root: a data root holding ``cuhk03-np/<variant>/``, or ``cuhk03-np`` itself, or the variant folder.
         variant: 'labeled' (hand-drawn boxes) or 'detected' (DPM boxes).
+        with_train: also read the training split (False: query and gallery only, for evaluation).
 
     Returns:
         The data set, named ``cuhk03_<variant>``.
@@ -216,9 +231,9 @@ def cuhk03(root: PathLike, variant: str = 'labeled') -> ReIDDataset:
     if variant not in ('labeled', 'detected'):
         raise ValueError(f"variant must be 'labeled' or 'detected', got {variant!r}")
     example = '0001_c1_1.png'
-    folder = _resolve_root(root, [f'cuhk03-np/{variant}', variant, '.'], 'bounding_box_train',
-                           f'cuhk03-np/{variant}/ with ' + _market_layout_description(example))
-    return _read_market_style(f'cuhk03_{variant}', folder, CUHK03_PATTERN, example)
+    folder = _resolve_root(root, [f'cuhk03-np/{variant}', variant, '.'], _split_marker(with_train),
+                           f'cuhk03-np/{variant}/ with ' + _market_layout_description(example, with_train))
+    return _read_market_style(f'cuhk03_{variant}', folder, CUHK03_PATTERN, example, with_train)
 
 
 def _read_msmt17_list(list_file: Path, image_root: Path) -> List[Item]:
@@ -238,7 +253,7 @@ def _read_msmt17_list(list_file: Path, image_root: Path) -> List[Item]:
     return items
 
 
-def msmt17(root: PathLike) -> ReIDDataset:
+def msmt17(root: PathLike, with_train: bool = True) -> ReIDDataset:
     """MSMT17 (Wei et al. 2018): 1,041 + 3,060 identities, 15 cameras.
 
     Train is ``list_train.txt`` plus ``list_val.txt`` (the validation images belong to training identities),
@@ -248,44 +263,55 @@ def msmt17(root: PathLike) -> ReIDDataset:
         root: the folder ``MSMT17_V1`` / ``MSMT17_V2`` itself, or a data root holding it (optionally under
             ``msmt17/``). V1 keeps images in ``train/`` and ``test/``, V2 in ``mask_train_v2/`` and
             ``mask_test_v2/``.
+        with_train: also read the training lists and images (False: query and gallery only, for evaluation:
+            ``list_query.txt``, ``list_gallery.txt`` and ``test/``).
 
     Returns:
         The data set.
     """
+    lists = 'list_train.txt, list_val.txt, list_query.txt, list_gallery.txt' if with_train else \
+        'list_query.txt, list_gallery.txt'
+    images = 'train/ + test/ (V1) or mask_train_v2/ + mask_test_v2/ (V2)' if with_train else \
+        'test/ (V1) or mask_test_v2/ (V2)'
     folder = _resolve_root(
-        root, ['.', 'MSMT17_V1', 'MSMT17_V2', 'msmt17/MSMT17_V1', 'msmt17/MSMT17_V2'], 'list_train.txt',
-        'a folder with list_train.txt, list_val.txt, list_query.txt, list_gallery.txt (lines "<path> <label>") '
-        'and train/ + test/ (V1) or mask_train_v2/ + mask_test_v2/ (V2)')
+        root, ['.', 'MSMT17_V1', 'MSMT17_V2', 'msmt17/MSMT17_V1', 'msmt17/MSMT17_V2'],
+        'list_train.txt' if with_train else 'list_query.txt',
+        f'a folder with {lists} (lines "<path> <label>") and {images}')
     train_dir, test_dir = folder / 'train', folder / 'test'
-    if not train_dir.is_dir() and (folder / 'mask_train_v2').is_dir():
+    if not test_dir.is_dir() and (folder / 'mask_test_v2').is_dir():
         train_dir, test_dir = folder / 'mask_train_v2', folder / 'mask_test_v2'
-    for directory in (train_dir, test_dir):
+    for directory in (train_dir, test_dir) if with_train else (test_dir,):
         if not directory.is_dir():
             raise FileNotFoundError(f'missing folder {directory} (MSMT17 expects train/ and test/ image folders)')
     train = _read_msmt17_list(folder / 'list_train.txt', train_dir) + \
-        _read_msmt17_list(folder / 'list_val.txt', train_dir)
+        _read_msmt17_list(folder / 'list_val.txt', train_dir) if with_train else []
     query = _read_msmt17_list(folder / 'list_query.txt', test_dir)
     gallery = _read_msmt17_list(folder / 'list_gallery.txt', test_dir)
     sources = {'train': folder / 'list_train.txt', 'query': folder / 'list_query.txt',
                'gallery': folder / 'list_gallery.txt'}
+    if not with_train:
+        del sources['train']
     # MSMT17 labels count from 0: id 0 is a person there, not a distractor.
     return _finalise('msmt17', train, query, gallery, sources, has_distractors=False)
 
 
-def market_layout(root: PathLike, name: str = 'market_layout') -> ReIDDataset:
+def market_layout(root: PathLike, name: str = 'market_layout', with_train: bool = True) -> ReIDDataset:
     """Any folder in the Market-1501 layout and naming (e.g. the output of `python -m hbfp_timm.data.synthetic`).
 
     Args:
         root: the folder holding ``bounding_box_train/``, ``query/`` and ``bounding_box_test/``.
         name: name given to the data set.
+        with_train: also read ``bounding_box_train/`` (False: query and gallery only, for evaluation; the folder
+            may be absent).
 
     Returns:
         The data set.
     """
     folder = Path(root).expanduser()
     if not folder.is_dir():
-        raise FileNotFoundError(f'missing folder {folder}; expected {_market_layout_description(MARKET_NAME_EXAMPLE)}')
-    return _read_market_style(name, folder, MARKET_PATTERN, MARKET_NAME_EXAMPLE)
+        raise FileNotFoundError(
+            f'missing folder {folder}; expected {_market_layout_description(MARKET_NAME_EXAMPLE, with_train)}')
+    return _read_market_style(name, folder, MARKET_PATTERN, MARKET_NAME_EXAMPLE, with_train)
 
 
 def _image_lists(root: PathLike, **kwargs) -> ReIDDataset:
@@ -312,7 +338,8 @@ def build_dataset(name: str, root: PathLike, **kwargs) -> ReIDDataset:
         name: one of `DATASET_NAMES`: market1501, dukemtmc, cuhk03_labeled, cuhk03_detected, msmt17,
             market_layout, image_lists (train/query/gallery list files, `hbfp_timm.data.lists`).
         root: data root (see each reader for the accepted layouts).
-        **kwargs: passed to the reader (e.g. ``name=`` for market_layout).
+        **kwargs: passed to the reader (e.g. ``name=`` for market_layout; ``with_train=False``, which every
+            reader takes, reads the query and gallery splits only, for evaluation).
 
     Returns:
         The data set.

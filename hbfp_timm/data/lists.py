@@ -1,7 +1,8 @@
 """Own data as list files: one image per line, ``path,pid,camid`` (camid optional).
 
 A data set is a folder with three list files, ``train``, ``query`` and ``gallery``, each ``.csv`` (comma-
-separated, quoting allowed, e.g. for paths with commas) or ``.txt`` (fields separated by white space)::
+separated, quoting allowed, e.g. for paths with commas) or ``.txt`` (fields separated by white space); evaluation
+needs only ``query`` and ``gallery`` (``with_train=False``)::
 
     # my_data/query.csv: path, identity, camera; '#' lines and blank lines are skipped
     path,pid,camid
@@ -130,31 +131,35 @@ def read_image_list(list_file: PathLike, require_pids: bool = True, check_files:
     return ImageList(paths, pids if num_fields >= 2 else None, camids if num_fields == 3 else None, list_file)
 
 
-def _find_list(folder: Path, split: str) -> Path:
+def _find_list(folder: Path, split: str, splits: Sequence[str] = SPLITS) -> Path:
     found = [folder / f'{split}{suffix}' for suffix in LIST_SUFFIXES if (folder / f'{split}{suffix}').is_file()]
     if not found:
         raise FileNotFoundError(
-            f'{folder}: missing list file {split}.csv or {split}.txt; expected train, query and gallery lists '
-            'of "path,pid,camid" lines (camid optional)')
+            f'{folder}: missing list file {split}.csv or {split}.txt; expected {", ".join(splits[:-1])} and '
+            f'{splits[-1]} lists of "path,pid,camid" lines (camid optional)')
     if len(found) > 1:
         raise ValueError(f'{folder}: both {found[0].name} and {found[1].name} exist; keep one list per split')
     return found[0]
 
 
-def image_lists(root: PathLike, name: str = 'image_lists') -> ReIDDataset:
+def image_lists(root: PathLike, name: str = 'image_lists', with_train: bool = True) -> ReIDDataset:
     """A data set from a folder holding ``train``, ``query`` and ``gallery`` list files (module doc).
 
     Args:
         root: the folder with ``train.csv`` / ``train.txt``, ``query.*`` and ``gallery.*``.
         name: name given to the data set.
+        with_train: also read the ``train`` list (False: query and gallery only, for evaluation; the train list
+            may be absent and is not read, ``train`` is empty).
 
     Returns:
         The data set; camera-less query and gallery images get one camera per image file (module doc).
     """
     folder = Path(root).expanduser()
+    splits = SPLITS if with_train else SPLITS[1:]
     if not folder.is_dir():
-        raise FileNotFoundError(f'missing folder {folder}; expected train, query and gallery list files in it')
-    lists = {split: read_image_list(_find_list(folder, split)) for split in SPLITS}
+        raise FileNotFoundError(f'missing folder {folder}; expected {", ".join(splits[:-1])} and {splits[-1]} list '
+                                'files in it')
+    lists = {split: read_image_list(_find_list(folder, split, splits)) for split in splits}
     query, gallery = lists['query'], lists['gallery']
     if (query.camids is None) != (gallery.camids is None):
         with_cams, without = (query, gallery) if query.camids is not None else (gallery, query)
@@ -165,11 +170,12 @@ def image_lists(root: PathLike, name: str = 'image_lists') -> ReIDDataset:
         camera_of = {path: camera for camera, path in enumerate(sorted(set(query.paths) | set(gallery.paths)))}
         query = query._replace(camids=[camera_of[path] for path in query.paths])
         gallery = gallery._replace(camids=[camera_of[path] for path in gallery.paths])
-    train = lists['train']
-    relabel = {pid: label for label, pid in enumerate(sorted(set(train.pids)))}
-    train_camids = train.camids if train.camids is not None else [0] * len(train.paths)
-    train_items: List[Item] = [(path, relabel[pid], camid)
-                               for path, pid, camid in zip(train.paths, train.pids, train_camids)]
+    train_items: List[Item] = []
+    if with_train:
+        train = lists['train']
+        relabel = {pid: label for label, pid in enumerate(sorted(set(train.pids)))}
+        train_camids = train.camids if train.camids is not None else [0] * len(train.paths)
+        train_items = [(path, relabel[pid], camid) for path, pid, camid in zip(train.paths, train.pids, train_camids)]
     return ReIDDataset(name, train_items, list(zip(query.paths, query.pids, query.camids)),
                        list(zip(gallery.paths, gallery.pids, gallery.camids)))
 
