@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .commands import USER_ERRORS, add_model_arguments, exit_code, extractor_from_args, one_line, run_command
-from .data.datasets import DATASET_NAMES, build_dataset
+from .data.datasets import DATASET_NAMES, ReIDDataset, build_dataset
 from .data.loader import test_loaders
 from .inference.features import extract_features
 from .metrics import evaluate_features
@@ -41,7 +41,7 @@ from .metrics.verification import (
     DEFAULT_FMRS, THRESHOLDS_NAME, calibrate, check_threshold, pair_distances, save_thresholds, stored_thresholds,
 )
 
-__all__ = ['camera_pair_scores', 'evaluate_data', 'main']
+__all__ = ['camera_pair_scores', 'evaluate_data', 'main', 'read_data']
 
 # Camera-less data give each image its own camera: past this many cameras a per-pair table says nothing.
 MAX_CAMERAS_FOR_PAIRS = 50
@@ -74,9 +74,20 @@ def camera_pair_scores(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids,
     return sorted(rows, key=lambda row: (row['rank1'], row['mAP']))
 
 
+def read_data(dataset_name: str, data_root) -> ReIDDataset:
+    """The query and gallery splits of `data_root` read by `dataset_name` (no training split needed); what
+    cannot be read is an error naming ``--data-root``, of the same kind (exit status)."""
+    try:
+        return build_dataset(dataset_name, data_root, with_train=False)
+    except (OSError, ValueError) as error:
+        kind = FileNotFoundError if isinstance(error, FileNotFoundError) else \
+            OSError if isinstance(error, OSError) else ValueError
+        raise kind(f'--data-root: {one_line(error)}') from error
+
+
 def evaluate_data(extractor, dataset_name: str, data_root, metric: str = 'euclidean', rerank: bool = False,
                   workers: int = 0, thresholds: Sequence[Dict[str, Any]] = (),
-                  fmrs: Sequence[float] = ()) -> Dict[str, Any]:
+                  fmrs: Sequence[float] = (), dataset: Optional[ReIDDataset] = None) -> Dict[str, Any]:
     """Scores of `extractor`'s model on the query/gallery split of one data set.
 
     Args:
@@ -88,13 +99,14 @@ def evaluate_data(extractor, dataset_name: str, data_root, metric: str = 'euclid
         workers: image decoding processes.
         thresholds: ``[{'label', 'threshold'}]`` to re-check: the genuine and impostor pairs each accepts.
         fmrs: false-match rates to calibrate thresholds at on these data (empty: none).
+        dataset: the data already read from `data_root` (`read_data`); None reads them.
 
     Returns:
         ``{'data_root', 'dataset', 'query_ids', 'gallery_ids', 'seconds', 'rank1', 'rank5', 'rank10', 'mAP',
         'num_query', 'num_gallery', 'num_skipped_queries', 'metric'[, 'reranked'], 'camera_pairs', 'verification'}``;
         ``verification`` holds ``'eer'``, ``'checked'`` (one entry per threshold) and, with `fmrs`, ``'calibrated'``.
     """
-    dataset = build_dataset(dataset_name, data_root, with_train=False)  # evaluation needs no training split
+    dataset = dataset if dataset is not None else read_data(dataset_name, data_root)
 
     loaders = test_loaders(dataset, extractor.transform, extractor.batch_size, workers,
                            pin_memory=extractor.device.type == 'cuda')
@@ -205,10 +217,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.calibrate and (len(args.data_root) != 1 or not args.output):
         parser.error('--calibrate: needs exactly one --data-root (the calibration split) and --output')
     try:
+        datasets = [read_data(reader, root) for reader, root in zip(readers, args.data_root)]  # before the model
         extractor = extractor_from_args(args)
         checks = _thresholds_to_check(args, extractor)
         rows = [evaluate_data(extractor, reader, root, args.metric, args.rerank, args.workers, checks,
-                              DEFAULT_FMRS if args.calibrate else ()) for reader, root in zip(readers, args.data_root)]
+                              DEFAULT_FMRS if args.calibrate else (), dataset)
+                for reader, root, dataset in zip(readers, args.data_root, datasets)]
     except USER_ERRORS as error:
         print(f'{parser.prog}: error: {one_line(error)}', file=sys.stderr)
         return exit_code(error)

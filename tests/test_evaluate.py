@@ -63,7 +63,15 @@ def test_a_missing_data_root_is_one_line_and_exit_2(tmp_path, capsys):
     run = write_run(tmp_path / 'run', tiny_model())
     assert main(['--data-root', str(tmp_path / 'nowhere'), '--model', str(run), '--device', 'cpu']) == 2
     err = capsys.readouterr().err
-    assert err.count('\n') == 1 and err.startswith('python -m hbfp_timm.evaluate: error: ')
+    assert err.count('\n') == 1 and err.startswith(f'python -m hbfp_timm.evaluate: error: --data-root: missing folder '
+                                                   f'{tmp_path / "nowhere"}; expected folders query/ and bounding_box_test/')
+    (tmp_path / 'lists').mkdir()
+    (tmp_path / 'lists' / 'query.csv').write_text('a.jpg,1,0\n')
+    assert main(['--data-root', str(tmp_path / 'lists'), '--dataset', 'image_lists', '--model', str(run),
+                 '--device', 'cpu']) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and err.startswith('python -m hbfp_timm.evaluate: error: --data-root: ') and \
+        f"{tmp_path / 'lists' / 'query.csv'}:1: image {tmp_path / 'lists' / 'a.jpg'} not found" in err
 
 
 def _direct_camera_pairs(q, g, q_pids, g_pids, q_cams, g_cams):
