@@ -102,9 +102,12 @@ def evaluate_data(extractor, dataset_name: str, data_root, metric: str = 'euclid
         dataset: the data already read from `data_root` (`read_data`); None reads them.
 
     Returns:
-        ``{'data_root', 'dataset', 'query_ids', 'gallery_ids', 'seconds', 'rank1', 'rank5', 'rank10', 'mAP',
-        'num_query', 'num_gallery', 'num_skipped_queries', 'metric'[, 'reranked'], 'camera_pairs', 'verification'}``;
-        ``verification`` holds ``'eer'``, ``'checked'`` (one entry per threshold) and, with `fmrs`, ``'calibrated'``.
+        ``{'data_root', 'dataset', 'query_ids', 'gallery_ids', 'dropped', 'seconds', 'rank1', 'rank5', 'rank10',
+        'mAP', 'num_query', 'num_gallery', 'num_skipped_queries', 'metric'[, 'reranked'], 'camera_pairs',
+        'verification'}``; ``num_query`` counts every query, the scores are over those with a true match in the
+        gallery (``num_skipped_queries`` have none: the protocol skips them); ``dropped`` is what the reader left out
+        (`hbfp_timm.data.ReIDDataset.dropped`, reasons with a count); ``verification`` holds ``'eer'``,
+        ``'checked'`` (one entry per threshold) and, with `fmrs`, ``'calibrated'``.
     """
     dataset = dataset if dataset is not None else read_data(dataset_name, data_root)
 
@@ -129,12 +132,29 @@ def evaluate_data(extractor, dataset_name: str, data_root, metric: str = 'euclid
     if fmrs:
         verification['calibrated'] = calibrated['thresholds']
     return {'data_root': str(data_root), 'dataset': dataset.name, 'query_ids': len(set(q_pids.tolist())),
-            'gallery_ids': len(set(g_pids.tolist())), 'seconds': round(time.perf_counter() - start, 1), **scores,
+            'gallery_ids': len(set(g_pids.tolist())),
+            'dropped': {reason: count for reason, count in dataset.dropped.items() if count},
+            'seconds': round(time.perf_counter() - start, 1), **scores,
             'camera_pairs': pairs, 'verification': verification}
 
 
 def _percent(value: float) -> str:
     return f'{100 * value:.1f}'
+
+
+def _left_out(row: Dict[str, Any]) -> List[str]:
+    """What the scores of `row` leave out, a line each: queries without a true match, and the reader's drops."""
+    lines = []
+    skipped = row['num_skipped_queries']
+    if skipped:
+        lines.append(f"{row['data_root']}: {row['num_query'] - skipped} of {row['num_query']} queries scored; "
+                     f"{skipped} {'query' if skipped == 1 else 'queries'} without a match in the gallery (no image "
+                     f"of {'its' if skipped == 1 else 'their'} identity from another camera) "
+                     f"{'was' if skipped == 1 else 'were'} skipped")
+    if row.get('dropped'):
+        lines.append(f"{row['data_root']}: left out by the reader: "
+                     + '; '.join(f'{reason}: {count}' for reason, count in row['dropped'].items()))
+    return lines
 
 
 def _tables(rows: List[Dict[str, Any]]) -> str:
@@ -144,6 +164,9 @@ def _tables(rows: List[Dict[str, Any]]) -> str:
             if scores:
                 lines.append(f"| {row['data_root']}{label} | {row['num_query']} | {row['num_gallery']} | "
                              + ' | '.join(_percent(scores[k]) for k in ('rank1', 'rank5', 'rank10', 'mAP')) + ' |')
+    notes = [note for row in rows for note in _left_out(row)]
+    if notes:
+        lines += [''] + notes
     lines += ['', 'Same person (distance below the threshold): genuine = same identity, other camera; impostor = '
               'different identities; query x gallery pairs.', '',
               '| data | threshold | distance | genuine accepted (TMR) | impostors accepted (FMR) |',

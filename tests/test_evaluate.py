@@ -59,6 +59,28 @@ def test_test_only_data_are_evaluated_without_a_training_split(data_root, tmp_pa
     assert rows[1]['mAP'] == rows[0]['mAP'] and rows[2]['mAP'] == pytest.approx(rows[0]['mAP'], abs=1e-6)
 
 
+def test_queries_without_a_match_in_the_gallery_are_counted_and_said(data_root, tmp_path, capsys):
+    """A query whose identity has no gallery image from another camera is left out of the scores, as the protocol
+    says; the output says how many were scored and how many were left out, and why."""
+    import shutil
+    run = write_run(tmp_path / 'run', tiny_model(seed=3))
+    data = tmp_path / 'data'
+    for split in ('query', 'bounding_box_test'):
+        shutil.copytree(data_root / split, data / split)
+    first = sorted((data / 'query').iterdir())[0]
+    shutil.copy(first, data / 'query' / ('0999' + first.name[first.name.index('_'):]))  # nobody in the gallery
+    num_query = len(list((data / 'query').iterdir()))
+    assert main(['--data-root', str(data), '--model', str(run), '--device', 'cpu', '--workers', '0',
+                 '--output', str(tmp_path / 'out')]) == 0
+    printed = capsys.readouterr().out
+    line = (f'{data}: {num_query - 1} of {num_query} queries scored; 1 query without a match in the gallery (no image '
+            'of its identity from another camera) was skipped')
+    assert line in printed and line in (tmp_path / 'out' / 'evaluation.md').read_text()
+    row = json.loads((tmp_path / 'out' / 'evaluation.json').read_text())['results'][0]
+    assert row['num_query'] == num_query and row['num_skipped_queries'] == 1
+    assert f'{data}: left out by the reader: junk (id -1): ' in printed  # the synthetic gallery's junk images
+
+
 def test_a_missing_data_root_is_one_line_and_exit_2(tmp_path, capsys):
     run = write_run(tmp_path / 'run', tiny_model())
     assert main(['--data-root', str(tmp_path / 'nowhere'), '--model', str(run), '--device', 'cpu']) == 2
