@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import timm
 import torch
 
 from hbfp_timm import FeatureExtractor
@@ -85,8 +86,9 @@ def test_a_missing_data_root_is_one_line_and_exit_2(tmp_path, capsys):
     run = write_run(tmp_path / 'run', tiny_model())
     assert main(['--data-root', str(tmp_path / 'nowhere'), '--model', str(run), '--device', 'cpu']) == 2
     err = capsys.readouterr().err
-    assert err.count('\n') == 1 and err.startswith(f'python -m hbfp_timm.evaluate: error: --data-root: missing folder '
-                                                   f'{tmp_path / "nowhere"}; expected folders query/ and bounding_box_test/')
+    assert err.count('\n') == 1 and err.startswith(
+        f'python -m hbfp_timm.evaluate: error: --data-root: missing folder {tmp_path / "nowhere"}; expected folders '
+        'query/ and bounding_box_test/')
     (tmp_path / 'lists').mkdir()
     (tmp_path / 'lists' / 'query.csv').write_text('a.jpg,1,0\n')
     assert main(['--data-root', str(tmp_path / 'lists'), '--dataset', 'image_lists', '--model', str(run),
@@ -94,6 +96,23 @@ def test_a_missing_data_root_is_one_line_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and err.startswith('python -m hbfp_timm.evaluate: error: --data-root: ') and \
         f"{tmp_path / 'lists' / 'query.csv'}:1: image {tmp_path / 'lists' / 'a.jpg'} not found" in err
+
+
+def test_the_trainers_checkpoint_pt_as_checkpoint_says_what_to_give_instead(data_root, tmp_path, capsys):
+    from hbfp_timm.training.checkpoint import save_checkpoint
+
+    from tiny_models import TINY_ARGS
+    run = write_run(tmp_path / 'run', tiny_model())
+    full = timm.create_model('hbfp_resnet18', num_classes=6, **TINY_ARGS)  # with its ID classifier, as trained
+    save_checkpoint(run / 'checkpoint.pt', {'model_name': 'hbfp_resnet18', 'model': full.state_dict(), 'epoch': 1,
+                                            'optimizer': torch.optim.SGD(full.parameters(), lr=0.1).state_dict()})
+    assert 'classifier.weight' in full.state_dict()
+    assert main(['--data-root', str(data_root), '--model', 'hbfp_resnet18',
+                 '--checkpoint', str(run / 'checkpoint.pt'), *[a for k, v in TINY_ARGS.items() for a in ('--model-arg', f'{k}={v}')], '--device', 'cpu']) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'classifier' not in err
+    assert f"resumable training state (for --resume), not a weights file; give its run folder {run} or the " \
+           f"weights file {run / 'model.safetensors'} instead" in err
 
 
 def _direct_camera_pairs(q, g, q_pids, g_pids, q_cams, g_cams):

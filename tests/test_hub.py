@@ -477,6 +477,40 @@ def test_cli_push_uploads_a_run_directory(run_dir, fake_hub, capsys):
     assert f'{endpoint}/someteam/run7/commit/abc123' in capsys.readouterr().out
 
 
+def _training_checkpoint(run: Path) -> Path:
+    """The trainer's resumable checkpoint.pt beside model.safetensors: the whole model (its ID classifier too), the
+    optimizer and the epoch, as `hbfp_timm.training.checkpoint.save_checkpoint` writes them."""
+    from hbfp_timm.training.checkpoint import CHECKPOINT_NAME, save_checkpoint
+    model = timm.create_model(ARCH, num_classes=7, **CUSTOM_ARGS)
+    save_checkpoint(run / CHECKPOINT_NAME, {
+        'model_name': ARCH, 'model': model.state_dict(),
+        'optimizer': torch.optim.Adam(model.parameters()).state_dict(), 'epoch': 3, 'config': '{}', 'results': '{}'})
+    return run / CHECKPOINT_NAME
+
+
+def test_the_trainers_checkpoint_pt_is_refused_in_one_line_naming_the_run_folder_and_its_weights(
+        run_dir, tmp_path, capsys):
+    """checkpoint.pt is the resumable training state, not a weights file: given as a checkpoint or as the run,
+    one line says what to give instead (it said 'unexpected keys: classifier.weight' or 'run directory not found')."""
+    checkpoint = _training_checkpoint(run_dir)
+    expected = (f"{checkpoint}: the trainer's resumable training state (for --resume), not a weights file; give its "
+                f"run folder {run_dir} or the weights file {run_dir / 'model.safetensors'} instead")
+    with pytest.raises(ValueError) as info:
+        hub.load_checkpoint(timm.create_model(ARCH, **CUSTOM_ARGS), checkpoint)
+    assert str(info.value) == expected
+    with pytest.raises(ValueError) as info:
+        hub.load_run(checkpoint)
+    assert str(info.value) == expected
+    assert hub_cli.main(['save', str(checkpoint), str(tmp_path / 'out')]) == 2
+    assert capsys.readouterr().err == f'python -m hbfp_timm.hub: error: {expected}\n'
+    assert not (tmp_path / 'out').exists()
+    other = tmp_path / 'weights.pt'
+    torch.save(timm.create_model(ARCH, **CUSTOM_ARGS).state_dict(), other)
+    with pytest.raises(ValueError, match=r"weights\.pt: not a run folder; expected the trainer's --output folder or "
+                                         r"the model\.safetensors in it"):
+        hub.load_run(other)
+
+
 def test_cli_reports_a_missing_run_file_in_one_line(run_dir, tmp_path, capsys):
     (run_dir / 'results.json').unlink()
     assert hub_cli.main(['save', str(run_dir), str(tmp_path / 'out')]) == 2

@@ -2,13 +2,16 @@
 (:func:`load_run`).
 
 Files are read the safe way, through timm's loader: safetensors, or ``torch.load(weights_only=True)``, never an
-arbitrary pickle; a checkpoint that does not fit the model is refused with its mismatched keys.
+arbitrary pickle; a checkpoint that does not fit the model is refused with its mismatched keys. The trainer's
+resumable ``checkpoint.pt`` (model with its ID classifier, optimizer, epoch, ...) is no weights file: it is refused
+with the run folder and its ``model.safetensors`` named instead.
 """
 import json
 from pathlib import Path
 from typing import Any, Dict, Tuple, Union
 
 import timm
+import torch
 import torch.nn as nn
 from timm.models import load_state_dict
 
@@ -25,6 +28,26 @@ CHECKPOINT_SUFFIXES = ('.safetensors', '.pt', '.pth', '.bin')
 BACKBONE_WEIGHT_ARGS = {'pretrained_backbone': False, 'backbone_weights': None}
 
 
+# What a trainer's resumable checkpoint.pt holds beside the model (hbfp_timm.training.checkpoint).
+TRAINING_STATE_KEYS = frozenset({'model', 'optimizer', 'epoch'})
+
+
+def _is_training_state(path: Path) -> bool:
+    """Whether `path` holds a trainer's resumable training state rather than weights (read memory-mapped, safely)."""
+    if path.suffix == '.safetensors' or not path.is_file():
+        return False
+    try:
+        checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+    except Exception:  # unpickling reports many error types; all mean "not a training state" (timm says more)
+        return False
+    return isinstance(checkpoint, dict) and TRAINING_STATE_KEYS <= set(checkpoint)
+
+
+def _training_state_error(path: Path) -> ValueError:
+    return ValueError(f"{path}: the trainer's resumable training state (for --resume), not a weights file; give its "
+                      f"run folder {path.parent} or the weights file {path.parent / MODEL_NAME} instead")
+
+
 def load_checkpoint(model: nn.Module, path: Union[str, Path]) -> nn.Module:
     """Load a local checkpoint into ``model`` safely and strictly.
 
@@ -38,7 +61,7 @@ def load_checkpoint(model: nn.Module, path: Union[str, Path]) -> nn.Module:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: ``path`` has an unsupported suffix.
+        ValueError: ``path`` has an unsupported suffix, or is the trainer's resumable ``checkpoint.pt``.
         CheckpointMismatchError: keys or shapes differ from the model's, listed.
     """
     path = Path(path)
@@ -46,6 +69,8 @@ def load_checkpoint(model: nn.Module, path: Union[str, Path]) -> nn.Module:
         raise ValueError(f"{path}: expected a checkpoint file ending in {', '.join(CHECKPOINT_SUFFIXES)}")
     if not path.is_file():
         raise FileNotFoundError(f'{path}: checkpoint file not found')
+    if _is_training_state(path):
+        raise _training_state_error(path)
     # timm's loader: safetensors, or torch.load(weights_only=True) with the usual wrapper keys unwrapped.
     state_dict = load_state_dict(str(path), use_ema=False, weights_only=True)
     check_state_dict(model, state_dict, str(path), holds=file_metadata(path).get('architecture'))
@@ -64,9 +89,14 @@ def load_run(run: Union[str, Path]) -> Tuple[nn.Module, Dict[str, Any]]:
 
     Raises:
         FileNotFoundError: the directory, ``results.json`` or the weights file is missing.
-        ValueError: ``results.json`` is not valid JSON or lacks what the model card needs.
+        ValueError: ``results.json`` is not valid JSON or lacks what the model card needs; `run` is another file
+            (the trainer's ``checkpoint.pt`` among them).
     """
     run = Path(run)
+    if run.is_file() and run.suffix != '.safetensors':
+        if _is_training_state(run):
+            raise _training_state_error(run)
+        raise ValueError(f"{run}: not a run folder; expected the trainer's --output folder or the {MODEL_NAME} in it")
     weights = run if run.suffix == '.safetensors' else run / MODEL_NAME
     results_path = weights.parent / RESULTS_NAME
     if not weights.parent.is_dir():
