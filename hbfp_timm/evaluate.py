@@ -18,7 +18,9 @@ Beside rank-1/5/10 and mAP, each data set gets:
   pairs it accepts and how many impostor pairs it wrongly accepts on these data;
 * with ``--calibrate`` (one ``--data-root``, a labelled validation split, never the test split a model is
   reported on): thresholds at false-match rates 1e-2 and 1e-3, written to ``OUT/thresholds.json``, the file
-  that a run folder, ``hub save --thresholds`` and ``search --same-person`` read.
+  that a run folder, ``hub save --thresholds`` and ``search --same-person`` read; a warning (also stored in the
+  file) says when they rest on too few pairs (fewer than 30 impostor pairs below a threshold, i.e. fewer than
+  3,000 / 30,000 impostor pairs, or fewer than 30 genuine pairs: `hbfp_timm.metrics.verification`).
 """
 import argparse
 import json
@@ -38,7 +40,8 @@ from .inference.features import extract_features
 from .metrics import evaluate_features
 from .metrics.evaluation import score_features
 from .metrics.verification import (
-    DEFAULT_FMRS, THRESHOLDS_NAME, calibrate, check_threshold, pair_distances, save_thresholds, stored_thresholds,
+    DEFAULT_FMRS, MIN_PAIRS, THRESHOLDS_NAME, calibrate, calibration_problems, check_threshold, pair_distances,
+    save_thresholds, stored_thresholds,
 )
 
 __all__ = ['camera_pair_scores', 'evaluate_data', 'main', 'read_data']
@@ -264,6 +267,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         (output / 'evaluation.md').write_text(f'{header}\n\n{tables}\n', encoding='utf-8')
         if args.calibrate:
             row = rows[0]
+            problems = calibration_problems({'thresholds': row['verification']['calibrated'],
+                                             'eer': row['verification']['eer']})
+            warning = {}
+            if problems:
+                warning['warning'] = (f"--calibrate: the thresholds calibrated on {row['data_root']} rest on too few "
+                                      f"pairs (at least {MIN_PAIRS} needed, the 'rule of 30'): {'; '.join(problems)}; "
+                                      'calibrate on more queries and gallery images')
+                warnings.warn(warning['warning'], UserWarning)
             path = save_thresholds(output / THRESHOLDS_NAME, {
                 'metric': args.metric, 'flip': extractor.flip, 'img_size': list(extractor.img_size),
                 'model': str(args.model), 'command': command,
@@ -272,7 +283,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                   'num_gallery': row['num_gallery']},
                 'note': 'A threshold holds for the cameras it was calibrated on; re-check it on other data with '
                         'python -m hbfp_timm.evaluate.',
-                'thresholds': row['verification']['calibrated'], 'eer': row['verification']['eer']})
+                'thresholds': row['verification']['calibrated'], 'eer': row['verification']['eer'], **warning})
             print(f'wrote {path}')
     return 0
 

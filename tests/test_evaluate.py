@@ -162,8 +162,15 @@ def test_calibrate_then_the_stored_threshold_is_rechecked_and_marks_search_resul
     run = write_run(tmp_path / 'run', tiny_model(seed=3))
     out = tmp_path / 'calibration'
     common = ['--model', str(run), '--device', 'cpu', '--workers', '0']
-    assert main(['--data-root', str(data_root), '--calibrate', '--output', str(out), *common]) == 0
+    with pytest.warns(UserWarning) as warned:
+        assert main(['--data-root', str(data_root), '--calibrate', '--output', str(out), *common]) == 0
     calibrated = json.loads((out / 'thresholds.json').read_text())
+    # The synthetic split is small: the warning (and the file) say that the thresholds rest on too few pairs.
+    message, = [str(w.message) for w in warned if 'too few pairs' in str(w.message)]
+    assert message.startswith(f'--calibrate: the thresholds calibrated on {data_root} rest on too few pairs (at least '
+                              "30 needed, the 'rule of 30'): FMR 0.01 rests on ") and message == calibrated['warning']
+    impostors = calibrated['thresholds'][0]['num_impostor']
+    assert f'impostor pairs below its threshold ({impostors:,} impostor pairs; 3,000 put 30 below it)' in message
     assert [t['fmr_target'] for t in calibrated['thresholds']] == [1e-2, 1e-3]
     assert calibrated['calibrated_on']['data_root'] == str(data_root) and calibrated['metric'] == 'euclidean'
     assert all(t['fmr'] <= t['fmr_target'] for t in calibrated['thresholds'])

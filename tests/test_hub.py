@@ -293,6 +293,16 @@ def test_model_card_usage_snippet_runs_and_gives_the_saved_model_descriptor(
         assert torch.equal(namespace['descriptor'], custom_model(expected_input.unsqueeze(0)))
 
 
+def test_model_card_thresholds_carry_the_warning_of_a_calibration_on_too_few_pairs(custom_model):
+    record = {'format': 'hbfp_timm.thresholds/1', 'metric': 'euclidean', 'flip': False,
+              'thresholds': [{'fmr_target': 0.01, 'threshold': 1.5, 'fmr': 0.0, 'tmr': 0.5}]}
+    card = hub.render_model_card(custom_model, dict(RESULTS, thresholds=record))
+    assert '| 0.01 | 1.5000 | 0.000% | 50.0% |' in card and 'too few pairs' not in card
+    warning = '--calibrate: the thresholds calibrated on val rest on too few pairs (...): 16 genuine pairs (...)'
+    card = hub.render_model_card(custom_model, dict(RESULTS, thresholds=dict(record, warning=warning)))
+    assert f'**Warning**: {warning}.\n' in card
+
+
 def test_model_card_of_a_run_on_synthetic_data_says_so(custom_model):
     synthetic = {'generator': 'python -m hbfp_timm.data.synthetic', 'seed': 3, 'num_ids': 12}
     card = hub.render_model_card(custom_model, dict(RESULTS, dataset='market_layout', synthetic_data=synthetic))

@@ -7,8 +7,8 @@ import torch
 
 from hbfp_timm.metrics.distance import compute_distance_matrix
 from hbfp_timm.metrics.verification import (
-    THRESHOLDS_FORMAT, calibrate, check_threshold, pair_distances, read_thresholds, save_thresholds, select_threshold,
-    stored_thresholds,
+    MIN_PAIRS, THRESHOLDS_FORMAT, calibrate, calibration_problems, check_threshold, pair_distances, read_thresholds,
+    save_thresholds, select_threshold, stored_thresholds,
 )
 
 
@@ -40,6 +40,23 @@ def test_hand_built_thresholds_reach_their_false_match_rates():
     assert record['eer']['threshold'] == 3.0 and record['eer']['rate'] == pytest.approx(0.3)
     checked = check_threshold(pairs, 3.5)
     assert (checked['genuine_accepted'], checked['impostors_accepted']) == (2, 1)
+
+
+def test_a_calibration_on_too_few_pairs_says_which_rates_rest_on_how_many():
+    """Rule of 30: a threshold at FMR f rests on the floor(f * impostors) impostor pairs below it and needs 30 of
+    them (30 / f impostor pairs); the true-match rates need 30 genuine pairs."""
+    assert MIN_PAIRS == 30
+    record = calibrate(pair_distances(*_hand_built(), fmrs=(0.1, 0.05)), fmrs=(0.1, 0.05))
+    assert calibration_problems(record) == [
+        'FMR 0.1 rests on 1 impostor pair below its threshold (10 impostor pairs; 300 put 30 below it)',
+        'FMR 0.05 rests on 0 impostor pairs below its threshold (10 impostor pairs; 600 put 30 below it)',
+        '2 genuine pairs (30 needed for the true-match rates)']
+    q_pids, g_pids = np.repeat(np.arange(40), 2), np.repeat(np.arange(40), 40)
+    q_cams, g_cams = np.zeros(len(q_pids), dtype=int), np.ones(len(g_pids), dtype=int)
+    q, g = torch.randn(len(q_pids), 4), torch.randn(len(g_pids), 4)
+    pairs = pair_distances(q, g, q_pids, g_pids, q_cams, g_cams, fmrs=(1e-2,))
+    assert pairs.num_impostor == 80 * 39 * 40 and len(pairs.genuine) == 80 * 40  # 124,800 impostors, 3,200 genuine
+    assert calibration_problems(calibrate(pairs, fmrs=(1e-2,))) == []
 
 
 def _random_split(seed=0, num_ids=12, num_cams=3, dim=8):

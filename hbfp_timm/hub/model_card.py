@@ -250,6 +250,8 @@ def _threshold_lines(results: Optional[Mapping[str, Any]]) -> List[str]:
     rate = lambda value, digits: 'n/a' if value is None else f'{100 * value:.{digits}f}%'  # noqa: E731
     lines += [f"| {entry['fmr_target']:g} | {entry['threshold']:.4f} | {rate(entry.get('fmr'), 3)} | "
               f"{rate(entry.get('tmr'), 1)} |" for entry in record['thresholds']]
+    if record.get('warning'):  # evaluate --calibrate on too few pairs (hbfp_timm.metrics.verification)
+        lines += ['', f"**Warning**: {record['warning']}."]
     return lines + ['']
 
 

@@ -15,6 +15,12 @@ genuine pairs accepted. The threshold of a target FMR ``f`` is the ``m+1``-th sm
 ``m = floor(f * impostors)``: at most ``m`` impostor pairs lie below it (fewer when distances tie). The
 equal-error point is the genuine distance at which FMR and 1 - TMR are closest; its rate is their mean.
 
+An estimate needs enough pairs: by the "rule of 30" (Doddington et al., 2000), a rate measured on at least 30
+errors is within about +-30% of the true rate (90% confidence). A threshold at FMR ``f`` rests on the
+``floor(f * impostors)`` impostor pairs below it, so it needs ``30 / f`` impostor pairs (3,000 at 1e-2, 30,000 at
+1e-3), and the true-match rates need 30 genuine pairs; `calibration_problems` says what falls short (``evaluate
+--calibrate`` warns with it and stores it in ``thresholds.json``).
+
 A threshold holds for the domain it was calibrated on (cameras, lighting, resolution, the model, its input
 size, metric and flip): on other cameras the same distance can mean another false-match rate.
 ``python -m hbfp_timm.evaluate`` re-checks a stored threshold on any labelled data and calibrates new ones.
@@ -26,7 +32,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -35,13 +41,16 @@ from ..models.registry import BUNDLED_WEIGHTS
 from .distance import distance_block, gallery_statistic, query_and_gallery
 from .rank import check_ids
 
-__all__ = ['DEFAULT_FMRS', 'THRESHOLDS_FORMAT', 'PairDistances', 'pair_distances', 'calibrate', 'check_threshold',
-           'select_threshold', 'save_thresholds', 'read_thresholds', 'stored_thresholds']
+__all__ = ['DEFAULT_FMRS', 'MIN_PAIRS', 'THRESHOLDS_FORMAT', 'PairDistances', 'pair_distances', 'calibrate',
+           'calibration_problems', 'check_threshold', 'select_threshold', 'save_thresholds', 'read_thresholds',
+           'stored_thresholds']
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 DEFAULT_FMRS = (1e-2, 1e-3)
 THRESHOLDS_FORMAT = 'hbfp_timm.thresholds/1'
 THRESHOLDS_NAME = 'thresholds.json'
+# The "rule of 30": pairs an estimated rate needs (impostor pairs below a threshold; genuine pairs).
+MIN_PAIRS = 30
 # Largest block of query-to-gallery distances held at once.
 BLOCK_BYTES = 64 * 2 ** 20
 
@@ -175,6 +184,24 @@ def calibrate(pairs: PairDistances, fmrs: Sequence[float] = DEFAULT_FMRS) -> Dic
     eer = _rates(pairs, float(pairs.genuine[best]), int(pairs.impostors_below[best]))
     eer['rate'] = float((fmr[best] + fnmr[best]) / 2)
     return {'metric': pairs.metric, 'thresholds': thresholds, 'eer': eer}
+
+
+def calibration_problems(calibrated: Dict[str, Any], min_pairs: int = MIN_PAIRS) -> List[str]:
+    """What the thresholds of `calibrated` (`calibrate`'s result) rest on too few pairs for (module doc), a phrase
+    each; empty when every threshold has `min_pairs` impostor pairs below it and there are `min_pairs` genuine
+    pairs."""
+    problems = []
+    for entry in calibrated['thresholds']:
+        below = math.floor(entry['fmr_target'] * entry['num_impostor'])
+        if below < min_pairs:
+            problems.append(f"FMR {entry['fmr_target']:g} rests on {below:,} impostor pair{'' if below == 1 else 's'} "
+                            f"below its threshold ({entry['num_impostor']:,} impostor pairs; "
+                            f"{math.ceil(round(min_pairs / entry['fmr_target'], 6)):,} put {min_pairs} below it)")
+    num_genuine = calibrated['eer']['num_genuine']
+    if num_genuine < min_pairs:
+        problems.append(f'{num_genuine:,} genuine pair{"" if num_genuine == 1 else "s"} ({min_pairs} needed for the '
+                        'true-match rates)')
+    return problems
 
 
 def check_threshold(pairs: PairDistances, threshold: float) -> Dict[str, Any]:
