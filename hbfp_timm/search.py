@@ -11,7 +11,9 @@ Writes ``OUT/ranking.json`` (per query: its path, and its top-k gallery paths wi
 ``OUT/ranking.png`` (the ranked lists of a few queries, with a legend of the border colours). When every
 image's identity is known (list files with pids, or names in a data set's scheme) the results say whether they
 are the query's identity, the picture colours them green / red, and rank-1 and mAP are reported under the
-Market-1501 protocol (camera-less data: `hbfp_timm.data.lists`); otherwise borders are a neutral grey.
+Market-1501 protocol (camera-less data: `hbfp_timm.data.lists`); otherwise borders are a neutral grey. The
+protocol does not score images of the query's identity from the query's camera: they stay in the ranking, and
+the picture draws them dark grey, apart from the scored matches.
 
 ``--same-person [FMR]`` marks each result whose distance is below the model's "same person" threshold, the one
 calibrated at that false-match rate (default 1e-3) and stored with its weights (`hbfp_timm.metrics.verification`);
@@ -135,10 +137,13 @@ def _picture(ranking: Dict[str, Any], query: Embeddings, gallery: Embeddings, pa
             indices[row, rank] = gallery_index[result['path']]
             distances[row, rank] = result['distance']
     known = ranking['identities_known']
+    cameras = known and query.camids is not None and gallery.camids is not None
     labels = [(f'id {int(query.pids[q])}: ' if known else '') + Path(query.paths[q]).name for q in rows]
     return draw_ranking([query.paths[q] for q in rows], gallery.paths, indices, path, distances=distances,
                         query_pids=[int(query.pids[q]) for q in rows] if known else None,
                         gallery_pids=gallery.pids.numpy() if known else None, query_labels=labels,
+                        query_camids=[int(query.camids[q]) for q in rows] if cameras else None,
+                        gallery_camids=gallery.camids.numpy() if cameras else None,
                         note="a query's own file is never among its results")
 
 

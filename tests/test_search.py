@@ -1,5 +1,5 @@
 """python -m hbfp_timm.search: exact rankings without the query's own file, ranking.json, a picture whose colours
-depend on whether identities are known, and embeddings files as inputs."""
+depend on whether identities (and cameras) are known, and embeddings files as inputs."""
 import json
 
 import numpy as np
@@ -9,7 +9,7 @@ from PIL import Image
 
 from hbfp_timm import FeatureExtractor
 from hbfp_timm.embed import main as embed_main
-from hbfp_timm.inference.visualize import MATCH_COLOUR, MISMATCH_COLOUR, UNKNOWN_COLOUR
+from hbfp_timm.inference.visualize import MATCH_COLOUR, MISMATCH_COLOUR, SAME_CAMERA_COLOUR, UNKNOWN_COLOUR
 from hbfp_timm.metrics import evaluate_rank
 from hbfp_timm.metrics.distance import compute_distance_matrix
 from hbfp_timm.search import main
@@ -106,3 +106,26 @@ def test_bad_input_is_one_line_with_a_nonzero_exit(run, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(['--query', 'q', '--gallery', 'g', '--output', 'o', '--topk', '0'])
     assert exit_info.value.code == 2
+
+
+SHIPPED = {'model': 'hbfp_mobilenetv2_100.cuhk03', 'img_size': '128x64', 'flip': 'False'}
+
+
+def test_the_picture_draws_same_camera_matches_apart_as_the_protocol_does_not_score_them(tmp_path):
+    from hbfp_timm.inference.embeddings import Embeddings, save_embeddings
+    images = [str(p) for p in write_images(tmp_path / 'img', ['q.png', 'a.png', 'b.png', 'c.png'])]
+    # Nearest first: the query's identity from its camera, then from another camera, then another identity.
+    save_embeddings(tmp_path / 'q.safetensors', Embeddings(torch.zeros(1, 2), images[:1], torch.tensor([1]),
+                                                           torch.tensor([0]), SHIPPED))
+    save_embeddings(tmp_path / 'g.safetensors', Embeddings(torch.tensor([[1.0, 0], [2, 0], [3, 0]]), images[1:],
+                                                           torch.tensor([1, 1, 2]), torch.tensor([0, 1, 1]), SHIPPED))
+    out = tmp_path / 'o'
+    assert main(['--query', str(tmp_path / 'q.safetensors'), '--gallery', str(tmp_path / 'g.safetensors'),
+                 '--output', str(out)]) == 0
+    ranking = json.loads((out / 'ranking.json').read_text())
+    assert [r['path'] for r in ranking['queries'][0]['results']] == images[1:]  # the ranking keeps it, ...
+    assert ranking['evaluation']['rank1'] == 1.0  # ... the evaluation leaves it out
+    pixels = np.asarray(Image.open(out / 'ranking.png').convert('RGB'))
+    cell_w, gap, label_h = 64 + 8, 12, 16
+    borders = [tuple(pixels[label_h + 1, (cell_w + gap) * rank + gap + 1]) for rank in (1, 2, 3)]
+    assert borders == [SAME_CAMERA_COLOUR, MATCH_COLOUR, MISMATCH_COLOUR]

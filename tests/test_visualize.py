@@ -5,7 +5,8 @@ import pytest
 from PIL import Image
 
 from hbfp_timm.inference.visualize import (
-    MATCH_COLOUR, MISMATCH_COLOUR, QUERY_COLOUR, UNKNOWN_COLOUR, draw_cmc_curves, draw_ranked_lists, draw_ranking,
+    MATCH_COLOUR, MISMATCH_COLOUR, QUERY_COLOUR, SAME_CAMERA_COLOUR, UNKNOWN_COLOUR, draw_cmc_curves, draw_ranked_lists,
+    draw_ranking,
 )
 
 
@@ -43,6 +44,24 @@ def test_known_identities_colour_the_borders_and_the_legend_explains_both_colour
     assert tuple(pixels[label_h + 1, 2 * (cell_w + gap) + gap + 1]) == MISMATCH_COLOUR
     legend = pixels[label_h + 32 + 8 + gap:]
     assert _has(legend, QUERY_COLOUR) and _has(legend, MATCH_COLOUR) and _has(legend, MISMATCH_COLOUR)
+
+
+def test_with_cameras_the_query_identity_from_its_camera_is_drawn_apart_and_explained(tmp_path):
+    paths = _solid_images(tmp_path, [(0, 0, 0), (255, 255, 0), (0, 255, 255), (255, 0, 255)])
+    out = draw_ranking(paths[:1], paths, np.array([[1, 2, 3]]), tmp_path / 'r.png', query_pids=[5],
+                       gallery_pids=[5, 5, 5, 6], query_camids=[0], gallery_camids=[0, 0, 1, 1], thumb_size=(16, 32))
+    pixels = np.asarray(Image.open(out).convert('RGB'))
+    cell_w, gap, label_h = 16 + 8, 12, 16
+    borders = [tuple(pixels[label_h + 1, rank * (cell_w + gap) + gap + 1]) for rank in (1, 2, 3)]
+    assert borders == [SAME_CAMERA_COLOUR, MATCH_COLOUR, MISMATCH_COLOUR]
+    swatch_edge = (pixels[label_h + 32 + 8 + gap:] == SAME_CAMERA_COLOUR).all(axis=-1).sum(axis=1).max()
+    assert swatch_edge >= 13  # the legend has its swatch (a 13-pixel square)
+    out = draw_ranking(paths[:1], paths, np.array([[1, 2, 3]]), tmp_path / 'r.png', query_pids=[5],
+                       gallery_pids=[5, 5, 5, 6], thumb_size=(16, 32))  # without cameras: every match is green
+    pixels = np.asarray(Image.open(out).convert('RGB'))
+    borders = [tuple(pixels[label_h + 1, rank * (cell_w + gap) + gap + 1]) for rank in (1, 2, 3)]
+    assert borders == [MATCH_COLOUR, MATCH_COLOUR, MISMATCH_COLOUR]
+    assert (pixels == SAME_CAMERA_COLOUR).all(axis=-1).sum(axis=1).max() < 13  # and no such legend entry
 
 
 def test_ranked_lists_of_an_evaluation_leave_out_same_camera_matches(tmp_path):

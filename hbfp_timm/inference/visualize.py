@@ -1,7 +1,8 @@
 """Pictures, drawn with PIL only: ranked lists of gallery images per query, and CMC curves.
 
 Every picture explains itself: ranked lists carry a legend of their border colours (green / red only when the
-identities are known, a neutral grey otherwise), CMC curves a legend that always fits inside the image.
+identities are known, a neutral grey otherwise; dark grey for the query's identity seen by the query's camera,
+which the Market-1501 protocol does not score), CMC curves a legend that always fits inside the image.
 """
 from pathlib import Path
 from typing import List, Mapping, Optional, Sequence, Tuple
@@ -10,8 +11,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 __all__ = [
-    'MATCH_COLOUR', 'MISMATCH_COLOUR', 'QUERY_COLOUR', 'UNKNOWN_COLOUR', 'draw_ranking', 'draw_ranked_lists',
-    'draw_cmc_curves',
+    'MATCH_COLOUR', 'MISMATCH_COLOUR', 'QUERY_COLOUR', 'SAME_CAMERA_COLOUR', 'UNKNOWN_COLOUR', 'draw_ranking',
+    'draw_ranked_lists', 'draw_cmc_curves',
 ]
 
 Item = Tuple[str, int, int]  # (path, pid, camid), as hbfp_timm.data readers give them
@@ -20,6 +21,7 @@ MATCH_COLOUR = (20, 160, 60)
 MISMATCH_COLOUR = (210, 30, 30)
 QUERY_COLOUR = (40, 90, 200)
 UNKNOWN_COLOUR = (150, 150, 150)
+SAME_CAMERA_COLOUR = (70, 70, 70)  # the query's identity from the query's camera: not scored by the protocol
 CURVE_COLOURS = ((40, 90, 200), (220, 120, 20), (20, 160, 60), (170, 40, 160), (110, 110, 110), (210, 30, 30))
 BORDER, GAP, LABEL_HEIGHT, LEGEND_HEIGHT = 4, 12, 16, 22
 
@@ -64,11 +66,15 @@ def draw_ranking(
         query_labels: Optional[Sequence[str]] = None,
         thumb_size: Tuple[int, int] = (64, 128),
         note: Optional[str] = None,
+        query_camids: Optional[Sequence[int]] = None,
+        gallery_camids: Optional[Sequence[int]] = None,
 ) -> Path:
     """One row per query: the query, then its ranked gallery images, with a legend of the colours below.
 
     Borders: blue for the query; green for the query's identity and red for another one when both identity
-    lists are given; neutral grey (rank order only) otherwise.
+    lists are given; neutral grey (rank order only) otherwise. With both camera lists as well, an image of the
+    query's identity from the query's camera is dark grey: ranked, but not a match the Market-1501 protocol
+    scores (`hbfp_timm.metrics.evaluate_rank` leaves it out).
 
     Args:
         query_paths: image file of each row's query.
@@ -78,6 +84,9 @@ def draw_ranking(
         distances: (num_rows, k) distances, written above the thumbnails when given.
         query_pids: identity of each row's query (with `gallery_pids`: correct / incorrect colours).
         gallery_pids: identity of each gallery image.
+        query_camids: camera of each row's query (with `gallery_camids` and the identities: same-camera matches
+            drawn apart).
+        gallery_camids: camera of each gallery image.
         query_labels: text above each query (default its file name).
         thumb_size: (width, height) of each thumbnail.
         note: a sentence added to the caption under the legend.
@@ -91,6 +100,7 @@ def draw_ranking(
     if distances is not None and np.shape(distances) != indices.shape:
         raise ValueError(f'distances: expected shape {indices.shape}, got {np.shape(distances)}')
     known = query_pids is not None and gallery_pids is not None
+    cameras = known and query_camids is not None and gallery_camids is not None
     font = ImageFont.load_default()
     cell_w, cell_h = thumb_size[0] + 2 * BORDER, thumb_size[1] + 2 * BORDER
     row_h = cell_h + LABEL_HEIGHT + GAP
@@ -99,6 +109,7 @@ def draw_ranking(
     legend = [(QUERY_COLOUR, 'query')]
     legend += ([(MATCH_COLOUR, 'same identity as the query'), (MISMATCH_COLOUR, 'other identity')] if known else
                [(UNKNOWN_COLOUR, 'ranked gallery image (identities unknown)')])
+    legend += [(SAME_CAMERA_COLOUR, "same identity, query's camera (not scored)")] if cameras else []
     caption = 'left to right: nearest first' + (', distance above each image' if distances is not None else '')
     caption += f'; {note}' if note else ''
     probe = ImageDraw.Draw(Image.new('RGB', (1, 1)))
@@ -114,8 +125,10 @@ def draw_ranking(
         for rank, g in enumerate(gallery_row, start=1):
             if g < 0:
                 continue
-            if known:
-                colour = MATCH_COLOUR if gallery_pids[g] == query_pids[row] else MISMATCH_COLOUR
+            if known and gallery_pids[g] == query_pids[row]:
+                colour = SAME_CAMERA_COLOUR if cameras and gallery_camids[g] == query_camids[row] else MATCH_COLOUR
+            elif known:
+                colour = MISMATCH_COLOUR
             else:
                 colour = UNKNOWN_COLOUR
             left = (cell_w + GAP) * rank + GAP
