@@ -3,9 +3,11 @@
 
 ``--query`` and ``--gallery`` each name a folder of images, a ``.csv`` / ``.txt`` list, one image, or an
 embeddings file of ``python -m hbfp_timm.embed`` (a large gallery is embedded once and searched many times;
-``--model`` is then only needed for the side that still has to be described). The search is exact
-(`hbfp_timm.metrics.retrieval.topk`); a query's own file is never among its results (a folder searched against
-itself finds each image's nearest *other* images).
+``--model`` is then only needed for the side that still has to be described). Query and gallery must be
+described alike: descriptors whose files say they were made by another model, input size or ``--flip`` are
+refused, as their distances mean nothing together. The search is exact (`hbfp_timm.metrics.retrieval.topk`); a
+query's own file is never among its results (a folder searched against itself finds each image's nearest *other*
+images).
 
 Writes ``OUT/ranking.json`` (per query: its path, and its top-k gallery paths with their distances) and
 ``OUT/ranking.png`` (the ranked lists of a few queries, with a legend of the border colours). When every
@@ -15,10 +17,11 @@ Market-1501 protocol (camera-less data: `hbfp_timm.data.lists`); otherwise borde
 protocol does not score images of the query's identity from the query's camera: they stay in the ranking, and
 the picture draws them dark grey, apart from the scored matches.
 
-``--same-person [FMR]`` marks each result whose distance is below the model's "same person" threshold, the one
-calibrated at that false-match rate (default 1e-3) and stored with its weights (`hbfp_timm.metrics.verification`);
-``--threshold DISTANCE`` gives one directly. A threshold holds for the cameras it was calibrated on: re-check it
-on labelled data of yours with ``python -m hbfp_timm.evaluate``.
+``--same-person [FMR]`` marks each result whose distance is below the "same person" threshold of the model that
+made the descriptors (the embeddings files name it; else ``--model``), the one calibrated at that false-match rate
+(default 1e-3) and stored with its weights (`hbfp_timm.metrics.verification`), for the input size and flip setting
+it was calibrated at; ``--threshold DISTANCE`` gives one directly. A threshold holds for the
+cameras it was calibrated on: re-check it on labelled data of yours with ``python -m hbfp_timm.evaluate``.
 """
 import argparse
 import json
@@ -34,9 +37,8 @@ from .inference.visualize import draw_ranking
 from .metrics.evaluation import score_features
 from .metrics.retrieval import topk
 from .metrics.verification import select_threshold, stored_thresholds
-from .models.registry import DEFAULT_REID_MODEL
 
-__all__ = ['search', 'main']
+__all__ = ['search', 'check_comparable', 'main']
 
 
 def _describe(source: str, extractor_factory, args: argparse.Namespace) -> Embeddings:
@@ -112,10 +114,54 @@ def search(query: Embeddings, gallery: Embeddings, k: int = 10, metric: str = 'e
             'identities_known': known, 'evaluation': evaluation, 'threshold': threshold, 'queries': queries}
 
 
+def _same_model(first: str, second: str) -> bool:
+    """Whether two ``--model`` values name the same model: the same text, or the same folder or file."""
+    if first == second:
+        return True
+    first, second = (Path(name[len('local-dir:'):] if name.startswith('local-dir:') else name).expanduser()
+                     for name in (first, second))
+    try:
+        return first.exists() and second.exists() and first.samefile(second)
+    except OSError:
+        return False
+
+
+def _how(embeddings: Embeddings) -> Dict[str, str]:
+    """What an embeddings' metadata says about how they were made: model, input size and flip, where known."""
+    metadata = embeddings.metadata or {}
+    return {key: metadata[key] for key in ('model', 'img_size', 'flip') if metadata.get(key)}
+
+
+def _describe_how(how: Dict[str, str]) -> str:
+    text = f"by {how.get('model', 'an unnamed model')}" + (f" at {how['img_size']}" if 'img_size' in how else '')
+    return text + ({'True': ' with --flip', 'False': ' without --flip'}.get(how.get('flip'), ''))
+
+
+def check_comparable(query: Embeddings, gallery: Embeddings, query_source: str, gallery_source: str) -> None:
+    """Refuse query and gallery descriptors made by different models, input sizes or flip settings (as their
+    metadata says; what one side does not say is not compared): their distances mean nothing together."""
+    q_how, g_how = _how(query), _how(gallery)
+    differ = [key for key in ('model', 'img_size', 'flip') if key in q_how and key in g_how and not (
+        _same_model(q_how[key], g_how[key]) if key == 'model' else q_how[key] == g_how[key])]
+    if differ:
+        flags = {'model': '--model', 'img_size': '--img-size', 'flip': '--flip'}
+        raise ValueError(f'--gallery: {gallery_source} was embedded {_describe_how(g_how)}, --query: {query_source} '
+                         f'{_describe_how(q_how)}; their distances cannot be compared: describe both with the same '
+                         + ' and '.join(flags[key] for key in differ))
+
+
 def _threshold(args: argparse.Namespace, query: Embeddings, gallery: Embeddings) -> float:
-    """The stored threshold that ``--same-person FMR`` names, checked against the metric and the descriptors."""
-    described = {e.metadata.get('model') for e in (query, gallery) if e.metadata and e.metadata.get('model')}
-    model = args.model or (described.pop() if len(described) == 1 else DEFAULT_REID_MODEL)
+    """The threshold that ``--same-person FMR`` names, stored with the model that made the descriptors (their
+    metadata, else ``--model``), checked against the metric, the input size and the flip setting."""
+    how = {**_how(gallery), **_how(query)}  # the same on both sides where both say (check_comparable)
+    model = how.get('model')
+    if model is None and args.model is None:
+        raise ValueError(f'--same-person: --query {args.query} and --gallery {args.gallery} do not say which model '
+                         'made them; pass --model naming it, or --threshold')
+    if model is not None and args.model is not None and not _same_model(model, str(args.model)):
+        raise ValueError(f'--same-person: the descriptors were made by {model}, not --model {args.model}; leave '
+                         '--model out to use the thresholds of the model that made them')
+    model = model or str(args.model)
     stored = stored_thresholds(model)
     if stored is None:
         raise ValueError(f'--same-person: {model} has no calibrated threshold stored with its weights; calibrate one '
@@ -123,6 +169,16 @@ def _threshold(args: argparse.Namespace, query: Embeddings, gallery: Embeddings)
     if stored.get('metric') != args.metric:
         raise ValueError(f"--same-person: the thresholds of {model} are for {stored.get('metric')} distances, "
                          f'not --metric {args.metric}')
+    calibrated = {}
+    if stored.get('img_size'):
+        calibrated['img_size'] = 'x'.join(str(side) for side in stored['img_size'])
+    if stored.get('flip') is not None:
+        calibrated['flip'] = str(bool(stored['flip']))
+    if any(key in how and how[key] != value for key, value in calibrated.items()):
+        raise ValueError(f'--same-person: the thresholds of {model} were calibrated on descriptors made '
+                         f'{_describe_how({"model": model, **calibrated})}, these were made '
+                         f'{_describe_how({"model": model, **how})}; describe the images as calibrated, or pass '
+                         '--threshold')
     return float(select_threshold(stored, args.same_person)['threshold'])
 
 
@@ -184,6 +240,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         query = _describe(args.query, extractor_factory, args)
         gallery = _describe(args.gallery, extractor_factory, args)
+        check_comparable(query, gallery, args.query, args.gallery)
         threshold = _threshold(args, query, gallery) if args.same_person is not None else args.threshold
         ranking = search(query, gallery, k=args.topk, metric=args.metric, backend=args.backend,
                          device=extractor.device if extractor is not None else None, threshold=threshold)

@@ -1,6 +1,8 @@
 """python -m hbfp_timm.search: exact rankings without the query's own file, ranking.json, a picture whose colours
-depend on whether identities (and cameras) are known, and embeddings files as inputs."""
+depend on whether identities (and cameras) are known, embeddings files as inputs, refused when made by different
+models, input sizes or flip settings, and the "same person" threshold of the model that made them."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -108,7 +110,77 @@ def test_bad_input_is_one_line_with_a_nonzero_exit(run, tmp_path, capsys):
     assert exit_info.value.code == 2
 
 
+def _files(tmp_path, query_how, gallery_how, dim=4):
+    """A query and a gallery embeddings file (two images each) whose metadata say how they were made."""
+    from hbfp_timm.inference.embeddings import Embeddings, save_embeddings
+    files = []
+    for name, how in (('q', query_how), ('g', gallery_how)):
+        files.append(str(save_embeddings(tmp_path / f'{name}.safetensors', Embeddings(
+            torch.arange(2 * dim, dtype=torch.float32).reshape(2, dim), [f'{name}0.png', f'{name}1.png'],
+            metadata=how))))
+    return files
+
+
 SHIPPED = {'model': 'hbfp_mobilenetv2_100.cuhk03', 'img_size': '128x64', 'flip': 'False'}
+
+
+@pytest.mark.parametrize('gallery_how, says', [
+    ({**SHIPPED, 'model': 'runs/other'}, 'by runs/other at 128x64 without --flip, --query: .* by '
+                                         'hbfp_mobilenetv2_100.cuhk03 at 128x64 without --flip; .* the same --model$'),
+    ({**SHIPPED, 'img_size': '256x128'}, 'at 256x128 .* at 128x64 .* the same --img-size$'),
+    ({**SHIPPED, 'flip': 'True'}, 'with --flip, --query: .* without --flip; .* the same --flip$'),
+])
+def test_descriptors_made_differently_are_refused_in_one_line_naming_both_files(tmp_path, capsys, gallery_how,
+                                                                                 says):
+    query, gallery = _files(tmp_path, SHIPPED, gallery_how)
+    assert main(['--query', query, '--gallery', gallery, '--output', str(tmp_path / 'o')]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / 'o').exists()
+    assert err.startswith(f'python -m hbfp_timm.search: error: --gallery: {gallery} was embedded ')
+    assert f'--query: {query} ' in err and re.search(says, err.strip())
+
+
+def test_the_same_model_named_two_ways_is_the_same_model(tmp_path, monkeypatch):
+    (tmp_path / 'runs' / 'mine').mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    query, gallery = _files(tmp_path, {**SHIPPED, 'model': 'runs/mine'},
+                            {**SHIPPED, 'model': str(tmp_path / 'runs' / 'mine')})
+    assert main(['--query', query, '--gallery', gallery, '--output', str(tmp_path / 'o'), '--num-pictures', '0']) == 0
+
+
+def test_same_person_takes_the_threshold_of_the_model_that_made_the_descriptors(tmp_path, capsys):
+    from hbfp_timm.metrics.verification import THRESHOLDS_NAME, save_thresholds
+    run = tmp_path / 'mine'
+    run.mkdir()
+    save_thresholds(run / THRESHOLDS_NAME, {'metric': 'euclidean', 'img_size': [64, 32], 'flip': False,
+                                            'thresholds': [{'fmr_target': 1e-3, 'threshold': 2.5}]})
+    mine = {'model': str(run), 'img_size': '64x32', 'flip': 'False'}
+    query, gallery = _files(tmp_path, mine, mine)
+    out = tmp_path / 'o'
+    assert main(['--query', query, '--gallery', gallery, '--output', str(out), '--same-person',
+                 '--num-pictures', '0']) == 0
+    assert json.loads((out / 'ranking.json').read_text())['threshold'] == 2.5
+    assert 'threshold 2.5000' in capsys.readouterr().out
+    # Not the shipped model's threshold when the files do not say which model made them: refused.
+    query, gallery = _files(tmp_path, {}, {})
+    assert main(['--query', query, '--gallery', gallery, '--output', str(out), '--same-person']) == 2
+    assert capsys.readouterr().err.strip() == (
+        f'python -m hbfp_timm.search: error: --same-person: --query {query} and --gallery {gallery} do not say which '
+        'model made them; pass --model naming it, or --threshold')
+    assert main(['--query', query, '--gallery', gallery, '--output', str(out), '--same-person', '--model', str(run),
+                 '--num-pictures', '0']) == 0  # --model names it
+    # --model naming another model than the files do, and descriptors of another input size than calibrated.
+    query, gallery = _files(tmp_path, mine, mine)
+    assert main(['--query', query, '--gallery', gallery, '--output', str(out), '--same-person',
+                 '--model', 'hbfp_mobilenetv2_100.cuhk03']) == 2
+    assert f'the descriptors were made by {run}, not --model hbfp_mobilenetv2_100.cuhk03' in capsys.readouterr().err
+    query, gallery = _files(tmp_path, {**SHIPPED, 'img_size': '64x32'}, {**SHIPPED, 'img_size': '64x32'})
+    assert main(['--query', query, '--gallery', gallery, '--output', str(out), '--same-person']) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert ('the thresholds of hbfp_mobilenetv2_100.cuhk03 were calibrated on descriptors made by '
+            'hbfp_mobilenetv2_100.cuhk03 at 128x64 without --flip, these were made by hbfp_mobilenetv2_100.cuhk03 '
+            'at 64x32 without --flip') in err
 
 
 def test_the_picture_draws_same_camera_matches_apart_as_the_protocol_does_not_score_them(tmp_path):
