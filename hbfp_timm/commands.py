@@ -1,14 +1,16 @@
 """What the commands (``python -m hbfp_timm.train|embed|search|activations|evaluate|release|hub`` and the
 benchmarks) share: the options naming a model and how it runs (``--model-arg KEY=VALUE``: `parse_model_arg`), the
-extractor built from them, and one rule for errors: a user's mistake or a failed read is one line on stderr
-(`one_line`) and an exit status (`exit_code`), never a traceback.
+extractor built from them, the checks of an ``--output`` before any work (`output_folder`, `output_file`), and one
+rule for errors: a user's mistake or a failed read is one line on stderr (`one_line`) and an exit status
+(`exit_code`), never a traceback.
 """
 import argparse
 import ast
 import re
 import sys
 import warnings
-from typing import Any, Tuple
+from pathlib import Path
+from typing import Any, Optional, Tuple, Union
 
 from safetensors import SafetensorError
 
@@ -17,7 +19,7 @@ from .inference.extractor import FeatureExtractor
 from .models.registry import DEFAULT_REID_MODEL
 
 __all__ = ['USER_ERRORS', 'add_model_arguments', 'extractor_from_args', 'run_command', 'exit_code', 'one_line',
-           'parse_model_arg']
+           'output_file', 'output_folder', 'parse_model_arg']
 
 # What the commands report as one line instead of a traceback.
 USER_ERRORS = (FileNotFoundError, ValueError, OSError, TypeError, ImportError, WeightsNotFoundError,
@@ -55,11 +57,51 @@ def extractor_from_args(args: argparse.Namespace) -> FeatureExtractor:
     if not args.model and (args.checkpoint or args.untrained):
         flag = '--checkpoint' if args.checkpoint else '--untrained'
         raise ValueError(f'{flag}: needs --model naming the architecture (e.g. --model hbfp_resnet50)')
+    for flag, value, least in (('--batch-size', args.batch_size, 1), ('--workers', args.workers, 0)):
+        if value < least:
+            raise ValueError(f'{flag}: expected a {"positive" if least else "non-negative"} integer, got {value}')
+    if args.img_size and min(args.img_size) < 1:
+        raise ValueError(f'--img-size: expected two positive integers H W, got {args.img_size[0]} {args.img_size[1]}')
     args.model = args.model or DEFAULT_REID_MODEL
     return FeatureExtractor(args.model, checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size,
                             amp=args.amp, flip=args.flip, img_size=tuple(args.img_size) if args.img_size else None,
                             workers=args.workers, model_args=dict(args.model_arg) or None,
                             progress=sys.stderr.isatty(), pretrained=not args.untrained)
+
+
+def _file_in_the_way(path: Path) -> Optional[Path]:
+    """The first of `path` and the folders above it that exists, when it is not a folder."""
+    for existing in (path, *path.parents):
+        if existing.exists():
+            return None if existing.is_dir() else existing
+    return None
+
+
+def output_folder(flag: str, path: Union[str, Path]) -> Path:
+    """A command's output folder (`flag` names the option), checked before any work without creating it: a file
+    at its place or above it is refused (ValueError: exit status 2)."""
+    path = Path(path).expanduser()
+    in_the_way = _file_in_the_way(path)
+    if in_the_way == path:
+        raise ValueError(f'{flag}: {path} is a file; expected a folder (created if missing)')
+    if in_the_way is not None:
+        raise ValueError(f'{flag}: {path} cannot be created: {in_the_way} is a file; expected a folder')
+    return path
+
+
+def output_file(flag: str, path: Union[str, Path], suffix: str) -> Path:
+    """A command's output file (`flag` names the option), checked before any work: its name must end with
+    `suffix` (what is written in it), and it must not be a folder nor lie under a file (ValueError: exit status
+    2)."""
+    path = Path(path).expanduser()
+    if path.suffix != suffix:
+        raise ValueError(f'{flag}: {path}: expected a file name ending with {suffix}, the format written in it')
+    if path.is_dir():
+        raise ValueError(f'{flag}: {path} is a folder; expected a {suffix} file')
+    in_the_way = _file_in_the_way(path.parent)
+    if in_the_way is not None:
+        raise ValueError(f'{flag}: {path} cannot be written: {in_the_way} is a file, not a folder')
+    return path
 
 
 def _warning_line(message, category, filename, lineno, line=None) -> str:

@@ -9,7 +9,9 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from .commands import USER_ERRORS, add_model_arguments, exit_code, extractor_from_args, one_line, run_command
+from .commands import (
+    USER_ERRORS, add_model_arguments, exit_code, extractor_from_args, one_line, output_file, run_command,
+)
 from .inference.embeddings import embed, save_embeddings
 
 __all__ = ['main']
@@ -22,15 +24,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         description='Describe every image of a folder, a list file or one image with a Re-ID model, and write the '
                     'descriptors with their paths (and identities when known) to a safetensors file.')
     parser.add_argument('input', help='folder of images (recursive), .csv/.txt list of path[,pid[,camid]], or an image')
-    parser.add_argument('--output', required=True, metavar='FILE', help='embeddings file to write (.safetensors)')
+    parser.add_argument('--output', required=True, metavar='FILE',
+                        help='embeddings file to write (its name ends with .safetensors)')
     parser.add_argument('--half', action='store_true', help='store the descriptors as float16 (half the size)')
     add_model_arguments(parser)
     args = parser.parse_args(argv)
     try:
+        output = output_file('--output', args.output, '.safetensors')
         extractor = extractor_from_args(args)
         embeddings, seconds = embed(args.input, extractor, half=args.half, model_name=str(args.model),
                                     skip_bad_images=args.skip_bad_images)
-        output = save_embeddings(args.output, embeddings)
+        save_embeddings(output, embeddings)
     except USER_ERRORS as error:
         print(f'{parser.prog}: error: {one_line(error)}', file=sys.stderr)
         return exit_code(error)

@@ -20,7 +20,7 @@ the picture draws them dark grey, apart from the scored matches.
 ``--same-person [FMR]`` marks each result whose distance is below the "same person" threshold of the model that
 made the descriptors (the embeddings files name it; else ``--model``), the one calibrated at that false-match rate
 (default 1e-3) and stored with its weights (`hbfp_timm.metrics.verification`), for the input size and flip setting
-it was calibrated at; ``--threshold DISTANCE`` gives one directly. A threshold holds for the
+it was calibrated at; ``--threshold DISTANCE`` (greater than 0) gives one directly. A threshold holds for the
 cameras it was calibrated on: re-check it on labelled data of yours with ``python -m hbfp_timm.evaluate``.
 """
 import argparse
@@ -31,12 +31,15 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
-from .commands import USER_ERRORS, add_model_arguments, exit_code, extractor_from_args, one_line, run_command
+from .commands import (
+    USER_ERRORS, add_model_arguments, exit_code, extractor_from_args, one_line, output_folder, run_command,
+)
 from .inference.embeddings import Embeddings, embed, load_embeddings
 from .inference.visualize import draw_ranking
 from .metrics.evaluation import score_features
 from .metrics.retrieval import topk
 from .metrics.verification import select_threshold, stored_thresholds
+from .utils.files import check_writable_folder
 
 __all__ = ['search', 'check_comparable', 'main']
 
@@ -230,6 +233,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.topk < 1:
         parser.error(f'--topk: expected a positive integer, got {args.topk}')
+    if args.threshold is not None and not 0 < args.threshold < float('inf'):
+        parser.error(f'--threshold: expected a distance greater than 0, got {args.threshold}')
     extractor = None
 
     def extractor_factory():
@@ -238,14 +243,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return extractor
 
     try:
+        output = output_folder('--output', args.output)
         query = _describe(args.query, extractor_factory, args)
         gallery = _describe(args.gallery, extractor_factory, args)
         check_comparable(query, gallery, args.query, args.gallery)
         threshold = _threshold(args, query, gallery) if args.same_person is not None else args.threshold
         ranking = search(query, gallery, k=args.topk, metric=args.metric, backend=args.backend,
                          device=extractor.device if extractor is not None else None, threshold=threshold)
-        output = Path(args.output)
-        output.mkdir(parents=True, exist_ok=True)
+        check_writable_folder(output)
         (output / 'ranking.json').write_text(json.dumps(ranking, indent=1), encoding='utf-8')
         picture = _picture(ranking, query, gallery, output / 'ranking.png', args.num_pictures) \
             if args.num_pictures > 0 else None

@@ -103,3 +103,45 @@ def test_skip_bad_images_leaves_them_out_and_lists_each_one(run, tmp_path, capsy
     assert embeddings.paths == [str(p) for p in good]
     torch.testing.assert_close(embeddings.features, FeatureExtractor(run, device='cpu')([str(p) for p in good]),
                                rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--batch-size', '0'], '--batch-size: expected a positive integer, got 0'),
+    (['--workers', '-1'], '--workers: expected a non-negative integer, got -1'),
+    (['--img-size', '0', '32'], '--img-size: expected two positive integers H W, got 0 32'),
+])
+def test_bad_model_options_are_one_line_naming_the_option(run, tmp_path, capsys, flags, message):
+    write_images(tmp_path, ['a.jpg'])
+    assert main([str(tmp_path / 'a.jpg'), '--model', str(run), '--output', str(tmp_path / 'o.safetensors'),
+                 '--device', 'cpu', *flags]) == 2
+    assert capsys.readouterr().err.strip() == f'python -m hbfp_timm.embed: error: {message}'
+
+
+def test_an_output_that_cannot_be_an_embeddings_file_is_refused_before_any_work(run, tmp_path, capsys):
+    write_images(tmp_path, ['a.jpg'])
+    (tmp_path / 'folder.safetensors').mkdir()
+    (tmp_path / 'a_file').write_text('x')
+    for output, message in [
+        (tmp_path / 'x.txt', f'{tmp_path / "x.txt"}: expected a file name ending with .safetensors, the format '
+                             'written in it'),
+        (tmp_path / 'folder.safetensors', f'{tmp_path / "folder.safetensors"} is a folder; expected a .safetensors '
+                                          'file'),
+        (tmp_path / 'a_file' / 'e.safetensors', f'{tmp_path / "a_file" / "e.safetensors"} cannot be written: '
+                                                f'{tmp_path / "a_file"} is a file, not a folder'),
+    ]:
+        assert main([str(tmp_path / 'a.jpg'), '--model', str(run), '--output', str(output), '--device', 'cpu',
+                     '--workers', '0']) == 2
+        assert capsys.readouterr().err.strip() == f'python -m hbfp_timm.embed: error: --output: {message}'
+    assert not (tmp_path / 'x.txt').exists()
+
+
+def test_a_damaged_embeddings_file_is_named_when_read(tmp_path):
+    path = save_embeddings(tmp_path / 'e.safetensors', Embeddings(torch.zeros(2, 3), ['x', 'y'], metadata={'m': '1'}))
+    whole = path.read_bytes()
+    for length in (5, 100, len(whole) - 1):
+        path.write_bytes(whole[:length])
+        with pytest.raises(ValueError, match=f'^{re.escape(str(path))}: cannot read this safetensors file, cut short'):
+            load_embeddings(path)
+    save_file({'features': torch.zeros(2, 2)}, str(path), metadata={'format': 'hbfp_timm.embeddings/1'})
+    with pytest.raises(ValueError, match='an embeddings file without its paths'):
+        load_embeddings(path)

@@ -183,6 +183,30 @@ def test_same_person_takes_the_threshold_of_the_model_that_made_the_descriptors(
             'at 64x32 without --flip') in err
 
 
+def test_unreadable_files_an_output_that_is_a_file_and_a_threshold_not_above_0_are_one_line(tmp_path, capsys):
+    query, gallery = _files(tmp_path, SHIPPED, SHIPPED)
+    cut = tmp_path / 'cut.safetensors'
+    for length in (100, len(open(gallery, 'rb').read()) - 10):  # the header cut short; the data cut short
+        cut.write_bytes(open(gallery, 'rb').read()[:length])
+        assert main(['--query', query, '--gallery', str(cut), '--output', str(tmp_path / 'o')]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1
+        assert err.startswith(f'python -m hbfp_timm.search: error: {cut}: cannot read this safetensors file, cut '
+                              'short or damaged (')
+    (tmp_path / 'taken').write_text('a file')
+    assert main(['--query', query, '--gallery', gallery, '--output', str(tmp_path / 'taken')]) == 2
+    assert capsys.readouterr().err.strip() == (f'python -m hbfp_timm.search: error: --output: {tmp_path / "taken"} '
+                                               'is a file; expected a folder (created if missing)')
+    assert main(['--query', query, '--gallery', gallery, '--output', str(tmp_path / 'taken' / 'o')]) == 2
+    assert f'--output: {tmp_path / "taken" / "o"} cannot be created: {tmp_path / "taken"} is a file' in \
+        capsys.readouterr().err
+    for threshold in ('-1', '0', 'nan', 'inf'):  # euclidean distances are >= 0: nothing is below 0
+        with pytest.raises(SystemExit) as exit_info:
+            main(['--query', query, '--gallery', gallery, '--output', str(tmp_path / 'o'), '--threshold', threshold])
+        assert exit_info.value.code == 2
+        assert f'--threshold: expected a distance greater than 0, got {float(threshold)}' in capsys.readouterr().err
+
+
 def test_the_picture_draws_same_camera_matches_apart_as_the_protocol_does_not_score_them(tmp_path):
     from hbfp_timm.inference.embeddings import Embeddings, save_embeddings
     images = [str(p) for p in write_images(tmp_path / 'img', ['q.png', 'a.png', 'b.png', 'c.png'])]

@@ -18,10 +18,11 @@ from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..data.lists import collect_images, skip_unreadable
+from ..utils.files import atomic_write
 from .extractor import FeatureExtractor
 
 __all__ = ['Embeddings', 'embed', 'save_embeddings', 'load_embeddings']
@@ -68,7 +69,8 @@ def embed(source: PathLike, extractor: FeatureExtractor, half: bool = False,
 
 
 def save_embeddings(path: PathLike, embeddings: Embeddings) -> Path:
-    """Write embeddings as a safetensors file (module doc)."""
+    """Write embeddings as a safetensors file (module doc), atomically (`atomic_write`: an interrupted write
+    leaves the previous file, never a torn one)."""
     for item in embeddings.paths:
         if '\n' in item:
             raise ValueError(f'paths: {item!r} contains a line break, which the paths field cannot store')
@@ -80,8 +82,7 @@ def save_embeddings(path: PathLike, embeddings: Embeddings) -> Path:
         if getattr(embeddings, name) is not None:
             tensors[name] = torch.as_tensor(getattr(embeddings, name), dtype=torch.int64)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata={'format': FORMAT, **(embeddings.metadata or {})})
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={'format': FORMAT, **(embeddings.metadata or {})}))
     return path
 
 
@@ -90,11 +91,23 @@ def load_embeddings(path: PathLike) -> Embeddings:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'{path}: embeddings file not found')
-    with safe_open(str(path), framework='pt') as handle:
-        metadata = handle.metadata() or {}
-    if metadata.get('format') != FORMAT:
-        raise ValueError(f'{path}: not an embeddings file of python -m hbfp_timm.embed (format {metadata.get("format")!r})')
-    tensors = load_file(str(path))
+    try:
+        with safe_open(str(path), framework='pt') as handle:
+            metadata = handle.metadata() or {}
+            names = set(handle.keys())
+        if metadata.get('format') != FORMAT:
+            raise ValueError(f'{path}: not an embeddings file of python -m hbfp_timm.embed '
+                             f'(format {metadata.get("format")!r})')
+        missing = sorted({'features', 'paths'} - names)
+        if missing:
+            raise ValueError(f'{path}: an embeddings file without its {" and ".join(missing)}; write it again with '
+                             'python -m hbfp_timm.embed')
+        tensors = load_file(str(path))
+    except SafetensorError as error:
+        raise ValueError(f'{path}: cannot read this safetensors file, cut short or damaged ({error}); write it again '
+                         'with python -m hbfp_timm.embed') from None
+    if tensors['features'].ndim != 2:
+        raise ValueError(f'{path}: features of shape {tuple(tensors["features"].shape)}; expected (images, dimensions)')
     text = bytes(tensors['paths'].numpy()).decode('utf-8')
     paths = text.split('\n') if text else []
     if len(paths) != len(tensors['features']):
