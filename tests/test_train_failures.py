@@ -62,6 +62,10 @@ def test_a_missing_data_root_is_one_line(tmp_path, capsys):
     (['--img-size', '384'], '--img-size'),
     (['--epochs', '0'], 'positive integer'),
     (['--model', 'hbfp_nonexistent'], 'unknown timm model'),
+    (['--model', 'resnet18'], "--model: 'resnet18' is a timm backbone, not an HBFP model; use --model hbfp_resnet18 "),
+    (['--model', 'mobilenetv3_small_100'], '--model: \'mobilenetv3_small_100\' is a timm backbone, not an HBFP model; '
+                                           'use an HBFP model on it: --model hbfp_resnet50 --model-arg '
+                                           'backbone=mobilenetv3_small_100 (HBFP models: '),
     (['--resume', 'missing_dir/checkpoint.pt'], '--resume: '),
     (['--batch-size', '6', '--num-instances', '4'], '--batch-size: '),
     (['--model-arg', "branches=('x',)"], '--model-arg: '),
@@ -100,6 +104,13 @@ def test_an_output_that_cannot_be_a_folder_is_refused_before_training(data_root,
     code, line = _exit(_argv(data_root, output), capsys)
     assert code == 2 and line.startswith(f'{PROG}: error: --output: ') and 'a_file' in line
     assert time.perf_counter() - start < 10  # before the data set, model and first epoch
+
+
+def test_a_bad_backbone_weights_file_is_named(data_root, tmp_path, capsys):
+    bad = tmp_path / 'imagenet.pth'
+    bad.write_bytes(b'not a weights file')
+    code, line = _exit(_argv(data_root, tmp_path / 'out', '--backbone-weights', str(bad)), capsys)
+    assert code == 2 and line.startswith(f'{PROG}: error: --backbone-weights: cannot read {bad} as a weights file (')
 
 
 def test_stale_temporaries_of_a_killed_run_are_removed_when_the_next_run_starts(tmp_path, capsys):

@@ -157,17 +157,28 @@ def field_problem(name: str, value: Any) -> Optional[str]:
     return None if rule(value) else f'{name}: {expected}, got {value}'
 
 
+def _not_hbfp(name: str) -> str:
+    """What to say of a timm model that is not an HBFP model (``resnet18``): which ``--model`` to pass instead."""
+    hbfp_models = timm.list_models('hbfp_*')
+    instead = (f'--model hbfp_{name}' if f'hbfp_{name}' in hbfp_models
+               else f'an HBFP model on it: --model hbfp_resnet50 --model-arg backbone={name}')
+    return (f'model: {name!r} is a timm backbone, not an HBFP model; use {instead} (HBFP models: '
+            f'{", ".join(hbfp_models)})')
+
+
 def validate_config(cfg: TrainConfig) -> None:
     """Check every field that can be checked without the data or the model.
 
     Raises:
         TrainSetupError: The first problem, as ``'<field>: expected ..., got ...'``.
     """
+    hbfp_or_unknown = cfg.model.startswith('hbfp_') or not timm.is_model(cfg.model)  # unknown: refused just before
     checks = [
         (cfg.dataset in DATASET_NAMES, f'dataset: expected one of {", ".join(DATASET_NAMES)}, got {cfg.dataset!r}'),
         (cfg.eval_dataset in DATASET_NAMES,
          f'eval_dataset: expected one of {", ".join(DATASET_NAMES)}, got {cfg.eval_dataset!r}'),
         (timm.is_model(cfg.model), f'model: unknown timm model {cfg.model!r} (e.g. hbfp_resnet50, hbfp_resnet18)'),
+        (hbfp_or_unknown, '' if hbfp_or_unknown else _not_hbfp(cfg.model)),
         (len(cfg.img_size) == 2 and all(int(s) > 0 for s in cfg.img_size),
          f'img_size: expected two positive integers (height, width), got {cfg.img_size!r}'),
         *((problem is None, problem) for problem in (field_problem(name, getattr(cfg, name)) for name in FIELD_RULES)),

@@ -117,6 +117,8 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     except TypeError as exc:
         raise TrainSetupError(f'model_args: {cfg.model} does not accept {sorted(cfg.model_args)} ({exc})') from exc
     except ValueError as exc:
+        if cfg.backbone_weights is not None and str(exc).startswith('backbone_weights: '):
+            raise TrainSetupError(str(exc)) from exc  # the --backbone-weights file, not a --model-arg
         raise TrainSetupError(f'model_args: cannot build {cfg.model} with {cfg.model_args} ({exc})') from exc
     except OSError as exc:
         if downloads:
