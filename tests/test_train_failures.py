@@ -106,11 +106,16 @@ def test_an_output_that_cannot_be_a_folder_is_refused_before_training(data_root,
     assert time.perf_counter() - start < 10  # before the data set, model and first epoch
 
 
-def test_a_bad_backbone_weights_file_is_named(data_root, tmp_path, capsys):
+def test_a_bad_backbone_weights_file_is_named_and_the_folder_the_run_made_is_removed(data_root, tmp_path, capsys):
     bad = tmp_path / 'imagenet.pth'
     bad.write_bytes(b'not a weights file')
-    code, line = _exit(_argv(data_root, tmp_path / 'out', '--backbone-weights', str(bad)), capsys)
+    output = tmp_path / 'runs' / 'new'
+    code, line = _exit(_argv(data_root, output, '--backbone-weights', str(bad)), capsys)
     assert code == 2 and line.startswith(f'{PROG}: error: --backbone-weights: cannot read {bad} as a weights file (')
+    assert not (tmp_path / 'runs').exists()  # created by the run, which wrote nothing there: removed
+    output.mkdir(parents=True)
+    code, line = _exit(_argv(data_root, output, '--backbone-weights', str(bad)), capsys)
+    assert code == 2 and output.is_dir()  # a folder that was there before stays
 
 
 def test_stale_temporaries_of_a_killed_run_are_removed_when_the_next_run_starts(tmp_path, capsys):
@@ -249,7 +254,7 @@ def test_a_nan_loss_stops_training_with_one_line_and_writes_nothing(data_root, t
     code, line = _exit(_argv(data_root, tmp_path / 'out', '--max-steps-per-epoch', '3'), capsys)
     assert code == 1
     assert line == f'{PROG}: error: training diverged at epoch 1 step 2 (loss nan); lower --lr (now 0.0002)'
-    assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == []
+    assert not (tmp_path / 'out').exists()  # nothing was written in the folder the run created: removed
 
 
 def test_weights_that_become_nan_stop_training_before_anything_is_written(data_root, tmp_path, capsys, monkeypatch):
@@ -257,7 +262,7 @@ def test_weights_that_become_nan_stop_training_before_anything_is_written(data_r
     code, line = _exit(_argv(data_root, tmp_path / 'out', '--max-steps-per-epoch', '1'), capsys)
     assert code == 1 and line.startswith(f'{PROG}: error: training diverged at epoch 1 step 1 (the weights became '
                                          f'NaN or infinite; mean loss of the epoch ')
-    assert line.endswith('); lower --lr') and sorted(p.name for p in (tmp_path / 'out').iterdir()) == []
+    assert line.endswith('); lower --lr') and not (tmp_path / 'out').exists()
 
 
 def _interrupted_save(exc_or_signal):

@@ -3,13 +3,14 @@
 Every failure ends in one line on stderr naming the argument or the file: exit status 2 for a problem found
 before training (arguments, data, output folder, checkpoint, weights), 1 for one met during training (divergence,
 a full disk, an image that became unreadable), 130 on Ctrl-C and 143 on SIGTERM (the last checkpoint is intact;
-the line says how to resume).
+the line says how to resume). A run that fails removes the output folders it created and left empty.
 """
 import argparse
 import json
 import re
 import sys
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..commands import one_line, parse_model_arg
 from ..data import DATASET_NAMES, ImageReadError
@@ -18,7 +19,7 @@ from .checkpoint import CHECKPOINT_NAME, RESULTS_NAME, load_train_state
 from .config import AMP_DTYPES, DEVICE_DEFAULTS, TrainConfig, TrainSetupError, field_problem
 from .interrupts import Interruptions
 from .loop import TrainingDivergedError, train
-from .prepare import output_dir
+from .prepare import missing_folders, output_dir, remove_created_folders
 
 __all__ = ['RECIPE_FLAGS', 'add_recipe_arguments', 'build_parser', 'field_type', 'main', 'positive_int']
 
@@ -191,6 +192,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args['img_size'] = tuple(args['img_size'])
     args['eval_data_roots'] = tuple(args['eval_data_roots'])
     cfg: Optional[TrainConfig] = None
+    created: List[Path] = []
     with Interruptions() as interruptions:
         try:
             if args['resume']:
@@ -201,12 +203,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                 args['img_size'] = tuple(args['img_size'])
                 args['eval_data_roots'] = tuple(args.get('eval_data_roots', ()))
             cfg = TrainConfig(**args)
+            created = missing_folders(output_dir(cfg))
             return train(cfg, command=['python', '-m', 'hbfp_timm.train', *argv])
         except (Exception, KeyboardInterrupt) as exc:
             interruptions.settle()
             if isinstance(exc, KeyboardInterrupt) or interruptions.received:
                 name = interruptions.received or 'Ctrl-C'
                 parser.exit(143 if name == 'SIGTERM' else 130, f'{PROG}: interrupted ({name}); {_resume_hint(cfg)}\n')
+            remove_created_folders(created)
             if isinstance(exc, TrainSetupError):
                 parser.exit(2, f'{PROG}: error: {_as_flags(str(exc))}\n')
             if isinstance(exc, OutputWriteError):

@@ -4,7 +4,7 @@ the output folder, the data set and its images, the model (weights, input size) 
 import json
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import timm
 import torch
@@ -20,8 +20,8 @@ from .checkpoint import OUTPUT_NAMES
 from .config import TrainConfig, TrainSetupError
 
 __all__ = [
-    'output_dir', 'prepare_output', 'read_dataset', 'check_images', 'build_model', 'check_input_size',
-    'check_resume_fits',
+    'output_dir', 'missing_folders', 'remove_created_folders', 'prepare_output', 'read_dataset', 'check_images',
+    'build_model', 'check_input_size', 'check_resume_fits',
 ]
 
 # Unreadable images named in the error line; the rest are counted.
@@ -36,6 +36,29 @@ def output_dir(cfg: TrainConfig) -> Path:
         resume = Path(cfg.resume).expanduser()
         return resume if resume.is_dir() else resume.parent
     return Path('runs') / f'{cfg.model}_{cfg.dataset}'
+
+
+def missing_folders(folder: Path) -> List[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first: the folders a run will create."""
+    folder = Path(folder).expanduser().absolute()
+    missing = []
+    for path in (folder, *folder.parents):
+        if path.exists() or path.is_symlink():
+            break
+        missing.append(path)
+    return missing
+
+
+def remove_created_folders(folders: Sequence[Path]) -> None:
+    """Remove the folders a failed run created (:func:`missing_folders`) that it left empty, deepest first; a
+    folder that holds anything stays, with its parents."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:  # not empty: something was written there
+            return
 
 
 def prepare_output(folder: Path, remove_stale: bool = True) -> None:
