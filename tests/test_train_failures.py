@@ -118,6 +118,30 @@ def test_a_bad_backbone_weights_file_is_named_and_the_folder_the_run_made_is_rem
     assert code == 2 and output.is_dir()  # a folder that was there before stays
 
 
+def test_an_output_holding_another_run_is_refused_and_overwrite_replaces_it(finished_run, data_root, tmp_path,
+                                                                            capsys):
+    run = tmp_path / 'run'
+    shutil.copytree(finished_run, run)
+    (run / 'thresholds.json').write_text('{}')  # python -m hbfp_timm.evaluate --calibrate, for the old weights
+    before = {path.name: (path.stat().st_size, path.stat().st_mtime_ns) for path in run.iterdir()}
+    code, line = _exit(_argv(data_root, run, '--max-steps-per-epoch', '1'), capsys)
+    assert code == 2 and line == (
+        f'{PROG}: error: --output: {run} already holds a finished run (checkpoint.pt, results.json, '
+        f'model.safetensors, best.safetensors, thresholds.json); pass --resume {run} to continue it, --overwrite to '
+        f'replace it, or choose another folder')
+    assert {path.name: (path.stat().st_size, path.stat().st_mtime_ns) for path in run.iterdir()} == before
+    (run / 'model.safetensors').unlink()
+    code, line = _exit(_argv(data_root, run, '--max-steps-per-epoch', '1'), capsys)
+    assert code == 2 and f'--output: {run} already holds an unfinished run (checkpoint.pt, results.json, ' in line
+
+    main(_argv(data_root, run, '--max-steps-per-epoch', '1', '--overwrite'))
+    assert (f'removed checkpoint.pt, results.json, best.safetensors, thresholds.json from {run}: this run replaces '
+            f'the earlier one; calibrate again with python -m hbfp_timm.evaluate --calibrate'
+            in capsys.readouterr().out.splitlines())
+    assert sorted(path.name for path in run.iterdir()) == [
+        'best.safetensors', 'checkpoint.pt', 'model.safetensors', 'results.json']
+
+
 def test_stale_temporaries_of_a_killed_run_are_removed_when_the_next_run_starts(tmp_path, capsys):
     stale = tmp_path / '.checkpoint.pt.k3x_9qzw.tmp'  # what a kill -9 during a checkpoint write leaves
     stale.write_bytes(bytes(2000))

@@ -4,6 +4,8 @@ Every failure ends in one line on stderr naming the argument or the file: exit s
 before training (arguments, data, output folder, checkpoint, weights), 1 for one met during training (divergence,
 a full disk, an image that became unreadable), 130 on Ctrl-C and 143 on SIGTERM (the last checkpoint is intact;
 the line says how to resume). A run that fails removes the output folders it created and left empty.
+
+An ``--output`` folder that holds another run is refused (``--overwrite`` replaces that run).
 """
 import argparse
 import json
@@ -19,7 +21,7 @@ from .checkpoint import CHECKPOINT_NAME, RESULTS_NAME, load_train_state
 from .config import AMP_DTYPES, DEVICE_DEFAULTS, TrainConfig, TrainSetupError, field_problem
 from .interrupts import Interruptions
 from .loop import TrainingDivergedError, train
-from .prepare import missing_folders, output_dir, remove_created_folders
+from .prepare import check_no_earlier_run, missing_folders, output_dir, remove_created_folders
 
 __all__ = ['RECIPE_FLAGS', 'add_recipe_arguments', 'build_parser', 'field_type', 'main', 'positive_int']
 
@@ -170,7 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument('--test-batch-size', type=positive_int, default=d.test_batch_size,
                      help='feature extraction batch size')
     run.add_argument('--output', default=d.output, metavar='DIR',
-                     help='output folder (default: the --resume folder, else runs/<model>_<dataset>)')
+                     help='output folder (default: the --resume folder, else runs/<model>_<dataset>); one that holds '
+                          'another run is refused')
+    run.add_argument('--overwrite', action='store_true',
+                     help='replace the run that --output holds (its files, thresholds.json included, are removed '
+                          'before the first epoch)')
     run.add_argument('--resume', default=d.resume, metavar='PATH_OR_DIR',
                      help='checkpoint.pt (or its folder) to continue from')
     return parser
@@ -191,19 +197,24 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args['model_args'] = dict(args.pop('model_arg'))
     args['img_size'] = tuple(args['img_size'])
     args['eval_data_roots'] = tuple(args['eval_data_roots'])
+    overwrite = args.pop('overwrite')
     cfg: Optional[TrainConfig] = None
     created: List[Path] = []
     with Interruptions() as interruptions:
         try:
             if args['resume']:
-                # A resumed run keeps its own configuration; flags given on this command line override it.
+                # A resumed run keeps its own configuration; flags given on this command line override it. Its
+                # output is the folder of the checkpoint, wherever the run was started from or moved to.
                 saved = json.loads(load_train_state(args['resume'])['config'])
+                saved.pop('output', None)
                 given = _given_arguments(argv)
                 args = {**saved, **{key: value for key, value in args.items() if key in given}}
                 args['img_size'] = tuple(args['img_size'])
                 args['eval_data_roots'] = tuple(args.get('eval_data_roots', ()))
             cfg = TrainConfig(**args)
             created = missing_folders(output_dir(cfg))
+            if not overwrite:
+                check_no_earlier_run(cfg, output_dir(cfg))
             return train(cfg, command=['python', '-m', 'hbfp_timm.train', *argv])
         except (Exception, KeyboardInterrupt) as exc:
             interruptions.settle()

@@ -75,7 +75,10 @@ class TrainConfig:
         flip_test: Average test descriptors with those of mirrored images (the paper does not).
         metric: Distance between descriptors at test time, ``'euclidean'`` or ``'cosine'``.
         test_batch_size: Batch size of feature extraction.
-        output: Output folder; default the folder of ``resume``, else ``runs/<model>_<dataset>``.
+        output: Output folder; default the folder of ``resume``, else ``runs/<model>_<dataset>``. An earlier run
+            there is replaced (its files, ``thresholds.json`` included, are removed once the checks have passed)
+            unless this run continues its checkpoint; the command line refuses such a folder without
+            ``--overwrite``.
         resume: ``checkpoint.pt`` (or the folder holding it) to continue from.
         max_steps_per_epoch: Cap on training steps per epoch (smoke runs); None trains on full epochs.
         eval_data_roots: Other data sets scored at every evaluation, beside the in-domain one (cross-domain).

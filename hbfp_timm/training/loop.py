@@ -34,6 +34,7 @@ from .distributed import BranchForward, init_distributed, resolve_device
 from .losses import HBFPLoss
 from .prepare import (
     build_model, check_images, check_input_size, check_resume_fits, output_dir, prepare_output, read_dataset,
+    remove_earlier_outputs,
 )
 from .schedule import ConstantThenExponentialDecay
 
@@ -165,6 +166,7 @@ def _train(cfg: TrainConfig, command: List[str], rank: int, world_size: int, loc
         results['checkpoint_epoch'] = start_epoch
         results['resumed_from'] = previous.get('resumed_from', []) + [{'epoch': start_epoch, 'command': command}]
     if is_main:
+        remove_earlier_outputs(output, cfg)
         tqdm.write(planned_outputs(model, output, cfg.checkpoint_every))
 
     channels_last = _speed_option(cfg.channels_last, 'channels_last', device)

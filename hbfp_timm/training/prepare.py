@@ -1,5 +1,6 @@
 """What a run checks and builds before its first epoch, so that a problem costs seconds rather than an epoch:
-the output folder, the data set and its images, the model (weights, input size) and a resumed checkpoint's fit.
+the output folder (and an earlier run in it), the data set and its images, the model (weights, input size) and a
+resumed checkpoint's fit.
 """
 import json
 import time
@@ -14,18 +15,23 @@ from tqdm.auto import tqdm
 
 from ..data import ReIDDataset, build_dataset
 from ..data.checks import find_unreadable_images
+from ..metrics.verification import THRESHOLDS_NAME
 from ..models.pretrained import CheckpointMismatchError, check_state_dict, offline_if_hub_unreachable
 from ..utils.files import OutputWriteError, check_writable_folder, format_size, remove_stale_temporaries
-from .checkpoint import OUTPUT_NAMES
+from .checkpoint import CHECKPOINT_NAME, MODEL_NAME, OUTPUT_NAMES
 from .config import TrainConfig, TrainSetupError
 
 __all__ = [
-    'output_dir', 'missing_folders', 'remove_created_folders', 'prepare_output', 'read_dataset', 'check_images',
-    'build_model', 'check_input_size', 'check_resume_fits',
+    'RUN_FILES', 'output_dir', 'missing_folders', 'remove_created_folders', 'check_no_earlier_run',
+    'remove_earlier_outputs', 'prepare_output', 'read_dataset', 'check_images', 'build_model', 'check_input_size',
+    'check_resume_fits',
 ]
 
 # Unreadable images named in the error line; the rest are counted.
 MAX_NAMED_IMAGES = 3
+# The files of a run folder that go with its weights: the trainer's outputs, and the "same person" thresholds that
+# python -m hbfp_timm.evaluate --calibrate may have put beside them (search --same-person reads them from there).
+RUN_FILES = (*OUTPUT_NAMES, THRESHOLDS_NAME)
 
 
 def output_dir(cfg: TrainConfig) -> Path:
@@ -59,6 +65,60 @@ def remove_created_folders(folders: Sequence[Path]) -> None:
             continue
         except OSError:  # not empty: something was written there
             return
+
+
+def _resumes_in_place(cfg: TrainConfig, folder: Path) -> bool:
+    """Whether the run continues the checkpoint of ``folder`` itself (``--resume`` names that folder)."""
+    if not cfg.resume:
+        return False
+    resume = Path(cfg.resume).expanduser()
+    return (resume if resume.is_dir() else resume.parent).absolute().resolve() == folder.absolute().resolve()
+
+
+def check_no_earlier_run(cfg: TrainConfig, folder: Path) -> None:
+    """Refuse an output folder that holds another run (the command line's rule, lifted by ``--overwrite``): its
+    weights would be replaced, and a ``thresholds.json`` calibrated for them would stand beside the new ones.
+    Continuing the folder's own checkpoint (``--resume`` of that folder) is not another run.
+
+    Raises:
+        TrainSetupError: ``folder`` holds files of an earlier run (:data:`RUN_FILES`); the line names them.
+    """
+    found = [name for name in RUN_FILES if (folder / name).is_file()]
+    if not found or _resumes_in_place(cfg, folder):
+        return
+    run = ('a finished run' if MODEL_NAME in found else 'an unfinished run' if CHECKPOINT_NAME in found
+           else 'files of an earlier run')
+    continued = f'--resume {folder} to continue it, ' if CHECKPOINT_NAME in found and not cfg.resume else ''
+    raise TrainSetupError(f'output: {folder} already holds {run} ({", ".join(found)}); pass {continued}--overwrite '
+                          f'to replace it, or choose another folder')
+
+
+def remove_earlier_outputs(folder: Path, cfg: TrainConfig) -> None:
+    """Once the checks have passed, remove what an earlier run left in the output folder that the weights this run
+    writes would contradict, and say so: all of :data:`RUN_FILES` for a new run (no earlier weights, results or
+    checkpoint beside the new ones, even if this run stops early), only ``thresholds.json`` when the run
+    continues the folder's own checkpoint (its thresholds were calibrated for the weights trained further now).
+
+    Raises:
+        TrainSetupError: A file cannot be removed.
+    """
+    in_place = _resumes_in_place(cfg, folder)
+    removed = []
+    for name in (THRESHOLDS_NAME,) if in_place else RUN_FILES:
+        try:
+            (folder / name).unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise TrainSetupError(f'output: cannot remove {folder / name} of the earlier run '
+                                  f'({exc.strerror or exc})') from None
+        removed.append(name)
+    if removed:
+        why = ('its thresholds were calibrated for the weights before this resume' if in_place
+               else 'this run replaces the earlier one')
+        tqdm.write(f'removed {", ".join(removed)} from {folder}: {why}'
+                   + ('; calibrate again with python -m hbfp_timm.evaluate --calibrate' if THRESHOLDS_NAME in removed
+                      else ''))
 
 
 def prepare_output(folder: Path, remove_stale: bool = True) -> None:
