@@ -84,21 +84,36 @@ def test_resume_gives_the_same_weights_as_a_straight_run(make_config, data_root,
     assert resumed['resumed_from'][0]['epoch'] == 1
 
 
-def test_cli_resume_keeps_the_run_configuration_and_takes_new_flags(data_root, tmp_path, capsys):
-    run = tmp_path / 'run'
-    main(['--dataset', 'market_layout', '--data-root', str(data_root), '--model', 'hbfp_mobilenetv2_100',
-          '--model-arg', 'correlation_dim=8', '--model-arg', 'perception_dim=16',
-          '--img-size', str(IMG_SIZE[0]), str(IMG_SIZE[1]), '--batch-size', '8', '--num-instances', '2',
-          '--epochs', '1', '--max-steps-per-epoch', '1', '--no-pretrained-backbone', '--workers', '0',
-          '--eval-every', '5', '--lr', '0.001', '--output', str(run), '--device', 'cpu'])
+def test_cli_resume_keeps_the_run_configuration_and_takes_new_flags(data_root, tmp_path, capsys, monkeypatch):
+    """A run started with relative paths and resumed from another folder continues where it is, on its own data;
+    results.json keeps the first command line and adds the resume's."""
+    monkeypatch.chdir(tmp_path)
+    first = ['--dataset', 'market_layout', '--data-root', os.path.relpath(data_root), '--model', 'hbfp_mobilenetv2_100',
+             '--model-arg', 'correlation_dim=8', '--model-arg', 'perception_dim=16',
+             '--img-size', str(IMG_SIZE[0]), str(IMG_SIZE[1]), '--batch-size', '8', '--num-instances', '2',
+             '--epochs', '1', '--max-steps-per-epoch', '1', '--no-pretrained-backbone', '--workers', '0',
+             '--eval-every', '5', '--lr', '0.001', '--output', 'run', '--device', 'cpu']
+    main(first)
     # The data set's summary, with the junk images (id -1) of the gallery counted as dropped.
     junk = len(list((data_root / 'bounding_box_test').glob('-1_*.jpg')))
     assert junk > 0 and f'  dropped: junk (id -1): {junk}' in capsys.readouterr().out.splitlines()
+    run = tmp_path / 'run'
+    (run / 'thresholds.json').write_text('{}')  # calibrated for the weights that the resume trains further
+    elsewhere = tmp_path / 'elsewhere'
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
     resumed = main(['--resume', str(run), '--epochs', '2'])
     assert [h['epoch'] for h in resumed['history']] == [1, 2]
     assert resumed['config']['data_root'] == str(data_root) and resumed['config']['lr'] == 0.001
     assert resumed['config']['epochs'] == 2 and tuple(resumed['config']['img_size']) == IMG_SIZE
     assert resumed['config']['model_args'] == {'correlation_dim': 8, 'perception_dim': 16}
+    assert resumed['command'] == ['python', '-m', 'hbfp_timm.train', *first]
+    assert resumed['resumed_from'] == [
+        {'epoch': 1, 'command': ['python', '-m', 'hbfp_timm.train', '--resume', str(run), '--epochs', '2']}]
+    assert json.loads((run / 'results.json').read_text()) == json.loads(json.dumps(resumed))
+    assert list(elsewhere.iterdir()) == [] and not (run / 'thresholds.json').exists()
+    assert (f'removed thresholds.json from {run}: its thresholds were calibrated for the weights before this resume; '
+            f'calibrate again with python -m hbfp_timm.evaluate --calibrate' in capsys.readouterr().out.splitlines())
 
 
 def test_checkpoint_is_written_every_n_epochs_and_after_the_last(make_config, data_root, tmp_path, monkeypatch):

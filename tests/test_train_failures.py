@@ -1,5 +1,6 @@
 """Every way a training run can go wrong ends in one line naming the argument or the file, with a non-zero exit
 and no traceback: found before the first epoch where it can be, and leaving no temporary files where it cannot."""
+import json
 import os
 import shutil
 import signal
@@ -173,6 +174,29 @@ def test_resume_with_other_model_arguments_says_what_differs(finished_run, capsy
                     f'to continue it, or start a new run with another --output')
     code, line = _exit(['--resume', str(finished_run), '--epochs', '2', '--model-arg', 'correlation_dim=8'], capsys)
     assert '(checkpoint -> this run: perception_dim 16 -> default)' in line
+
+
+def test_resume_with_another_input_size_says_so(finished_run, capsys):
+    code, line = _exit(['--resume', str(finished_run), '--epochs', '2', '--img-size', '96', '48'], capsys)
+    assert code == 2
+    assert line == (f'{PROG}: error: --resume: {finished_run} was trained on 64x32 images but this run asks for '
+                    f'96x48; a run continues only at its own input size: drop --img-size to continue it, or start a '
+                    f'new run with another --output')
+
+
+def test_resume_of_a_relative_data_root_from_another_folder_names_it(finished_run, tmp_path, capsys, monkeypatch):
+    checkpoint = torch.load(finished_run / 'checkpoint.pt', weights_only=True)
+    config = json.loads(checkpoint['config'])
+    config['data_root'] = 'data'  # as runs recorded it before the trainer made data paths absolute
+    checkpoint['config'] = json.dumps(config)
+    (tmp_path / 'old').mkdir()
+    torch.save(checkpoint, tmp_path / 'old' / 'checkpoint.pt')
+    monkeypatch.chdir(tmp_path)
+    code, line = _exit(['--resume', str(tmp_path / 'old'), '--epochs', '2'], capsys)
+    assert code == 2
+    assert line == (f'{PROG}: error: --resume: {tmp_path / "old"} records --data-root data, a path relative to the '
+                    f'folder the run was started in, and {Path.cwd()} has no data; resume from that folder, or pass '
+                    f'--data-root with the path from here')
 
 
 def test_resume_of_a_checkpoint_whose_weights_do_not_fit_lists_the_keys(finished_run, tmp_path, capsys):

@@ -5,10 +5,13 @@ before training (arguments, data, output folder, checkpoint, weights), 1 for one
 a full disk, an image that became unreadable), 130 on Ctrl-C and 143 on SIGTERM (the last checkpoint is intact;
 the line says how to resume). A run that fails removes the output folders it created and left empty.
 
-An ``--output`` folder that holds another run is refused (``--overwrite`` replaces that run).
+An ``--output`` folder that holds another run is refused (``--overwrite`` replaces that run); ``--resume`` writes
+into the folder of the checkpoint. The data paths are recorded as absolute paths, so that a run resumes from any
+working folder; a resumed run keeps its own configuration, and flags given override it.
 """
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -208,10 +211,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                 saved = json.loads(load_train_state(args['resume'])['config'])
                 saved.pop('output', None)
                 given = _given_arguments(argv)
+                _check_recorded_paths(saved, given, args['resume'])
                 args = {**saved, **{key: value for key, value in args.items() if key in given}}
                 args['img_size'] = tuple(args['img_size'])
                 args['eval_data_roots'] = tuple(args.get('eval_data_roots', ()))
-            cfg = TrainConfig(**args)
+            cfg = TrainConfig(**_absolute_paths(args))
             created = missing_folders(output_dir(cfg))
             if not overwrite:
                 check_no_earlier_run(cfg, output_dir(cfg))
@@ -232,6 +236,44 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             if isinstance(exc, TrainingDivergedError):
                 parser.exit(1, f'{PROG}: error: {exc}\n')
             raise
+
+
+# The TrainConfig fields that hold paths of the input (not of the output): recorded as absolute paths.
+_PATH_FIELDS = ('data_root', 'eval_data_roots', 'backbone_weights')
+
+
+def _absolute(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def _absolute_paths(args: Dict[str, Any]) -> Dict[str, Any]:
+    """``args`` with its input paths made absolute, so that the run records where its data is, not where it is
+    from the folder the run was started in (a resume from another folder would look for it elsewhere)."""
+    args = dict(args)
+    if args.get('data_root') is not None:
+        args['data_root'] = _absolute(args['data_root'])
+    if args.get('backbone_weights') is not None:
+        args['backbone_weights'] = _absolute(args['backbone_weights'])
+    args['eval_data_roots'] = tuple(_absolute(path) for path in args.get('eval_data_roots', ()))
+    return args
+
+
+def _check_recorded_paths(saved: Dict[str, Any], given: set, resume: str) -> None:
+    """A run recorded before its paths were made absolute holds them relative to the folder it was started in:
+    one that this command line does not replace and that is not found from here stops the resume, naming it.
+
+    Raises:
+        TrainSetupError: A recorded relative path is not found from the current folder.
+    """
+    for name in _PATH_FIELDS:
+        value = saved.get(name)
+        for path in (value if isinstance(value, (list, tuple)) else [value]):
+            if name in given or path is None or Path(path).expanduser().is_absolute() or Path(path).exists():
+                continue
+            flag = _FLAG_OF_FIELD.get(name, '--' + name.replace('_', '-'))
+            raise TrainSetupError(
+                f'resume: {resume} records {flag} {path}, a path relative to the folder the run was started in, and '
+                f'{Path.cwd()} has no {path}; resume from that folder, or pass {flag} with the path from here')
 
 
 def _resume_hint(cfg: Optional[TrainConfig]) -> str:

@@ -35,7 +35,8 @@ class TrainConfig:
 
     Attributes:
         dataset: Data set name (``hbfp_timm.data.DATASET_NAMES``; ``market_layout`` for any Market-style folder).
-        data_root: Folder holding the data set.
+        data_root: Folder holding the data set (the command line makes it, ``eval_data_roots`` and
+            ``backbone_weights`` absolute, so that a run resumes from any working folder).
         model: timm name of the HBFP model.
         model_args: Extra ``HBFPNet`` constructor kwargs (Table 2 / Table 3 ablations).
         img_size: Network input (height, width).

@@ -164,6 +164,7 @@ def _train(cfg: TrainConfig, command: List[str], rank: int, world_size: int, loc
         if 'cross_domain' in previous:
             results['cross_domain'] = previous['cross_domain']
         results['checkpoint_epoch'] = start_epoch
+        results['command'] = previous.get('command', command)  # the run's first; each resume's is in resumed_from
         results['resumed_from'] = previous.get('resumed_from', []) + [{'epoch': start_epoch, 'command': command}]
     if is_main:
         remove_earlier_outputs(output, cfg)

@@ -243,12 +243,12 @@ def _differences(saved: Dict[str, Any], asked: Dict[str, Any]) -> str:
 
 
 def check_resume_fits(checkpoint: Dict[str, Any], cfg: TrainConfig, dataset: ReIDDataset, model: nn.Module) -> None:
-    """Refuse to continue a checkpoint that is complete, or with another model or other identities, saying what
-    differs.
+    """Refuse to continue a checkpoint that is complete, or with another model, input size or other identities,
+    saying what differs.
 
     Raises:
-        TrainSetupError: No epochs left, or ``model_args``, the number of training identities or the state dict
-            differ.
+        TrainSetupError: No epochs left, or ``model_args``, the input size, the number of training identities or
+            the state dict differ.
     """
     done = int(checkpoint['epoch'])
     if done >= cfg.epochs:
@@ -263,6 +263,12 @@ def check_resume_fits(checkpoint: Dict[str, Any], cfg: TrainConfig, dataset: ReI
             f'{_differences(saved_args, asked_args)}); '
             f'a run continues only with its own: drop --model-arg to continue it, or start a new run with another '
             f'--output')
+    saved_size = tuple(saved_cfg.get('img_size', cfg.img_size))
+    if saved_size != tuple(cfg.img_size):
+        raise TrainSetupError(
+            f'resume: {cfg.resume} was trained on {saved_size[0]}x{saved_size[1]} images but this run asks for '
+            f'{cfg.img_size[0]}x{cfg.img_size[1]}; a run continues only at its own input size: drop --img-size to '
+            f'continue it, or start a new run with another --output')
     saved_pids = json.loads(checkpoint['results']).get('num_train_pids')
     if saved_pids is not None and saved_pids != dataset.num_train_pids:
         raise TrainSetupError(
