@@ -9,13 +9,16 @@ Runs on CUDA with mixed precision when a GPU is present (bfloat16 where the GPU 
 gradient scaler; ``--amp-dtype``), on CPU otherwise, and on several GPUs or machines through ``torchrun``
 (DistributedDataParallel; each process gets whole PK batches; at most one process per GPU). Before the first
 epoch it checks the arguments, the output folder, the data set (every image cheaply, or decoded with
-``--check-images``), the model's weights and input size, and whether a resumed checkpoint fits; it says what it
-will write and, at the end, what it wrote. Writes to ``--output``:
+``--check-images``), the model's weights and input size, and whether a resumed checkpoint fits (model arguments,
+input size, identities); it says what it will write and, at the end, what it wrote. An output folder that holds
+another run is refused by the command line (``--overwrite`` replaces it); a run that replaces one removes its files,
+``thresholds.json`` included, once the checks have passed, and a resumed run removes its ``thresholds.json`` (the
+weights change). Writes to ``--output`` (a resumed run: the folder of its checkpoint):
 
 * ``checkpoint.pt``: resumable state (model, optimizer, scheduler, grad scaler, epoch, RNG states, history),
   rewritten atomically every ``--checkpoint-every`` epochs (default 1) and after the last; ``--resume`` continues it exactly;
-* ``results.json``: configuration, per-epoch losses, every evaluation, the best and the last; rewritten
-  atomically after every epoch;
+* ``results.json``: configuration, the command line (and, under ``resumed_from``, each resume's), per-epoch
+  losses, every evaluation, the best and the last; rewritten atomically after every epoch;
 * ``model.safetensors``: the final Re-ID descriptor model (classifier dropped), loadable with
   ``timm.create_model(name, num_classes=0, **model_args)``; ``best.safetensors``: the same for the
   evaluation with the best mAP.
