@@ -99,7 +99,7 @@ def test_dropped_images_are_counted_by_reason_and_shown_in_the_summary(tmp_path)
     # Junk: one each in train, query (MARKET_QUERY) and gallery (MARKET_GALLERY); distractors: one in train, one in
     # query (the gallery's distractor is kept).
     assert dataset.dropped == {'junk (id -1)': 3, 'distractors (id 0) in train or query': 2,
-                               'entries that are not readable files': 0}
+                               'entries that are not readable files': 0, 'images in subfolders': 0}
     assert dataset.summary().splitlines()[-1] == '  dropped: junk (id -1): 3; distractors (id 0) in train or query: 2'
 
 
@@ -114,6 +114,35 @@ def test_dangling_links_and_link_loops_named_like_images_are_skipped_with_a_coun
         dataset = market1501(tmp_path)
     assert len(dataset.query) == 2 and dataset.dropped['entries that are not readable files'] == 2
     assert 'entries that are not readable files: 2' in dataset.summary()
+
+
+def test_images_in_subfolders_are_skipped_with_one_counted_warning_line(tmp_path):
+    """A split folder holds its images directly; images below it are not read, and that is said (never silently)."""
+    _market_tree(tmp_path)
+    _write_images(tmp_path / 'bounding_box_train' / 'extra', ['0015_c1s1_000999_01.jpg', 'notes.png'])
+    _write_images(tmp_path / 'bounding_box_train' / 'extra' / 'deeper', ['0015_c2s1_000999_01.jpg'])
+    (tmp_path / 'query' / 'empty').mkdir()
+    (tmp_path / 'query' / 'docs').mkdir()
+    (tmp_path / 'query' / 'docs' / 'readme.txt').write_text('no images here')
+    with pytest.warns(UserWarning) as warned:
+        dataset = market1501(tmp_path)
+    (message,) = [str(w.message) for w in warned]
+    assert message == (f"{tmp_path / 'bounding_box_train'}: skipped 3 images in subfolders (extra/); a split folder "
+                       'of the Market-1501 layout holds its images directly: move them up to read them')
+    assert len(dataset.train) == len(MARKET_TRAIN) and dataset.dropped['images in subfolders'] == 3
+    assert 'images in subfolders: 3' in dataset.summary()
+
+
+def test_image_extensions_are_read_in_any_case_and_format(tmp_path):
+    """The names carry identity and camera; .JPG, .jpeg, .png and .bmp files named like them are read."""
+    _market_tree(tmp_path)
+    _write_images(tmp_path / 'bounding_box_train', ['0015_c2s1_000152_01.JPG', '0015_c3s1_000153_01.png'])
+    _write_images(tmp_path / 'query', ['0004_c3s1_000102_00.jpeg', '0003_c3s1_000102_00.BMP'])
+    dataset = market1501(tmp_path)
+    assert len(dataset.train) == len(MARKET_TRAIN) + 2 and len(dataset.query) == 4
+    assert {Path(path).name for path, _, _ in dataset.query} >= {'0004_c3s1_000102_00.jpeg', '0003_c3s1_000102_00.BMP'}
+    _write_images(tmp_path / 'query', ['0003_c1s1_000103_00.gif'])  # not an image extension: not an image here
+    assert len(market1501(tmp_path).query) == 4
 
 
 def test_non_image_files_are_ignored(tmp_path):

@@ -2,9 +2,12 @@
 
 Every reader follows the same rules:
 
-* one regular expression per data set parses identity and camera from the file name; an image whose name does
-  not match is an error naming the file and the expected pattern, never silently skipped (only files that are
-  not images, by extension, such as ``Thumbs.db``, are ignored);
+* one regular expression per data set parses identity and camera from the file name, whatever the image
+  extension (``.jpg``, ``.jpeg``, ``.png``, ``.bmp``, in any case); an image whose name does not match is an error
+  naming the file and the expected pattern, never silently skipped (only files that are not images, by
+  extension, such as ``Thumbs.db``, are ignored);
+* a split folder holds its images directly: images in its subfolders are not read, and are counted and named in
+  one warning line;
 * training identities are relabelled to 0..N-1 in sorted order of the original ids; query and gallery keep the
   original ids, so that the protocol in `hbfp_timm.metrics` can tell distractors (0) apart;
 * camera ids become 0-based;
@@ -40,17 +43,19 @@ Item = Tuple[str, int, int]
 PathLike = Union[str, os.PathLike]
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
+# The end of every reader's file name pattern: any image extension, in any case (0002_c1s1_000451_03.JPG, .png).
+_IMAGE_SUFFIX = r'\.(?i:' + '|'.join(extension[1:] for extension in IMAGE_EXTENSIONS) + r')$'
 JUNK_PID = -1
 DISTRACTOR_PID = 0
 
 # Market-1501: 0002_c1s1_000451_03.jpg = person, camera, sequence, frame, box; junk is -1_c1s1_...
-MARKET_PATTERN = re.compile(r'^(?P<pid>-1|\d+)_c(?P<camid>\d+)s\d+_\d+_\d+\.jpg$')
+MARKET_PATTERN = re.compile(r'^(?P<pid>-1|\d+)_c(?P<camid>\d+)s\d+_\d+_\d+' + _IMAGE_SUFFIX)
 # DukeMTMC-reID: 0001_c2_f0046182.jpg = person, camera, frame.
-DUKE_PATTERN = re.compile(r'^(?P<pid>-1|\d+)_c(?P<camid>\d+)_f\d+\.jpg$')
+DUKE_PATTERN = re.compile(r'^(?P<pid>-1|\d+)_c(?P<camid>\d+)_f\d+' + _IMAGE_SUFFIX)
 # CUHK03-NP (Zhong et al. 2017): 0001_c1_1.png = person, camera, image; some copies are re-encoded as jpg.
-CUHK03_PATTERN = re.compile(r'^(?P<pid>-1|\d+)_c(?P<camid>\d+)_\d+\.(?:png|jpg)$')
+CUHK03_PATTERN = re.compile(r'^(?P<pid>-1|\d+)_c(?P<camid>\d+)_\d+' + _IMAGE_SUFFIX)
 # MSMT17: 0000_000_01_0303morning_0015_0.jpg = person, index, camera (1-based), date + time of day, frame, box.
-MSMT17_PATTERN = re.compile(r'^(?P<pid>\d+)_\d+_(?P<camid>\d+)_\w+?_\d+_\d+\.jpg$')
+MSMT17_PATTERN = re.compile(r'^(?P<pid>\d+)_\d+_(?P<camid>\d+)_\w+?_\d+_\d+' + _IMAGE_SUFFIX)
 
 MARKET_SPLITS = {'train': 'bounding_box_train', 'query': 'query', 'gallery': 'bounding_box_test'}
 MARKET_NAME_EXAMPLE = '0002_c1s1_000451_03.jpg'
@@ -110,8 +115,26 @@ def _resolve_root(root: PathLike, candidates: Sequence[str], marker: str, layout
         f'no data set found under {root}; tried {", ".join(str(p) for p in tried)}; expected {layout}')
 
 
-def _image_files(folder: Path, example: str) -> Tuple[List[Path], int]:
-    """The image files of a folder, and how many entries named like images are not readable files."""
+def _images_in_subfolders(folder: Path) -> int:
+    """How many images lie in the subfolders of `folder` (which are not read); warned about, naming them."""
+    counts = {}
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and p.suffix.lower() not in IMAGE_EXTENSIONS):
+        count = sum(p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() for p in sub.rglob('*'))
+        if count:
+            counts[sub.name] = count
+    total = sum(counts.values())
+    if total:
+        names = ', '.join(f'{name}/' for name in list(counts)[:3]) + (
+            f' and {len(counts) - 3} more' if len(counts) > 3 else '')
+        warnings.warn(f'{folder}: skipped {total} image{"" if total == 1 else "s"} in subfolders ({names}); a split '
+                      'folder of the Market-1501 layout holds its images directly: move them up to read them',
+                      stacklevel=4)
+    return total
+
+
+def _image_files(folder: Path, example: str) -> Tuple[List[Path], int, int]:
+    """The image files of a folder, how many entries named like images are not readable files, and how many
+    images its subfolders hold (not read)."""
     if not folder.is_dir():
         raise FileNotFoundError(f'missing folder {folder}; expected it to hold images named like {example}')
     named = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
@@ -122,7 +145,7 @@ def _image_files(folder: Path, example: str) -> Tuple[List[Path], int]:
         what = 'entry' if len(unreadable) == 1 else 'entries'
         warnings.warn(f'{folder}: skipped {len(unreadable)} {what} named like images but not readable files '
                       f'(dangling symbolic links, link loops or folders): {shown}', stacklevel=3)
-    return files, len(unreadable)
+    return files, len(unreadable), _images_in_subfolders(folder)
 
 
 def _parse_name(path: Path, pattern: re.Pattern, example: str) -> Tuple[int, int]:
@@ -136,7 +159,8 @@ def _parse_name(path: Path, pattern: re.Pattern, example: str) -> Tuple[int, int
 
 
 def _finalise(name: str, train: List[Item], query: List[Item], gallery: List[Item],
-              sources: Dict[str, object], has_distractors: bool = True, unreadable: int = 0) -> ReIDDataset:
+              sources: Dict[str, object], has_distractors: bool = True, unreadable: int = 0,
+              in_subfolders: int = 0) -> ReIDDataset:
     """Apply the junk / distractor rules, relabel train, refuse empty splits (of those read: the splits named in
     `sources`) and count what was dropped."""
     not_identities = (JUNK_PID, DISTRACTOR_PID) if has_distractors else (JUNK_PID,)
@@ -149,6 +173,7 @@ def _finalise(name: str, train: List[Item], query: List[Item], gallery: List[Ite
         'distractors (id 0) in train or query': sum(
             has_distractors and pid == DISTRACTOR_PID for items in (train, query) for _, pid, _ in items),
         'entries that are not readable files': unreadable,
+        'images in subfolders': in_subfolders,
     }
     train, query = identities(train), identities(query)
     gallery = [item for item in gallery if item[1] != JUNK_PID]
@@ -162,15 +187,16 @@ def _finalise(name: str, train: List[Item], query: List[Item], gallery: List[Ite
 
 def _read_market_style(name: str, root: Path, pattern: re.Pattern, example: str,
                        with_train: bool = True) -> ReIDDataset:
-    splits, sources, unreadable = {'train': []}, {}, 0
+    splits, sources, unreadable, in_subfolders = {'train': []}, {}, 0, 0
     for split, folder in MARKET_SPLITS.items():
         if split == 'train' and not with_train:
             continue
         sources[split] = root / folder
-        files, num_unreadable = _image_files(root / folder, example)
-        unreadable += num_unreadable
+        files, num_unreadable, num_in_subfolders = _image_files(root / folder, example)
+        unreadable, in_subfolders = unreadable + num_unreadable, in_subfolders + num_in_subfolders
         splits[split] = [(str(path), *_parse_name(path, pattern, example)) for path in files]
-    return _finalise(name, splits['train'], splits['query'], splits['gallery'], sources, unreadable=unreadable)
+    return _finalise(name, splits['train'], splits['query'], splits['gallery'], sources, unreadable=unreadable,
+                     in_subfolders=in_subfolders)
 
 
 def _market_layout_description(example: str, with_train: bool = True) -> str:
