@@ -476,6 +476,22 @@ def test_cli_save_with_notes_dataset_and_licence_writes_them_on_the_card(run_dir
     assert hub_cli.main(['save', str(run_dir), str(tmp_path / 'out2'), '--notes', str(tmp_path / 'absent.md')]) == 2
 
 
+def test_cli_notes_and_thresholds_that_cannot_be_read_are_one_line_naming_the_flag(run_dir, tmp_path, capsys):
+    out = tmp_path / 'out'
+    for flag, value, expected in (
+            ('--notes', tmp_path / 'missing.md', f"--notes: {tmp_path / 'missing.md'}: file not found; expected a "
+                                                 'markdown file for the model card'),
+            ('--notes', tmp_path, f'--notes: {tmp_path}: a folder; expected a markdown file for the model card'),
+            ('--notes', tmp_path / 'latin1.md', f"--notes: {tmp_path / 'latin1.md'}: not a UTF-8 text file"),
+            ('--thresholds', tmp_path / 'missing.json', f"--thresholds: {tmp_path / 'missing.json'}: thresholds file "
+                                                        'not found')):
+        (tmp_path / 'latin1.md').write_bytes('caf\xe9'.encode('latin-1'))
+        assert hub_cli.main(['save', str(run_dir), str(out), flag, str(value)]) == 2, flag
+        err = capsys.readouterr().err
+        assert err.count('\n') == 1 and err.startswith(f'python -m hbfp_timm.hub: error: {expected}'), err
+        assert 'Errno' not in err and not out.exists()
+
+
 def test_cli_push_uploads_a_run_directory(run_dir, fake_hub, capsys):
     endpoint, received = fake_hub
     assert hub_cli.main(['push', str(run_dir), '--repo-id', 'someteam/run7', '--token', 'hf_fake_token']) == 0

@@ -6,13 +6,42 @@ from typing import Optional, Sequence
 
 from huggingface_hub.errors import HfHubHTTPError
 
-from ..commands import exit_code
+from ..commands import exit_code, one_line
 from ..metrics.verification import THRESHOLDS_NAME, read_thresholds
 from ..models.pretrained import CheckpointMismatchError
 from .publish import push_to_hub, save_pretrained
 from .weights import load_run
 
 __all__ = ['main']
+
+
+def _read_notes(path: str) -> str:
+    """The markdown of ``--notes``; what cannot be read is one line naming the flag."""
+    notes = Path(path).expanduser()
+    if notes.is_dir():
+        raise ValueError(f'--notes: {notes}: a folder; expected a markdown file for the model card')
+    try:
+        return notes.read_text(encoding='utf-8')
+    except FileNotFoundError:
+        message = f'--notes: {notes}: file not found; expected a markdown file for the model card'
+        raise FileNotFoundError(message) from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f'--notes: {notes}: not a UTF-8 text file ({error})') from None
+    except OSError as error:
+        raise OSError(f'--notes: {notes}: cannot be read ({error.strerror or error})') from None
+
+
+def _read_thresholds_flag(path: str):
+    """The record of ``--thresholds``; an error names the flag (of the same kind: the exit status)."""
+    try:
+        return read_thresholds(Path(path).expanduser())
+    except IsADirectoryError:
+        raise ValueError(f'--thresholds: {path}: a folder; expected the thresholds.json of python -m '
+                         'hbfp_timm.evaluate --calibrate') from None
+    except (OSError, ValueError) as error:
+        kind = FileNotFoundError if isinstance(error, FileNotFoundError) else \
+            OSError if isinstance(error, OSError) else ValueError
+        raise kind(f'--thresholds: {one_line(error)}') from None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -46,22 +75,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                   "set's terms)")
     args = parser.parse_args(argv)
     try:
-        notes = Path(args.notes).read_text(encoding='utf-8') if args.notes else None
+        notes = _read_notes(args.notes) if args.notes else None
         model, results = load_run(args.run)
         if args.dataset:
             results = dict(results, dataset=args.dataset)
         run_folder = Path(args.run).parent if Path(args.run).suffix == '.safetensors' else Path(args.run)
-        thresholds = args.thresholds or (run_folder / THRESHOLDS_NAME if (run_folder / THRESHOLDS_NAME).is_file()
-                                         else None)
-        if thresholds:
-            results = dict(results, thresholds=read_thresholds(thresholds))
+        if args.thresholds:
+            results = dict(results, thresholds=_read_thresholds_flag(args.thresholds))
+        elif (run_folder / THRESHOLDS_NAME).is_file():
+            results = dict(results, thresholds=read_thresholds(run_folder / THRESHOLDS_NAME))
         if args.command == 'save':
             print(save_pretrained(model, args.out, results, notes=notes, license=args.license))
         else:
             print(push_to_hub(model, args.repo_id, results, private=args.private, token=args.token,
                               commit_message=args.commit_message, notes=notes, license=args.license))
     except (OSError, ValueError, CheckpointMismatchError, HfHubHTTPError) as exc:  # OSError: a full disk too
-        print(f'{parser.prog}: error: {exc}', file=sys.stderr)
+        print(f'{parser.prog}: error: {one_line(exc)}', file=sys.stderr)
         return exit_code(exc)  # 2: a missing run file, bad results; 1: the disk or the Hub failed
     return 0
 
