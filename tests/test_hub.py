@@ -21,7 +21,7 @@ import yaml
 from PIL import Image
 
 import hbfp_timm  # noqa: F401  (registers the hbfp_* models with timm)
-from hbfp_timm import hub
+from hbfp_timm import FeatureExtractor, hub
 from hbfp_timm.hub import cli as hub_cli
 from hbfp_timm.models import registry as hbfp_models
 from hbfp_timm.utils.files import current_umask
@@ -526,6 +526,9 @@ def test_the_trainers_checkpoint_pt_is_refused_in_one_line_naming_the_run_folder
     assert str(info.value) == expected
     with pytest.raises(ValueError) as info:
         hub.load_run(checkpoint)
+    assert str(info.value) == expected
+    with pytest.raises(ValueError) as info:  # --model of embed, search, evaluate, activations
+        FeatureExtractor(checkpoint, device='cpu')
     assert str(info.value) == expected
     assert hub_cli.main(['save', str(checkpoint), str(tmp_path / 'out')]) == 2
     assert capsys.readouterr().err == f'python -m hbfp_timm.hub: error: {expected}\n'

@@ -75,6 +75,8 @@ def load_model(
         raise TypeError(f'model: expected a module, a name or a path, got {type(model).__name__}')
     name = str(model)
     path = Path(name).expanduser()
+    if not name.startswith(HUB_PREFIXES) and path.is_file() and path.suffix != '.safetensors':
+        load_run(path)  # raises: says what the file is (the trainer's checkpoint.pt) and what to give instead
     if not name.startswith(HUB_PREFIXES) and (path.suffix == '.safetensors' or (path / RESULTS_NAME).is_file()):
         if checkpoint is not None or model_args:
             raise ValueError(f'model: {name} is a trainer run, which brings its own weights and arguments; '
