@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 import socket
 import stat
 from dataclasses import replace
@@ -62,6 +63,24 @@ def test_training_lowers_the_loss_and_writes_loadable_outputs(make_config, data_
     again = evaluate(descriptor_model, query, gallery, 'cpu')
     for key in ('rank1', 'rank5', 'rank10', 'mAP'):
         assert again[key] == pytest.approx(on_disk['metrics'][key], abs=1e-6)
+
+
+def test_the_epoch_line_says_how_many_queries_had_no_match_and_were_skipped(make_config, data_root, tmp_path,
+                                                                           capsys):
+    """Queries whose identity the gallery holds from no other camera are left out of rank-1 and mAP by the
+    protocol: the epoch line says how many, rather than dropping them without a word."""
+    root = tmp_path / 'data'
+    shutil.copytree(data_root, root)
+    first = sorted((root / 'query').iterdir())[0]
+    pid, camera = first.name.split('_')[:2]
+    for image in (root / 'bounding_box_test').glob(f'{pid}_*'):
+        if not image.name.split('_')[1].startswith(camera):
+            image.unlink()
+    results = train(make_config(tmp_path / 'run', data_root=str(root), epochs=1, max_steps_per_epoch=1))
+    entry = results['last']
+    assert entry['num_skipped_queries'] >= 1
+    assert (f"mAP {entry['mAP']:.2%} ({entry['num_skipped_queries']} of {entry['num_query']} queries without a match "
+            f"in the gallery skipped)") in capsys.readouterr().out
 
 
 @pytest.mark.parametrize('workers', [0, 2])

@@ -26,7 +26,7 @@ def read_eval_datasets(cfg: TrainConfig) -> List[Tuple[str, ReIDDataset]]:
     sets = []
     for root in cfg.eval_data_roots:
         try:
-            dataset = build_dataset(cfg.eval_dataset, root)
+            dataset = build_dataset(cfg.eval_dataset, root, with_train=False)  # query and gallery are enough
         except (FileNotFoundError, ValueError) as exc:
             raise TrainSetupError(f'eval_data_roots: {root} (read as {cfg.eval_dataset}): {exc}') from exc
         if not dataset.query or not dataset.gallery:

@@ -205,7 +205,7 @@ def _train(cfg: TrainConfig, command: List[str], rank: int, world_size: int, loc
                 evaluation = evaluate(model, query_loader, gallery_loader, device, metric=cfg.metric,
                                       flip=cfg.flip_test, amp=amp_dtype is not None,
                                       amp_dtype=amp_dtype)
-                entry = {'epoch': epoch + 1, **_headline(evaluation),
+                entry = {'epoch': epoch + 1, **_headline(evaluation), 'num_query': evaluation['num_query'],
                          'num_skipped_queries': evaluation['num_skipped_queries']}
                 if eval_sets:
                     entry['cross_domain'] = evaluate_cross_domain(model, eval_sets, cfg, device, amp_dtype)
@@ -217,7 +217,10 @@ def _train(cfg: TrainConfig, command: List[str], rank: int, world_size: int, loc
                 if best is None or (entry['mAP'], entry['rank1']) > (best['mAP'], best['rank1']):
                     results['best'] = entry
                     save_descriptor_model(model, output / BEST_MODEL_NAME, {**metadata, 'epoch': str(epoch + 1)})
+                skipped = entry['num_skipped_queries']  # the protocol scores only queries with a match
                 tqdm.write(f'epoch {epoch + 1}: rank-1 {entry["rank1"]:.2%}  mAP {entry["mAP"]:.2%}'
+                           + (f' ({skipped} of {entry["num_query"]} queries without a match in the gallery '
+                              f'skipped)' if skipped else '')
                            + cross_domain_line(entry.get('cross_domain', [])))
             if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
                 results['checkpoint_epoch'] = epoch + 1
