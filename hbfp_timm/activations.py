@@ -26,7 +26,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from .commands import USER_ERRORS, add_model_arguments, exit_code, extractor_from_args, one_line, run_command
+from .commands import (
+    USER_ERRORS, add_model_arguments, exit_code, extractor_from_args, one_line, output_folder, run_command,
+)
 from .data.lists import collect_images, skip_unreadable
 from .inference.features import unwrap_model
 
@@ -190,6 +192,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f'--alpha: expected a value in [0, 1], got {args.alpha}')
     written = []
     try:
+        output = output_folder('--output', args.output)  # a file in the way is said before any work
         listings = [collect_images(source) for source in args.images]
         if args.skip_bad_images:
             listings = [skip_unreadable(listing) for listing in listings]
@@ -197,7 +200,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         extractor = extractor_from_args(args)
         batch = extractor.preprocess(paths)
         maps = bfp_activation_maps(extractor.model, batch.to(extractor.device))
-        output = Path(args.output)
         for index, path in enumerate(paths):
             image = _display_image(batch[index], extractor.mean, extractor.std)
             before = {level: energy[index].cpu() for level, energy in maps.before.items()}

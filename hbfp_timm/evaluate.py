@@ -27,13 +27,14 @@ import json
 import sys
 import time
 import warnings
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
-from .commands import USER_ERRORS, add_model_arguments, exit_code, extractor_from_args, one_line, run_command
+from .commands import (
+    USER_ERRORS, add_model_arguments, exit_code, extractor_from_args, one_line, output_folder, run_command,
+)
 from .data.datasets import DATASET_NAMES, ReIDDataset, build_dataset
 from .data.loader import test_loaders
 from .inference.features import extract_features
@@ -243,6 +244,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.calibrate and (len(args.data_root) != 1 or not args.output):
         parser.error('--calibrate: needs exactly one --data-root (the calibration split) and --output')
     try:
+        output = output_folder('--output', args.output) if args.output else None  # before any work
         datasets = [read_data(reader, root) for reader, root in zip(readers, args.data_root)]  # before the model
         extractor = extractor_from_args(args)
         checks = _thresholds_to_check(args, extractor)
@@ -256,8 +258,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     header = (f'model {args.model}, input {extractor.img_size[0]}x{extractor.img_size[1]}, '
               f'{args.metric} distance, flip {extractor.flip}; percent')
     print(f'{header}\n{tables}')
-    if args.output:
-        output = Path(args.output)
+    if output is not None:
         output.mkdir(parents=True, exist_ok=True)
         command = sys.argv if argv is None else ['python', '-m', 'hbfp_timm.evaluate', *argv]
         record = {'model': str(args.model), 'checkpoint': args.checkpoint, 'img_size': list(extractor.img_size),

@@ -96,6 +96,11 @@ def test_a_missing_data_root_is_one_line_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and err.startswith('python -m hbfp_timm.evaluate: error: --data-root: ') and \
         f"{tmp_path / 'lists' / 'query.csv'}:1: image {tmp_path / 'lists' / 'a.jpg'} not found" in err
+    (tmp_path / 'taken').write_text('a file')  # --output in the way: said before any reading (was errno text)
+    assert main(['--data-root', str(tmp_path / 'nowhere'), '--model', str(run), '--device', 'cpu',
+                 '--output', str(tmp_path / 'taken')]) == 2
+    assert capsys.readouterr().err == (f'python -m hbfp_timm.evaluate: error: --output: {tmp_path / "taken"} is a '
+                                       'file; expected a folder (created if missing)\n')
 
 
 def test_the_trainers_checkpoint_pt_as_checkpoint_says_what_to_give_instead(data_root, tmp_path, capsys):
