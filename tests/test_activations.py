@@ -97,5 +97,6 @@ def test_command_errors_are_one_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and 'need an HBFP model with both BFP modules' in err
     (tmp_path / 'taken').write_text('a file')
     assert main([str(tmp_path / 'crops'), '--output', str(tmp_path / 'taken' / 'maps'), '--device', 'cpu']) == 2
-    assert capsys.readouterr().err == (f'python -m hbfp_timm.activations: error: --output: {tmp_path / "taken" / "maps"} '
-                                       f'cannot be created: {tmp_path / "taken"} is a file; expected a folder\n')
+    taken = tmp_path / 'taken'
+    assert capsys.readouterr().err == (f'python -m hbfp_timm.activations: error: --output: {taken / "maps"} cannot be '
+                                       f'created: {taken} is a file; expected a folder\n')

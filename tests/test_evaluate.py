@@ -34,7 +34,8 @@ def test_scores_equal_the_protocol_on_the_models_descriptors_one_row_per_data_ro
         assert row['mAP'] == pytest.approx(mAP, abs=1e-6) and row['rank1'] == pytest.approx(cmc[0], abs=1e-6)
         assert row['num_query'] == len(dataset.query) and row['num_gallery'] == len(dataset.gallery)
     printed = capsys.readouterr().out
-    assert printed.count(f'| {data_root} | {len(dataset.query)} | {len(dataset.gallery)} |') == 2 and f'{100 * mAP:.1f} |' in printed
+    assert printed.count(f'| {data_root} | {len(dataset.query)} | {len(dataset.gallery)} |') == 2
+    assert f'{100 * mAP:.1f} |' in printed
     assert (out / 'evaluation.md').read_text().split('\n\n', 1)[1].strip() in printed  # the same table
 
 
@@ -113,7 +114,8 @@ def test_the_trainers_checkpoint_pt_as_checkpoint_says_what_to_give_instead(data
                                             'optimizer': torch.optim.SGD(full.parameters(), lr=0.1).state_dict()})
     assert 'classifier.weight' in full.state_dict()
     assert main(['--data-root', str(data_root), '--model', 'hbfp_resnet18',
-                 '--checkpoint', str(run / 'checkpoint.pt'), *[a for k, v in TINY_ARGS.items() for a in ('--model-arg', f'{k}={v}')], '--device', 'cpu']) == 2
+                 '--checkpoint', str(run / 'checkpoint.pt'),
+                 *[a for k, v in TINY_ARGS.items() for a in ('--model-arg', f'{k}={v}')], '--device', 'cpu']) == 2
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and 'classifier' not in err
     assert f"resumable training state (for --resume), not a weights file; give its run folder {run} or the " \
