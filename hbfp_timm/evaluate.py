@@ -12,7 +12,8 @@ query x gallery distance matrix is never held whole (except for ``--rerank``, wh
 Beside rank-1/5/10 and mAP, each data set gets:
 
 * the per-camera-pair breakdown: the queries of one camera searched among the gallery images of one other
-  camera only, rank-1 and mAP per pair, worst first (which camera pairs fail);
+  camera only, rank-1 and mAP per pair, worst first (which camera pairs fail); cameras are named as the data
+  name them (``c1`` of Market-style file names, a list file's ``camid``, the file name of camera-less images);
 * the "same person" decision (`hbfp_timm.metrics.verification`): the data's own equal-error rate, and, for every
   threshold stored with the model's weights (or given with ``--threshold``), how many genuine cross-camera
   pairs it accepts and how many impostor pairs it wrongly accepts on these data;
@@ -27,7 +28,7 @@ import json
 import sys
 import time
 import warnings
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -51,15 +52,19 @@ __all__ = ['camera_pair_scores', 'evaluate_data', 'main', 'read_data']
 MAX_CAMERAS_FOR_PAIRS = 50
 
 
-def camera_pair_scores(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids,
-                       metric: str = 'euclidean') -> List[Dict[str, Any]]:
+def camera_pair_scores(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, metric: str = 'euclidean',
+                       camera_name: Callable[[int], str] = str) -> List[Dict[str, Any]]:
     """Rank-1 and mAP of every (query camera, gallery camera) pair, worst rank-1 first.
 
     The queries of camera ``a`` are ranked among the gallery images of camera ``b`` (``b != a``) only, under the
     same protocol; a pair where no query has a true match is left out.
 
+    Args:
+        camera_name: the data's name of a camera id (`hbfp_timm.data.ReIDDataset.camera_name`; default: the id).
+
     Returns:
-        ``[{'query_camera', 'gallery_camera', 'num_query', 'rank1', 'mAP'}]`` (fractions).
+        ``[{'query_camera', 'gallery_camera', 'query_camera_name', 'gallery_camera_name', 'num_query', 'rank1',
+        'mAP'}]`` (ids as the readers number cameras, from 0; scores as fractions).
     """
     q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
     q_camids, g_camids = np.asarray(q_camids), np.asarray(g_camids)
@@ -73,6 +78,7 @@ def camera_pair_scores(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids,
             result = evaluate_features(q_feats[queries], g_feats[gallery], q_pids[queries], g_pids[gallery],
                                        q_camids[queries], g_camids[gallery], metric=metric, max_rank=1)
             rows.append({'query_camera': int(q_cam), 'gallery_camera': int(g_cam),
+                         'query_camera_name': camera_name(int(q_cam)), 'gallery_camera_name': camera_name(int(g_cam)),
                          'num_query': result.num_valid_queries, 'rank1': float(result.cmc[0]),
                          'mAP': float(result.mAP)})
     return sorted(rows, key=lambda row: (row['rank1'], row['mAP']))
@@ -125,7 +131,7 @@ def evaluate_data(extractor, dataset_name: str, data_root, metric: str = 'euclid
     for entry in (scores, scores.get('reranked') or {}):
         entry.pop('cmc', None)
     num_cameras = len(np.union1d(q_cams, g_cams))
-    pairs = (camera_pair_scores(q_feats, g_feats, q_pids, g_pids, q_cams, g_cams, metric)
+    pairs = (camera_pair_scores(q_feats, g_feats, q_pids, g_pids, q_cams, g_cams, metric, dataset.camera_name)
              if num_cameras <= MAX_CAMERAS_FOR_PAIRS else None)
     distances = pair_distances(q_feats, g_feats, q_pids, g_pids, q_cams, g_cams, metric=metric,
                                fmrs=tuple(fmrs) or DEFAULT_FMRS, at=[t['threshold'] for t in thresholds])
@@ -193,8 +199,8 @@ def _tables(rows: List[Dict[str, Any]]) -> str:
             lines.append(f'not computed: more than {MAX_CAMERAS_FOR_PAIRS} cameras (camera-less data give each image '
                          'its own)')
             continue
-        lines += ['| query camera | gallery camera | queries | Rank-1 | mAP |', '|---:|---:|---:|---:|---:|']
-        lines += [f"| {p['query_camera']} | {p['gallery_camera']} | {p['num_query']} | {_percent(p['rank1'])} | "
+        lines += ['| query camera | gallery camera | queries | Rank-1 | mAP |', '|---|---|---:|---:|---:|']
+        lines += [f"| {p['query_camera_name']} | {p['gallery_camera_name']} | {p['num_query']} | {_percent(p['rank1'])} | "
                   f"{_percent(p['mAP'])} |" for p in pairs]
     return '\n'.join(lines)
 

@@ -47,6 +47,7 @@ def test_market1501_relabels_train_and_makes_cameras_zero_based(tmp_path):
                        '0007_c3s1_000551_01.jpg': (1, 2), '0015_c1s1_000151_01.jpg': (2, 0)}
     assert dataset.num_train_pids == 3
     assert dataset.num_train_cams == 3
+    assert [dataset.camera_name(camid) for camid in (0, 1, 2)] == ['c1', 'c2', 'c3']  # the names' own cameras
 
 
 def test_market1501_drops_junk_keeps_distractors_in_gallery(tmp_path):
@@ -248,6 +249,7 @@ def test_msmt17_combines_train_and_val_and_reads_cameras_from_names(tmp_path):
     assert len(dataset.train) == 4 and dataset.num_train_pids == 2
     assert sorted(camid for _, _, camid in dataset.train) == [0, 1, 4, 14]
     assert [(pid, camid) for _, pid, camid in dataset.query] == [(5, 2)]
+    assert dataset.camera_name(2) == 'c3' and dataset.camera_name(14) == 'c15'  # ..._03_... and ..._15_...
     assert all(Path(path).is_file() for path, _, _ in dataset.train + dataset.query + dataset.gallery)
 
 

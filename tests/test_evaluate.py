@@ -1,5 +1,6 @@
 """python -m hbfp_timm.evaluate: a model on labelled data sets, one row each, the protocol's scores."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,6 +161,40 @@ def test_camera_pairs_equal_a_direct_loop_worst_first():
         count, rank1, ap = expected[(row['query_camera'], row['gallery_camera'])]
         assert row['num_query'] == count and row['rank1'] == pytest.approx(rank1) and row['mAP'] == pytest.approx(ap)
     assert [r['rank1'] for r in rows] == sorted(r['rank1'] for r in rows)
+
+
+def test_camera_pairs_are_named_as_the_data_name_their_cameras(data_root, tmp_path, capsys):
+    """Market-style file names number cameras from 1 (c1 is the readers' camera 0): the pairs say c1, c2, ...; a
+    list file's camid is printed as written, and camera-less lists name each image's camera by its file."""
+    run = write_run(tmp_path / 'run', tiny_model(seed=3))
+    dataset = market_layout(data_root)
+    lists, no_cams = tmp_path / 'lists', tmp_path / 'no_cams'
+    for folder in (lists, no_cams):
+        folder.mkdir()
+    for split, items in (('query', dataset.query), ('gallery', dataset.gallery)):
+        (lists / f'{split}.csv').write_text(''.join(f'{path},{pid},{cam + 7}\n' for path, pid, cam in items))
+    two_ids = sorted({pid for _, pid, _ in dataset.query})[:2]
+    queries = [next(item for item in dataset.query if item[1] == pid) for pid in two_ids]
+    few = queries + [next(item for item in dataset.gallery if item[1] == pid) for _, pid, _ in queries]
+    for split, items in (('query', queries), ('gallery', few)):  # each query is listed in the gallery too
+        (no_cams / f'{split}.csv').write_text(''.join(f'{path},{pid}\n' for path, pid, _ in items))
+    out = tmp_path / 'out'
+    assert main(['--data-root', str(data_root), '--data-root', str(lists), '--data-root', str(no_cams),
+                 '--dataset', 'market_layout', '--dataset', 'image_lists', '--dataset', 'image_lists',
+                 '--model', str(run), '--device', 'cpu', '--workers', '0', '--output', str(out)]) == 0
+    rows = json.loads((out / 'evaluation.json').read_text())['results']
+    market, listed, camera_less = (row['camera_pairs'] for row in rows)
+    cameras = sorted({cam for _, _, cam in dataset.query + dataset.gallery})
+    assert {p['query_camera_name'] for p in market} == {f'c{cam + 1}' for cam in cameras}
+    assert [(p['query_camera'], p['gallery_camera']) for p in market] == \
+        [(p['query_camera'] - 7, p['gallery_camera'] - 7) for p in listed]  # the same pairs, in the same order
+    assert all(p['query_camera_name'] == str(p['query_camera']) for p in listed)
+    names = {p['query_camera_name'] for p in camera_less} | {p['gallery_camera_name'] for p in camera_less}
+    assert names <= {Path(path).name for path, _, _ in few} and len(names) >= 2
+    printed = capsys.readouterr().out
+    first, second = market[0]['query_camera_name'], market[0]['gallery_camera_name']
+    assert f'| {first} | {second} | {market[0]["num_query"]} |' in printed
+    assert f'| {listed[0]["query_camera"]} | {listed[0]["gallery_camera"]} | {listed[0]["num_query"]} |' in printed
 
 
 def test_calibrate_then_the_stored_threshold_is_rechecked_and_marks_search_results(data_root, tmp_path, capsys):

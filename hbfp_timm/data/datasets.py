@@ -10,7 +10,8 @@ Every reader follows the same rules:
   one warning line;
 * training identities are relabelled to 0..N-1 in sorted order of the original ids; query and gallery keep the
   original ids, so that the protocol in `hbfp_timm.metrics` can tell distractors (0) apart;
-* camera ids become 0-based;
+* camera ids become 0-based (camera ``c1`` of the names is 0); ``ReIDDataset.camera_name`` gives back the names'
+  own (``'c1'``);
 * junk images (id -1) are dropped from every split: they are neither identities nor negatives (the Market-1501
   protocol ignores them). Distractors (id 0) stay in the gallery as negatives; they are not identities, so they
   are dropped from train and query (a distractor query would "match" unrelated distractors). MSMT17 is the
@@ -71,12 +72,19 @@ class ReIDDataset:
         query: query items, original pids.
         gallery: gallery items, original pids (0 = distractor).
         dropped: what the reader left out, by reason (e.g. ``'junk (id -1)'``), as image counts.
+        camera_names: how the data name each 0-based camera id, where the name is not the id itself: ``'c1'`` for
+            camera 0 of file names like ``0002_c1s1_000451_03.jpg``; read with `camera_name`.
     """
     name: str
     train: List[Item]
     query: List[Item]
     gallery: List[Item]
     dropped: Dict[str, int] = field(default_factory=dict)
+    camera_names: Dict[int, str] = field(default_factory=dict)
+
+    def camera_name(self, camid: int) -> str:
+        """The data's own name of camera `camid` (e.g. ``'c1'`` for 0 from Market-style names; else the id)."""
+        return self.camera_names.get(int(camid), str(int(camid)))
 
     @property
     def num_train_pids(self) -> int:
@@ -182,7 +190,9 @@ def _finalise(name: str, train: List[Item], query: List[Item], gallery: List[Ite
             raise ValueError(f'{name}: split {split!r} read from {sources[split]} has no usable images')
     relabel = {pid: label for label, pid in enumerate(sorted({pid for _, pid, _ in train}))}
     train = [(path, relabel[pid], camid) for path, pid, camid in train]
-    return ReIDDataset(name, train, query, gallery, dropped)
+    # The file names number cameras from 1 (c1, or MSMT17's 01), the items from 0 (`_parse_name`).
+    cameras = {camid for items in (train, query, gallery) for _, _, camid in items}
+    return ReIDDataset(name, train, query, gallery, dropped, {camid: f'c{camid + 1}' for camid in sorted(cameras)})
 
 
 def _read_market_style(name: str, root: Path, pattern: re.Pattern, example: str,

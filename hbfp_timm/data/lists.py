@@ -152,7 +152,8 @@ def image_lists(root: PathLike, name: str = 'image_lists', with_train: bool = Tr
             may be absent and is not read, ``train`` is empty).
 
     Returns:
-        The data set; camera-less query and gallery images get one camera per image file (module doc).
+        The data set; camera-less query and gallery images get one camera per image file (module doc), named by
+        the file's name (``ReIDDataset.camera_name``); a ``camid`` column's cameras are named by their number.
     """
     folder = Path(root).expanduser()
     splits = SPLITS if with_train else SPLITS[1:]
@@ -165,11 +166,13 @@ def image_lists(root: PathLike, name: str = 'image_lists', with_train: bool = Tr
         with_cams, without = (query, gallery) if query.camids is not None else (gallery, query)
         raise ValueError(f'{with_cams.source} has a camid column but {without.source} has none; query and gallery '
                          'must both give cameras, or neither (then each image counts as its own camera)')
+    camera_names = {}
     if query.camids is None:
         # One camera per image file, shared by query and gallery: only a query's own file is left out.
         camera_of = {path: camera for camera, path in enumerate(sorted(set(query.paths) | set(gallery.paths)))}
         query = query._replace(camids=[camera_of[path] for path in query.paths])
         gallery = gallery._replace(camids=[camera_of[path] for path in gallery.paths])
+        camera_names = {camera: Path(path).name for path, camera in camera_of.items()}
     train_items: List[Item] = []
     if with_train:
         train = lists['train']
@@ -177,7 +180,7 @@ def image_lists(root: PathLike, name: str = 'image_lists', with_train: bool = Tr
         train_camids = train.camids if train.camids is not None else [0] * len(train.paths)
         train_items = [(path, relabel[pid], camid) for path, pid, camid in zip(train.paths, train.pids, train_camids)]
     return ReIDDataset(name, train_items, list(zip(query.paths, query.pids, query.camids)),
-                       list(zip(gallery.paths, gallery.pids, gallery.camids)))
+                       list(zip(gallery.paths, gallery.pids, gallery.camids)), camera_names=camera_names)
 
 
 def identities_from_names(paths: Sequence[str]) -> Optional[Tuple[List[int], List[int]]]:
