@@ -339,7 +339,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> Dict:
         workers = args.loader_workers
         results['loader_images_per_second'] = loader_throughput(workers, args.img_size, RECIPE_BATCH) if workers else {}
     if 'models' in sections:
-        results['recipe'] = _recipe_estimates(results['throughput'], results.get('loader_images_per_second') or {}, hbfp)
+        loader_rates = results.get('loader_images_per_second') or {}
+        results['recipe'] = _recipe_estimates(results['throughput'], loader_rates, hbfp)
     if 'evaluation' in sections:
         results['evaluation'] = evaluation_speed(max(3, args.repeats // 2), args.reference_queries)
     if 'memory_format' in sections:

@@ -31,7 +31,8 @@ def architecture(model: nn.Module) -> str:
     if not arch or not timm.is_model(arch) or not arch.startswith('hbfp_'):
         raise ValueError(
             f'model: expected an HBFP model built with timm.create_model("hbfp_...") (config.json needs its '
-            f'registered architecture and constructor arguments), got {type(model).__name__} with architecture {arch!r}')
+            f'registered architecture and constructor arguments), got {type(model).__name__} '
+            f'with architecture {arch!r}')
     return arch
 
 
@@ -184,7 +185,8 @@ def render_model_card(model: nn.Module, results: Optional[Mapping[str, Any]] = N
             f'| these weights | {cells(ours)} |',
         ]
         if dataset in PAPER_TABLE1:
-            lines.append(f'| the paper\'s Table 1 (ResNet-50, 384x128; not these weights) | {cells(PAPER_TABLE1[dataset])} |')
+            lines.append(f'| the paper\'s Table 1 (ResNet-50, 384x128; not these weights) '
+                         f'| {cells(PAPER_TABLE1[dataset])} |')
     lines += ['']
     lines += _cross_domain_lines(results)
     lines += _threshold_lines(results)

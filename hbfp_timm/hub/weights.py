@@ -111,10 +111,12 @@ def load_run(run: Union[str, Path]) -> Tuple[nn.Module, Dict[str, Any]]:
         raise ValueError(f'{results_path}: not valid JSON ({exc})') from None
     arch = results.get('model') if isinstance(results, dict) else None
     if not isinstance(arch, str) or not arch.startswith('hbfp_') or not timm.is_model(arch):
-        raise ValueError(f"{results_path}: 'model' must name a registered HBFP model such as 'hbfp_resnet50', got {arch!r}")
+        raise ValueError(f"{results_path}: 'model' must name a registered HBFP model such as 'hbfp_resnet50', "
+                         f'got {arch!r}')
     check_results(results, arch, source=str(results_path))
     if not weights.is_file():
-        raise FileNotFoundError(f'{weights}: weights not found; expected the trainer\'s {MODEL_NAME} next to {RESULTS_NAME}')
+        raise FileNotFoundError(f'{weights}: weights not found; '
+                                f'expected the trainer\'s {MODEL_NAME} next to {RESULTS_NAME}')
     # The checkpoint holds every weight, so no ImageNet backbone weights are fetched first.
     model_args = dict(results.get('model_args', {}), num_classes=0, **BACKBONE_WEIGHT_ARGS)
     model = timm.create_model(arch, pretrained=False, **model_args)

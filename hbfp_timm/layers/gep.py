@@ -50,7 +50,8 @@ GEP_COMBINES = ('mean', 'sum')
 _MASK_CHUNK_ELEMENTS = 1 << 20
 
 
-def _normalisation(values: torch.Tensor, lambdas: torch.Tensor, eps: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _normalisation(values: torch.Tensor, lambdas: torch.Tensor,
+                   eps: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-row minimum, guarded range and thresholds for rows of ``values`` (R, N).
 
     A row whose max - min is below ``eps`` is constant: every position counts as a maximum, which a

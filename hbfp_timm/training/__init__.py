@@ -16,7 +16,8 @@ another run is refused by the command line (``--overwrite`` replaces it); a run 
 weights change). Writes to ``--output`` (a resumed run: the folder of its checkpoint):
 
 * ``checkpoint.pt``: resumable state (model, optimizer, scheduler, grad scaler, epoch, RNG states, history),
-  rewritten atomically every ``--checkpoint-every`` epochs (default 1) and after the last; ``--resume`` continues it exactly;
+  rewritten atomically every ``--checkpoint-every`` epochs (default 1) and after the last; ``--resume``
+  continues it exactly;
 * ``results.json``: configuration, the command line (and, under ``resumed_from``, each resume's), per-epoch
   losses, every evaluation, the best and the last; rewritten atomically after every epoch;
 * ``model.safetensors``: the final Re-ID descriptor model (classifier dropped), loadable with
