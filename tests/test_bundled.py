@@ -191,7 +191,8 @@ def test_release_writes_the_file_from_a_run_and_refuses_a_poor_copy(trained, tmp
 
 # --- the package as installed ---------------------------------------------------------------------------------
 def _python(code: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE='1', PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]))
+    env = dict(os.environ, HF_HUB_OFFLINE='1',
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]))
     return subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=300)
 
 

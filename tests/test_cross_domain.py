@@ -55,5 +55,6 @@ def test_a_missing_eval_data_root_stops_before_training_in_one_line(data_root, t
               '--eval-data-root', str(tmp_path / 'nowhere')])
     assert exit_info.value.code == 2
     captured = capsys.readouterr()
-    assert captured.err.count('\n') == 1 and captured.err.startswith('python -m hbfp_timm.train: error: --eval-data-root')
+    assert captured.err.count('\n') == 1
+    assert captured.err.startswith('python -m hbfp_timm.train: error: --eval-data-root')
     assert str(tmp_path / 'nowhere') in captured.err and 'epoch 1/1' not in captured.out

@@ -19,7 +19,8 @@ def _market(root: Path, cameras_of_pid) -> Path:
         for camera in cameras:
             for _ in range(3):
                 frame += 1
-                Image.new('RGB', (8, 16)).save(root / 'bounding_box_train' / f'{pid:04d}_c{camera}s1_{frame:06d}_01.jpg')
+                name = f'{pid:04d}_c{camera}s1_{frame:06d}_01.jpg'
+                Image.new('RGB', (8, 16)).save(root / 'bounding_box_train' / name)
     for folder in ('query', 'bounding_box_test'):
         Image.new('RGB', (8, 16)).save(root / folder / f'0999_c{1 if folder == "query" else 2}s1_000001_01.jpg')
     return root

@@ -102,7 +102,8 @@ def test_hf_hub_name_rebuilds_the_model_with_its_constructor_args_from_the_offli
     hub_cache(saved, 'someteam/hbfp-mobile.market1501')
     loaded = timm.create_model('hf-hub:someteam/hbfp-mobile.market1501', pretrained=True)
     assert (loaded.gep_learnable, loaded.gep_lambdas) == (True, (0.0, 0.5, 1.0))
-    assert {k: v.shape for k, v in loaded.state_dict().items()} == {k: v.shape for k, v in custom_model.state_dict().items()}
+    assert ({k: v.shape for k, v in loaded.state_dict().items()}
+            == {k: v.shape for k, v in custom_model.state_dict().items()})
     assert torch.equal(_outputs(loaded), expected)
     # The comparison can fail: the same architecture without these weights gives other outputs.
     assert not torch.allclose(_outputs(timm.create_model(ARCH, **CUSTOM_ARGS)), expected)
@@ -223,8 +224,9 @@ def test_mismatched_checkpoint_lists_missing_unexpected_and_shape_mismatched_key
 
 def test_mismatched_hub_checkpoint_is_refused_before_loading(saved, hub_cache):
     hub_cache(saved, 'someteam/my-run')
-    with pytest.raises(hub.CheckpointMismatchError, match=r'^someteam/my-run: holds a checkpoint \(\d+ tensors\) that '
-                                                          r'do not match hbfp_mobilenetv2_100.*unexpected keys \(1\): global_pool.weight'):
+    with pytest.raises(hub.CheckpointMismatchError,
+                       match=r'^someteam/my-run: holds a checkpoint \(\d+ tensors\) that '
+                             r'do not match hbfp_mobilenetv2_100.*unexpected keys \(1\): global_pool.weight'):
         timm.create_model(ARCH, pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id='someteam/my-run'))
 
 

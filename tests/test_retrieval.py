@@ -11,8 +11,9 @@ from hbfp_timm.metrics.retrieval import topk
 from conftest import DEVICES
 
 # faiss is an optional extra: the test install has it (CI runs these), a machine without it skips only these tests.
-needs_faiss = pytest.mark.skipif(not retrieval.faiss_available(),
-                                 reason='faiss is an optional extra (pip install "hbfp-timm[faiss]"), not installed here')
+needs_faiss = pytest.mark.skipif(
+    not retrieval.faiss_available(),
+    reason='faiss is an optional extra (pip install "hbfp-timm[faiss]"), not installed here')
 
 
 def _naive(query, gallery, k, metric):

@@ -170,7 +170,8 @@ def test_checkpointing_section_measures_both_modes_each_in_its_own_process(tmp_p
 @pytest.mark.parametrize('task, ours, baseline', [
     ('topk', 'topk', 'naive'),
     pytest.param('topk', 'topk', 'faiss', marks=pytest.mark.skipif(
-        not faiss_available(), reason='faiss is an optional extra (pip install "hbfp-timm[faiss]"), not installed here')),
+        not faiss_available(),
+        reason='faiss is an optional extra (pip install "hbfp-timm[faiss]"), not installed here')),
     ('evaluate', 'evaluate_features', 'naive'),
     ('rerank', 're_ranking', 're_ranking_features'),
 ])

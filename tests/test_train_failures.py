@@ -32,8 +32,8 @@ def _argv(data_root, output, *extra) -> list:
     """A small CPU run: a 3.6M-parameter HBFP-Net (43 MB checkpoints), PK batches 4 x 2, one epoch."""
     return ['--dataset', 'market_layout', '--data-root', str(data_root), '--model', 'hbfp_mobilenetv2_100',
             '--model-arg', 'correlation_dim=8', '--model-arg', 'perception_dim=16', '--img-size', '64', '32',
-            '--batch-size', '8', '--num-instances', '2', '--no-pretrained-backbone', '--workers', '0', '--device', 'cpu',
-            '--epochs', '1', '--eval-every', '5', '--output', str(output), *extra]
+            '--batch-size', '8', '--num-instances', '2', '--no-pretrained-backbone', '--workers', '0',
+            '--device', 'cpu', '--epochs', '1', '--eval-every', '5', '--output', str(output), *extra]
 
 
 def _exit(argv, capsys):
