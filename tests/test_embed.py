@@ -1,4 +1,5 @@
 """python -m hbfp_timm.embed: folders, lists and names in, descriptors with paths (and identities) out."""
+import hashlib
 import re
 
 import pytest
@@ -10,7 +11,7 @@ from hbfp_timm.data.lists import collect_images
 from hbfp_timm.embed import main
 from hbfp_timm.inference.embeddings import Embeddings, load_embeddings, save_embeddings
 
-from tiny_models import single_thread, tiny_model, write_images, write_run  # noqa: F401
+from tiny_models import TINY_ARGS, single_thread, tiny_model, trained_like, write_images, write_run  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures('single_thread')
 
@@ -33,6 +34,27 @@ def test_a_folder_is_embedded_recursively_in_sorted_order(run, tmp_path, capsys)
     expected = FeatureExtractor(run, device='cpu')(expected_paths)
     torch.testing.assert_close(embeddings.features, expected, rtol=1e-4, atol=1e-5)
     assert embeddings.metadata['img_size'] == '64x32' and embeddings.metadata['model'] == str(run)
+
+
+def test_the_checkpoint_given_with_a_registered_name_is_recorded_by_its_absolute_path_and_content(
+        run, tmp_path, monkeypatch):
+    (tmp_path / 'weights').mkdir()
+    save_file(trained_like(tiny_model(), seed=1).state_dict(), str(tmp_path / 'weights' / 'w.safetensors'))
+    write_images(tmp_path / 'photos', ['a.png'])
+    monkeypatch.chdir(tmp_path / 'photos')  # the checkpoint given by a relative path
+    common = ['--device', 'cpu', '--workers', '0', '--img-size', '64', '32']
+    assert main(['.', '--model', 'hbfp_resnet18', '--checkpoint', '../weights/w.safetensors', '--output',
+                 str(tmp_path / 'c.safetensors'), *common,
+                 *[f'--model-arg={key}={value}' for key, value in TINY_ARGS.items()]]) == 0
+    metadata = load_embeddings(tmp_path / 'c.safetensors').metadata
+    assert metadata['model'] == 'hbfp_resnet18' and metadata['img_size'] == '64x32'
+    assert metadata['checkpoint'] == str((tmp_path / 'weights' / 'w.safetensors').resolve())
+    assert metadata['checkpoint_sha256'] == hashlib.sha256((tmp_path / 'weights' / 'w.safetensors').read_bytes()
+                                                           ).hexdigest()
+    # Without a weights file the metadata say so (empty), rather than nothing as in older files.
+    assert main(['.', '--model', str(run), '--output', str(tmp_path / 'r.safetensors'), *common]) == 0
+    metadata = load_embeddings(tmp_path / 'r.safetensors').metadata
+    assert metadata['checkpoint'] == '' and 'checkpoint_sha256' not in metadata
 
 
 def test_identities_come_from_a_list_file_or_from_data_set_names(run, tmp_path):

@@ -9,7 +9,13 @@ The file is safetensors, holding
 * ``pids`` / ``camids``: (N,) int64 identities and cameras, when the list file gives them or every file name
   follows a data set's naming scheme (Market-1501, DukeMTMC-reID, CUHK03-NP, MSMT17);
 
-and, as metadata, the model and input size.
+and, as metadata (strings), how they were made:
+
+* ``model``: the model as named (``--model``), ``img_size``: ``HxW``, ``flip``: ``True`` / ``False``, and
+  ``source``: the folder, list or image described;
+* ``checkpoint``: the weights file loaded into the model (``--checkpoint``), as an absolute, resolved path, with
+  ``checkpoint_sha256``, the SHA-256 of its content; an empty ``checkpoint`` when none was (the model's own
+  weights). Files written before it was recorded have no ``checkpoint``: they do not say.
 """
 import os
 import time
@@ -22,10 +28,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..data.lists import collect_images, skip_unreadable
-from ..utils.files import atomic_write
+from ..utils.files import atomic_write, sha256_file
 from .extractor import FeatureExtractor
 
-__all__ = ['Embeddings', 'embed', 'save_embeddings', 'load_embeddings']
+__all__ = ['Embeddings', 'embed', 'checkpoint_metadata', 'save_embeddings', 'load_embeddings']
 
 PathLike = Union[str, os.PathLike]
 FORMAT = 'hbfp_timm.embeddings/1'
@@ -48,10 +54,21 @@ class Embeddings(NamedTuple):
     metadata: Optional[Dict[str, str]] = None
 
 
-def embed(source: PathLike, extractor: FeatureExtractor, half: bool = False,
-          model_name: str = '', skip_bad_images: bool = False) -> Tuple[Embeddings, float]:
+def checkpoint_metadata(checkpoint: Optional[PathLike]) -> Dict[str, str]:
+    """What the metadata say of the weights file loaded into the model (module doc): its absolute, resolved path
+    and the SHA-256 of its content; ``{'checkpoint': ''}`` when there is none."""
+    if checkpoint is None:
+        return {'checkpoint': ''}
+    path = Path(checkpoint).expanduser().resolve()
+    return {'checkpoint': str(path), 'checkpoint_sha256': sha256_file(path)}
+
+
+def embed(source: PathLike, extractor: FeatureExtractor, half: bool = False, model_name: str = '',
+          skip_bad_images: bool = False, checkpoint: Optional[PathLike] = None) -> Tuple[Embeddings, float]:
     """Describe the images of `source` (see `collect_images`); returns the embeddings and the seconds taken.
 
+    `model_name` and `checkpoint` are what the extractor was built from (its model as named, the weights file
+    loaded into it), recorded in the metadata; without either, the metadata do not say which weights made them.
     With `skip_bad_images`, images that cannot be decoded are left out and listed (`skip_unreadable`);
     otherwise the first one stops the run with an error naming it.
     """
@@ -63,6 +80,8 @@ def embed(source: PathLike, extractor: FeatureExtractor, half: bool = False,
     seconds = time.perf_counter() - start
     metadata = {'model': model_name, 'img_size': f'{extractor.img_size[0]}x{extractor.img_size[1]}',
                 'flip': str(extractor.flip), 'source': str(listing.source)}
+    if model_name or checkpoint is not None:
+        metadata.update(checkpoint_metadata(checkpoint))
     as_ids = (lambda ids: torch.as_tensor(ids, dtype=torch.int64) if ids is not None else None)
     return Embeddings(features.half() if half else features, listing.paths, as_ids(listing.pids),
                       as_ids(listing.camids), metadata), seconds
