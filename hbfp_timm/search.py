@@ -4,10 +4,10 @@
 ``--query`` and ``--gallery`` each name a folder of images, a ``.csv`` / ``.txt`` list, one image, or an
 embeddings file of ``python -m hbfp_timm.embed`` (a large gallery is embedded once and searched many times;
 ``--model`` is then only needed for the side that still has to be described). Query and gallery must be
-described alike: descriptors whose files say they were made by another model, input size or ``--flip`` are
-refused, as their distances mean nothing together. The search is exact (`hbfp_timm.metrics.retrieval.topk`); a
-query's own file is never among its results (a folder searched against itself finds each image's nearest *other*
-images).
+described alike: descriptors whose files say they were made by another model, another weights file
+(``--checkpoint``; the same content under another path is the same), input size or ``--flip`` are refused, as
+their distances mean nothing together. The search is exact (`hbfp_timm.metrics.retrieval.topk`); a query's own file
+is never among its results (a folder searched against itself finds each image's nearest *other* images).
 
 Writes ``OUT/ranking.json`` (per query: its path, and its top-k gallery paths with their distances) and
 ``OUT/ranking.png`` (the ranked lists of a few queries, with a legend of the border colours). When every
@@ -20,7 +20,8 @@ the picture draws them dark grey, apart from the scored matches.
 ``--same-person [FMR]`` marks each result whose distance is below the "same person" threshold of the model that
 made the descriptors (the embeddings files name it; else ``--model``), the one calibrated at that false-match rate
 (default 1e-3) and stored with its weights (`hbfp_timm.metrics.verification`), for the input size and flip setting
-it was calibrated at; ``--threshold DISTANCE`` (greater than 0) gives one directly. A threshold holds for the
+it was calibrated at; descriptors made with a ``--checkpoint`` file have none (those of a registered name are for
+its own weights). ``--threshold DISTANCE`` (greater than 0) gives one directly. A threshold holds for the
 cameras it was calibrated on: re-check it on labelled data of yours with ``python -m hbfp_timm.evaluate``.
 """
 import argparse
@@ -48,7 +49,7 @@ def _describe(source: str, extractor_factory, args: argparse.Namespace) -> Embed
     if source.endswith('.safetensors'):
         return load_embeddings(source)
     embeddings, _ = embed(source, extractor_factory(), model_name=str(args.model),
-                          skip_bad_images=args.skip_bad_images)
+                          skip_bad_images=args.skip_bad_images, checkpoint=args.checkpoint)
     return embeddings
 
 
@@ -130,32 +131,68 @@ def _same_model(first: str, second: str) -> bool:
 
 
 def _how(embeddings: Embeddings) -> Dict[str, str]:
-    """What an embeddings' metadata says about how they were made: model, input size and flip, where known."""
+    """What an embeddings' metadata says about how they were made, where known: model, weights file (``checkpoint``,
+    empty when none, with ``checkpoint_sha256``), input size and flip."""
     metadata = embeddings.metadata or {}
-    return {key: metadata[key] for key in ('model', 'img_size', 'flip') if metadata.get(key)}
+    how = {key: metadata[key] for key in ('model', 'img_size', 'flip') if metadata.get(key)}
+    if 'checkpoint' in metadata:  # empty says: no weights file, the model's own weights (older files do not say)
+        how['checkpoint'] = metadata['checkpoint']
+        if metadata.get('checkpoint_sha256'):
+            how['checkpoint_sha256'] = metadata['checkpoint_sha256']
+    return how
 
 
-def _describe_how(how: Dict[str, str]) -> str:
-    text = f"by {how.get('model', 'an unnamed model')}" + (f" at {how['img_size']}" if 'img_size' in how else '')
+def _same_checkpoint(first: Dict[str, str], second: Dict[str, str]) -> bool:
+    """Whether two `_how` name the same weights: both none; else the same content where both give its SHA-256,
+    else the same path or file."""
+    if not first['checkpoint'] or not second['checkpoint']:
+        return first['checkpoint'] == second['checkpoint']
+    if 'checkpoint_sha256' in first and 'checkpoint_sha256' in second:
+        return first['checkpoint_sha256'] == second['checkpoint_sha256']
+    return _same_model(first['checkpoint'], second['checkpoint'])
+
+
+def _describe_how(how: Dict[str, str], without_checkpoint: bool = False, content: bool = False) -> str:
+    """How descriptors were made, in words: the weights file when there is one (`without_checkpoint`: also when
+    there is none; `content`: with the start of its SHA-256), input size and flip, where known."""
+    text = f"by {how.get('model', 'an unnamed model')}"
+    if how.get('checkpoint'):
+        text += f" with --checkpoint {how['checkpoint']}"
+        text += f" (sha256 {how['checkpoint_sha256'][:12]})" if content and 'checkpoint_sha256' in how else ''
+    elif 'checkpoint' in how and without_checkpoint:
+        text += ' without --checkpoint'
+    text += f" at {how['img_size']}" if 'img_size' in how else ''
     return text + ({'True': ' with --flip', 'False': ' without --flip'}.get(how.get('flip'), ''))
 
 
 def check_comparable(query: Embeddings, gallery: Embeddings, query_source: str, gallery_source: str) -> None:
-    """Refuse query and gallery descriptors made by different models, input sizes or flip settings (as their
-    metadata says; what one side does not say is not compared): their distances mean nothing together."""
+    """Refuse query and gallery descriptors made by different models, weights files (``--checkpoint``: the same
+    content is the same file), input sizes or flip settings (as their metadata says; what one side does not say is
+    not compared): their distances mean nothing together."""
     q_how, g_how = _how(query), _how(gallery)
-    differ = [key for key in ('model', 'img_size', 'flip') if key in q_how and key in g_how and not (
-        _same_model(q_how[key], g_how[key]) if key == 'model' else q_how[key] == g_how[key])]
+
+    def same(key: str) -> bool:
+        if key == 'model':
+            return _same_model(q_how[key], g_how[key])
+        return _same_checkpoint(q_how, g_how) if key == 'checkpoint' else q_how[key] == g_how[key]
+
+    differ = [key for key in ('model', 'checkpoint', 'img_size', 'flip') if key in q_how and key in g_how
+              and not same(key)]
     if differ:
-        flags = {'model': '--model', 'img_size': '--img-size', 'flip': '--flip'}
-        raise ValueError(f'--gallery: {gallery_source} was embedded {_describe_how(g_how)}, --query: {query_source} '
-                         f'{_describe_how(q_how)}; their distances cannot be compared: describe both with the same '
+        flags = {'model': '--model', 'checkpoint': '--checkpoint', 'img_size': '--img-size', 'flip': '--flip'}
+        # The same path on both sides with another content: the file changed between the two embeddings.
+        changed = 'checkpoint' in differ and q_how['checkpoint'] == g_how['checkpoint']
+        g_text, q_text = (_describe_how(how, 'checkpoint' in differ, changed) for how in (g_how, q_how))
+        raise ValueError(f'--gallery: {gallery_source} was embedded {g_text}, --query: {query_source} {q_text}; '
+                         'their distances cannot be compared: describe both with the same '
                          + ' and '.join(flags[key] for key in differ))
 
 
 def _threshold(args: argparse.Namespace, query: Embeddings, gallery: Embeddings) -> float:
     """The threshold that ``--same-person FMR`` names, stored with the model that made the descriptors (their
-    metadata, else ``--model``), checked against the metric, the input size and the flip setting."""
+    metadata, else ``--model``), checked against the metric, the input size and the flip setting. Descriptors made
+    with a weights file (``--checkpoint``, as their metadata, else the option, say) have none: what is stored with
+    a registered name is for its own weights."""
     how = {**_how(gallery), **_how(query)}  # the same on both sides where both say (check_comparable)
     model = how.get('model')
     if model is None and args.model is None:
@@ -165,6 +202,17 @@ def _threshold(args: argparse.Namespace, query: Embeddings, gallery: Embeddings)
         raise ValueError(f'--same-person: the descriptors were made by {model}, not --model {args.model}; leave '
                          '--model out to use the thresholds of the model that made them')
     model = model or str(args.model)
+    if how.get('checkpoint') == '' and args.checkpoint:
+        raise ValueError(f'--same-person: the descriptors were made by {model} without --checkpoint, not with '
+                         f'--checkpoint {args.checkpoint}; leave --checkpoint out to use the thresholds of the weights '
+                         'that made them')
+    checkpoint = how.get('checkpoint') or args.checkpoint
+    if checkpoint:
+        raise ValueError(f'--same-person: the descriptors were made by {model} with --checkpoint {checkpoint}, a '
+                         f'weights file with no calibrated threshold stored with it (those of {model} are for its '
+                         'own weights); calibrate one with python -m hbfp_timm.evaluate --calibrate on labelled data '
+                         'and pass it as --threshold, or describe the images with --model naming the run or Hub '
+                         'folder of these weights')
     stored = stored_thresholds(model)
     if stored is None:
         raise ValueError(f'--same-person: {model} has no calibrated threshold stored with its weights; calibrate one '

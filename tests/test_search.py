@@ -1,13 +1,15 @@
 """python -m hbfp_timm.search: exact rankings without the query's own file, ranking.json, a picture whose colours
 depend on whether identities (and cameras) are known, embeddings files as inputs, refused when made by different
-models, input sizes or flip settings, and the "same person" threshold of the model that made them."""
+models, weights files, input sizes or flip settings, and the "same person" threshold of the model that made them."""
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from hbfp_timm import FeatureExtractor
 from hbfp_timm.embed import main as embed_main
@@ -16,7 +18,7 @@ from hbfp_timm.metrics import evaluate_rank
 from hbfp_timm.metrics.distance import compute_distance_matrix
 from hbfp_timm.search import main
 
-from tiny_models import single_thread, tiny_model, write_images, write_run  # noqa: F401
+from tiny_models import TINY_ARGS, single_thread, tiny_model, trained_like, write_images, write_run  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures('single_thread')
 MARKET_NAMES = [f'{pid:04d}_c{cam}s1_00{pid}{cam}00_01.jpg' for pid in (1, 2, 3) for cam in (1, 2, 3)]
@@ -51,7 +53,8 @@ def test_a_folder_searched_against_itself_finds_other_images_and_scores_named_id
     # Scores under the Market-1501 protocol, from the cameras in the names.
     pids, cams = np.repeat([1, 2, 3], 3), np.tile([0, 1, 2], 3)
     cmc, mAP = evaluate_rank(compute_distance_matrix(features, features), pids, pids, cams, cams, max_rank=10)
-    assert ranking['evaluation']['rank1'] == pytest.approx(cmc[0]) and ranking['evaluation']['mAP'] == pytest.approx(mAP)
+    assert ranking['evaluation']['rank1'] == pytest.approx(cmc[0])
+    assert ranking['evaluation']['mAP'] == pytest.approx(mAP)
     assert 'rank-1' in capsys.readouterr().out
     colours = _colours(out / 'ranking.png')
     assert MATCH_COLOUR in colours and MISMATCH_COLOUR in colours
@@ -225,3 +228,120 @@ def test_the_picture_draws_same_camera_matches_apart_as_the_protocol_does_not_sc
     cell_w, gap, label_h = 64 + 8, 12, 16
     borders = [tuple(pixels[label_h + 1, (cell_w + gap) * rank + gap + 1]) for rank in (1, 2, 3)]
     assert borders == [SAME_CAMERA_COLOUR, MATCH_COLOUR, MISMATCH_COLOUR]
+
+
+TINY = ['--model', 'hbfp_resnet18', *[f'--model-arg={key}={value}' for key, value in TINY_ARGS.items()],
+        '--img-size', '64', '32', '--device', 'cpu', '--workers', '0']
+
+
+@pytest.fixture(scope='module')
+def checkpoints(tmp_path_factory):
+    """Weights files of hbfp_resnet18: a, a copy of a elsewhere, and b (other weights); images to describe; and
+    embeddings files of the images written by embed with a, with b, and without a weights file (untrained)."""
+    folder = tmp_path_factory.mktemp('checkpoints')
+    (folder / 'elsewhere').mkdir()
+    save_file(trained_like(tiny_model(), seed=1).state_dict(), str(folder / 'a.safetensors'))
+    shutil.copy(folder / 'a.safetensors', folder / 'elsewhere' / 'copy.safetensors')
+    save_file(trained_like(tiny_model(), seed=2).state_dict(), str(folder / 'b.safetensors'))
+    write_images(folder / 'photos', ['x.png', 'y.png'])
+    for name, flags in (('a', ['--checkpoint', str(folder / 'a.safetensors')]),
+                        ('b', ['--checkpoint', str(folder / 'b.safetensors')]), ('none', ['--untrained'])):
+        assert embed_main([str(folder / 'photos'), '--output', str(folder / f'{name}.emb.safetensors'), *TINY,
+                           *flags]) == 0
+    return folder
+
+
+def test_descriptors_of_one_registered_name_with_other_checkpoints_are_refused(checkpoints, tmp_path, capsys):
+    a, b, none = (str(checkpoints / f'{name}.emb.safetensors') for name in ('a', 'b', 'none'))
+    for query, gallery in ((b, a), (none, a)):
+        assert main(['--query', query, '--gallery', gallery, '--output', str(tmp_path / 'o')]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and not (tmp_path / 'o').exists()
+        assert err.startswith(f'python -m hbfp_timm.search: error: --gallery: {gallery} was embedded by hbfp_resnet18 '
+                              f"with --checkpoint {checkpoints / 'a.safetensors'} at 64x32 without --flip, --query: "
+                              f'{query} by hbfp_resnet18 ')
+        assert err.endswith('; their distances cannot be compared: describe both with the same --checkpoint')
+        assert (f"with --checkpoint {checkpoints / 'b.safetensors'} at 64x32" if query == b else
+                'without --checkpoint at 64x32') in err
+    # A side that search describes itself says which weights file described it too.
+    common = ['--gallery', a, '--output', str(tmp_path / 'o'), '--num-pictures', '0', *TINY]
+    assert main(['--query', str(checkpoints / 'photos'), *common, '--checkpoint',
+                 str(checkpoints / 'b.safetensors')]) == 2
+    assert f"--query: {checkpoints / 'photos'} by hbfp_resnet18 with --checkpoint {checkpoints / 'b.safetensors'}" \
+        in capsys.readouterr().err
+    # The same file by another path, or the same content in another file, is the same weights.
+    assert main(['--query', str(checkpoints / 'photos'), *common, '--checkpoint',
+                 str(checkpoints / 'elsewhere' / '..' / 'a.safetensors')]) == 0
+    assert main(['--query', str(checkpoints / 'photos'), *common, '--checkpoint',
+                 str(checkpoints / 'elsewhere' / 'copy.safetensors')]) == 0
+
+
+def test_files_that_do_not_say_which_weights_file_are_compared_on_the_rest(checkpoints, tmp_path):
+    from hbfp_timm.inference.embeddings import load_embeddings, save_embeddings
+    embeddings = load_embeddings(checkpoints / 'a.emb.safetensors')
+    older = {key: value for key, value in embeddings.metadata.items() if not key.startswith('checkpoint')}
+    save_embeddings(tmp_path / 'older.safetensors', embeddings._replace(metadata=older))
+    assert main(['--query', str(tmp_path / 'older.safetensors'), '--gallery', str(checkpoints / 'b.emb.safetensors'),
+                 '--output', str(tmp_path / 'o'), '--num-pictures', '0']) == 0
+
+
+def test_a_checkpoint_whose_content_changed_between_the_two_embeddings_is_refused(tmp_path, capsys):
+    weights = {**SHIPPED, 'checkpoint': str(tmp_path / 'w.safetensors')}
+    query, gallery = _files(tmp_path, {**weights, 'checkpoint_sha256': '1' * 64},
+                            {**weights, 'checkpoint_sha256': '2' * 64})
+    assert main(['--query', query, '--gallery', gallery, '--output', str(tmp_path / 'o')]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.endswith('describe both with the same --checkpoint')
+    assert f"with --checkpoint {tmp_path / 'w.safetensors'} (sha256 222222222222) at 128x64" in err
+    assert f"with --checkpoint {tmp_path / 'w.safetensors'} (sha256 111111111111) at 128x64" in err
+
+
+def test_same_person_does_not_take_the_thresholds_of_a_registered_name_for_a_checkpoint(checkpoints, tmp_path,
+                                                                                         capsys):
+    out = str(tmp_path / 'o')
+    # The shipped model's name with another weights file: its stored thresholds are not these weights'.
+    weights = {**SHIPPED, 'checkpoint': str(tmp_path / 'w.safetensors'), 'checkpoint_sha256': '1' * 64}
+    query, gallery = _files(tmp_path, weights, weights)
+    assert main(['--query', query, '--gallery', gallery, '--output', out, '--same-person']) == 2
+    assert capsys.readouterr().err.strip() == (
+        'python -m hbfp_timm.search: error: --same-person: the descriptors were made by hbfp_mobilenetv2_100.cuhk03 '
+        f"with --checkpoint {tmp_path / 'w.safetensors'}, a weights file with no calibrated threshold stored with it "
+        '(those of hbfp_mobilenetv2_100.cuhk03 are for its own weights); calibrate one with python -m '
+        'hbfp_timm.evaluate --calibrate on labelled data and pass it as --threshold, or describe the images with '
+        '--model naming the run or Hub folder of these weights')
+    assert not (tmp_path / 'o').exists()
+    # Files that do not say, with --checkpoint given; files that say none, with --checkpoint given.
+    query, gallery = _files(tmp_path, SHIPPED, SHIPPED)
+    assert main(['--query', query, '--gallery', gallery, '--output', out, '--same-person', '--checkpoint',
+                 'w.safetensors']) == 2
+    assert 'made by hbfp_mobilenetv2_100.cuhk03 with --checkpoint w.safetensors, a weights file with no ' in \
+        capsys.readouterr().err
+    query, gallery = _files(tmp_path, {**SHIPPED, 'checkpoint': ''}, {**SHIPPED, 'checkpoint': ''})
+    assert main(['--query', query, '--gallery', gallery, '--output', out, '--same-person', '--checkpoint',
+                 'w.safetensors']) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        'the descriptors were made by hbfp_mobilenetv2_100.cuhk03 without --checkpoint, not with --checkpoint '
+        'w.safetensors; leave --checkpoint out to use the thresholds of the weights that made them')
+    assert main(['--query', query, '--gallery', gallery, '--output', out, '--same-person', '--num-pictures', '0']) == 0
+    assert json.loads((tmp_path / 'o' / 'ranking.json').read_text())['threshold'] > 0  # the shipped model's
+    # Real files embedded with a checkpoint, and a side that search describes itself with one.
+    a = str(checkpoints / 'a.emb.safetensors')
+    for query in (a, str(checkpoints / 'photos')):
+        assert main(['--query', query, '--gallery', a, '--output', out, '--same-person', *TINY,
+                     '--checkpoint', str(checkpoints / 'a.safetensors')]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1
+        assert f"made by hbfp_resnet18 with --checkpoint {checkpoints / 'a.safetensors'}, a weights file with no" in err
+
+
+def test_same_person_takes_the_thresholds_of_a_run_folder_that_embed_named(tmp_path, capsys):
+    from hbfp_timm.metrics.verification import THRESHOLDS_NAME, save_thresholds
+    run = write_run(tmp_path / 'run', tiny_model())
+    save_thresholds(run / THRESHOLDS_NAME, {'metric': 'euclidean', 'img_size': [64, 32], 'flip': False,
+                                            'thresholds': [{'fmr_target': 1e-3, 'threshold': 2.5}]})
+    write_images(tmp_path / 'photos', ['x.png', 'y.png'])
+    assert embed_main([str(tmp_path / 'photos'), '--model', str(run), '--output', str(tmp_path / 'e.safetensors'),
+                       '--device', 'cpu', '--workers', '0']) == 0
+    assert main(['--query', str(tmp_path / 'e.safetensors'), '--gallery', str(tmp_path / 'e.safetensors'),
+                 '--output', str(tmp_path / 'o'), '--same-person', '--num-pictures', '0']) == 0
+    assert json.loads((tmp_path / 'o' / 'ranking.json').read_text())['threshold'] == 2.5
