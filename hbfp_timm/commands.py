@@ -27,7 +27,8 @@ USER_ERRORS = (FileNotFoundError, ValueError, OSError, TypeError, ImportError, W
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options naming the model and how it runs, shared by the embed and search commands."""
+    """The options naming the model and how it runs, shared by the embed, search, activations and evaluate
+    commands (``python -m hbfp_timm.embed|search|activations|evaluate``)."""
     model = parser.add_argument_group('model')
     model.add_argument('--model', metavar='MODEL',
                        help='trainer run directory, Hub folder (config.json), hf-hub:ORG/NAME, local-dir:PATH, or a '
@@ -110,7 +111,8 @@ def _warning_line(message, category, filename, lineno, line=None) -> str:
 
 
 def run_command(main) -> None:
-    """``python -m hbfp_timm.<command>``: warnings shown as one line each, then the command's exit status."""
+    """``python -m hbfp_timm.embed|search|activations|evaluate``: warnings shown as one line each, then the
+    command's exit status."""
     warnings.formatwarning = _warning_line
     sys.exit(main())
 
