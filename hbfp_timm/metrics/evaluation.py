@@ -50,7 +50,8 @@ def evaluate(
     (num_query, num_gallery) distance matrix is only built when ``keep_distmat`` asks for it.
 
     Args:
-        model: The Re-ID model (see :func:`describe`).
+        model: The Re-ID model; its test descriptor is taken with or without an ID classifier (see
+            :func:`hbfp_timm.inference.features.describe`).
         query_loader: Query images, yielding ``(images, pids, camids, ...)``.
         gallery_loader: Gallery images, same format.
         device: Device to extract features on.
