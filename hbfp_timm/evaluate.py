@@ -200,8 +200,8 @@ def _tables(rows: List[Dict[str, Any]]) -> str:
                          'its own)')
             continue
         lines += ['| query camera | gallery camera | queries | Rank-1 | mAP |', '|---|---|---:|---:|---:|']
-        lines += [f"| {p['query_camera_name']} | {p['gallery_camera_name']} | {p['num_query']} | {_percent(p['rank1'])} | "
-                  f"{_percent(p['mAP'])} |" for p in pairs]
+        lines += [f"| {p['query_camera_name']} | {p['gallery_camera_name']} | {p['num_query']} | "
+                  f"{_percent(p['rank1'])} | {_percent(p['mAP'])} |" for p in pairs]
     return '\n'.join(lines)
 
 
@@ -210,6 +210,12 @@ def _thresholds_to_check(args, extractor) -> List[Dict[str, Any]]:
     checks = [{'label': f'--threshold {value:g}', 'threshold': value} for value in args.threshold]
     stored = stored_thresholds(args.model)
     if stored is None:
+        return checks
+    other_weights = [flag for flag, given in (('--checkpoint', args.checkpoint), ('--untrained', args.untrained),
+                                              ('--model-arg', args.model_arg)) if given]
+    if other_weights:  # the stored thresholds belong to the weights that --model names, not to these
+        warnings.warn(f"the thresholds stored with {args.model} belong to its own weights, not to the model made "
+                      f"with {' and '.join(other_weights)}; not re-checked", UserWarning)
         return checks
     if stored.get('metric') != args.metric:
         warnings.warn(f"the thresholds stored with {args.model} are for {stored.get('metric')} distances, not "

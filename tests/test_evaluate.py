@@ -291,6 +291,29 @@ def test_the_shipped_model_is_the_default(data_root, tmp_path, capsys):
     assert capsys.readouterr().out.startswith('model hbfp_mobilenetv2_100.cuhk03, input 128x64')
 
 
+@pytest.mark.parametrize('other', ['--untrained', '--checkpoint'])
+def test_stored_thresholds_are_not_rechecked_for_other_weights_of_the_same_name(data_root, tmp_path, other):
+    """The shipped name's thresholds are re-checked for its own weights only: with --untrained or a --checkpoint
+    the model is another one, and a warning says why they are left out."""
+    from safetensors.torch import save_file
+    name = 'hbfp_mobilenetv2_100.cuhk03'
+    common = ['--data-root', str(data_root), '--model', name, '--device', 'cpu', '--workers', '0']
+    out = tmp_path / 'own'
+    assert main([*common, '--output', str(out)]) == 0
+    assert [e['label'] for e in json.loads((out / 'evaluation.json').read_text())['results'][0]['verification'][
+        'checked']][0].startswith('stored, FMR')
+    extra = ['--untrained']
+    if other == '--checkpoint':
+        weights = tmp_path / 'other.safetensors'
+        save_file(timm.create_model('hbfp_mobilenetv2_100', pretrained=False).state_dict(), str(weights))
+        extra = ['--checkpoint', str(weights)]
+    with pytest.warns(UserWarning, match=f'thresholds stored with {name} belong to its own weights, not to the '
+                                         f'model made with {other}; not re-checked'):
+        assert main([*common, *extra, '--output', str(tmp_path / 'other')]) == 0
+    record = json.loads((tmp_path / 'other' / 'evaluation.json').read_text())
+    assert record['results'][0]['verification']['checked'] == []
+
+
 def test_one_reader_per_data_root_or_one_for_all(data_root, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(['--data-root', str(data_root), '--data-root', str(data_root), '--data-root', str(data_root),
