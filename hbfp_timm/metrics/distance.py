@@ -1,7 +1,8 @@
 """Distances between Re-ID descriptors, computed block by block into a preallocated output.
 
-Shared by :mod:`hbfp_timm.metrics` (evaluation), :mod:`hbfp_timm.metrics.reranking` and the commands: one definition
-of the Euclidean and cosine distances, so that chunked and whole-matrix computations agree.
+Shared by every module of :mod:`hbfp_timm.metrics` (ranking, evaluation, re-ranking, retrieval, verification), and
+through them by the commands: one definition of the Euclidean and cosine distances, so that chunked and whole-matrix
+computations agree.
 """
 from typing import Optional, Tuple, Union
 
