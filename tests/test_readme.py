@@ -12,14 +12,11 @@ a test here or listed with the reason it is not run.
 """
 import ast
 import json
-import os
-import shutil
 import socket
 import textwrap
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Tuple
 
-import huggingface_hub
 import numpy as np
 import pytest
 import timm
@@ -34,6 +31,7 @@ from hbfp_timm.metrics import compute_distance_matrix, evaluate_rank
 from hbfp_timm.models.pretrained import WeightsNotFoundError
 from hbfp_timm.models.registry import BUNDLED_WEIGHTS, DEFAULT_REID_MODEL
 
+from test_hub import hub_cache  # noqa: F401  (fixture)
 from tiny_models import TINY_ARGS, single_thread, tiny_model, trained_like, write_images, write_run  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures('single_thread')
@@ -135,25 +133,12 @@ def test_blocks_are_parsed_from_the_fences():
 
 
 # --- what the blocks find on disk and on the "Hub" --------------------------------------------------------------
-COMMIT = '0123456789abcdef0123456789abcdef01234567'
-
-
 @pytest.fixture
-def offline(tmp_path, monkeypatch):
-    """An empty working folder, huggingface_hub offline on an empty cache, and no network at all.
-
-    huggingface_hub reads HF_HUB_CACHE and HF_HUB_OFFLINE into its constants at import, so those are patched as
-    well as the environment. Returns a function that puts a folder into the cache as a Hub repository (its files
-    hard-linked where the file system allows).
-    """
-    cache = tmp_path / 'hf_cache'
-    cache.mkdir()
+def offline(hub_cache, tmp_path, monkeypatch):  # noqa: F811  (hub_cache is test_hub's fixture)
+    """An empty working folder, huggingface_hub offline on an empty cache (`test_hub.hub_cache`), and no network
+    at all. Returns the function that puts a folder into the cache as a Hub repository."""
     work = tmp_path / 'work'
     work.mkdir()
-    monkeypatch.setenv('HF_HUB_CACHE', str(cache))
-    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
-    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(cache))
-    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
 
     def refused(*args, **kwargs):
         raise OSError('test_readme: no network (a block tried to connect)')
@@ -161,21 +146,7 @@ def offline(tmp_path, monkeypatch):
     monkeypatch.setattr(socket.socket, 'connect', refused)
     monkeypatch.setattr(socket, 'create_connection', refused)
     monkeypatch.chdir(work)
-
-    def publish(folder: Path, repo_id: str) -> None:
-        repo = cache / ('models--' + repo_id.replace('/', '--'))
-        (repo / 'refs').mkdir(parents=True)
-        (repo / 'refs' / 'main').write_text(COMMIT)
-
-        def link(source, target):
-            try:
-                os.link(source, target)
-            except OSError:
-                shutil.copy2(source, target)
-
-        shutil.copytree(folder, repo / 'snapshots' / COMMIT, copy_function=link)
-
-    return publish
+    return hub_cache
 
 
 def state_dicts_equal(model: torch.nn.Module, expected: Dict[str, torch.Tensor]) -> bool:
