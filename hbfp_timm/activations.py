@@ -184,7 +184,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--output', required=True, metavar='DIR', help='folder for the PNG files')
     parser.add_argument('--max-images', type=int, default=8, help='draw at most this many images (%(default)s)')
     parser.add_argument('--alpha', type=float, default=0.5, help='weight of the heat map in the overlay (%(default)s)')
-    add_model_arguments(parser)
+    add_model_arguments(parser, descriptors=False)
     args = parser.parse_args(argv)
     if args.max_images < 1:
         parser.error(f'--max-images: expected a positive integer, got {args.max_images}')

@@ -26,9 +26,15 @@ USER_ERRORS = (FileNotFoundError, ValueError, OSError, TypeError, ImportError, W
                CheckpointMismatchError, SafetensorError)
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, descriptors: bool = True) -> None:
     """The options naming the model and how it runs, shared by the embed, search, activations and evaluate
-    commands (``python -m hbfp_timm.embed|search|activations|evaluate``)."""
+    commands (``python -m hbfp_timm.embed|search|activations|evaluate``).
+
+    Args:
+        descriptors: also the options of describing many images (``--batch-size``, ``--amp``, ``--flip``,
+            ``--workers``); False (activations, which draws the maps of a few images in one pass) leaves them out
+            rather than accepting flags that would change nothing.
+    """
     model = parser.add_argument_group('model')
     model.add_argument('--model', metavar='MODEL',
                        help='trainer run directory, Hub folder (config.json), hf-hub:ORG/NAME, local-dir:PATH, or a '
@@ -42,12 +48,15 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                             '(repeatable), e.g. --model-arg correlation_dim=8')
     model.add_argument('--img-size', type=int, nargs=2, metavar=('H', 'W'),
                        help="input size (default: the run's training size or the model's pretrained_cfg)")
-    model.add_argument('--batch-size', type=int, default=32, help='images per forward pass (%(default)s)')
     model.add_argument('--device', default=None, help='cpu, cuda, cuda:1, ... (default: cuda when available)')
-    model.add_argument('--amp', action='store_true',
-                       help='mixed precision (bfloat16 where the device has it natively, else float16)')
-    model.add_argument('--flip', action='store_true', help='average with the mirrored image')
-    model.add_argument('--workers', type=int, default=2, help='image decoding processes (%(default)s)')
+    if descriptors:
+        model.add_argument('--batch-size', type=int, default=32, help='images per forward pass (%(default)s)')
+        model.add_argument('--amp', action='store_true',
+                           help='mixed precision (bfloat16 where the device has it natively, else float16)')
+        model.add_argument('--flip', action='store_true', help='average with the mirrored image')
+        model.add_argument('--workers', type=int, default=2, help='image decoding processes (%(default)s)')
+    else:  # what `extractor_from_args` reads: one batch, float32, no flip, decoded in this process
+        parser.set_defaults(batch_size=32, amp=False, flip=False, workers=0)
     model.add_argument('--skip-bad-images', action='store_true',
                        help='leave out images that cannot be decoded, listing each one and the count (default: '
                             'the first one is an error)')

@@ -74,7 +74,7 @@ def test_command_draws_one_picture_per_image(tmp_path, capsys):
     run = write_run(tmp_path / 'run', tiny_model())
     write_images(tmp_path / 'crops', [f'{i}.png' for i in range(4)])
     assert main([str(tmp_path / 'crops'), '--model', str(run), '--output', str(tmp_path / 'maps'),
-                 '--max-images', '3', '--device', 'cpu', '--workers', '0']) == 0
+                 '--max-images', '3', '--device', 'cpu']) == 0
     pictures = sorted((tmp_path / 'maps').iterdir())
     assert [p.name for p in pictures] == ['000_0.png', '001_1.png', '002_2.png']
     width, height = Image.open(pictures[0]).size
@@ -85,14 +85,22 @@ def test_command_draws_one_picture_per_image(tmp_path, capsys):
     assert 'wrote 3 activation map pictures' in capsys.readouterr().out
 
 
+@pytest.mark.parametrize('flag', [['--flip'], ['--amp'], ['--workers', '2'], ['--batch-size', '4']])
+def test_command_has_no_flags_that_would_change_nothing(tmp_path, capsys, flag):
+    """The maps are drawn in one float32 pass over the images, unmirrored: the descriptor options of embed and
+    evaluate are not accepted (they would be ignored)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path), '--output', str(tmp_path / 'maps'), *flag])
+    assert exit_info.value.code == 2 and f'unrecognized arguments: {" ".join(flag)}' in capsys.readouterr().err
+
+
 def test_command_errors_are_one_line(tmp_path, capsys):
     weights = tmp_path / 'w.safetensors'
     save_file(_model(bfp_pairs=()).state_dict(), str(weights))
     write_images(tmp_path / 'crops', ['a.png'])
     assert main([str(tmp_path / 'crops'), '--model', 'hbfp_resnet18', '--checkpoint', str(weights),
                  '--model-arg', 'correlation_dim=8', '--model-arg', 'perception_dim=16', '--model-arg', 'bfp_pairs=()',
-                 '--img-size', '64', '32', '--output', str(tmp_path / 'maps'), '--device', 'cpu',
-                 '--workers', '0']) == 2
+                 '--img-size', '64', '32', '--output', str(tmp_path / 'maps'), '--device', 'cpu']) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and 'need an HBFP model with both BFP modules' in err
     (tmp_path / 'taken').write_text('a file')
