@@ -7,7 +7,9 @@ imagenet.safetensors`` for an ImageNet model with no re-id training). The data a
 (``--dataset``: the Table 1 sets, ``market_layout`` for any folder in the Market-1501 layout, ``image_lists``);
 several ``--data-root`` give one table, a row each. Scores follow the data set's protocol (Market-1501 single
 query: same-identity same-camera gallery images removed, junk ignored), computed block by block, so the
-query x gallery distance matrix is never held whole (except for ``--rerank``, which needs it).
+query x gallery distance matrix is never held whole (except for ``--rerank``, which needs it). An image that
+cannot be decoded stops the run with an error naming it; with ``--skip-bad-images`` the query and gallery images are
+decoded first and those that fail are listed and left out (counted under the table and in ``dropped``).
 
 Beside rank-1/5/10 and mAP, each data set gets:
 
@@ -24,6 +26,7 @@ Beside rank-1/5/10 and mAP, each data set gets:
   3,000 / 30,000 impostor pairs, or fewer than 30 genuine pairs: `hbfp_timm.metrics.verification`).
 """
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -36,6 +39,7 @@ import torch
 from .commands import (
     USER_ERRORS, add_model_arguments, exit_code, extractor_from_args, one_line, output_folder, run_command,
 )
+from .data.checks import find_unreadable_images
 from .data.datasets import DATASET_NAMES, ReIDDataset, build_dataset
 from .data.loader import test_loaders
 from .inference.features import extract_features
@@ -46,7 +50,7 @@ from .metrics.verification import (
     save_thresholds, stored_thresholds,
 )
 
-__all__ = ['camera_pair_scores', 'evaluate_data', 'main', 'read_data']
+__all__ = ['camera_pair_scores', 'evaluate_data', 'main', 'read_data', 'without_unreadable_images']
 
 # Camera-less data give each image its own camera: past this many cameras a per-pair table says nothing.
 MAX_CAMERAS_FOR_PAIRS = 50
@@ -93,6 +97,25 @@ def read_data(dataset_name: str, data_root) -> ReIDDataset:
         kind = FileNotFoundError if isinstance(error, FileNotFoundError) else \
             OSError if isinstance(error, OSError) else ValueError
         raise kind(f'--data-root: {one_line(error)}') from error
+
+
+def without_unreadable_images(dataset: ReIDDataset, report=None) -> ReIDDataset:
+    """`dataset` without the query and gallery images that cannot be decoded (``--skip-bad-images``): each is
+    reported with its reason, then the count, and counted in ``dropped``; a ValueError when a split is left empty."""
+    report = report or (lambda line: print(line, file=sys.stderr))
+    bad = dict(find_unreadable_images([path for path, _, _ in dataset.query + dataset.gallery], full=True))
+    if not bad:
+        return dataset
+    for path, reason in bad.items():
+        report(f'skipped unreadable image {path}: {reason}')
+    query, gallery = ([item for item in items if item[0] not in bad] for items in (dataset.query, dataset.gallery))
+    report(f'skipped {len(bad)} of {len(dataset.query) + len(dataset.gallery)} query and gallery images '
+           '(--skip-bad-images)')
+    for split, items in (('query', query), ('gallery', gallery)):
+        if not items:
+            raise ValueError(f'{dataset.name}: none of its {split} images can be read')
+    dropped = {**dataset.dropped, 'unreadable images (--skip-bad-images)': len(bad)}
+    return dataclasses.replace(dataset, query=query, gallery=gallery, dropped=dropped)
 
 
 def evaluate_data(extractor, dataset_name: str, data_root, metric: str = 'euclidean', rerank: bool = False,
@@ -153,7 +176,8 @@ def _percent(value: float) -> str:
 
 
 def _left_out(row: Dict[str, Any]) -> List[str]:
-    """What the scores of `row` leave out, a line each: queries without a true match, and the reader's drops."""
+    """What the scores of `row` leave out, a line each: queries without a true match, and the images dropped (by the
+    reader, and by ``--skip-bad-images``)."""
     lines = []
     skipped = row['num_skipped_queries']
     if skipped:
@@ -162,7 +186,7 @@ def _left_out(row: Dict[str, Any]) -> List[str]:
                      f"of {'its' if skipped == 1 else 'their'} identity from another camera) "
                      f"{'was' if skipped == 1 else 'were'} skipped")
     if row.get('dropped'):
-        lines.append(f"{row['data_root']}: left out by the reader: "
+        lines.append(f"{row['data_root']}: left out: "
                      + '; '.join(f'{reason}: {count}' for reason, count in row['dropped'].items()))
     return lines
 
@@ -258,6 +282,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         output = output_folder('--output', args.output) if args.output else None  # before any work
         datasets = [read_data(reader, root) for reader, root in zip(readers, args.data_root)]  # before the model
+        if args.skip_bad_images:
+            datasets = [without_unreadable_images(dataset) for dataset in datasets]
         extractor = extractor_from_args(args)
         checks = _thresholds_to_check(args, extractor)
         rows = [evaluate_data(extractor, reader, root, args.metric, args.rerank, args.workers, checks,

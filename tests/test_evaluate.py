@@ -81,7 +81,30 @@ def test_queries_without_a_match_in_the_gallery_are_counted_and_said(data_root, 
     assert line in printed and line in (tmp_path / 'out' / 'evaluation.md').read_text()
     row = json.loads((tmp_path / 'out' / 'evaluation.json').read_text())['results'][0]
     assert row['num_query'] == num_query and row['num_skipped_queries'] == 1
-    assert f'{data}: left out by the reader: junk (id -1): ' in printed  # the synthetic gallery's junk images
+    assert f'{data}: left out: junk (id -1): ' in printed  # the synthetic gallery's junk images
+
+
+def test_an_undecodable_image_is_an_error_or_with_skip_bad_images_left_out_and_counted(data_root, tmp_path, capsys):
+    import shutil
+    run = write_run(tmp_path / 'run', tiny_model(seed=3))
+    data = tmp_path / 'data'
+    for split in ('query', 'bounding_box_test'):
+        shutil.copytree(data_root / split, data / split)
+    broken = sorted((data / 'bounding_box_test').glob('0*.jpg'))[0]
+    broken.write_bytes(broken.read_bytes()[:200])  # a truncated file
+    common = ['--data-root', str(data), '--model', str(run), '--device', 'cpu', '--workers', '0']
+    assert main(common) == 1
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and str(broken) in err
+    assert main([*common, '--skip-bad-images', '--output', str(tmp_path / 'out')]) == 0
+    captured = capsys.readouterr()
+    assert f'skipped unreadable image {broken}: ' in captured.err
+    assert 'skipped 1 of ' in captured.err and 'query and gallery images (--skip-bad-images)' in captured.err
+    row = json.loads((tmp_path / 'out' / 'evaluation.json').read_text())['results'][0]
+    dataset = market_layout(data_root)
+    assert row['num_gallery'] == len(dataset.gallery) - 1 and row['num_query'] == len(dataset.query)
+    assert row['dropped']['unreadable images (--skip-bad-images)'] == 1
+    assert 'unreadable images (--skip-bad-images): 1' in captured.out
 
 
 def test_a_missing_data_root_is_one_line_and_exit_2(tmp_path, capsys):
