@@ -3,8 +3,9 @@
 The input is a folder (every ``.jpg``/``.jpeg``/``.png``/``.bmp`` under it, recursively, in sorted order), a
 list file (``.csv`` / ``.txt`` of ``path[,pid[,camid]]``, see `hbfp_timm.data.lists`) or one image. The output
 is the embeddings file of :mod:`hbfp_timm.inference.embeddings` (descriptors, paths, identities and cameras when
-known, and how they were made: ``--model``, the ``--checkpoint`` file's absolute path and SHA-256, input size and
-``--flip``); ``python -m hbfp_timm.search`` takes it as ``--query`` or ``--gallery``.
+known, and how they were made: ``--model``, the ``--checkpoint`` file's absolute path and SHA-256, ``--untrained``,
+the ``--model-arg`` values, the SHA-256 of the weights as loaded, input size and ``--flip``);
+``python -m hbfp_timm.search`` takes it as ``--query`` or ``--gallery``.
 """
 import argparse
 import sys
@@ -34,7 +35,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         output = output_file('--output', args.output, '.safetensors')
         extractor = extractor_from_args(args)
         embeddings, seconds = embed(args.input, extractor, half=args.half, model_name=str(args.model),
-                                    skip_bad_images=args.skip_bad_images, checkpoint=args.checkpoint)
+                                    skip_bad_images=args.skip_bad_images, checkpoint=args.checkpoint,
+                                    untrained=args.untrained, model_args=dict(args.model_arg))
         save_embeddings(output, embeddings)
     except USER_ERRORS as error:
         print(f'{parser.prog}: error: {one_line(error)}', file=sys.stderr)

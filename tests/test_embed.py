@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 from hbfp_timm import FeatureExtractor
 from hbfp_timm.data.lists import collect_images
 from hbfp_timm.embed import main
-from hbfp_timm.inference.embeddings import Embeddings, load_embeddings, save_embeddings
+from hbfp_timm.inference.embeddings import Embeddings, load_embeddings, save_embeddings, weights_sha256
 
 from tiny_models import TINY_ARGS, single_thread, tiny_model, trained_like, write_images, write_run  # noqa: F401
 
@@ -55,6 +55,45 @@ def test_the_checkpoint_given_with_a_registered_name_is_recorded_by_its_absolute
     assert main(['.', '--model', str(run), '--output', str(tmp_path / 'r.safetensors'), *common]) == 0
     metadata = load_embeddings(tmp_path / 'r.safetensors').metadata
     assert metadata['checkpoint'] == '' and 'checkpoint_sha256' not in metadata
+
+
+def test_untrained_model_args_and_the_digest_of_the_weights_are_recorded(run, tmp_path):
+    """--untrained and the --model-arg values (sorted: the same arguments in another order read the same), and
+    the SHA-256 of the weights as loaded: that of the checkpoint's tensors, another one on each --untrained run."""
+    save_file(trained_like(tiny_model(), seed=1).state_dict(), str(tmp_path / 'w.safetensors'))
+    write_images(tmp_path / 'photos', ['a.png'])
+    common = ['--device', 'cpu', '--workers', '0', '--img-size', '64', '32', '--model', 'hbfp_resnet18']
+    reversed_args = [f'--model-arg={key}={value}' for key, value in reversed(TINY_ARGS.items())]
+    for name, flags in (('c', ['--checkpoint', str(tmp_path / 'w.safetensors')]), ('u1', ['--untrained']),
+                        ('u2', ['--untrained'])):
+        assert main([str(tmp_path / 'photos'), '--output', str(tmp_path / f'{name}.safetensors'), *common,
+                     *reversed_args, *flags]) == 0
+    c, u1, u2 = (load_embeddings(tmp_path / f'{name}.safetensors').metadata for name in ('c', 'u1', 'u2'))
+    assert c['untrained'] == 'False' and u1['untrained'] == u2['untrained'] == 'True'
+    assert c['model_args'] == u1['model_args'] == "{'correlation_dim': 8, 'perception_dim': 16}"
+    assert c['weights_sha256'] == weights_sha256(trained_like(tiny_model(), seed=1))
+    assert re.fullmatch('[0-9a-f]{64}', u1['weights_sha256']) and u1['weights_sha256'] != u2['weights_sha256']
+    # A run folder brings its own weights and arguments: none given, its weights' digest.
+    assert main([str(tmp_path / 'photos'), '--model', str(run), '--output', str(tmp_path / 'r.safetensors'),
+                 '--device', 'cpu', '--workers', '0']) == 0
+    metadata = load_embeddings(tmp_path / 'r.safetensors').metadata
+    assert metadata['untrained'] == 'False' and metadata['model_args'] == ''
+    assert metadata['weights_sha256'] == weights_sha256(tiny_model())
+
+
+def test_the_digest_of_the_weights_depends_on_every_value_name_and_shape():
+    digest = weights_sha256(tiny_model())
+    assert weights_sha256(tiny_model()) == digest  # the same weights in another module
+    other = tiny_model()
+    with torch.no_grad():
+        next(iter(other.parameters())).view(-1)[0] += 1e-6
+    assert weights_sha256(other) != digest
+    # The same bytes: other shapes, other names.
+    wide, tall = torch.nn.Linear(2, 3, bias=False), torch.nn.Linear(3, 2, bias=False)
+    for layer in (wide, tall):
+        torch.nn.init.zeros_(layer.weight)
+    assert weights_sha256(wide) != weights_sha256(tall)
+    assert weights_sha256(torch.nn.Sequential(wide)) != weights_sha256(wide)
 
 
 def test_identities_come_from_a_list_file_or_from_data_set_names(run, tmp_path):
