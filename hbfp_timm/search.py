@@ -5,9 +5,12 @@
 embeddings file of ``python -m hbfp_timm.embed`` (a large gallery is embedded once and searched many times;
 ``--model`` is then only needed for the side that still has to be described). Query and gallery must be
 described alike: descriptors whose files say they were made by another model, another weights file
-(``--checkpoint``; the same content under another path is the same), input size or ``--flip`` are refused, as
-their distances mean nothing together. The search is exact (`hbfp_timm.metrics.retrieval.topk`); a query's own file
-is never among its results (a folder searched against itself finds each image's nearest *other* images).
+(``--checkpoint``; the same content under another path is the same), with and without ``--untrained``, with other
+``--model-arg`` values, input size or ``--flip`` are refused, as their distances mean nothing together; so are
+weights that differ where both files give their digest though the flags agree (two ``--untrained`` runs draw
+different random weights; a run folder trained again), while the same weights loaded from two files are the
+same. The search is exact (`hbfp_timm.metrics.retrieval.topk`); a query's own file is never among its results (a
+folder searched against itself finds each image's nearest *other* images).
 
 Writes ``OUT/ranking.json`` (per query: its path, and its top-k gallery paths with their distances) and
 ``OUT/ranking.png`` (the ranked lists of a few queries, with a legend of the border colours). When every
@@ -20,11 +23,13 @@ the picture draws them dark grey, apart from the scored matches.
 ``--same-person [FMR]`` marks each result whose distance is below the "same person" threshold of the model that
 made the descriptors (the embeddings files name it; else ``--model``), the one calibrated at that false-match rate
 (default 1e-3) and stored with its weights (`hbfp_timm.metrics.verification`), for the input size and flip setting
-it was calibrated at; descriptors made with a ``--checkpoint`` file have none (those of a registered name are for
-its own weights). ``--threshold DISTANCE`` (greater than 0) gives one directly. A threshold holds for the
-cameras it was calibrated on: re-check it on labelled data of yours with ``python -m hbfp_timm.evaluate``.
+it was calibrated at; descriptors made with a ``--checkpoint`` file, ``--untrained`` or ``--model-arg`` have none
+(those of a registered name are for its own weights, as built without arguments). ``--threshold DISTANCE``
+(greater than 0) gives one directly. A threshold holds for the cameras it was calibrated on: re-check it on
+labelled data of yours with ``python -m hbfp_timm.evaluate``.
 """
 import argparse
+import ast
 import json
 import sys
 from pathlib import Path
@@ -35,7 +40,7 @@ import numpy as np
 from .commands import (
     USER_ERRORS, add_model_arguments, exit_code, extractor_from_args, one_line, output_folder, run_command,
 )
-from .inference.embeddings import Embeddings, embed, load_embeddings
+from .inference.embeddings import Embeddings, embed, load_embeddings, model_args_metadata
 from .inference.visualize import draw_ranking
 from .metrics.evaluation import score_features
 from .metrics.retrieval import topk
@@ -49,7 +54,8 @@ def _describe(source: str, extractor_factory, args: argparse.Namespace) -> Embed
     if source.endswith('.safetensors'):
         return load_embeddings(source)
     embeddings, _ = embed(source, extractor_factory(), model_name=str(args.model),
-                          skip_bad_images=args.skip_bad_images, checkpoint=args.checkpoint)
+                          skip_bad_images=args.skip_bad_images, checkpoint=args.checkpoint, untrained=args.untrained,
+                          model_args=dict(args.model_arg))
     return embeddings
 
 
@@ -132,13 +138,15 @@ def _same_model(first: str, second: str) -> bool:
 
 def _how(embeddings: Embeddings) -> Dict[str, str]:
     """What an embeddings' metadata says about how they were made, where known: model, weights file (``checkpoint``,
-    empty when none, with ``checkpoint_sha256``), input size and flip."""
+    empty when none, with ``checkpoint_sha256``), ``untrained``, ``model_args`` (empty when none), the digest of
+    the weights (``weights_sha256``), input size and flip."""
     metadata = embeddings.metadata or {}
-    how = {key: metadata[key] for key in ('model', 'img_size', 'flip') if metadata.get(key)}
-    if 'checkpoint' in metadata:  # empty says: no weights file, the model's own weights (older files do not say)
-        how['checkpoint'] = metadata['checkpoint']
-        if metadata.get('checkpoint_sha256'):
-            how['checkpoint_sha256'] = metadata['checkpoint_sha256']
+    how = {key: metadata[key] for key in ('model', 'img_size', 'flip', 'untrained', 'weights_sha256')
+           if metadata.get(key)}
+    # Empty says: no weights file (the model's own weights), no constructor arguments; older files do not say.
+    how.update({key: metadata[key] for key in ('checkpoint', 'model_args') if key in metadata})
+    if 'checkpoint' in metadata and metadata.get('checkpoint_sha256'):
+        how['checkpoint_sha256'] = metadata['checkpoint_sha256']
     return how
 
 
@@ -152,47 +160,89 @@ def _same_checkpoint(first: Dict[str, str], second: Dict[str, str]) -> bool:
     return _same_model(first['checkpoint'], second['checkpoint'])
 
 
-def _describe_how(how: Dict[str, str], without_checkpoint: bool = False, content: bool = False) -> str:
-    """How descriptors were made, in words: the weights file when there is one (`without_checkpoint`: also when
-    there is none; `content`: with the start of its SHA-256), input size and flip, where known."""
+def _model_arg_flags(model_args: str) -> str:
+    """The ``model_args`` of the metadata as the ``--model-arg`` flags that give them (as written where they do not
+    read as a dict)."""
+    try:
+        values = ast.literal_eval(model_args)
+    except (ValueError, SyntaxError):
+        values = None
+    if not isinstance(values, dict):
+        return f'--model-arg {model_args}'
+    return ' '.join(f'--model-arg {key}={value!r}' for key, value in values.items())
+
+
+def _describe_how(how: Dict[str, str], differ: Sequence[str] = (), content: bool = False) -> str:
+    """How descriptors were made, in words: the weights file when there is one (`content`: with the start of its
+    SHA-256), ``--untrained`` when so, and, where they are among `differ`, the absence of either, the
+    ``--model-arg`` values and the start of the weights' digest; input size and flip, where known."""
     text = f"by {how.get('model', 'an unnamed model')}"
     if how.get('checkpoint'):
         text += f" with --checkpoint {how['checkpoint']}"
         text += f" (sha256 {how['checkpoint_sha256'][:12]})" if content and 'checkpoint_sha256' in how else ''
-    elif 'checkpoint' in how and without_checkpoint:
+    elif how.get('untrained') == 'True':
+        text += ' with --untrained'
+    elif 'checkpoint' in how and 'checkpoint' in differ:
         text += ' without --checkpoint'
+    elif 'untrained' in differ and how.get('untrained') == 'False':
+        text += ' without --untrained'
+    if 'model_args' in how and 'model_args' in differ:
+        text += f" with {_model_arg_flags(how['model_args'])}" if how['model_args'] else ' without --model-arg'
+    text += f" (weights sha256 {how['weights_sha256'][:12]})" if 'weights' in differ and 'weights_sha256' in how else ''
     text += f" at {how['img_size']}" if 'img_size' in how else ''
     return text + ({'True': ' with --flip', 'False': ' without --flip'}.get(how.get('flip'), ''))
 
 
+FLAGS = {'model': '--model', 'checkpoint': '--checkpoint', 'untrained': '--untrained', 'model_args': '--model-arg',
+         'img_size': '--img-size', 'flip': '--flip'}
+
+
 def check_comparable(query: Embeddings, gallery: Embeddings, query_source: str, gallery_source: str) -> None:
     """Refuse query and gallery descriptors made by different models, weights files (``--checkpoint``: the same
-    content is the same file), input sizes or flip settings (as their metadata says; what one side does not say is
-    not compared): their distances mean nothing together."""
+    content is the same file), with and without ``--untrained``, with other ``--model-arg`` values, input sizes or
+    flip settings (as their metadata says; what one side does not say is not compared): their distances mean
+    nothing together. Where both sides give the digest of their weights (``weights_sha256``), it decides whether
+    the weights are the same: the same weights from two files, or a checkpoint holding an untrained model's
+    weights, are the same; two ``--untrained`` runs (other random weights) or weights changed under the same name
+    are not."""
     q_how, g_how = _how(query), _how(gallery)
+    same_weights = (q_how['weights_sha256'] == g_how['weights_sha256'] if 'weights_sha256' in q_how
+                    and 'weights_sha256' in g_how else None)
 
     def same(key: str) -> bool:
         if key == 'model':
             return _same_model(q_how[key], g_how[key])
+        if key in ('checkpoint', 'untrained') and same_weights:
+            return True  # whatever file they came from, the weights are the same
         return _same_checkpoint(q_how, g_how) if key == 'checkpoint' else q_how[key] == g_how[key]
 
-    differ = [key for key in ('model', 'checkpoint', 'img_size', 'flip') if key in q_how and key in g_how
-              and not same(key)]
+    differ = [key for key in FLAGS if key in q_how and key in g_how and not same(key)]
+    if same_weights is False and not {'model', 'checkpoint', 'untrained', 'model_args'} & set(differ):
+        differ.append('weights')  # no flag tells them apart: the weights themselves differ
     if differ:
-        flags = {'model': '--model', 'checkpoint': '--checkpoint', 'img_size': '--img-size', 'flip': '--flip'}
         # The same path on both sides with another content: the file changed between the two embeddings.
         changed = 'checkpoint' in differ and q_how['checkpoint'] == g_how['checkpoint']
-        g_text, q_text = (_describe_how(how, 'checkpoint' in differ, changed) for how in (g_how, q_how))
+        g_text, q_text = (_describe_how(how, differ, changed) for how in (g_how, q_how))
+        remedies = []
+        if set(differ) - {'weights'}:
+            remedies.append('describe both with the same ' + ' and '.join(FLAGS[key] for key in differ
+                                                                          if key != 'weights'))
+        if 'weights' in differ and q_how.get('untrained') == g_how.get('untrained') == 'True':
+            remedies.append('--untrained draws new random weights on each run: describe query and gallery from their '
+                            'images in one run of search')
+        elif 'weights' in differ:
+            remedies.append(f"the weights of {q_how.get('model', 'the model')} changed between the two (trained "
+                            'again, or another version): embed both again with the same weights')
         raise ValueError(f'--gallery: {gallery_source} was embedded {g_text}, --query: {query_source} {q_text}; '
-                         'their distances cannot be compared: describe both with the same '
-                         + ' and '.join(flags[key] for key in differ))
+                         'their distances cannot be compared: ' + '; '.join(remedies))
 
 
 def _threshold(args: argparse.Namespace, query: Embeddings, gallery: Embeddings) -> float:
     """The threshold that ``--same-person FMR`` names, stored with the model that made the descriptors (their
     metadata, else ``--model``), checked against the metric, the input size and the flip setting. Descriptors made
-    with a weights file (``--checkpoint``, as their metadata, else the option, say) have none: what is stored with
-    a registered name is for its own weights."""
+    with a weights file (``--checkpoint``), random weights (``--untrained``) or constructor arguments
+    (``--model-arg``), as their metadata, else the options, say, have none: what is stored with a registered name
+    is for its own weights, as built without arguments."""
     how = {**_how(gallery), **_how(query)}  # the same on both sides where both say (check_comparable)
     model = how.get('model')
     if model is None and args.model is None:
@@ -206,6 +256,14 @@ def _threshold(args: argparse.Namespace, query: Embeddings, gallery: Embeddings)
         raise ValueError(f'--same-person: the descriptors were made by {model} without --checkpoint, not with '
                          f'--checkpoint {args.checkpoint}; leave --checkpoint out to use the thresholds of the weights '
                          'that made them')
+    if how.get('untrained') == 'False' and args.untrained:
+        raise ValueError(f'--same-person: the descriptors were made by {model} without --untrained, not with '
+                         '--untrained; leave --untrained out to use the thresholds of the weights that made them')
+    given_args = model_args_metadata(dict(args.model_arg))
+    if how.get('model_args') == '' and given_args:
+        raise ValueError(f'--same-person: the descriptors were made by {model} without --model-arg, not with '
+                         f'{_model_arg_flags(given_args)}; leave --model-arg out to use the thresholds of the model '
+                         'that made them')
     checkpoint = how.get('checkpoint') or args.checkpoint
     if checkpoint:
         raise ValueError(f'--same-person: the descriptors were made by {model} with --checkpoint {checkpoint}, a '
@@ -213,6 +271,17 @@ def _threshold(args: argparse.Namespace, query: Embeddings, gallery: Embeddings)
                          'own weights); calibrate one with python -m hbfp_timm.evaluate --calibrate on labelled data '
                          'and pass it as --threshold, or describe the images with --model naming the run or Hub '
                          'folder of these weights')
+    if how.get('untrained') == 'True' or args.untrained:
+        raise ValueError(f'--same-person: the descriptors were made by {model} with --untrained, random weights that '
+                         f'no calibrated threshold holds for (those of {model} are for its own weights); describe '
+                         'the images without --untrained, or pass --threshold')
+    model_args = how.get('model_args') or given_args
+    if model_args:
+        raise ValueError(f'--same-person: the descriptors were made by {model} with {_model_arg_flags(model_args)}, '
+                         f'another model than the one its thresholds were calibrated for (those of {model} are for '
+                         'its own weights, built without --model-arg); describe the images without --model-arg, or '
+                         'calibrate one with python -m hbfp_timm.evaluate --calibrate with the same --model-arg on '
+                         'labelled data and pass it as --threshold')
     stored = stored_thresholds(model)
     if stored is None:
         raise ValueError(f'--same-person: {model} has no calibrated threshold stored with its weights; calibrate one '

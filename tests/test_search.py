@@ -1,6 +1,7 @@
 """python -m hbfp_timm.search: exact rankings without the query's own file, ranking.json, a picture whose colours
 depend on whether identities (and cameras) are known, embeddings files as inputs, refused when made by different
-models, weights files, input sizes or flip settings, and the "same person" threshold of the model that made them."""
+models, weights (files, --untrained, their digest), --model-arg values, input sizes or flip settings, and the "same
+person" threshold of the model that made them."""
 import json
 import re
 import shutil
@@ -253,16 +254,16 @@ def checkpoints(tmp_path_factory):
 
 def test_descriptors_of_one_registered_name_with_other_checkpoints_are_refused(checkpoints, tmp_path, capsys):
     a, b, none = (str(checkpoints / f'{name}.emb.safetensors') for name in ('a', 'b', 'none'))
-    for query, gallery in ((b, a), (none, a)):
+    for query, gallery, says, flags in (
+            (b, a, f"with --checkpoint {checkpoints / 'b.safetensors'}", '--checkpoint'),
+            (none, a, 'with --untrained', '--checkpoint and --untrained')):
         assert main(['--query', query, '--gallery', gallery, '--output', str(tmp_path / 'o')]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and not (tmp_path / 'o').exists()
-        assert err.startswith(f'python -m hbfp_timm.search: error: --gallery: {gallery} was embedded by hbfp_resnet18 '
-                              f"with --checkpoint {checkpoints / 'a.safetensors'} at 64x32 without --flip, --query: "
-                              f'{query} by hbfp_resnet18 ')
-        assert err.endswith('; their distances cannot be compared: describe both with the same --checkpoint')
-        assert (f"with --checkpoint {checkpoints / 'b.safetensors'} at 64x32" if query == b else
-                'without --checkpoint at 64x32') in err
+        assert err == (f'python -m hbfp_timm.search: error: --gallery: {gallery} was embedded by hbfp_resnet18 '
+                       f"with --checkpoint {checkpoints / 'a.safetensors'} at 64x32 without --flip, --query: "
+                       f'{query} by hbfp_resnet18 {says} at 64x32 without --flip; their distances cannot be '
+                       f'compared: describe both with the same {flags}')
     # A side that search describes itself says which weights file described it too.
     common = ['--gallery', a, '--output', str(tmp_path / 'o'), '--num-pictures', '0', *TINY]
     assert main(['--query', str(checkpoints / 'photos'), *common, '--checkpoint',
@@ -276,13 +277,28 @@ def test_descriptors_of_one_registered_name_with_other_checkpoints_are_refused(c
                  str(checkpoints / 'elsewhere' / 'copy.safetensors')]) == 0
 
 
-def test_files_that_do_not_say_which_weights_file_are_compared_on_the_rest(checkpoints, tmp_path):
+LATER_KEYS = ('untrained', 'model_args', 'weights_sha256')  # recorded after checkpoint and checkpoint_sha256
+
+
+def test_files_that_do_not_say_which_weights_file_are_compared_on_the_rest(checkpoints, tmp_path, capsys):
     from hbfp_timm.inference.embeddings import load_embeddings, save_embeddings
     embeddings = load_embeddings(checkpoints / 'a.emb.safetensors')
-    older = {key: value for key, value in embeddings.metadata.items() if not key.startswith('checkpoint')}
+    a, b, none = (str(checkpoints / f'{name}.emb.safetensors') for name in ('a', 'b', 'none'))
+    # Written before any of the weights were recorded: compared on the model, input size and flip.
+    older = {key: value for key, value in embeddings.metadata.items()
+             if not key.startswith('checkpoint') and key not in LATER_KEYS}
     save_embeddings(tmp_path / 'older.safetensors', embeddings._replace(metadata=older))
-    assert main(['--query', str(tmp_path / 'older.safetensors'), '--gallery', str(checkpoints / 'b.emb.safetensors'),
-                 '--output', str(tmp_path / 'o'), '--num-pictures', '0']) == 0
+    for gallery in (b, none):
+        assert main(['--query', str(tmp_path / 'older.safetensors'), '--gallery', gallery,
+                     '--output', str(tmp_path / 'o'), '--num-pictures', '0']) == 0
+    # Written when only the weights file was recorded: compared on it too, as then.
+    older = {key: value for key, value in embeddings.metadata.items() if key not in LATER_KEYS}
+    save_embeddings(tmp_path / 'older.safetensors', embeddings._replace(metadata=older))
+    for gallery, status in ((a, 0), (b, 2), (none, 2)):
+        assert main(['--query', str(tmp_path / 'older.safetensors'), '--gallery', gallery,
+                     '--output', str(tmp_path / 'o'), '--num-pictures', '0']) == status
+        assert capsys.readouterr().err.strip().endswith('' if status == 0 else
+                                                        'describe both with the same --checkpoint')
 
 
 def test_a_checkpoint_whose_content_changed_between_the_two_embeddings_is_refused(tmp_path, capsys):
@@ -345,3 +361,140 @@ def test_same_person_takes_the_thresholds_of_a_run_folder_that_embed_named(tmp_p
     assert main(['--query', str(tmp_path / 'e.safetensors'), '--gallery', str(tmp_path / 'e.safetensors'),
                  '--output', str(tmp_path / 'o'), '--same-person', '--num-pictures', '0']) == 0
     assert json.loads((tmp_path / 'o' / 'ranking.json').read_text())['threshold'] == 2.5
+
+
+def _digest(path) -> str:
+    from hbfp_timm.inference.embeddings import load_embeddings
+    return load_embeddings(path).metadata['weights_sha256'][:12]
+
+
+def test_untrained_descriptors_compare_only_with_the_same_random_weights(checkpoints, tmp_path, capsys):
+    none, photos, again = (checkpoints / 'none.emb.safetensors', checkpoints / 'photos',
+                           tmp_path / 'again.safetensors')
+    common = ['--output', str(tmp_path / 'o'), '--num-pictures', '0']
+    # Another run of embed --untrained draws other random weights: the same flags, other weights. (Each process
+    # starts from another random state; in this one, seeds stand for that.)
+    torch.manual_seed(1)
+    assert embed_main([str(photos), '--output', str(again), *TINY, '--untrained']) == 0
+    assert main(['--query', str(again), '--gallery', str(none), *common]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f'python -m hbfp_timm.search: error: --gallery: {none} was embedded by hbfp_resnet18 with --untrained '
+        f'(weights sha256 {_digest(none)}) at 64x32 without --flip, --query: {again} by hbfp_resnet18 with '
+        f'--untrained (weights sha256 {_digest(again)}) at 64x32 without --flip; their distances cannot be compared: '
+        '--untrained draws new random weights on each run: describe query and gallery from their images in one run '
+        'of search')
+    torch.manual_seed(2)
+    assert main(['--query', str(photos), '--gallery', str(none), *common, *TINY, '--untrained']) == 2
+    assert '--untrained draws new random weights on each run' in capsys.readouterr().err
+    # Both sides described in one run of search: the same random weights.
+    assert main(['--query', str(photos), '--gallery', str(photos), *common, *TINY, '--untrained']) == 0
+    # Two runs seeded alike draw the same weights: the same digest.
+    for name in ('s1', 's2'):
+        torch.manual_seed(7)
+        assert embed_main([str(photos), '--output', str(tmp_path / f'{name}.safetensors'), *TINY, '--untrained']) == 0
+    assert main(['--query', str(tmp_path / 's1.safetensors'), '--gallery', str(tmp_path / 's2.safetensors'),
+                 *common]) == 0
+
+
+def test_weights_changed_under_one_name_are_refused_and_the_same_weights_from_two_files_are_the_same(
+        checkpoints, tmp_path, capsys):
+    photos, before, after = checkpoints / 'photos', tmp_path / 'before.safetensors', tmp_path / 'after.safetensors'
+    run = write_run(tmp_path / 'run', tiny_model())
+    common = ['--device', 'cpu', '--workers', '0']
+    assert embed_main([str(photos), '--model', str(run), '--output', str(before), *common]) == 0
+    write_run(run, trained_like(tiny_model(), seed=5))  # the run folder trained again
+    assert embed_main([str(photos), '--model', str(run), '--output', str(after), *common]) == 0
+    assert main(['--query', str(after), '--gallery', str(before), '--output', str(tmp_path / 'o')]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f'python -m hbfp_timm.search: error: --gallery: {before} was embedded by {run} (weights sha256 '
+        f'{_digest(before)}) at 64x32 without --flip, --query: {after} by {run} (weights sha256 {_digest(after)}) at '
+        f'64x32 without --flip; their distances cannot be compared: the weights of {run} changed between the two '
+        '(trained again, or another version): embed both again with the same weights')
+    # The weights of a.safetensors saved as a .pt file: another file, the same weights.
+    torch.save(trained_like(tiny_model(), seed=1).state_dict(), tmp_path / 'a.pt')
+    assert main(['--query', str(photos), '--gallery', str(checkpoints / 'a.emb.safetensors'), '--output',
+                 str(tmp_path / 'o'), '--num-pictures', '0', *TINY, '--checkpoint', str(tmp_path / 'a.pt')]) == 0
+
+
+def test_other_model_args_are_another_model_in_any_order(checkpoints, tmp_path, capsys):
+    a, photos = checkpoints / 'a.emb.safetensors', checkpoints / 'photos'
+    common = ['--gallery', str(a), '--output', str(tmp_path / 'o'), '--num-pictures', '0', '--model', 'hbfp_resnet18',
+              '--img-size', '64', '32', '--device', 'cpu', '--workers', '0', '--checkpoint',
+              str(checkpoints / 'a.safetensors')]
+    tiny = [f'--model-arg={key}={value}' for key, value in TINY_ARGS.items()]
+    # The same weights pooled otherwise: the weights' digest is the same, the descriptors are not.
+    assert main(['--query', str(photos), *common, *tiny, '--model-arg', 'gep_combine=sum']) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.endswith('; their distances cannot be compared: describe both with '
+                                                       'the same --model-arg')
+    assert (f"was embedded by hbfp_resnet18 with --checkpoint {checkpoints / 'a.safetensors'} with --model-arg "
+            'correlation_dim=8 --model-arg perception_dim=16 at 64x32 without --flip, --query: ') in err
+    assert ("with --model-arg correlation_dim=8 --model-arg gep_combine='sum' --model-arg perception_dim=16 at "
+            '64x32 without --flip;') in err
+    assert main(['--query', str(photos), *common, *reversed(tiny)]) == 0
+
+
+@pytest.fixture(scope='module')
+def shipped(tmp_path_factory):
+    """Embeddings files of images by the shipped model's name: with its weights (own), with --untrained, and with
+    its weights pooled otherwise (--model-arg gep_combine=sum)."""
+    folder = tmp_path_factory.mktemp('shipped')
+    write_images(folder / 'photos', ['x.png', 'y.png'])
+    for name, flags in (('own', []), ('untrained', ['--untrained']), ('sum', ['--model-arg', 'gep_combine=sum'])):
+        assert embed_main([str(folder / 'photos'), '--output', str(folder / f'{name}.safetensors'), '--model',
+                           SHIPPED['model'], '--device', 'cpu', '--workers', '0', *flags]) == 0
+    return folder
+
+
+def test_the_shipped_name_untrained_or_with_model_args_is_another_model(shipped, tmp_path, capsys):
+    own = shipped / 'own.safetensors'
+    for name, says, flag in (('untrained', 'with --untrained', '--untrained'),
+                             ('sum', "with --model-arg gep_combine='sum'", '--model-arg')):
+        query = shipped / f'{name}.safetensors'
+        assert main(['--query', str(query), '--gallery', str(own), '--output', str(tmp_path / 'o')]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f'python -m hbfp_timm.search: error: --gallery: {own} was embedded by {SHIPPED["model"]} without {flag} '
+            f'at 128x64 without --flip, --query: {query} by {SHIPPED["model"]} {says} at 128x64 without --flip; '
+            f'their distances cannot be compared: describe both with the same {flag}')
+
+
+def test_same_person_does_not_take_the_thresholds_of_a_registered_name_untrained_or_with_model_args(
+        shipped, tmp_path, capsys):
+    model = SHIPPED['model']
+    out = ['--output', str(tmp_path / 'o'), '--num-pictures', '0', '--same-person']
+    untrained = (f'python -m hbfp_timm.search: error: --same-person: the descriptors were made by {model} with '
+                 f'--untrained, random weights that no calibrated threshold holds for (those of {model} are for its '
+                 'own weights); describe the images without --untrained, or pass --threshold')
+    model_arg = (f"python -m hbfp_timm.search: error: --same-person: the descriptors were made by {model} with "
+                 f"--model-arg gep_combine='sum', another model than the one its thresholds were calibrated for "
+                 f'(those of {model} are for its own weights, built without --model-arg); describe the images '
+                 'without --model-arg, or calibrate one with python -m hbfp_timm.evaluate --calibrate with the same '
+                 '--model-arg on labelled data and pass it as --threshold')
+    own = str(shipped / 'own.safetensors')
+    assert main(['--query', own, '--gallery', own, *out]) == 0  # its own weights: its thresholds
+    assert json.loads((tmp_path / 'o' / 'ranking.json').read_text())['threshold'] > 0
+    for name, message in (('untrained', untrained), ('sum', model_arg)):
+        file = str(shipped / f'{name}.safetensors')
+        assert main(['--query', file, '--gallery', file, *out]) == 2
+        assert capsys.readouterr().err.strip() == message
+    # A side that search describes itself with the flag.
+    photos = str(shipped / 'photos')
+    common = ['--model', model, '--device', 'cpu', '--workers', '0']
+    assert main(['--query', photos, '--gallery', own, *out, *common, '--model-arg', 'gep_combine=sum']) == 2
+    assert 'describe both with the same --model-arg' in capsys.readouterr().err
+    assert main(['--query', photos, '--gallery', photos, *out, *common, '--untrained']) == 2
+    assert capsys.readouterr().err.strip() == untrained
+    # Files that do not say, with the flag given; files that say neither was given, with it given.
+    for how in (SHIPPED, {**SHIPPED, 'checkpoint': '', 'untrained': 'False', 'model_args': ''}):
+        query, gallery = _files(tmp_path, how, how)
+        for flags, message in ((['--untrained'], untrained), (['--model-arg', 'gep_combine=sum'], model_arg)):
+            assert main(['--query', query, '--gallery', gallery, *out, *flags]) == 2
+            err = capsys.readouterr().err.strip()
+            if how is SHIPPED:
+                assert err == message
+            else:
+                flag = flags[0]
+                given = "--model-arg gep_combine='sum'" if flag == '--model-arg' else flag
+                assert err.endswith(f'--same-person: the descriptors were made by {model} without {flag}, not with '
+                                    f'{given}; leave {flag} out to use the thresholds of the '
+                                    f"{'weights' if flag == '--untrained' else 'model'} that made them")
