@@ -374,11 +374,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except USER_ERRORS as error:
         print(f'{parser.prog}: error: {one_line(error)}', file=sys.stderr)
         return exit_code(error)
-    summary = f'{ranking["num_query"]} queries x {ranking["num_gallery"]} gallery images, top {args.topk}'
+    num_query, num_gallery = ranking['num_query'], ranking['num_gallery']
+    summary = (f'{num_query} {"query" if num_query == 1 else "queries"} x {num_gallery} gallery '
+               f'image{"" if num_gallery == 1 else "s"}, top {args.topk}')
     evaluation = ranking['evaluation']
     if evaluation and 'rank1' in evaluation:
+        skipped = evaluation['num_skipped_queries']
         summary += (f'; rank-1 {evaluation["rank1"]:.1%}, mAP {evaluation["mAP"]:.1%} '
-                    f'({evaluation["protocol"]}; {evaluation["num_skipped_queries"]} queries without a match)')
+                    f'({evaluation["protocol"]}; {skipped} {"query" if skipped == 1 else "queries"} '
+                    f'without a match)')
     if threshold is not None:
         marked = [r for entry in ranking['queries'] for r in entry['results'] if r['same_person']]
         wrong = sum(not r['same_identity'] for r in marked) if ranking['identities_known'] else None

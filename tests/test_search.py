@@ -56,9 +56,22 @@ def test_a_folder_searched_against_itself_finds_other_images_and_scores_named_id
     cmc, mAP = evaluate_rank(compute_distance_matrix(features, features), pids, pids, cams, cams, max_rank=10)
     assert ranking['evaluation']['rank1'] == pytest.approx(cmc[0])
     assert ranking['evaluation']['mAP'] == pytest.approx(mAP)
-    assert 'rank-1' in capsys.readouterr().out
+    protocol = ranking['evaluation']['protocol']
+    assert (f'9 queries x 9 gallery images, top 4; rank-1 {cmc[0]:.1%}, mAP {mAP:.1%} ({protocol}; 0 queries '
+            f'without a match)') in capsys.readouterr().out
     colours = _colours(out / 'ranking.png')
     assert MATCH_COLOUR in colours and MISMATCH_COLOUR in colours
+
+
+def test_the_summary_counts_one_query_in_the_singular(run, tmp_path, capsys):
+    # Identity 4 is seen by camera 1 only: its query has no true match under the protocol; identity 5's has one.
+    write_images(tmp_path / 'q', ['0004_c1s1_000400_01.jpg', '0005_c1s1_000500_01.jpg'], seed=1)
+    write_images(tmp_path / 'g', ['0004_c1s1_000401_01.jpg', '0005_c2s1_000501_01.jpg'], seed=2)
+    assert main(['--query', str(tmp_path / 'q'), '--gallery', str(tmp_path / 'g'), '--model', str(run),
+                 '--topk', '1', '--output', str(tmp_path / 'out'), '--device', 'cpu', '--workers', '0']) == 0
+    summary = capsys.readouterr().out
+    assert summary.startswith('2 queries x 2 gallery images, top 1; rank-1 ')
+    assert '; 1 query without a match);' in summary
 
 
 def test_free_names_give_neutral_colours_and_no_scores(run, tmp_path):
