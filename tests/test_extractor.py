@@ -161,3 +161,8 @@ def test_an_untrained_model_runs_from_its_name_and_only_from_it(tmp_path):
     assert extractor(torch.zeros(1, 3, 64, 32)).shape == (1, extractor.num_features)
     with pytest.raises(ValueError, match='an untrained model is built from a registered name only'):
         FeatureExtractor('hbfp_resnet18', checkpoint=tmp_path / 'w.safetensors', pretrained=False, device='cpu')
+    # A run folder brings its trained weights: asking for random ones there is an error, not silently ignored.
+    run = write_run(tmp_path / 'run', tiny_model())
+    for source in (run, run / 'model.safetensors'):
+        with pytest.raises(ValueError, match=f'model: {source} is a trainer run, which brings its own trained weights'):
+            FeatureExtractor(source, pretrained=False, device='cpu')

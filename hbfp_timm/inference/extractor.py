@@ -81,6 +81,9 @@ def load_model(
         if checkpoint is not None or model_args:
             raise ValueError(f'model: {name} is a trainer run, which brings its own weights and arguments; '
                              'drop checkpoint / model_args')
+        if not pretrained:
+            raise ValueError(f'model: {name} is a trainer run, which brings its own trained weights; an untrained '
+                             'model is built from a registered name only (e.g. hbfp_resnet50)')
         module, results = load_run(path)
         return module, tuple(results['img_size']) if results.get('img_size') else None
     if not name.startswith(HUB_PREFIXES) and (path / 'config.json').is_file():
