@@ -17,7 +17,7 @@ import hbfp_timm  # noqa: F401  (registers the hbfp_* models with timm)
 from hbfp_timm import hub, release
 from hbfp_timm.models import pretrained, registry
 
-from test_hub import fake_hub, hub_cache  # noqa: F401  (fixtures)
+from hub_fixtures import fake_hub, hub_cache  # noqa: F401  (fixtures)
 from tiny_models import trained_like
 
 ROOT = Path(__file__).resolve().parents[1]

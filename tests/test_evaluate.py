@@ -12,7 +12,7 @@ from hbfp_timm.data import market_layout
 from hbfp_timm.evaluate import main
 from hbfp_timm.metrics import evaluate_features
 
-from test_hub import hub_cache  # noqa: F401  (fixture)
+from hub_fixtures import hub_cache  # noqa: F401  (fixture)
 from tiny_models import single_thread, tiny_model, write_run  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures('single_thread')

@@ -9,7 +9,7 @@ import timm
 
 from hbfp_timm.models import pretrained
 
-from test_hub import fake_hub, hub_cache  # noqa: F401  (fixtures)
+from hub_fixtures import fake_hub, hub_cache  # noqa: F401  (fixtures)
 
 
 def _closed_port_endpoint() -> str:

@@ -31,7 +31,7 @@ from hbfp_timm.metrics import compute_distance_matrix, evaluate_rank
 from hbfp_timm.models.pretrained import WeightsNotFoundError
 from hbfp_timm.models.registry import BUNDLED_WEIGHTS, DEFAULT_REID_MODEL
 
-from test_hub import hub_cache  # noqa: F401  (fixture)
+from hub_fixtures import hub_cache  # noqa: F401  (fixture)
 from tiny_models import TINY_ARGS, single_thread, tiny_model, trained_like, write_images, write_run  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures('single_thread')
@@ -134,8 +134,8 @@ def test_blocks_are_parsed_from_the_fences():
 
 # --- what the blocks find on disk and on the "Hub" --------------------------------------------------------------
 @pytest.fixture
-def offline(hub_cache, tmp_path, monkeypatch):  # noqa: F811  (hub_cache is test_hub's fixture)
-    """An empty working folder, huggingface_hub offline on an empty cache (`test_hub.hub_cache`), and no network
+def offline(hub_cache, tmp_path, monkeypatch):  # noqa: F811  (hub_cache is hub_fixtures' fixture)
+    """An empty working folder, huggingface_hub offline on an empty cache (`hub_fixtures.hub_cache`), and no network
     at all. Returns the function that puts a folder into the cache as a Hub repository."""
     work = tmp_path / 'work'
     work.mkdir()
