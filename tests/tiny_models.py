@@ -1,4 +1,5 @@
-"""Tiny untrained HBFP models and what users point the tools at (a trainer run directory), for fast tests."""
+"""Tiny untrained HBFP models and what users point the tools at (a trainer run directory, images, embeddings
+files), for fast tests."""
 import json
 from pathlib import Path
 
@@ -64,3 +65,18 @@ def trained_like(model: torch.nn.Module, seed: int) -> torch.nn.Module:
                 noise = 0.05 * torch.randn(tensor.shape, generator=generator)
                 tensor.copy_(tensor.abs() + 0.5 + noise.abs() if name.endswith('running_var') else tensor + noise)
     return model.eval()
+
+
+# How the shipped model's descriptors are made, as embed writes it in an embeddings file's metadata.
+SHIPPED_HOW = {'model': 'hbfp_mobilenetv2_100.cuhk03', 'img_size': '128x64', 'flip': 'False'}
+
+
+def write_embeddings(folder: Path, query_how: dict, gallery_how: dict, dim: int = 4):
+    """A query and a gallery embeddings file (two images each) whose metadata say how they were made."""
+    from hbfp_timm.inference.embeddings import Embeddings, save_embeddings
+    files = []
+    for name, how in (('q', query_how), ('g', gallery_how)):
+        files.append(str(save_embeddings(folder / f'{name}.safetensors', Embeddings(
+            torch.arange(2 * dim, dtype=torch.float32).reshape(2, dim), [f'{name}0.png', f'{name}1.png'],
+            metadata=how))))
+    return files
