@@ -74,8 +74,8 @@ from .probes import (
     compare_checkpointing, compare_formats, compare_search, count_flops, create_benchmark_model, device_topk,
     loader_throughput, make_step, median_ratio, model_pair, peak_memory, time_interleaved,
 )
-from .report import speed_report
 from .settings import ArgumentParser, BenchmarkError, check_device, exact_command, guarded
+from .speed_report import speed_report
 
 __all__ = ['SECTIONS', 'layer_costs', 'recipe_estimate', 'run', 'parse_args', 'main']
 

@@ -9,7 +9,7 @@ import timm
 import torch
 
 import hbfp_timm  # noqa: F401  (registers the hbfp_* models)
-from benchmarks import probes, report, speed
+from benchmarks import probes, speed, speed_report
 from benchmarks.probes import count_flops, loader_throughput, make_step, peak_memory
 from benchmarks.speed import amp_speedups, layer_costs, parse_args, recipe_estimate
 from hbfp_timm.metrics.retrieval import faiss_available
@@ -192,7 +192,7 @@ def test_search_table_lists_every_row_with_its_ratio():
                  agrees_with_first=1.0),
             dict(task='topk', method='naive', sizes=[1, 2, 3, 4], seconds=8.0, cpu_seconds=9.0, extra_bytes=2 ** 31,
                  agrees_with_first=1.0, time_ratio_to_ours=4.0, cpu_ratio_to_ours=3.0)]
-    table = report.search_lines({'search': {'topk': rows}})
+    table = speed_report.search_lines({'search': {'topk': rows}})
     assert '| topk | 1x2x3x4 | naive | 8.00 | 9.00 | 2.00 | 4.00 | 3.00 | 1.0 |' in table
 
 
@@ -202,5 +202,5 @@ def test_device_topk_times_a_half_gallery_and_agrees_with_exact_search():
     assert len(result['seconds']) == 2 and result['median_seconds'] > 0
     assert result['extra_device_bytes'] is None  # device memory is only measured on CUDA
     assert result['agreement'] == 1.0  # same float16 values, searched exactly both ways
-    line, = report.search_lines({'search': result})
+    line, = speed_report.search_lines({'search': result})
     assert 'top-10 of 50 queries in 20,000 x 64-d float16 on cpu' in line and 'target on one H100: <= 0.2 s' in line
