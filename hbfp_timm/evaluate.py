@@ -21,9 +21,10 @@ Beside rank-1/5/10 and mAP, each data set gets:
   pairs it accepts and how many impostor pairs it wrongly accepts on these data;
 * with ``--calibrate`` (one ``--data-root``, a labelled validation split, never the test split a model is
   reported on): thresholds at false-match rates 1e-2 and 1e-3, written to ``OUT/thresholds.json``, the file
-  that a run folder, ``hub save --thresholds`` and ``search --same-person`` read; a warning (also stored in the
-  file) says when they rest on too few pairs (fewer than 30 impostor pairs below a threshold, i.e. fewer than
-  3,000 / 30,000 impostor pairs, or fewer than 30 genuine pairs: `hbfp_timm.metrics.verification`).
+  that a run folder, ``hub save --thresholds`` and ``search --same-person`` read, with the digest of the weights
+  they were calibrated on (``weights_sha256``: re-checks and ``search`` refuse other weights); a warning (also
+  stored in the file) says when they rest on too few pairs (fewer than 30 impostor pairs below a threshold, i.e.
+  fewer than 3,000 / 30,000 impostor pairs, or fewer than 30 genuine pairs: `hbfp_timm.metrics.verification`).
 """
 import argparse
 import dataclasses
@@ -42,6 +43,7 @@ from .commands import (
 from .data.checks import find_unreadable_images
 from .data.datasets import DATASET_NAMES, ReIDDataset, build_dataset
 from .data.loader import test_loaders
+from .inference.embeddings import weights_sha256
 from .inference.features import extract_features
 from .metrics import evaluate_features
 from .metrics.evaluation import score_features
@@ -245,6 +247,10 @@ def _thresholds_to_check(args, extractor) -> List[Dict[str, Any]]:
         warnings.warn(f"the thresholds stored with {args.model} are for {stored.get('metric')} distances, not "
                       f"--metric {args.metric}; not re-checked", UserWarning)
         return checks
+    if stored.get('weights_sha256') and stored['weights_sha256'] != weights_sha256(extractor.model):
+        warnings.warn(f"the thresholds stored with {args.model} were calibrated on other weights than those it holds "
+                      f"now (weights sha256 {stored['weights_sha256'][:12]}); not re-checked", UserWarning)
+        return checks
     if bool(stored.get('flip')) != extractor.flip:
         warnings.warn(f"the thresholds stored with {args.model} were calibrated with flip {bool(stored.get('flip'))}"
                       f", this run has flip {extractor.flip}: distances differ", UserWarning)
@@ -316,7 +322,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 warnings.warn(warning['warning'], UserWarning)
             path = save_thresholds(output / THRESHOLDS_NAME, {
                 'metric': args.metric, 'flip': extractor.flip, 'img_size': list(extractor.img_size),
-                'model': str(args.model), 'command': command,
+                'model': str(args.model), 'weights_sha256': weights_sha256(extractor.model), 'command': command,
                 'calibrated_on': {'data_root': row['data_root'], 'dataset': row['dataset'],
                                   'query_ids': row['query_ids'], 'num_query': row['num_query'],
                                   'num_gallery': row['num_gallery']},

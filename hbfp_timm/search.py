@@ -239,7 +239,8 @@ def check_comparable(query: Embeddings, gallery: Embeddings, query_source: str, 
 
 def _threshold(args: argparse.Namespace, query: Embeddings, gallery: Embeddings) -> float:
     """The threshold that ``--same-person FMR`` names, stored with the model that made the descriptors (their
-    metadata, else ``--model``), checked against the metric, the input size and the flip setting. Descriptors made
+    metadata, else ``--model``), checked against the metric, the input size, the flip setting and, where both record
+    it, the digest of the weights they were calibrated on (``weights_sha256``). Descriptors made
     with a weights file (``--checkpoint``), random weights (``--untrained``) or constructor arguments
     (``--model-arg``), as their metadata, else the options, say, have none: what is stored with a registered name
     is for its own weights, as built without arguments."""
@@ -286,6 +287,11 @@ def _threshold(args: argparse.Namespace, query: Embeddings, gallery: Embeddings)
     if stored is None:
         raise ValueError(f'--same-person: {model} has no calibrated threshold stored with its weights; calibrate one '
                          'with python -m hbfp_timm.evaluate --calibrate on labelled data, or pass --threshold')
+    if stored.get('weights_sha256') and how.get('weights_sha256') not in (None, stored['weights_sha256']):
+        raise ValueError(f"--same-person: the thresholds of {model} were calibrated on other weights (sha256 "
+                         f"{stored['weights_sha256'][:12]}) than the descriptors were made with (sha256 "
+                         f"{how['weights_sha256'][:12]}); describe the images again with {model}, or calibrate one "
+                         'with python -m hbfp_timm.evaluate --calibrate and pass it as --threshold')
     if stored.get('metric') != args.metric:
         raise ValueError(f"--same-person: the thresholds of {model} are for {stored.get('metric')} distances, "
                          f'not --metric {args.metric}')

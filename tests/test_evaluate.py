@@ -10,6 +10,7 @@ import torch
 from hbfp_timm import FeatureExtractor
 from hbfp_timm.data import market_layout
 from hbfp_timm.evaluate import main
+from hbfp_timm.inference.embeddings import weights_sha256
 from hbfp_timm.metrics import evaluate_features
 
 from hub_fixtures import hub_cache  # noqa: F401  (fixture)
@@ -239,6 +240,7 @@ def test_calibrate_then_the_stored_threshold_is_rechecked_and_marks_search_resul
     assert [t['fmr_target'] for t in calibrated['thresholds']] == [1e-2, 1e-3]
     assert calibrated['calibrated_on']['data_root'] == str(data_root) and calibrated['metric'] == 'euclidean'
     assert all(t['fmr'] <= t['fmr_target'] for t in calibrated['thresholds'])
+    assert calibrated['weights_sha256'] == weights_sha256(tiny_model(seed=3))  # the weights it was calibrated on
     (run / 'thresholds.json').write_text((out / 'thresholds.json').read_text())
     capsys.readouterr()
     assert main(['--data-root', str(data_root), '--output', str(tmp_path / 'check'), *common]) == 0
@@ -260,6 +262,25 @@ def test_calibrate_then_the_stored_threshold_is_rechecked_and_marks_search_resul
     assert all(r['same_person'] == (r['distance'] < threshold) for r in results)
     assert f"{sum(r['same_person'] for r in results)} results below the same-person threshold" in \
         capsys.readouterr().out
+
+    # The same file beside other weights: evaluate does not re-check it, search --same-person refuses it.
+    other = write_run(tmp_path / 'other', tiny_model(seed=4))
+    (other / 'thresholds.json').write_text((out / 'thresholds.json').read_text())
+    others = ['--model', str(other), *common[2:]]
+    digest = calibrated['weights_sha256'][:12]
+    with pytest.warns(UserWarning, match=f'the thresholds stored with {other} were calibrated on other weights than '
+                                         f'those it holds now \\(weights sha256 {digest}\\); not re-checked'):
+        assert main(['--data-root', str(data_root), '--output', str(tmp_path / 'check-other'), *others]) == 0
+    assert not json.loads((tmp_path / 'check-other' / 'evaluation.json').read_text())['results'][0][
+        'verification']['checked']
+    capsys.readouterr()
+    assert search_main(['--query', str(data_root / 'query'), '--gallery', str(data_root / 'bounding_box_test'),
+                        '--output', str(tmp_path / 'search-other'), '--same-person', '0.01', *others]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / 'search-other').exists()
+    assert (f"--same-person: the thresholds of {other} were calibrated on other weights (sha256 "
+            f"{calibrated['weights_sha256'][:12]}) than the descriptors were made with (sha256 "
+            f"{weights_sha256(tiny_model(seed=4))[:12]})") in err
 
 
 def test_same_person_without_a_stored_threshold_is_one_line(data_root, tmp_path, capsys):
