@@ -5,8 +5,9 @@
     python -m benchmarks.gpu --output OUT --dry-run        # the same sections on CPU at tiny sizes
 
 Each section runs the speed benchmark (``python -m benchmarks.speed``: its default sections, or ``--sections``
-``memory_format``, ``checkpointing`` or ``search``) or the test suite in a child process with its own time budget,
-so that a section that fails or overruns is recorded and the others still run. After every section
+``memory_format``, ``checkpointing`` or ``search``) or the test suite (in 4 pytest-xdist workers where xdist is
+installed, as on the device image) in a child process with its own time budget, so that a section that fails or
+overruns is recorded and the others still run. After every section
 ``OUT/gpu_report.md`` (a table of the sections, the targets with measured value, target and by how much they are
 met or missed, and each section's printed tail) and ``OUT/gpu_raw.json`` (everything: the machine, each section's
 own JSON and its whole output) are rewritten: a run cut short still leaves what finished. These two are the only
@@ -16,6 +17,7 @@ files sends back the whole check.
 Without CUDA and without ``--dry-run`` it stops at once (exit 2): the numbers are only meaningful on the device.
 """
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -24,11 +26,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ['Section', 'SECTIONS', 'sections_for', 'run_sections', 'render_report', 'main']
+__all__ = ['Section', 'SECTIONS', 'suite_command', 'sections_for', 'run_sections', 'render_report', 'main']
 
 TAIL_LINES = 25
 OUTPUT_CHARS = 200_000
@@ -41,6 +43,7 @@ class Section(NamedTuple):
     command: List[str]
     budget_s: int
     json_name: Optional[str] = None  # the probe's own JSON file in the scratch folder, when it writes one
+    env: Tuple[Tuple[str, str], ...] = ()  # set for the command, on top of this process's environment
 
 
 def _python(*args: str) -> List[str]:
@@ -54,6 +57,22 @@ def _speed(*args: str) -> List[str]:
 # Test files with device paths, run first in the suite section: if its budget runs out, the CUDA tests have run.
 DEVICE_TESTS = ('tests/test_layers.py', 'tests/test_engine.py', 'tests/test_extractor.py', 'tests/test_retrieval.py',
                 'tests/test_timm_contract.py', 'tests/test_train.py')
+# The suite takes about 5 minutes in one process on a 2-core CPU, more than its budget: where pytest-xdist is
+# installed (the device image has it), 4 worker processes of 4 threads share the device machine's 16 cores, a test
+# file to a worker (module fixtures are built once).
+SUITE_WORKERS = 4
+
+
+def suite_command(workers: int = SUITE_WORKERS) -> Tuple[List[str], Tuple[Tuple[str, str], ...]]:
+    """The suite section's command and environment: device tests first; in `workers` processes where pytest-xdist
+    is installed, else in this one."""
+    command = _python('-m', 'pytest', '-q', '-rs', '-p', 'no:cacheprovider')
+    if workers > 1 and importlib.util.find_spec('xdist') is not None:
+        threads = str(max(1, (os.cpu_count() or workers) // workers))
+        return command + ['-n', str(workers), '--dist', 'loadfile', *DEVICE_TESTS, 'tests'], (
+            ('OMP_NUM_THREADS', threads),)
+    return command + [*DEVICE_TESTS, 'tests'], ()
+
 
 # On the device: the sizes of the GPU issue, the suite last. Budgets (caps) add up to 7 minutes.
 SECTIONS = [
@@ -87,7 +106,7 @@ SECTIONS = [
     Section('search', 'top-10 of 1,000 queries over 1M x 4,096 float16 descriptors on the device, against exact',
             _speed('--sections', 'search', '--device', 'cuda', '--output', '{work}/search.json'), 30, 'search.json'),
     Section('suite', 'the whole test suite, device tests first, skips listed (CUDA-only tests must run, not skip)',
-            _python('-m', 'pytest', '-q', '-rs', '-p', 'no:cacheprovider', *DEVICE_TESTS, 'tests'), 175),
+            suite_command()[0], 175, env=suite_command()[1]),
 ]
 
 # On CPU, every section at tiny sizes: checks that the script and its report work, measures nothing.
@@ -118,7 +137,7 @@ def sections_for(dry_run: bool, only: Optional[Sequence[str]] = None) -> List[Se
         raise ValueError(f'--only: unknown section {", ".join(unknown)}; expected some of {", ".join(names)}')
     chosen = [section for section in SECTIONS if not only or section.name in only]
     if dry_run:
-        chosen = [section._replace(command=DRY_RUN[section.name], budget_s=120) for section in chosen
+        chosen = [section._replace(command=DRY_RUN[section.name], budget_s=120, env=()) for section in chosen
                   if DRY_RUN[section.name] is not None]
     return chosen
 
@@ -144,12 +163,14 @@ def _text(stream) -> str:
 
 def _run_section(section: Section, work: Path) -> Dict[str, Any]:
     command = [part.replace('{work}', str(work)) for part in section.command]
-    print(f'[gpu check] {section.name}: {" ".join(command[1:])} (budget {section.budget_s} s)', flush=True)
+    env = ''.join(f'{key}={value} ' for key, value in section.env)
+    print(f'[gpu check] {section.name}: {env}{" ".join(command[1:])} (budget {section.budget_s} s)', flush=True)
     start = time.perf_counter()
     record: Dict[str, Any] = {'name': section.name, 'what': section.what, 'command': command,
-                              'budget_s': section.budget_s}
+                              'budget_s': section.budget_s, 'env': dict(section.env)}
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=section.budget_s)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=section.budget_s,
+                              env={**os.environ, **dict(section.env)})
         record['status'] = 'ok' if done.returncode == 0 else f'failed (exit {done.returncode})'
         output = done.stdout + done.stderr
     except subprocess.TimeoutExpired as expired:
@@ -179,6 +200,11 @@ def _targets(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return rows
 
 
+def _shell(record: Dict[str, Any]) -> str:
+    """A section's command as a shell line, its environment first."""
+    return ' '.join([f'{key}={value}' for key, value in (record.get('env') or {}).items()] + record['command'])
+
+
 def render_report(raw: Dict[str, Any]) -> str:
     """``gpu_report.md``: the sections, the targets (met or missed, and by how much) and each section's tail."""
     env = raw['environment']
@@ -200,7 +226,7 @@ def render_report(raw: Dict[str, Any]) -> str:
     if not targets:
         lines.append('| – | no section judged a target | | | |')
     for record in raw['sections']:
-        lines += ['', f"## {record['name']}: {record['status']}", '', f"`{' '.join(record['command'])}`", '',
+        lines += ['', f"## {record['name']}: {record['status']}", '', f"`{_shell(record)}`", '',
                   '```', record['tail'], '```']
     return '\n'.join(lines) + '\n'
 

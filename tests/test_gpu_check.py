@@ -38,6 +38,35 @@ def test_every_device_section_has_a_dry_run_or_is_a_repeat_of_one():
         gpu.sections_for(dry_run=False, only=['nope'])
 
 
+@pytest.mark.parametrize('xdist', [True, False])
+def test_the_suite_shares_the_cores_among_workers_where_pytest_xdist_is_installed(monkeypatch, xdist):
+    real_find_spec = gpu.importlib.util.find_spec
+    monkeypatch.setattr(gpu.importlib.util, 'find_spec',
+                        lambda name, *args: (real_find_spec('json') if xdist else None) if name == 'xdist'
+                        else real_find_spec(name, *args))
+    monkeypatch.setattr(gpu.os, 'cpu_count', lambda: 16)
+    command, env = gpu.suite_command(workers=4)
+    tests = [*gpu.DEVICE_TESTS, 'tests']
+    assert command[1:3] == ['-m', 'pytest'] and command[-len(tests):] == tests
+    if xdist:  # 4 processes of 4 threads on 16 cores, a test file to a worker
+        assert command[command.index('-n'):][:4] == ['-n', '4', '--dist', 'loadfile']
+        assert env == (('OMP_NUM_THREADS', '4'),)
+    else:
+        assert '-n' not in command and env == ()
+    assert '-n' not in gpu.suite_command(workers=1)[0]
+
+
+def test_a_sections_environment_reaches_its_command_and_the_report(tmp_path):
+    section = gpu.Section('env', 'prints a variable', [sys.executable, '-c', 'import os; print(os.environ["GPU_X"])'],
+                          30, env=(('GPU_X', 'seven'),))
+    raw = gpu.run_sections([section], tmp_path, ['python', '-m', 'benchmarks.gpu'], dry_run=True)
+    assert raw['sections'][0]['tail'] == 'seven' and raw['sections'][0]['env'] == {'GPU_X': 'seven'}
+    assert f'`GPU_X=seven {sys.executable} -c ' in (tmp_path / 'gpu_report.md').read_text()
+    # A dry run runs the suite in this process, with no environment of its own.
+    suite, = gpu.sections_for(dry_run=True, only=['suite'])
+    assert suite.env == () and '-n' not in suite.command
+
+
 def test_a_failing_or_overrunning_section_is_recorded_and_the_others_still_run(tmp_path):
     sections = [gpu.Section('fails', 'exits 3', [sys.executable, '-c', 'import sys; print("bad"); sys.exit(3)'], 30),
                 gpu.Section('slow', 'sleeps', [sys.executable, '-c', 'import time; time.sleep(30)'], 1),
