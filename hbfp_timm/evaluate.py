@@ -15,7 +15,8 @@ Beside rank-1/5/10 and mAP, each data set gets:
 
 * the per-camera-pair breakdown: the queries of one camera searched among the gallery images of one other
   camera only, rank-1 and mAP per pair, worst first (which camera pairs fail); cameras are named as the data
-  name them (``c1`` of Market-style file names, a list file's ``camid``, the file name of camera-less images);
+  name them (``c1`` of Market-style file names, a list file's ``camid``, the file name of camera-less images,
+  or their paths where two share a name);
 * the "same person" decision (`hbfp_timm.metrics.verification`): the data's own equal-error rate, and, for every
   threshold stored with the model's weights (or given with ``--threshold``), how many genuine cross-camera
   pairs it accepts and how many impostor pairs it wrongly accepts on these data;

@@ -73,6 +73,19 @@ def test_whitespace_list_without_cameras_leaves_out_only_the_query_file_itself(t
     assert mAP == pytest.approx((1 / 2 + 2 / 3) / 2)
 
 
+def test_camera_less_images_name_their_cameras_by_file_or_by_path_where_two_files_share_a_name(tmp_path):
+    _images(tmp_path / 'q', ['0001.jpg'])
+    _images(tmp_path / 'g', ['0001.jpg', '0002.jpg'])
+    _write(tmp_path / 'query.csv', 'q/0001.jpg,1\n')
+    _write(tmp_path / 'gallery.csv', 'g/0001.jpg,1\ng/0002.jpg,2\n')
+    dataset = image_lists(tmp_path, with_train=False)
+    names = [dataset.camera_name(cam) for _, _, cam in dataset.query + dataset.gallery]
+    assert names == [str(Path('q') / '0001.jpg'), str(Path('g') / '0001.jpg'), str(Path('g') / '0002.jpg')]
+    _write(tmp_path / 'query.csv', 'g/0002.jpg,2\n')  # no two files share a name: the file names alone
+    dataset = image_lists(tmp_path, with_train=False)
+    assert [dataset.camera_name(cam) for _, _, cam in dataset.gallery] == ['0001.jpg', '0002.jpg']
+
+
 def test_a_list_of_paths_alone_is_read_when_identities_are_optional(tmp_path):
     _images(tmp_path, ['x.jpg', 'y.jpg'])
     listing = read_image_list(_write(tmp_path / 'all.txt', 'x.jpg\ny.jpg\n'), require_pids=False)

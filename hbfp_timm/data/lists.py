@@ -142,6 +142,16 @@ def _find_list(folder: Path, split: str, splits: Sequence[str] = SPLITS) -> Path
     return found[0]
 
 
+def _file_names(paths: Sequence[str]) -> Dict[str, str]:
+    """Short distinct names of `paths`: their file names, or, where two share one, their paths below the folder
+    that holds them all (``query/0001.jpg`` and ``gallery/0001.jpg``)."""
+    names = {path: Path(path).name for path in paths}
+    if len(set(names.values())) < len(names):
+        common = os.path.commonpath(paths)
+        names = {path: os.path.relpath(path, common) for path in paths}
+    return names
+
+
 def image_lists(root: PathLike, name: str = 'image_lists', with_train: bool = True) -> ReIDDataset:
     """A data set from a folder holding ``train``, ``query`` and ``gallery`` list files (module doc).
 
@@ -153,7 +163,8 @@ def image_lists(root: PathLike, name: str = 'image_lists', with_train: bool = Tr
 
     Returns:
         The data set; camera-less query and gallery images get one camera per image file (module doc), named by
-        the file's name (``ReIDDataset.camera_name``); a ``camid`` column's cameras are named by their number.
+        the file's name, or by its path below the images' common folder where two files share a name
+        (``ReIDDataset.camera_name``); a ``camid`` column's cameras are named by their number.
     """
     folder = Path(root).expanduser()
     splits = SPLITS if with_train else SPLITS[1:]
@@ -172,7 +183,7 @@ def image_lists(root: PathLike, name: str = 'image_lists', with_train: bool = Tr
         camera_of = {path: camera for camera, path in enumerate(sorted(set(query.paths) | set(gallery.paths)))}
         query = query._replace(camids=[camera_of[path] for path in query.paths])
         gallery = gallery._replace(camids=[camera_of[path] for path in gallery.paths])
-        camera_names = {camera: Path(path).name for path, camera in camera_of.items()}
+        camera_names = {camera_of[path]: name for path, name in _file_names(list(camera_of)).items()}
     train_items: List[Item] = []
     if with_train:
         train = lists['train']
