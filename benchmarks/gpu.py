@@ -32,6 +32,7 @@ import torch
 
 __all__ = ['Section', 'SECTIONS', 'suite_command', 'sections_for', 'run_sections', 'render_report', 'main']
 
+ROOT = Path(__file__).resolve().parents[1]  # the project's root: benchmarks/ and hbfp_timm/ are in it
 TAIL_LINES = 25
 OUTPUT_CHARS = 200_000
 
@@ -161,6 +162,14 @@ def _text(stream) -> str:
     return stream.decode(errors='replace') if isinstance(stream, bytes) else stream or ''
 
 
+def _child_environment(section: Section) -> Dict[str, str]:
+    """This process's environment, the project's root first on ``PYTHONPATH`` (the device machine runs a copy of
+    the working tree that is not pip-installed: the tests' own child processes, started from other folders, still
+    import ``hbfp_timm`` and ``benchmarks``), then the section's own variables."""
+    paths = [str(ROOT)] + [path for path in os.environ.get('PYTHONPATH', '').split(os.pathsep) if path]
+    return {**os.environ, 'PYTHONPATH': os.pathsep.join(paths), **dict(section.env)}
+
+
 def _run_section(section: Section, work: Path) -> Dict[str, Any]:
     command = [part.replace('{work}', str(work)) for part in section.command]
     env = ''.join(f'{key}={value} ' for key, value in section.env)
@@ -170,7 +179,7 @@ def _run_section(section: Section, work: Path) -> Dict[str, Any]:
                               'budget_s': section.budget_s, 'env': dict(section.env)}
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=section.budget_s,
-                              env={**os.environ, **dict(section.env)})
+                              env=_child_environment(section))
         record['status'] = 'ok' if done.returncode == 0 else f'failed (exit {done.returncode})'
         output = done.stdout + done.stderr
     except subprocess.TimeoutExpired as expired:

@@ -1,5 +1,6 @@
 """benchmarks.gpu: the prepared GPU check, exercised through its CPU dry run and hand-made sections."""
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -56,12 +57,21 @@ def test_the_suite_shares_the_cores_among_workers_where_pytest_xdist_is_installe
     assert '-n' not in gpu.suite_command(workers=1)[0]
 
 
-def test_a_sections_environment_reaches_its_command_and_the_report(tmp_path):
+def test_a_sections_environment_reaches_its_command_and_the_report(tmp_path, monkeypatch):
     section = gpu.Section('env', 'prints a variable', [sys.executable, '-c', 'import os; print(os.environ["GPU_X"])'],
                           30, env=(('GPU_X', 'seven'),))
     raw = gpu.run_sections([section], tmp_path, ['python', '-m', 'benchmarks.gpu'], dry_run=True)
     assert raw['sections'][0]['tail'] == 'seven' and raw['sections'][0]['env'] == {'GPU_X': 'seven'}
     assert f'`GPU_X=seven {sys.executable} -c ' in (tmp_path / 'gpu_report.md').read_text()
+    # From any folder, the children import this checkout's packages first (the device's copy is not installed).
+    probe = gpu.Section('path', 'imports', [sys.executable, '-c', 'import benchmarks; print(benchmarks.__file__)'], 30)
+    elsewhere = tmp_path / 'elsewhere'
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv('PYTHONPATH', str(elsewhere))
+    raw = gpu.run_sections([probe], tmp_path / 'out', ['python'], dry_run=True)
+    assert raw['sections'][0]['tail'] == str(Path(gpu.__file__).parent / '__init__.py')
+    assert gpu._child_environment(probe)['PYTHONPATH'] == os.pathsep.join([str(gpu.ROOT), str(elsewhere)])
     # A dry run runs the suite in this process, with no environment of its own.
     suite, = gpu.sections_for(dry_run=True, only=['suite'])
     assert suite.env == () and '-n' not in suite.command
