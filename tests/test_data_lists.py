@@ -109,6 +109,15 @@ def test_malformed_list_names_file_and_line(tmp_path, content, message):
         read_image_list(_write(tmp_path / 'query.csv', content))
 
 
+def test_a_spreadsheet_csv_with_a_byte_order_mark_is_read_with_its_header(tmp_path):
+    _images(tmp_path, ['a.jpg', 'b.jpg'])
+    list_file = tmp_path / 'query.csv'
+    list_file.write_bytes('path,pid,camid\r\na.jpg,1,0\r\nb.jpg,2,1\r\n'.encode('utf-8-sig'))
+    listing = read_image_list(list_file)
+    assert listing.paths == [str(tmp_path / 'a.jpg'), str(tmp_path / 'b.jpg')]
+    assert listing.pids == [1, 2] and listing.camids == [0, 1]
+
+
 def test_query_and_gallery_must_agree_on_cameras(tmp_path):
     _images(tmp_path, ['a.jpg', 'b.jpg'])
     _write(tmp_path / 'train.csv', 'a.jpg,1\n')

@@ -11,6 +11,7 @@ needs only ``query`` and ``gallery`` (``with_train=False``)::
 
 Rules (strict: every problem is an error naming the file and line, nothing is skipped silently):
 
+* the files are UTF-8 text (a spreadsheet's "CSV UTF-8", with its byte-order mark, too);
 * paths are relative to the list file's folder, or absolute; every file must exist, and no path may be listed
   twice in one file;
 * ``pid`` is a non-negative integer identity; training identities are relabelled to 0..N-1, query and gallery
@@ -61,7 +62,7 @@ class ImageList(NamedTuple):
 def _rows(list_file: Path):
     """(line number, fields) of every line that is not blank or a comment."""
     try:
-        text = list_file.read_text(encoding='utf-8')
+        text = list_file.read_text(encoding='utf-8-sig')  # a spreadsheet's "CSV UTF-8" starts with a BOM
     except UnicodeDecodeError as error:
         raise ValueError(f'{list_file}: not a UTF-8 text file ({error})') from None
     is_csv = list_file.suffix.lower() == '.csv'
