@@ -118,6 +118,14 @@ def test_a_spreadsheet_csv_with_a_byte_order_mark_is_read_with_its_header(tmp_pa
     assert listing.pids == [1, 2] and listing.camids == [0, 1]
 
 
+@pytest.mark.parametrize('header', ['pid,path,camid', 'image,label,cam', 'filename,id'])
+def test_a_header_of_other_columns_is_named_as_a_header_not_a_missing_image(tmp_path, header):
+    _images(tmp_path, ['a.jpg'])
+    with pytest.raises(ValueError, match=rf'query.csv:1: \'{header}\' reads as a header, but the columns must be '
+                                         r'"path,pid,camid" in this order'):
+        read_image_list(_write(tmp_path / 'query.csv', f'{header}\na.jpg,1{",0" * (header.count(",") == 2)}\n'))
+
+
 def test_query_and_gallery_must_agree_on_cameras(tmp_path):
     _images(tmp_path, ['a.jpg', 'b.jpg'])
     _write(tmp_path / 'train.csv', 'a.jpg,1\n')

@@ -11,7 +11,8 @@ needs only ``query`` and ``gallery`` (``with_train=False``)::
 
 Rules (strict: every problem is an error naming the file and line, nothing is skipped silently):
 
-* the files are UTF-8 text (a spreadsheet's "CSV UTF-8", with its byte-order mark, too);
+* the files are UTF-8 text (a spreadsheet's "CSV UTF-8", with its byte-order mark, too); an optional first line
+  ``path,pid,camid`` names the columns, in this order (a header of other names or order is an error);
 * paths are relative to the list file's folder, or absolute; every file must exist, and no path may be listed
   twice in one file;
 * ``pid`` is a non-negative integer identity; training identities are relabelled to 0..N-1, query and gallery
@@ -78,6 +79,14 @@ def _integer(text: str, what: str, where: str) -> int:
     return int(text)
 
 
+def _looks_like_header(fields: Sequence[str], folder: Path) -> bool:
+    """A first line of names rather than data (``pid,path,camid``, ``image,label``): no number after the first
+    field, and no file at the first."""
+    path = Path(fields[0]).expanduser()
+    return (len(fields) >= 2 and not any(field.isdigit() for field in fields[1:])
+            and not (path if path.is_absolute() else folder / path).is_file())
+
+
 def read_image_list(list_file: PathLike, require_pids: bool = True, check_files: bool = True) -> ImageList:
     """Read one list file (see the module doc for the format).
 
@@ -106,6 +115,10 @@ def read_image_list(list_file: PathLike, require_pids: bool = True, check_files:
         if num_fields is None and tuple(f.lower() for f in fields) == HEADER[:len(fields)]:
             num_fields = len(fields)  # a header line names the columns
             continue
+        if num_fields is None and _looks_like_header(fields, folder):
+            raise ValueError(f'{where}: {",".join(fields)!r} reads as a header, but the columns must be '
+                             f'"path,pid,camid" in this order (camid optional); rename or reorder them, or remove '
+                             f'the line')
         if not 1 <= len(fields) <= 3 or not fields[0]:
             raise ValueError(f'{where}: expected "path,pid,camid" (camid optional), got {len(fields)} fields')
         if num_fields is None:
