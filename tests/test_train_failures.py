@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from hbfp_timm.data import ReIDDataset
 from hbfp_timm.data.synthetic import generate_synthetic_dataset
 from hbfp_timm.models import pretrained
 from hbfp_timm.train import TrainSetupError, build_parser, main, train
@@ -249,6 +250,28 @@ def test_a_decompression_bomb_is_named_before_training(data_root, tmp_path, caps
     code, line = _exit(_argv(data_root, tmp_path / 'out'), capsys)
     first = sorted(p for p in data_root.rglob('*.jpg') if not p.name.startswith('-1_'))[0]
     assert code == 2 and f'{first} (too large to decode safely (Image size (2048 pixels) exceeds limit' in line
+
+
+def test_a_gallery_without_the_query_identities_is_refused_before_training(own_copy, tmp_path, capsys):
+    query_pids = {path.name.split('_')[0] for path in (own_copy / 'query').iterdir()}
+    for path in (own_copy / 'bounding_box_test').iterdir():
+        if path.name.split('_')[0] in query_pids:
+            path.unlink()  # only distractors (and junk) are left: no query can be scored
+    code, line = _exit(_argv(own_copy, tmp_path / 'out'), capsys)
+    assert code == 2 and line.startswith(f'{PROG}: error: --data-root: market_layout at {own_copy}: none of the ')
+    assert 'queries has a gallery image of its identity from another camera' in line
+    assert not (tmp_path / 'out').exists()
+
+
+def test_queries_that_the_protocol_will_skip_are_counted_before_training():
+    gallery = [('g1', 1, 0), ('g2', 1, 1), ('g3', 2, 0), ('g4', 9, 0)]
+    query = [('q1', 1, 0), ('q2', 2, 0), ('q3', 2, 1), ('q4', 3, 0)]  # q2: same camera only; q4: not in the gallery
+    dataset = ReIDDataset('mine', [], query, gallery)
+    note = prepare.check_queries(dataset, 'data_root', 'mine')
+    assert note.startswith('2 of the 4 queries of mine have no gallery image of their identity from another camera')
+    assert prepare.check_queries(ReIDDataset('mine', [], query[:1] + query[2:3], gallery), 'data_root', 'x') is None
+    with pytest.raises(TrainSetupError, match=r'^eval_data_roots: mine: none of the 2 queries has '):
+        prepare.check_queries(ReIDDataset('mine', [], [query[1], query[3]], gallery), 'eval_data_roots', 'mine')
 
 
 def _damage_pixel_data(image: Path) -> None:

@@ -5,7 +5,7 @@ resumed checkpoint's fit.
 import json
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import timm
 import torch
@@ -23,8 +23,8 @@ from .config import TrainConfig, TrainSetupError
 
 __all__ = [
     'RUN_FILES', 'output_dir', 'missing_folders', 'remove_created_folders', 'check_no_earlier_run',
-    'remove_earlier_outputs', 'prepare_output', 'read_dataset', 'check_images', 'build_model', 'check_input_size',
-    'check_resume_fits',
+    'remove_earlier_outputs', 'prepare_output', 'read_dataset', 'check_queries', 'check_images', 'build_model',
+    'check_input_size', 'check_resume_fits',
 ]
 
 # Unreadable images named in the error line; the rest are counted.
@@ -150,6 +150,38 @@ def read_dataset(cfg: TrainConfig) -> ReIDDataset:
         return build_dataset(cfg.dataset, cfg.data_root)
     except (FileNotFoundError, ValueError) as exc:
         raise TrainSetupError(f'data_root: {exc}') from exc
+
+
+def check_queries(dataset: ReIDDataset, field: str, name: str) -> Optional[str]:
+    """Whether the evaluation of ``dataset`` will score anything: the Market-1501 protocol scores a query only
+    against gallery images of its identity from another camera (a camera-less list's images are each their own
+    camera), and skips a query without one.
+
+    Args:
+        dataset: The data set read (its query and gallery splits).
+        field: The field that named the data (``'data_root'``, ``'eval_data_roots'``), for the error.
+        name: The data, for the messages (``'image_lists at /data/mine'``).
+
+    Returns:
+        A line counting the queries every evaluation will skip, or None when every query has a match.
+
+    Raises:
+        TrainSetupError: No query has one: every evaluation would fail after its epochs of training.
+    """
+    cameras: Dict[int, set] = {}
+    for _, pid, camid in dataset.gallery:
+        cameras.setdefault(pid, set()).add(camid)
+    unmatched = sum(not cameras.get(pid, set()) - {camid} for _, pid, camid in dataset.query)
+    num_query = len(dataset.query)
+    if unmatched == num_query:
+        raise TrainSetupError(
+            f'{field}: {name}: none of the {num_query} queries has a gallery image of its identity from another '
+            f'camera, which the evaluation protocol needs to score it; expected query and gallery of the same '
+            f'identities (check that they come from the same split)')
+    if unmatched:
+        return (f'{unmatched} of the {num_query} queries of {name} have no gallery image of their identity from '
+                f'another camera: every evaluation skips them (the Market-1501 protocol)')
+    return None
 
 
 def check_images(dataset: ReIDDataset, full: bool, rank: int, world_size: int) -> Tuple[int, float]:
