@@ -71,6 +71,7 @@ def test_a_missing_data_root_is_one_line(tmp_path, capsys):
     (['--resume', 'missing_dir/checkpoint.pt'], '--resume: '),
     (['--batch-size', '6', '--num-instances', '4'], '--batch-size: '),
     (['--model-arg', "branches=('x',)"], '--model-arg: '),
+    (['--model-arg', 'in_chans=1'], '--model-arg: in_chans=1, but the trainer reads every image as RGB (3 channels)'),
     (['--label-smoothing', '1.5'], '--label-smoothing: expected a value in [0, 1), got 1.5'),
     (['--lr', 'inf'], '--lr: expected a value in (0, 1] (the paper uses 2e-4), got inf'),
     (['--lr', '1e30'], '--lr: expected a value in (0, 1] (the paper uses 2e-4), got 1e+30'),

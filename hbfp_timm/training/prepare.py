@@ -213,9 +213,12 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     """``timm.create_model`` of ``cfg``; weights that cannot be had fail at once with the ways out.
 
     Raises:
-        TrainSetupError: Bad ``model_args``, unreadable ``backbone_weights``, or ImageNet weights that are neither
-            cached nor downloadable.
+        TrainSetupError: Bad ``model_args`` (``in_chans`` other than 3 among them: the images are RGB), unreadable
+            ``backbone_weights``, or ImageNet weights that are neither cached nor downloadable.
     """
+    if cfg.model_args.get('in_chans', 3) != 3:
+        raise TrainSetupError(f'model_args: in_chans={cfg.model_args["in_chans"]!r}, but the trainer reads every image '
+                              f'as RGB (3 channels); drop --model-arg in_chans')
     kwargs = dict(cfg.model_args)
     kwargs.setdefault('pretrained_backbone', cfg.pretrained_backbone)
     if cfg.backbone_weights is not None:
