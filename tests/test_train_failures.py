@@ -71,6 +71,9 @@ def test_a_missing_data_root_is_one_line(tmp_path, capsys):
     (['--resume', 'missing_dir/checkpoint.pt'], '--resume: '),
     (['--batch-size', '6', '--num-instances', '4'], '--batch-size: '),
     (['--model-arg', "branches=('x',)"], '--model-arg: '),
+    (['--model-arg', 'corelation_dim=8'], "--model-arg: hbfp_mobilenetv2_100 takes no argument 'corelation_dim' (did "
+                                          'you mean correlation_dim?); HBFPNet takes backbone, num_classes, '),
+    (['--model-arg', 'num_classes=5'], '--model-arg: num_classes is set by the trainer (one class per training '),
     (['--model-arg', 'in_chans=1'], '--model-arg: in_chans=1, but the trainer reads every image as RGB (3 channels)'),
     (['--label-smoothing', '1.5'], '--label-smoothing: expected a value in [0, 1), got 1.5'),
     (['--lr', 'inf'], '--lr: expected a value in (0, 1] (the paper uses 2e-4), got inf'),
