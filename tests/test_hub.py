@@ -4,11 +4,13 @@ code runs end to end."""
 import json
 import os
 import re
+import socket
 import stat
 import subprocess
 import sys
 from pathlib import Path
 
+import huggingface_hub
 import pytest
 import safetensors.torch
 import timm
@@ -394,6 +396,20 @@ def test_cli_push_uploads_a_run_directory(run_dir, fake_hub, capsys):
     assert config['architecture'] == ARCH and config['model_args']['pretrained_backbone'] is False
     assert 'value: 81.25' in received['files']['README.md'].decode()
     assert f'{endpoint}/someteam/run7/commit/abc123' in capsys.readouterr().out
+
+
+def test_cli_push_without_a_network_is_one_line_saying_the_hub_cannot_be_reached(run_dir, monkeypatch, capsys):
+    """No network (not HF_HUB_OFFLINE): the HTTP client's connection error was a traceback."""
+    with socket.socket() as closed:  # a port that nothing listens on: the connection is refused at once
+        closed.bind(('127.0.0.1', 0))
+        endpoint = f'http://127.0.0.1:{closed.getsockname()[1]}'
+    monkeypatch.setattr(huggingface_hub.constants, 'ENDPOINT', endpoint)
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', False)
+    assert hub_cli.main(['push', str(run_dir), '--repo-id', 'someteam/run7', '--token', 'hf_fake_token']) == 1
+    assert capsys.readouterr().err == (
+        f'python -m hbfp_timm.hub: error: someteam/run7: cannot reach the Hugging Face Hub at {endpoint} (no network, '
+        'or a proxy or firewall in the way); nothing was uploaded. python -m hbfp_timm.hub save writes the same files '
+        'to a folder, to upload later\n')
 
 
 def _training_checkpoint(run: Path) -> Path:

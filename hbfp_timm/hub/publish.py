@@ -13,9 +13,10 @@ from typing import Any, Mapping, Optional, Union
 
 import timm
 import torch.nn as nn
-from huggingface_hub import HfApi
+from huggingface_hub import HfApi, constants
 from timm.models import get_model_args, save_for_hf
 
+from ..models.pretrained import hub_reachable
 from ..utils.files import MODEL_NAME, follow_umask
 from .model_card import architecture, check_results, render_model_card
 from .weights import BACKBONE_WEIGHT_ARGS
@@ -101,7 +102,17 @@ def push_to_hub(
 
     Returns:
         The URL of the commit.
+
+    Raises:
+        ConnectionError: The Hub does not answer (no network, a proxy or firewall in the way); nothing is uploaded.
+            Under ``HF_HUB_OFFLINE=1`` huggingface_hub's own ``OfflineModeIsEnabled`` says so instead.
     """
+    # Without a network the HTTP client's own connection error (not an OSError with huggingface_hub >= 1) would
+    # escape as a traceback: one short probe says it first.
+    if not constants.HF_HUB_OFFLINE and not hub_reachable():
+        raise ConnectionError(f'{repo_id}: cannot reach the Hugging Face Hub at {constants.ENDPOINT} (no network, '
+                              'or a proxy or firewall in the way); nothing was uploaded. python -m hbfp_timm.hub save '
+                              'writes the same files to a folder, to upload later')
     api = HfApi(token=token, library_name='timm', library_version=timm.__version__)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     with tempfile.TemporaryDirectory() as folder:
