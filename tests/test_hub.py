@@ -387,6 +387,18 @@ def test_cli_notes_and_thresholds_that_cannot_be_read_are_one_line_naming_the_fl
         assert 'Errno' not in err and not out.exists()
 
 
+def test_cli_save_to_a_file_is_one_line_naming_the_output_folder(run_dir, tmp_path, capsys):
+    """An output folder that is a file, or lies under one, was '[Errno 17] File exists' with exit status 1."""
+    (tmp_path / 'taken.jpg').write_bytes(b'an image')
+    for out, expected in (
+            (tmp_path / 'taken.jpg', f"out: {tmp_path / 'taken.jpg'} is a file; expected a folder (created if missing)"),
+            (tmp_path / 'taken.jpg' / 'hub', f"out: {tmp_path / 'taken.jpg' / 'hub'} cannot be created: "
+                                             f"{tmp_path / 'taken.jpg'} is a file; expected a folder")):
+        assert hub_cli.main(['save', str(run_dir), str(out)]) == 2
+        assert capsys.readouterr().err == f'python -m hbfp_timm.hub: error: {expected}\n'
+    assert (tmp_path / 'taken.jpg').read_bytes() == b'an image'
+
+
 def test_cli_push_uploads_a_run_directory(run_dir, fake_hub, capsys):
     endpoint, received = fake_hub
     assert hub_cli.main(['push', str(run_dir), '--repo-id', 'someteam/run7', '--token', 'hf_fake_token']) == 0

@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 
 from huggingface_hub.errors import HfHubHTTPError
 
-from ..commands import exit_code, one_line
+from ..commands import exit_code, one_line, output_folder
 from ..metrics.verification import THRESHOLDS_NAME, read_thresholds
 from ..models.pretrained import CheckpointMismatchError
 from .publish import push_to_hub, save_pretrained
@@ -75,6 +75,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                   "set's terms)")
     args = parser.parse_args(argv)
     try:
+        out = output_folder('out', args.out) if args.command == 'save' else None  # a file in the way: before any work
         notes = _read_notes(args.notes) if args.notes else None
         model, results = load_run(args.run)
         if args.dataset:
@@ -85,7 +86,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         elif (run_folder / THRESHOLDS_NAME).is_file():
             results = dict(results, thresholds=read_thresholds(run_folder / THRESHOLDS_NAME))
         if args.command == 'save':
-            print(save_pretrained(model, args.out, results, notes=notes, license=args.license))
+            print(save_pretrained(model, out, results, notes=notes, license=args.license))
         else:
             print(push_to_hub(model, args.repo_id, results, private=args.private, token=args.token,
                               commit_message=args.commit_message, notes=notes, license=args.license))
