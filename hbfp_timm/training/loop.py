@@ -33,8 +33,8 @@ from .determinism import epoch_seeds, rng_states, set_rng_states
 from .distributed import BranchForward, init_distributed, resolve_device
 from .losses import HBFPLoss
 from .prepare import (
-    build_model, check_images, check_input_size, check_queries, check_resume_fits, output_dir, prepare_output,
-    read_dataset, remove_earlier_outputs,
+    build_model, check_identities, check_images, check_input_size, check_queries, check_resume_fits, output_dir,
+    prepare_output, read_dataset, remove_earlier_outputs,
 )
 from .schedule import ConstantThenExponentialDecay
 
@@ -118,6 +118,7 @@ def _train(cfg: TrainConfig, command: List[str], rank: int, world_size: int, loc
 
     dataset = read_dataset(cfg)
     eval_sets = read_eval_datasets(cfg)
+    check_identities(dataset, cfg)
     notes = [check_queries(dataset, 'data_root', f'{cfg.dataset} at {cfg.data_root}'),
              *(check_queries(eval_set, 'eval_data_roots', root) for root, eval_set in eval_sets)]
     if is_main:

@@ -27,8 +27,8 @@ from .config import TrainConfig, TrainSetupError
 
 __all__ = [
     'RUN_FILES', 'output_dir', 'missing_folders', 'remove_created_folders', 'check_no_earlier_run',
-    'remove_earlier_outputs', 'prepare_output', 'read_dataset', 'check_queries', 'check_images', 'build_model',
-    'check_input_size', 'check_resume_fits',
+    'remove_earlier_outputs', 'prepare_output', 'read_dataset', 'check_identities', 'check_queries', 'check_images',
+    'build_model', 'check_input_size', 'check_resume_fits',
 ]
 
 # Unreadable images named in the error line; the rest are counted.
@@ -154,6 +154,23 @@ def read_dataset(cfg: TrainConfig) -> ReIDDataset:
         return build_dataset(cfg.dataset, cfg.data_root)
     except (FileNotFoundError, ValueError) as exc:
         raise TrainSetupError(f'data_root: {exc}') from exc
+
+
+def check_identities(dataset: ReIDDataset, cfg: TrainConfig) -> None:
+    """Refuse PK batches of more identities than the training split has (P = batch_size / num_instances).
+
+    Raises:
+        TrainSetupError: Too few training identities, naming ``batch_size`` and the largest that fits.
+    """
+    num_pids, per_batch = dataset.num_train_pids, cfg.batch_size // cfg.num_instances
+    if num_pids >= per_batch:
+        return
+    fits = (f'expected batch_size at most {num_pids} x num_instances = {num_pids * cfg.num_instances}'
+            if num_pids >= 2 else 'PK batches need at least two training identities')
+    raise TrainSetupError(
+        f'batch_size: {cfg.dataset} at {cfg.data_root} has {num_pids} training '
+        f'identit{"y" if num_pids == 1 else "ies"}, too few for batches of P={per_batch} identities (batch_size '
+        f'{cfg.batch_size} / num_instances {cfg.num_instances}); {fits}')
 
 
 def check_queries(dataset: ReIDDataset, field: str, name: str) -> Optional[str]:
