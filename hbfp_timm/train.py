@@ -3,6 +3,7 @@
 The trainer lives in :mod:`hbfp_timm.training` (configuration, schedule, checkpoints, loop, command line); this
 module is its command-line entry point and keeps the names importable from ``hbfp_timm.train``.
 """
+from .commands import run_command
 from .training import (
     BEST_MODEL_NAME, CHECKPOINT_NAME, MODEL_NAME, RESULTS_NAME, ConstantThenExponentialDecay, TrainConfig,
     TrainSetupError, build_parser, descriptor_state_dict, main, train,
@@ -14,4 +15,4 @@ __all__ = [
 ]
 
 if __name__ == '__main__':
-    main()
+    run_command(lambda: main() and 0)  # warnings as one line each; exit status 0 after a run (main returns results)

@@ -2,8 +2,13 @@
 mapping, and the whole pipeline end to end on a tiny synthetic set (in-process, on the CPU)."""
 import hashlib
 import json
+import os
+import shutil
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,6 +122,23 @@ def test_malformed_data_root_names_the_offending_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.count('\n') == 1
     assert 'person7.jpg' in err and '0002_c1s1_000451_03.jpg' in err
+
+
+def test_the_command_shows_a_data_warning_as_one_line_without_python_source(tmp_path):
+    generate_synthetic_dataset(tmp_path / 'data', num_ids=4, num_cams=2, images_per_id=4, height=64, width=32,
+                               progress=False)
+    image = next((tmp_path / 'data' / 'query').iterdir())
+    (tmp_path / 'data' / 'query' / 'later').mkdir()
+    shutil.copy(image, tmp_path / 'data' / 'query' / 'later' / image.name)
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get('PYTHONPATH', '')]))
+    done = subprocess.run([sys.executable, '-m', 'benchmarks.market', '--data-root', str(tmp_path / 'data'),
+                           '--pretrained', '--model', 'hbfp_resnet18', '--output', str(tmp_path / 'out')],
+                          env=env, capture_output=True, text=True, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and 'UserWarning' not in done.stderr, done.stderr
+    assert lines[0].startswith(f'warning: {tmp_path / "data" / "query"}: skipped 1 image in subfolders (later/);')
+    assert lines[-1].startswith('error: --pretrained hbfp_resnet18: ')
 
 
 @pytest.fixture(scope='module')

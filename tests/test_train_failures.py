@@ -258,6 +258,21 @@ def test_a_decompression_bomb_is_named_before_training(data_root, tmp_path, caps
     assert code == 2 and f'{first} (too large to decode safely (Image size (2048 pixels) exceeds limit' in line
 
 
+def test_the_command_shows_a_data_warning_as_one_line_without_python_source(own_copy, tmp_path):
+    image = next((own_copy / 'query').iterdir())
+    (own_copy / 'query' / 'later').mkdir()
+    shutil.copy(image, own_copy / 'query' / 'later' / image.name)  # not read: one warning names the subfolder
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]))
+    done = subprocess.run([sys.executable, '-m', 'hbfp_timm.train', *_argv(own_copy, tmp_path / 'out', '--batch-size',
+                                                                            '16')],
+                          env=env, capture_output=True, text=True, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 2, done.stderr
+    assert lines[0] == (f'warning: {own_copy / "query"}: skipped 1 image in subfolders (later/); a split folder of '
+                        'the Market-1501 layout holds its images directly: move them up to read them')
+    assert lines[1].startswith(f'{PROG}: error: --batch-size: ')
+
+
 def test_a_gallery_without_the_query_identities_is_refused_before_training(own_copy, tmp_path, capsys):
     query_pids = {path.name.split('_')[0] for path in (own_copy / 'query').iterdir()}
     for path in (own_copy / 'bounding_box_test').iterdir():
