@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from hbfp_timm import FeatureExtractor
+from hbfp_timm import FeatureExtractor, embed
 from hbfp_timm.data import build_test_transform
 from hbfp_timm.hub import save_pretrained
 
@@ -132,6 +132,20 @@ def test_bad_models_are_a_clear_error(model, tmp_path):
         FeatureExtractor(run, checkpoint=run / 'model.safetensors', device='cpu')
     with pytest.raises(ValueError, match='batch_size'):
         FeatureExtractor(model, device='cpu', batch_size=0)
+
+
+def test_a_device_that_does_not_exist_is_one_line_naming_device(model, images, tmp_path, capsys):
+    """--device foo, or a GPU this machine does not have, was torch's RuntimeError as a traceback."""
+    with pytest.raises(ValueError, match=r"^device: expected 'cpu', 'cuda' or 'cuda:N', got 'foo'$"):
+        FeatureExtractor(model, device='foo')
+    # Past every machine's GPU count: no CUDA at all, or too few devices; either way before any work.
+    with pytest.raises(ValueError, match=r'^device: cuda:99 requested but (CUDA is not available|\d+ CUDA device)'):
+        FeatureExtractor(model, device='cuda:99')
+    run = write_run(tmp_path / 'run', model)
+    assert embed.main([str(images[0]), '--model', str(run), '--output', str(tmp_path / 'e.safetensors'),
+                       '--device', 'foo']) == 2
+    assert capsys.readouterr().err == ("python -m hbfp_timm.embed: error: device: expected 'cpu', 'cuda' or "
+                                       "'cuda:N', got 'foo'\n")
 
 
 def test_a_misspelt_model_name_gets_a_suggestion(tmp_path):

@@ -113,6 +113,26 @@ def load_model(
     return module.eval(), trained_input_size(checkpoint)
 
 
+def _resolve_device(device: Optional[Union[str, torch.device]]) -> torch.device:
+    """The device a `FeatureExtractor` runs on: `device`, checked (ValueError naming ``device`` for a name torch
+    does not know, CUDA where there is none, a GPU index that is not visible), or CUDA when available, else the
+    CPU."""
+    if device is None:
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if resolved.type == 'cuda':
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f'device: {device} requested but CUDA is not available on this machine; use cpu')
+        if (resolved.index or 0) >= count:
+            raise ValueError(f'device: {device} requested but {count} CUDA device{"" if count == 1 else "s"} '
+                             f'{"is" if count == 1 else "are"} visible (cuda:0 to cuda:{count - 1})')
+    return resolved
+
+
 def _check_array(array: np.ndarray, where: str) -> None:
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
         raise ValueError(f'{where}: expected an HxWx3 uint8 RGB array, got shape {array.shape} dtype {array.dtype}')
@@ -155,7 +175,7 @@ class FeatureExtractor:
             raise ValueError(f'batch_size: expected a positive integer, got {batch_size!r}')
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
             raise ValueError(f'workers: expected a non-negative integer, got {workers!r}')
-        self.device = torch.device(device if device is not None else ('cuda' if torch.cuda.is_available() else 'cpu'))
+        self.device = _resolve_device(device)
         self.model, run_img_size = load_model(model, checkpoint, model_args, pretrained=pretrained)
         self.model.to(self.device)
         cfg = getattr(self.model, 'pretrained_cfg', None) or {}
