@@ -168,3 +168,23 @@ def test_the_picture_draws_same_camera_matches_apart_as_the_protocol_does_not_sc
     cell_w, gap, label_h = 64 + 8, 12, 16
     borders = [tuple(pixels[label_h + 1, (cell_w + gap) * rank + gap + 1]) for rank in (1, 2, 3)]
     assert borders == [SAME_CAMERA_COLOUR, MATCH_COLOUR, MISMATCH_COLOUR]
+
+
+def test_an_embeddings_file_is_searched_from_another_folder_and_own_files_are_left_out_however_spelt(
+        run, tmp_path, monkeypatch, capsys):
+    """Embedded with a relative folder, the file kept relative paths: searched from another working folder, drawing
+    ranking.png failed on '[Errno 2] No such file or directory'; the same folder spelt otherwise on the other side
+    found each query itself at distance 0."""
+    paths = write_images(tmp_path / 'photos', [f'{i}.png' for i in range(4)], seed=5)
+    monkeypatch.chdir(tmp_path)
+    assert embed_main(['photos', '--model', str(run), '--output', 'g.safetensors', '--device', 'cpu',
+                       '--workers', '0']) == 0
+    (tmp_path / 'elsewhere').mkdir()
+    monkeypatch.chdir(tmp_path / 'elsewhere')
+    assert main(['--query', str(tmp_path / 'photos'), '--gallery', '../g.safetensors', '--model', str(run),
+                 '--output', 'out', '--device', 'cpu', '--workers', '0']) == 0, capsys.readouterr().err
+    ranking = json.loads((tmp_path / 'elsewhere' / 'out' / 'ranking.json').read_text())
+    for entry, path in zip(ranking['queries'], paths):
+        assert entry['query'] == str(path)
+        assert sorted(r['path'] for r in entry['results']) == sorted(str(p) for p in paths if p != path)
+    assert (tmp_path / 'elsewhere' / 'out' / 'ranking.png').is_file()

@@ -5,7 +5,9 @@ image through a :class:`.extractor.FeatureExtractor`), and the embeddings file o
 The file is safetensors, holding
 
 * ``features``: (N, D) descriptors (float32, or float16 with ``half``);
-* ``paths``: the N image paths, UTF-8, one per line, as a uint8 tensor (no header size limit for large galleries);
+* ``paths``: the N image paths (absolute, so that the file is searched from any working folder and a query's
+  own file is told apart however its folder was spelt), UTF-8, one per line, as a uint8 tensor (no header size
+  limit for large galleries);
 * ``pids`` / ``camids``: (N,) int64 identities and cameras, when the list file gives them or every file name
   follows a data set's naming scheme (Market-1501, DukeMTMC-reID, CUHK03-NP, MSMT17);
 
@@ -102,7 +104,8 @@ def embed(source: PathLike, extractor: FeatureExtractor, half: bool = False, mod
     `model_name`, `checkpoint`, `untrained` and `model_args` are what the extractor was built from (its model as
     named, the weights file loaded into it, whether it was built without trained weights, the constructor
     arguments of a registered name), recorded in the metadata; without any of them, the metadata do not say which
-    weights made them, only the digest of the weights the extractor holds (`weights_sha256`).
+    weights made them, only the digest of the weights the extractor holds (`weights_sha256`). The paths are made
+    absolute (not resolved: a link keeps its name).
     With `skip_bad_images`, images that cannot be decoded are left out and listed (`skip_unreadable`);
     otherwise the first one stops the run with an error naming it.
     """
@@ -120,7 +123,8 @@ def embed(source: PathLike, extractor: FeatureExtractor, half: bool = False, mod
                         model_args=model_args_metadata(model_args))
     metadata['weights_sha256'] = weights
     as_ids = (lambda ids: torch.as_tensor(ids, dtype=torch.int64) if ids is not None else None)
-    return Embeddings(features.half() if half else features, listing.paths, as_ids(listing.pids),
+    paths = [os.path.abspath(path) for path in listing.paths]
+    return Embeddings(features.half() if half else features, paths, as_ids(listing.pids),
                       as_ids(listing.camids), metadata), seconds
 
 
