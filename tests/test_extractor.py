@@ -148,6 +148,13 @@ def test_a_device_that_does_not_exist_is_one_line_naming_device(model, images, t
                                        "'cuda:N', got 'foo'\n")
 
 
+def test_a_constructor_argument_the_model_does_not_take_is_one_line_naming_model_args():
+    """--model-arg nonsense=3 was 'HBFPNet.__init__() got an unexpected keyword argument' without the flag."""
+    message = r"^model_args: cannot build hbfp_resnet18 with \{.*'nonsense': 3\} \(HBFPNet.*'nonsense'"
+    with pytest.raises(ValueError, match=message):
+        FeatureExtractor('hbfp_resnet18', device='cpu', pretrained=False, model_args=dict(TINY_ARGS, nonsense=3))
+
+
 def test_a_misspelt_model_name_gets_a_suggestion(tmp_path):
     with pytest.raises(ValueError, match=r"'hbfp_resnet5' is neither .*; did you mean 'hbfp_resnet50'"):
         FeatureExtractor('hbfp_resnet5', device='cpu')

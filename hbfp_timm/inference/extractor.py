@@ -102,15 +102,26 @@ def load_model(
                              f'checkpoint or a Hub source ({name})')
         if name.startswith('hbfp_'):
             kwargs.update(BACKBONE_WEIGHT_ARGS)
-        return timm.create_model(name, pretrained=False, **kwargs).eval(), None
+        return _create_model(name, False, kwargs, model_args).eval(), None
     if checkpoint is None:
-        module = timm.create_model(name, pretrained=True, **kwargs)
+        module = _create_model(name, True, kwargs, model_args)
         return module.eval(), None
     # The checkpoint holds every weight: no ImageNet backbone weights are fetched first.
     if timm.is_model(name) and name.startswith('hbfp_'):
         kwargs.update(BACKBONE_WEIGHT_ARGS)
-    module = load_checkpoint(timm.create_model(name, pretrained=False, **kwargs), checkpoint)
+    module = load_checkpoint(_create_model(name, False, kwargs, model_args), checkpoint)
     return module.eval(), trained_input_size(checkpoint)
+
+
+def _create_model(name: str, pretrained: bool, kwargs: Dict[str, Any],
+                  model_args: Optional[Dict[str, Any]]) -> nn.Module:
+    """``timm.create_model`` with constructor arguments the model does not take (`model_args`) said in one line."""
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except TypeError as error:
+        if not model_args:
+            raise
+        raise ValueError(f'model_args: cannot build {name} with {model_args} ({error})') from None
 
 
 def _resolve_device(device: Optional[Union[str, torch.device]]) -> torch.device:
