@@ -11,9 +11,10 @@ from safetensors.torch import save_file
 
 from hbfp_timm import FeatureExtractor, embed
 from hbfp_timm.data import build_test_transform
-from hbfp_timm.hub import save_pretrained
+from hbfp_timm.hub import WeightsNotFoundError, save_pretrained
 
 from conftest import DEVICES
+from hub_fixtures import hub_cache  # noqa: F401  (fixture)
 from tiny_models import TINY_ARGS, TINY_SIZE, single_thread, tiny_model, write_images, write_run  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures('single_thread')
@@ -153,6 +154,18 @@ def test_a_constructor_argument_the_model_does_not_take_is_one_line_naming_model
     message = r"^model_args: cannot build hbfp_resnet18 with \{.*'nonsense': 3\} \(HBFPNet.*'nonsense'"
     with pytest.raises(ValueError, match=message):
         FeatureExtractor('hbfp_resnet18', device='cpu', pretrained=False, model_args=dict(TINY_ARGS, nonsense=3))
+
+
+def test_weights_of_a_plain_timm_model_that_the_hub_cannot_give_are_one_line_naming_the_model(hub_cache):
+    """--model resnet18 offline and not cached was huggingface_hub's 'An error happened while trying to locate the
+    file on the Hub ...', naming neither the model nor a way out."""
+    with pytest.raises(WeightsNotFoundError) as info:
+        FeatureExtractor('resnet18', device='cpu')
+    assert str(info.value) == (
+        "model: resnet18: timm's pretrained weights of this model cannot be loaded: they are not in the local Hugging "
+        'Face cache and the Hub cannot be reached (HF_HUB_OFFLINE=1 or no network); load them once with a network, '
+        'give a local weights file (checkpoint, --checkpoint in the commands), or build it untrained '
+        '(pretrained=False, --untrained)')
 
 
 def test_a_misspelt_model_name_gets_a_suggestion(tmp_path):

@@ -11,6 +11,7 @@ Images are preprocessed exactly as the evaluation does (`hbfp_timm.data.build_te
 RGB, resized (stretched, no aspect-preserving crop) to the model's input size, normalised with its mean and
 std. Those come from the model's ``pretrained_cfg`` or, for a run directory, from the size it was trained at.
 """
+import contextlib
 import difflib
 import os
 import warnings
@@ -21,6 +22,7 @@ import numpy as np
 import timm
 import torch
 import torch.nn as nn
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import DataLoader
@@ -28,7 +30,7 @@ from torch.utils.data import DataLoader
 from ..data.datasets import ImageDataset
 from ..data.transforms import build_test_transform
 from ..hub.weights import BACKBONE_WEIGHT_ARGS, load_checkpoint, load_run
-from ..models.pretrained import trained_input_size
+from ..models.pretrained import WeightsNotFoundError, offline_if_hub_unreachable, trained_input_size
 from ..utils.files import RESULTS_NAME
 from ..utils.progress import progress
 from .features import describe_batch, unwrap_model
@@ -115,13 +117,28 @@ def load_model(
 
 def _create_model(name: str, pretrained: bool, kwargs: Dict[str, Any],
                   model_args: Optional[Dict[str, Any]]) -> nn.Module:
-    """``timm.create_model`` with constructor arguments the model does not take (`model_args`) said in one line."""
+    """``timm.create_model`` with its failures said in one line: constructor arguments the model does not take
+    (`model_args`), and the pretrained weights of a timm model of another family (an ImageNet ``resnet50``) that
+    the Hub cannot give; after one short probe of the Hub rather than huggingface_hub's retries of about 50 s.
+    The HBFP models say their own (`hbfp_timm.models.pretrained.explain_pretrained_errors`)."""
+    other_family = pretrained and not name.startswith(('hbfp_',) + HUB_PREFIXES)
     try:
-        return timm.create_model(name, pretrained=pretrained, **kwargs)
+        with offline_if_hub_unreachable() if other_family else contextlib.nullcontext():
+            return timm.create_model(name, pretrained=pretrained, **kwargs)
     except TypeError as error:
         if not model_args:
             raise
         raise ValueError(f'model_args: cannot build {name} with {model_args} ({error})') from None
+    except (HfHubHTTPError, EntryNotFoundError, OfflineModeIsEnabled) as error:
+        if not other_family:
+            raise
+        why = ('they are not in the local Hugging Face cache and the Hub cannot be reached (HF_HUB_OFFLINE=1 or no '
+               'network)' if isinstance(error, (OfflineModeIsEnabled, FileNotFoundError))
+               else f'the Hub answered {type(error).__name__}')
+        raise WeightsNotFoundError(
+            f"model: {name}: timm's pretrained weights of this model cannot be loaded: {why}; load them once with a "
+            'network, give a local weights file (checkpoint, --checkpoint in the commands), or build it untrained '
+            '(pretrained=False, --untrained)') from None
 
 
 def _resolve_device(device: Optional[Union[str, torch.device]]) -> torch.device:
