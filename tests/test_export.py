@@ -114,3 +114,19 @@ def test_export_onnx_without_the_exporter_packages_names_them(small_model, tmp_p
     with pytest.raises(ImportError, match=r'missing: onnxscript.*pip install onnx onnxscript'):
         export_onnx(small_model, tmp_path / 'model.onnx', img_size=IMG_SIZE)
     assert not (tmp_path / 'model.onnx').exists()
+
+
+def test_a_dynamic_batch_example_of_one_image_and_an_onnx_path_that_cannot_be_written_are_said_before_exporting(
+        small_model, tmp_path):
+    """batch_size=1 was torch.export's 'Constraints violated (batch)!'; a folder as the path failed with
+    IsADirectoryError after the whole export, a path under a file with '[Errno 17] File exists'."""
+    for export in (export_program, lambda model, **kwargs: export_onnx(model, tmp_path / 'm.onnx', **kwargs)):
+        with pytest.raises(ValueError, match=r'^batch_size: expected an integer >= 2 for the example input of a '
+                                             r'dynamic batch .*got 1$'):
+            export(small_model, img_size=IMG_SIZE, batch_size=1)
+    (tmp_path / 'taken.txt').write_text('a file')
+    with pytest.raises(ValueError, match=rf'^path: {tmp_path} is a folder; expected the \.onnx file to write$'):
+        export_onnx(small_model, tmp_path, img_size=IMG_SIZE)
+    with pytest.raises(ValueError, match=r'^path: .*taken\.txt/m\.onnx cannot be written: .*taken\.txt is a file'):
+        export_onnx(small_model, tmp_path / 'taken.txt' / 'm.onnx', img_size=IMG_SIZE)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['taken.txt']

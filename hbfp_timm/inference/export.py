@@ -21,6 +21,16 @@ __all__ = ['export_program', 'export_onnx', 'ONNX_PACKAGES']
 ONNX_PACKAGES = ('onnx', 'onnxscript')
 
 
+def _check_batch(batch_size: int, dynamic_batch: bool) -> None:
+    """The example batch: positive, and 2 or more for a dynamic batch (torch.export specialises a batch of 1 to
+    the constant 1, and then refuses the dynamic dimension with a constraint violation)."""
+    least = 2 if dynamic_batch else 1
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < least:
+        raise ValueError(f'batch_size: expected an integer >= {least} for the example input'
+                         + (' of a dynamic batch (the exported graph still takes any batch; dynamic_batch=False '
+                            'fixes the batch size instead)' if dynamic_batch else '') + f', got {batch_size!r}')
+
+
 def _example_input(model: nn.Module, img_size: Optional[Tuple[int, int]], batch_size: int) -> torch.Tensor:
     if img_size is None:
         img_size = tuple(getattr(model, 'pretrained_cfg', {}).get('input_size', (3, 384, 128))[1:])
@@ -42,12 +52,17 @@ def export_program(
     Args:
         model: An HBFP-Net or any timm model.
         img_size: (H, W) of the example input; default the model's ``pretrained_cfg`` input size.
-        batch_size: Batch size of the example input (2 or more, so that a dynamic batch is not specialised).
+        batch_size: Batch size of the example input (2 or more with ``dynamic_batch``, so that the batch is not
+            specialised).
         dynamic_batch: Export the batch dimension as dynamic.
 
     Returns:
         The exported program; ``program.module()(x)`` runs it.
+
+    Raises:
+        ValueError: ``batch_size`` below 2 with ``dynamic_batch`` (below 1 without).
     """
+    _check_batch(batch_size, dynamic_batch)
     model.eval()
     example = _example_input(model, img_size, batch_size)
     dynamic_shapes = {'x': {0: Dim('batch', min=1, max=65536)}} if dynamic_batch else None
@@ -69,7 +84,7 @@ def export_onnx(
         model: An HBFP-Net or any timm model; put in eval mode.
         path: Output ``.onnx`` file.
         img_size: (H, W) of the example input; default the model's ``pretrained_cfg`` input size.
-        batch_size: Batch size of the example input.
+        batch_size: Batch size of the example input (2 or more with ``dynamic_batch``).
         dynamic_batch: Make the batch dimension dynamic in the ONNX graph.
         opset_version: ONNX opset; default the exporter's.
 
@@ -78,13 +93,21 @@ def export_onnx(
 
     Raises:
         ImportError: When ``onnx`` or ``onnxscript`` is not installed (the exporter needs both).
+        ValueError: ``path`` is a folder or lies under a file, or ``batch_size`` is below 2 with ``dynamic_batch``;
+            both before any export work.
     """
     missing = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
     if missing:
         raise ImportError(
             f'export_onnx needs the packages {", ".join(ONNX_PACKAGES)} (missing: {", ".join(missing)}); '
             f'install them with `pip install {" ".join(ONNX_PACKAGES)}` (and onnxruntime to run the file)')
-    path = Path(path)
+    _check_batch(batch_size, dynamic_batch)
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ValueError(f'path: {path} is a folder; expected the .onnx file to write')
+    in_the_way = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+    if in_the_way is not None:
+        raise ValueError(f'path: {path} cannot be written: {in_the_way} is a file, not a folder')
     path.parent.mkdir(parents=True, exist_ok=True)
     model.eval()
     example = _example_input(model, img_size, batch_size)
