@@ -356,6 +356,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.topk < 1:
         parser.error(f'--topk: expected a positive integer, got {args.topk}')
+    if args.num_pictures < 0:
+        parser.error(f'--num-pictures: expected 0 (no picture) or a positive integer, got {args.num_pictures}')
     if args.threshold is not None and not 0 < args.threshold < float('inf'):
         parser.error(f'--threshold: expected a distance greater than 0, got {args.threshold}')
     extractor = None

@@ -123,6 +123,12 @@ def test_bad_input_is_one_line_with_a_nonzero_exit(run, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(['--query', 'q', '--gallery', 'g', '--output', 'o', '--topk', '0'])
     assert exit_info.value.code == 2
+    # A negative count was taken as 0: no picture, and nothing said.
+    with pytest.raises(SystemExit) as exit_info:
+        main(['--query', 'q', '--gallery', 'g', '--output', 'o', '--num-pictures', '-3'])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.endswith('error: --num-pictures: expected 0 (no picture) or a positive integer, '
+                                            'got -3\n')
 
 
 def test_unreadable_files_an_output_that_is_a_file_and_a_threshold_not_above_0_are_one_line(tmp_path, capsys):
