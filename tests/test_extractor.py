@@ -168,6 +168,14 @@ def test_weights_of_a_plain_timm_model_that_the_hub_cannot_give_are_one_line_nam
         '(pretrained=False, --untrained)')
 
 
+def test_an_input_size_too_small_for_the_model_is_one_line_naming_img_size(model, images):
+    """--img-size 8 4 was the model's own 'x: input 8x4 is too small', naming its forward's argument, once the images
+    had been read."""
+    with pytest.raises(ValueError, match=r'^img_size: 8x4 is too small for this model, whose backbone downsamples '
+                                         r'by 16; expected at least 16x16$'):
+        FeatureExtractor(model, device='cpu', img_size=(8, 4))
+
+
 def test_a_misspelt_model_name_gets_a_suggestion(tmp_path):
     with pytest.raises(ValueError, match=r"'hbfp_resnet5' is neither .*; did you mean 'hbfp_resnet50'"):
         FeatureExtractor('hbfp_resnet5', device='cpu')

@@ -214,6 +214,10 @@ class FeatureExtractor:
         if len(size) != 2 or any(not isinstance(s, (int, np.integer)) or s < 1 for s in size):
             raise ValueError(f'img_size: expected (height, width) positive integers, got {size!r}')
         self.img_size: Tuple[int, int] = (int(size[0]), int(size[1]))
+        least = getattr(unwrap_model(self.model), 'reduction', None)  # an HBFP model's smallest input side
+        if isinstance(least, int) and min(self.img_size) < least:
+            raise ValueError(f'img_size: {self.img_size[0]}x{self.img_size[1]} is too small for this model, whose '
+                             f'backbone downsamples by {least}; expected at least {least}x{least}')
         # The size the weights were trained at, when known: a run's, a checkpoint's (when its file or run folder
         # says), or that of weights loaded by name (their pretrained_cfg); a module passed in, a bare checkpoint
         # or an untrained model says nothing.
