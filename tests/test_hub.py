@@ -391,7 +391,8 @@ def test_cli_save_to_a_file_is_one_line_naming_the_output_folder(run_dir, tmp_pa
     """An output folder that is a file, or lies under one, was '[Errno 17] File exists' with exit status 1."""
     (tmp_path / 'taken.jpg').write_bytes(b'an image')
     for out, expected in (
-            (tmp_path / 'taken.jpg', f"out: {tmp_path / 'taken.jpg'} is a file; expected a folder (created if missing)"),
+            (tmp_path / 'taken.jpg',
+             f"out: {tmp_path / 'taken.jpg'} is a file; expected a folder (created if missing)"),
             (tmp_path / 'taken.jpg' / 'hub', f"out: {tmp_path / 'taken.jpg' / 'hub'} cannot be created: "
                                              f"{tmp_path / 'taken.jpg'} is a file; expected a folder")):
         assert hub_cli.main(['save', str(run_dir), str(out)]) == 2
