@@ -456,3 +456,22 @@ def test_image_dataset_reads_a_file_a_pil_image_and_an_array_alike(tmp_path):
     (from_file, pid, camid, path), (from_pil, *_, no_path), (from_array, *_) = (dataset[i] for i in range(3))
     assert (pid, camid, path, no_path) == (3, 1, str(tmp_path / 'a.png'), '')
     assert torch.equal(from_file, from_pil) and torch.equal(from_file, from_array)
+
+
+def test_sixteen_bit_grey_images_are_scaled_to_eight_bits_not_clipped(tmp_path):
+    """PIL's convert('RGB') clips 16-bit values at 255: a 16-bit PNG read that way is white wherever it is not
+    near black. Read by the dataset (files and images in memory) and drawn in pictures, it is scaled by 1/257."""
+    from hbfp_timm.data.datasets import to_rgb
+    values = np.array([[0, 257, 514], [30000, 65535, 1000]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / 'grey16.png')
+    expected = np.repeat((values // 257).astype(np.uint8)[..., None], 3, axis=2)
+    with Image.open(tmp_path / 'grey16.png') as image:
+        assert image.mode == 'I;16'
+        in_memory = image.copy()
+    for item in (str(tmp_path / 'grey16.png'), in_memory):
+        image, _, _, _ = ImageDataset([(item, 1, 0)])[0]
+        assert image.mode == 'RGB' and np.array_equal(np.asarray(image), expected)
+    # 32-bit integer grey holding 16-bit values, and 8-bit images, as PIL reads them.
+    assert np.array_equal(np.asarray(to_rgb(Image.fromarray(values.astype(np.int32), 'I'))), expected)
+    rgb = Image.new('RGB', (3, 2), (10, 200, 30))
+    assert np.array_equal(np.asarray(to_rgb(rgb)), np.asarray(rgb))

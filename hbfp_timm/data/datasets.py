@@ -37,7 +37,7 @@ from torch.utils.data import Dataset
 
 __all__ = [
     'Item', 'ReIDDataset', 'ImageDataset', 'ImageReadError', 'DATASET_NAMES', 'IMAGE_EXTENSIONS', 'build_dataset',
-    'market1501', 'dukemtmc', 'cuhk03', 'msmt17', 'market_layout',
+    'market1501', 'dukemtmc', 'cuhk03', 'msmt17', 'market_layout', 'to_rgb',
 ]
 
 Item = Tuple[str, int, int]
@@ -389,6 +389,20 @@ class ImageReadError(OSError):
     """An image that cannot be opened or decoded; the message starts with ``cannot read image <path>``."""
 
 
+# 16-bit and 32-bit integer grey modes: PIL's convert('RGB') clips their values at 255 (a 16-bit PNG turns white).
+_WIDE_GREY_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """`image` as 8-bit RGB; 16-bit grey images (``I;16``, and ``I`` with values up to 65535) are scaled to 8 bits
+    (divided by 257) first, rather than clipped at 255 as PIL's ``convert('RGB')`` does."""
+    if image.mode in _WIDE_GREY_MODES:
+        values = np.asarray(image, dtype=np.int64)
+        scale = 257 if values.size == 0 or values.max() <= 65535 else max(1, int(values.max()) // 255 + 1)
+        image = Image.fromarray((np.clip(values, 0, None) // scale).astype(np.uint8), 'L')
+    return image.convert('RGB')
+
+
 class ImageDataset(Dataset):
     """Torch dataset over (image, pid, camid) items; yields (image, pid, camid, path).
 
@@ -410,11 +424,11 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int) -> Tuple[Union[torch.Tensor, Image.Image], int, int, str]:
         path, pid, camid = self.items[index]
         if isinstance(path, (Image.Image, np.ndarray)):
-            image, path = (Image.fromarray(path) if isinstance(path, np.ndarray) else path).convert('RGB'), ''
+            image, path = to_rgb(Image.fromarray(path) if isinstance(path, np.ndarray) else path), ''
         else:
             try:
                 with Image.open(path) as image:
-                    image = image.convert('RGB')
+                    image = to_rgb(image)
             except (OSError, ValueError, Image.DecompressionBombError) as error:
                 raise ImageReadError(f'cannot read image {path}: {error}') from error
             path = str(path)

@@ -10,6 +10,8 @@ from typing import List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..data.datasets import to_rgb
+
 __all__ = [
     'MATCH_COLOUR', 'MISMATCH_COLOUR', 'QUERY_COLOUR', 'SAME_CAMERA_COLOUR', 'UNKNOWN_COLOUR', 'draw_ranking',
     'draw_ranked_lists', 'draw_cmc_curves',
@@ -28,7 +30,7 @@ BORDER, GAP, LABEL_HEIGHT, LEGEND_HEIGHT = 4, 12, 16, 22
 
 def _thumbnail(path: str, size: Tuple[int, int], colour: Tuple[int, int, int]) -> Image.Image:
     with Image.open(path) as image:
-        image = image.convert('RGB').resize(size, Image.BILINEAR)
+        image = to_rgb(image).resize(size, Image.BILINEAR)
     framed = Image.new('RGB', (size[0] + 2 * BORDER, size[1] + 2 * BORDER), colour)
     framed.paste(image, (BORDER, BORDER))
     return framed
