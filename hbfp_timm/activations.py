@@ -209,7 +209,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except USER_ERRORS as error:
         print(f'{parser.prog}: error: {one_line(error)}', file=sys.stderr)
         return exit_code(error)
-    print(f'wrote {len(written)} activation map pictures to {args.output}')
+    print(f'wrote {len(written)} activation map picture{"" if len(written) == 1 else "s"} to {args.output}')
     return 0
 
 

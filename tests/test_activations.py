@@ -83,6 +83,9 @@ def test_command_draws_one_picture_per_image(tmp_path, capsys):
     pixels = np.asarray(Image.open(pictures[0]).convert('RGB'))
     assert (pixels[..., 2] > 200).any() and (pixels[..., 0] > 200).any()  # the jet colour bar and overlays
     assert 'wrote 3 activation map pictures' in capsys.readouterr().out
+    assert main([str(tmp_path / 'crops'), '--model', str(run), '--output', str(tmp_path / 'one'),
+                 '--max-images', '1', '--device', 'cpu']) == 0
+    assert f'wrote 1 activation map picture to {tmp_path / "one"}' in capsys.readouterr().out
 
 
 @pytest.mark.parametrize('flag', [['--flip'], ['--amp'], ['--workers', '2'], ['--batch-size', '4']])
