@@ -13,7 +13,8 @@ epoch it checks the arguments, the output folder, the data set (every image chea
 input size, identities); it says what it will write and, at the end, what it wrote. An output folder that holds
 another run is refused by the command line (``--overwrite`` replaces it); a run that replaces one removes its files,
 ``thresholds.json`` included, once the checks have passed, and a resumed run removes its ``thresholds.json`` (the
-weights change). Writes to ``--output`` (a resumed run: the folder of its checkpoint):
+weights change). Writes to ``--output`` (a resumed run: the folder of its checkpoint, or ``--output``, where the
+run's ``best.safetensors`` is copied):
 
 * ``checkpoint.pt``: resumable state (model, optimizer, scheduler, grad scaler, epoch, RNG states, history),
   rewritten atomically every ``--checkpoint-every`` epochs (default 1) and after the last; ``--resume``

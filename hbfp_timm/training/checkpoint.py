@@ -7,7 +7,9 @@ from typing import Any, Dict, Optional
 
 import torch
 import torch.nn as nn
+from safetensors import safe_open
 from safetensors.torch import save_file
+from tqdm import tqdm
 
 from ..utils.files import MODEL_NAME, RESULTS_NAME, atomic_write, format_size
 from .config import TrainSetupError
@@ -15,7 +17,7 @@ from .config import TrainSetupError
 __all__ = [
     'CHECKPOINT_NAME', 'RESULTS_NAME', 'MODEL_NAME', 'BEST_MODEL_NAME', 'OUTPUT_NAMES', 'write_json',
     'descriptor_state_dict', 'save_descriptor_model', 'save_checkpoint', 'load_train_state', 'planned_outputs',
-    'describe_outputs',
+    'describe_outputs', 'resume_best_model',
 ]
 
 CHECKPOINT_NAME = 'checkpoint.pt'
@@ -72,6 +74,57 @@ def load_train_state(path_or_dir: str, model_name: Optional[str] = None) -> Dict
     if model_name is not None and checkpoint.get('model_name') != model_name:
         raise TrainSetupError(f'resume: {path} holds a {checkpoint.get("model_name")!r} model, not {model_name!r}')
     return checkpoint
+
+
+def _saved_epoch(path: Path) -> Optional[int]:
+    """The epoch recorded in the metadata of a descriptor weights file; None where it is missing or unreadable."""
+    try:
+        with safe_open(str(path), 'pt') as weights:
+            return int((weights.metadata() or {})['epoch'])
+    except Exception:  # a missing, truncated or foreign file: it holds no epoch of this run
+        return None
+
+
+def resume_best_model(resume_folder: Path, output: Path, best: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """Line up ``best.safetensors`` with the resumed checkpoint's record of its best evaluation, and return the
+    record the run goes on with.
+
+    The resumed run compares its evaluations with the checkpoint's best, so its output folder must hold that
+    evaluation's weights. Resuming into another ``--output`` copies them there. A best model of an evaluation made
+    after the checkpoint was written (a run stopped between the two, or ``--checkpoint-every`` above
+    ``--eval-every``) belongs to epochs that the resumed run trains again: it is removed from the resumed folder,
+    and the best evaluation is then tracked from the resumed epochs on (each is said in one line).
+
+    Args:
+        resume_folder: The folder of the checkpoint being resumed.
+        output: The resumed run's output folder (``resume_folder`` itself or another).
+        best: The checkpoint's best evaluation (``results['best']``), or None if it has none.
+
+    Returns:
+        ``best``, or None when its weights are gone.
+
+    Raises:
+        TrainSetupError: The weights cannot be copied into ``output``.
+    """
+    source = resume_folder / BEST_MODEL_NAME
+    in_place = resume_folder.absolute().resolve() == output.absolute().resolve()
+    saved = _saved_epoch(source) if source.is_file() else None
+    if best is not None and saved == best['epoch']:
+        if not in_place:
+            try:
+                atomic_write(output / BEST_MODEL_NAME, lambda tmp_name: shutil.copyfile(source, tmp_name))
+            except OSError as exc:
+                raise TrainSetupError(f'output: cannot copy {source} ({exc.strerror or exc})') from None
+            tqdm.write(f'copied {source} (the best evaluation so far, epoch {saved}) to {output}')
+        return best
+    if in_place and source.is_file():
+        source.unlink()
+        tqdm.write(f'removed {source}: it holds epoch {saved if saved is not None else "?"}, not the checkpoint\'s '
+                   f'best evaluation, and the resumed run trains those epochs again')
+    if best is not None:
+        tqdm.write(f'note: the weights of the best evaluation so far (epoch {best["epoch"]}) are not in '
+                   f'{resume_folder}; {BEST_MODEL_NAME} will hold the best of the evaluations from here on')
+    return None
 
 
 def _tensor_bytes(tensors) -> int:

@@ -25,7 +25,7 @@ from ..metrics.evaluation import evaluate
 from ..utils.progress import progress
 from .checkpoint import (
     BEST_MODEL_NAME, CHECKPOINT_NAME, MODEL_NAME, RESULTS_NAME, describe_outputs, load_train_state, planned_outputs,
-    save_checkpoint, save_descriptor_model, write_json,
+    resume_best_model, save_checkpoint, save_descriptor_model, write_json,
 )
 from .config import DEVICE_DEFAULTS, TrainConfig, TrainSetupError, validate_config
 from .cross_domain import cross_domain_line, evaluate_cross_domain, read_eval_datasets
@@ -34,7 +34,7 @@ from .distributed import BranchForward, init_distributed, resolve_device
 from .losses import HBFPLoss
 from .prepare import (
     build_model, check_identities, check_images, check_input_size, check_queries, check_resume_fits, output_dir,
-    prepare_output, read_dataset, remove_earlier_outputs,
+    prepare_output, read_dataset, remove_earlier_outputs, resume_folder,
 )
 from .schedule import ConstantThenExponentialDecay
 
@@ -173,6 +173,8 @@ def _train(cfg: TrainConfig, command: List[str], rank: int, world_size: int, loc
         results['resumed_from'] = previous.get('resumed_from', []) + [{'epoch': start_epoch, 'command': command}]
     if is_main:
         remove_earlier_outputs(output, cfg)
+        if checkpoint is not None:
+            results['best'] = resume_best_model(resume_folder(cfg.resume), output, results['best'])
         tqdm.write(planned_outputs(model, output, cfg.checkpoint_every))
 
     channels_last = _speed_option(cfg.channels_last, 'channels_last', device)

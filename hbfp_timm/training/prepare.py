@@ -28,7 +28,7 @@ from .config import TrainConfig, TrainSetupError
 __all__ = [
     'RUN_FILES', 'output_dir', 'missing_folders', 'remove_created_folders', 'check_no_earlier_run',
     'remove_earlier_outputs', 'prepare_output', 'read_dataset', 'check_identities', 'check_queries', 'check_images',
-    'build_model', 'check_input_size', 'check_resume_fits',
+    'build_model', 'check_input_size', 'check_resume_fits', 'resume_folder',
 ]
 
 # Unreadable images named in the error line; the rest are counted.
@@ -43,9 +43,14 @@ def output_dir(cfg: TrainConfig) -> Path:
     if cfg.output:
         return Path(cfg.output).expanduser()
     if cfg.resume:
-        resume = Path(cfg.resume).expanduser()
-        return resume if resume.is_dir() else resume.parent
+        return resume_folder(cfg.resume)
     return Path('runs') / f'{cfg.model}_{cfg.dataset}'
+
+
+def resume_folder(resume: str) -> Path:
+    """The run folder of a ``--resume`` value: the folder itself, or the folder of the checkpoint file named."""
+    path = Path(resume).expanduser()
+    return path if path.is_dir() else path.parent
 
 
 def missing_folders(folder: Path) -> List[Path]:
@@ -75,8 +80,7 @@ def _resumes_in_place(cfg: TrainConfig, folder: Path) -> bool:
     """Whether the run continues the checkpoint of ``folder`` itself (``--resume`` names that folder)."""
     if not cfg.resume:
         return False
-    resume = Path(cfg.resume).expanduser()
-    return (resume if resume.is_dir() else resume.parent).absolute().resolve() == folder.absolute().resolve()
+    return resume_folder(cfg.resume).absolute().resolve() == folder.absolute().resolve()
 
 
 def check_no_earlier_run(cfg: TrainConfig, folder: Path) -> None:
