@@ -148,6 +148,11 @@ def one_line(error: BaseException) -> str:
     return ' '.join(' '.join(lines).split())
 
 
+# The first characters of a number, tuple, list, dict or quoted string: a --model-arg value that starts with one and
+# does not parse is a typo, not a string.
+LITERAL_STARTS = frozenset('([{\'"0123456789+-.')
+
+
 def parse_model_arg(text: str) -> Tuple[str, Any]:
     """``KEY=VALUE`` of ``--model-arg``, the value read as a Python literal.
 
@@ -158,12 +163,19 @@ def parse_model_arg(text: str) -> Tuple[str, Any]:
         ``(key, value)``.
 
     Raises:
-        argparse.ArgumentTypeError: Not ``KEY=VALUE`` with ``KEY`` a Python identifier.
+        argparse.ArgumentTypeError: Not ``KEY=VALUE`` with ``KEY`` a Python identifier, or a value that starts like
+            a number, tuple, list, dict or quoted string and does not parse as one (``gep_lambdas=(0, 1``): taken
+            as a string, it would reach the model as text.
     """
     key, sep, value = text.partition('=')
     if not sep or not key.isidentifier():
         raise argparse.ArgumentTypeError(f'expected KEY=VALUE with KEY a Python identifier, got {text!r}')
     try:
         return key, ast.literal_eval(value)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError) as exc:
+        if value.strip()[:1] in LITERAL_STARTS:
+            reason = exc.msg if isinstance(exc, SyntaxError) else 'not a literal'
+            raise argparse.ArgumentTypeError(
+                f'{key}={value} does not parse ({reason}); expected a Python literal such as (0, 1), 0.5 or '
+                f"'text', or a bare word (a string)") from None
         return key, value
