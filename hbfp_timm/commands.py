@@ -48,7 +48,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, descriptors: bool = Tru
                             '(repeatable), e.g. --model-arg correlation_dim=8')
     model.add_argument('--img-size', type=int, nargs=2, metavar=('H', 'W'),
                        help="input size (default: the run's training size or the model's pretrained_cfg)")
-    model.add_argument('--device', default=None, help='cpu, cuda, cuda:1, ... (default: cuda when available)')
+    model.add_argument('--device', default=None, help='cpu, cuda, cuda:1, ... or auto (default: cuda when available)')
     if descriptors:
         model.add_argument('--batch-size', type=int, default=32, help='images per forward pass (%(default)s)')
         model.add_argument('--amp', action='store_true',

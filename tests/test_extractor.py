@@ -137,7 +137,7 @@ def test_bad_models_are_a_clear_error(model, tmp_path):
 
 def test_a_device_that_does_not_exist_is_one_line_naming_device(model, images, tmp_path, capsys):
     """--device foo, or a GPU this machine does not have, was torch's RuntimeError as a traceback."""
-    with pytest.raises(ValueError, match=r"^device: expected 'cpu', 'cuda' or 'cuda:N', got 'foo'$"):
+    with pytest.raises(ValueError, match=r"^device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got 'foo'$"):
         FeatureExtractor(model, device='foo')
     # Past every machine's GPU count: no CUDA at all, or too few devices; either way before any work.
     with pytest.raises(ValueError, match=r'^device: cuda:99 requested but (CUDA is not available|\d+ CUDA device)'):
@@ -145,8 +145,8 @@ def test_a_device_that_does_not_exist_is_one_line_naming_device(model, images, t
     run = write_run(tmp_path / 'run', model)
     assert embed.main([str(images[0]), '--model', str(run), '--output', str(tmp_path / 'e.safetensors'),
                        '--device', 'foo']) == 2
-    assert capsys.readouterr().err == ("python -m hbfp_timm.embed: error: device: expected 'cpu', 'cuda' or "
-                                       "'cuda:N', got 'foo'\n")
+    assert capsys.readouterr().err == ("python -m hbfp_timm.embed: error: device: expected 'auto', 'cpu', 'cuda' "
+                                       "or 'cuda:N', got 'foo'\n")
 
 
 def test_a_constructor_argument_the_model_does_not_take_is_one_line_naming_model_args():

@@ -493,5 +493,6 @@ def test_more_processes_than_gpus_is_one_error_in_every_process(make_config, tmp
 def test_a_gpu_index_that_is_not_visible_is_refused(make_config, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
-    with pytest.raises(TrainSetupError, match=r'device: this process needs cuda:1 but 1 CUDA device is visible'):
+    with pytest.raises(TrainSetupError, match=r'^device: cuda:1 requested but 1 CUDA device is visible \(check '
+                                              r'CUDA_VISIBLE_DEVICES\); use cuda:N with N below 1, or cpu$'):
         train(make_config(tmp_path / 'out', device='cuda:1'), command=['test'])

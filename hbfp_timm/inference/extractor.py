@@ -31,6 +31,7 @@ from ..data.datasets import ImageDataset
 from ..data.transforms import build_test_transform
 from ..hub.weights import BACKBONE_WEIGHT_ARGS, load_checkpoint, load_run
 from ..models.pretrained import WeightsNotFoundError, offline_if_hub_unreachable, trained_input_size
+from ..utils.devices import check_device
 from ..utils.files import RESULTS_NAME
 from ..utils.progress import progress
 from .features import describe_batch, unwrap_model
@@ -141,26 +142,6 @@ def _create_model(name: str, pretrained: bool, kwargs: Dict[str, Any],
             '(pretrained=False, --untrained)') from None
 
 
-def _resolve_device(device: Optional[Union[str, torch.device]]) -> torch.device:
-    """The device a `FeatureExtractor` runs on: `device`, checked (ValueError naming ``device`` for a name torch
-    does not know, CUDA where there is none, a GPU index that is not visible), or CUDA when available, else the
-    CPU."""
-    if device is None:
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
-    if resolved.type == 'cuda':
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ValueError(f'device: {device} requested but CUDA is not available on this machine; use cpu')
-        if (resolved.index or 0) >= count:
-            raise ValueError(f'device: {device} requested but {count} CUDA device{"" if count == 1 else "s"} '
-                             f'{"is" if count == 1 else "are"} visible (cuda:0 to cuda:{count - 1})')
-    return resolved
-
-
 def _check_array(array: np.ndarray, where: str) -> None:
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
         raise ValueError(f'{where}: expected an HxWx3 uint8 RGB array, got shape {array.shape} dtype {array.dtype}')
@@ -173,7 +154,8 @@ class FeatureExtractor:
         model: the model, as :func:`load_model` accepts it (module, run directory, Hub folder, ``hf-hub:`` /
             ``local-dir:`` name, registered name).
         checkpoint: weights file to load into the model (see :func:`load_model`).
-        device: where the model runs; default CUDA when available, else the CPU.
+        device: where the model runs (``'cpu'``, ``'cuda'``, ``'cuda:N'``); ``'auto'`` or None: CUDA when available,
+            else the CPU. One that this machine does not have is a ValueError naming ``device``.
         batch_size: images per forward pass.
         amp: run the forward under autocast (bfloat16 where the device has it natively, else float16).
         flip: average each descriptor with that of the mirrored image.
@@ -203,7 +185,7 @@ class FeatureExtractor:
             raise ValueError(f'batch_size: expected a positive integer, got {batch_size!r}')
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
             raise ValueError(f'workers: expected a non-negative integer, got {workers!r}')
-        self.device = _resolve_device(device)
+        self.device = check_device(device)
         self.model, run_img_size = load_model(model, checkpoint, model_args, pretrained=pretrained)
         self.model.to(self.device)
         cfg = getattr(self.model, 'pretrained_cfg', None) or {}

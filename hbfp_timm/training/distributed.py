@@ -6,6 +6,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from ..utils.devices import check_device, visible_gpus
 from .config import TrainSetupError
 
 __all__ = ['BranchForward', 'resolve_device', 'check_processes_per_gpu', 'init_distributed']
@@ -23,32 +24,18 @@ class BranchForward(nn.Module):
         return self.model.forward_branches(images)
 
 
-def _visible_gpus() -> str:
-    count = torch.cuda.device_count()
-    return f'{count} CUDA device{"" if count == 1 else "s"} {"is" if count == 1 else "are"} visible'
-
-
 def resolve_device(name: str, local_rank: int) -> torch.device:
-    """The device of this process: ``name`` with ``'auto'`` resolved, and ``'cuda'`` made ``cuda:<local_rank>``.
+    """The device of this process: ``name`` checked (:func:`~hbfp_timm.utils.devices.check_device`), ``'auto'``
+    resolved, and ``'cuda'`` made ``cuda:<local_rank>``; a GPU becomes torch's current one.
 
     Raises:
         TrainSetupError: An unknown name, CUDA asked for but absent, or a GPU index that is not visible.
     """
-    if name == 'auto':
-        name = 'cuda' if torch.cuda.is_available() else 'cpu'
     try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise TrainSetupError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}") from exc
+        device = check_device(name, default_index=local_rank)
+    except ValueError as exc:
+        raise TrainSetupError(str(exc)) from None
     if device.type == 'cuda':
-        if not torch.cuda.is_available():
-            raise TrainSetupError(f'device: {name!r} requested but CUDA is not available')
-        if device.index is None:
-            device = torch.device('cuda', local_rank)
-        if device.index >= torch.cuda.device_count():
-            raise TrainSetupError(f'device: this process needs {device} but {_visible_gpus()} (check '
-                                  f'CUDA_VISIBLE_DEVICES); pass --device cuda:N with N below the count, or '
-                                  f'--device cpu')
         torch.cuda.set_device(device)
     return device
 
@@ -70,7 +57,7 @@ def check_processes_per_gpu(device_name: str, local_rank: int) -> None:
     if processes > count:
         raise TrainSetupError(
             f'device: {processes} training processes run on this machine (torchrun --nproc-per-node) but '
-            f'{_visible_gpus()}; start one process per GPU (torchrun --nproc-per-node {count}), or train on CPU '
+            f'{visible_gpus()}; start one process per GPU (torchrun --nproc-per-node {count}), or train on CPU '
             f'with --device cpu')
 
 
