@@ -5,15 +5,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, features
 
 from hbfp_timm.data import build_dataset, image_lists, read_image_list
+from hbfp_timm.data.lists import collect_images
 from hbfp_timm.metrics import evaluate_rank
 
 
 def _images(folder: Path, names, size=(16, 32)):
     folder.mkdir(parents=True, exist_ok=True)
     for index, name in enumerate(names):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
         Image.new('RGB', size, (index * 20 % 256, 90, 160)).save(folder / name)
     return [folder / name for name in names]
 
@@ -171,3 +173,22 @@ def test_the_trainer_trains_and_evaluates_on_list_files(tmp_path):
     # Each query's own file is left out of its gallery; its 3 other images are the matches, so none is skipped.
     assert results['evaluations'][-1]['num_skipped_queries'] == 0
     assert 0.0 <= results['metrics']['mAP'] <= 1.0
+
+
+@pytest.mark.skipif(not features.check('webp'), reason='this Pillow build decodes no WebP')
+def test_a_folder_reads_every_image_format_pillow_decodes_and_names_the_files_it_does_not_read(tmp_path):
+    """Folder input (embed, search, activations) read .jpg, .jpeg, .png and .bmp files only, and skipped .webp and
+    .tif photos without a word."""
+    images = _images(tmp_path / 'photos', ['a.webp', 'b.TIF', 'c.tiff', 'd.jpg', 'sub/e.gif'])
+    _write(tmp_path / 'photos' / 'notes.txt', 'not an image')
+    _write(tmp_path / 'photos' / 'sub' / 'Thumbs.db', '')
+    with pytest.warns(UserWarning) as warned:
+        listing = collect_images(tmp_path / 'photos')
+    assert listing.paths == [str(path) for path in images]
+    assert [str(w.message) for w in warned] == [
+        f"{tmp_path / 'photos'}: not read: 2 files without the extension of an image format Pillow decodes "
+        f"(notes.txt, {Path('sub', 'Thumbs.db')})"]
+    _write(tmp_path / 'docs' / 'notes.txt', 'not an image')
+    with pytest.raises(ValueError, match=r'docs: no images in this folder or below \(.*\); not read: 1 file '
+                                         r'without the extension of an image format Pillow decodes \(notes\.txt\)$'):
+        collect_images(tmp_path / 'docs')

@@ -3,9 +3,9 @@
 Every reader follows the same rules:
 
 * one regular expression per data set parses identity and camera from the file name, whatever the image
-  extension (``.jpg``, ``.jpeg``, ``.png``, ``.bmp``, in any case); an image whose name does not match is an error
-  naming the file and the expected pattern, never silently skipped (only files that are not images, by
-  extension, such as ``Thumbs.db``, are ignored);
+  extension (any format Pillow decodes, `IMAGE_EXTENSIONS`: ``.jpg``, ``.png``, ``.bmp``, ``.webp``, ``.tif``...,
+  in any case); an image whose name does not match is an error naming the file and the expected pattern, never
+  silently skipped (only files that are not images, by extension, such as ``Thumbs.db``, are ignored);
 * a split folder holds its images directly: images in its subfolders are not read, and are counted and named in
   one warning line;
 * training identities are relabelled to 0..N-1 in sorted order of the original ids; query and gallery keep the
@@ -43,7 +43,22 @@ __all__ = [
 Item = Tuple[str, int, int]
 PathLike = Union[str, os.PathLike]
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
+# Pillow formats whose files it only identifies (BUFR, GRIB, HDF5, MPEG; WMF outside Windows) or decodes only with
+# an outside program (EPS, PostScript: Ghostscript): not read as images.
+_NOT_DECODED = frozenset({'BUFR', 'EPS', 'GRIB', 'HDF5', 'MPEG', 'WMF'})
+
+
+def _image_extensions() -> Tuple[str, ...]:
+    """The file extensions of every image format this Pillow decodes (lower case, sorted): ``.jpg``, ``.png``,
+    ``.bmp``, ``.webp``, ``.tif``, ``.gif``..., whatever its build supports."""
+    Image.init()  # registers every plugin, not only the common formats
+    return tuple(sorted(extension for extension, image_format in Image.registered_extensions().items()
+                        if image_format in Image.OPEN and image_format not in _NOT_DECODED))
+
+
+# The one definition of an image file, by its extension in any case: the data set readers and folder input read
+# these and nothing else.
+IMAGE_EXTENSIONS = _image_extensions()
 # The end of every reader's file name pattern: any image extension, in any case (0002_c1s1_000451_03.JPG, .png).
 _IMAGE_SUFFIX = r'\.(?i:' + '|'.join(extension[1:] for extension in IMAGE_EXTENSIONS) + r')$'
 JUNK_PID = -1

@@ -30,6 +30,7 @@ Training never uses cameras; camera-less training images get camera 0.
 import csv
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -228,11 +229,19 @@ def identities_from_names(paths: Sequence[str]) -> Optional[Tuple[List[int], Lis
     return None
 
 
+def _some(names: Sequence[str], limit: int = 3) -> str:
+    """The first `limit` of `names`, and how many more there are."""
+    return ', '.join(names[:limit]) + (f' and {len(names) - limit} more' if len(names) > limit else '')
+
+
 def collect_images(source: PathLike) -> ImageList:
     """The images a user points at: a folder (recursively), a list file, or one image file.
 
-    Identities and cameras come from the list file, else from the file names when they all follow one data
-    set's naming scheme (see `hbfp_timm.data.identities_from_names`), else they are unknown (None).
+    A folder's images are its files of any format Pillow decodes (by extension, in any case:
+    ``hbfp_timm.data.datasets.IMAGE_EXTENSIONS``); its other files are counted and named in one warning
+    line. Identities and cameras
+    come from the list file, else from the file names when they all follow one data set's naming scheme (see
+    `hbfp_timm.data.identities_from_names`), else they are unknown (None).
 
     Args:
         source: folder, ``.csv`` / ``.txt`` list, or image.
@@ -242,9 +251,16 @@ def collect_images(source: PathLike) -> ImageList:
     """
     path = Path(source).expanduser()
     if path.is_dir():
-        paths = sorted(str(p) for p in path.rglob('*') if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        files = sorted(str(p) for p in path.rglob('*') if p.is_file())
+        paths = [p for p in files if Path(p).suffix.lower() in IMAGE_EXTENSIONS]
+        others = [os.path.relpath(p, path) for p in files if Path(p).suffix.lower() not in IMAGE_EXTENSIONS]
+        not_images = (f'{len(others)} file{"" if len(others) == 1 else "s"} without the extension of an image '
+                      f'format Pillow decodes ({_some(others)})')
         if not paths:
-            raise ValueError(f'{path}: no images ({", ".join(IMAGE_EXTENSIONS)}) in this folder or below')
+            raise ValueError(f'{path}: no images in this folder or below (any format Pillow decodes: .jpg, .png, '
+                             '.webp, .tif...)' + (f'; not read: {not_images}' if others else ''))
+        if others:
+            warnings.warn(f'{path}: not read: {not_images}', stacklevel=2)
         listing = ImageList(paths, None, None, path)
     elif path.suffix.lower() in LIST_SUFFIXES:
         listing = read_image_list(path, require_pids=False)
