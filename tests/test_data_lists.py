@@ -1,5 +1,7 @@
 """The list-file reader (hbfp_timm.data.lists): formats, the camera-less protocol, strict errors, and training
 through ``--dataset image_lists``."""
+import io
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +10,7 @@ import torch
 from PIL import Image, features
 
 from hbfp_timm.data import build_dataset, image_lists, read_image_list
-from hbfp_timm.data.lists import collect_images
+from hbfp_timm.data.lists import collect_images, skip_unreadable
 from hbfp_timm.metrics import evaluate_rank
 
 
@@ -192,3 +194,20 @@ def test_a_folder_reads_every_image_format_pillow_decodes_and_names_the_files_it
     with pytest.raises(ValueError, match=r'docs: no images in this folder or below \(.*\); not read: 1 file '
                                          r'without the extension of an image format Pillow decodes \(notes\.txt\)$'):
         collect_images(tmp_path / 'docs')
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_leaving_out_unreadable_images_shows_the_progress_of_decoding_them(tmp_path, monkeypatch):
+    """--skip-bad-images decodes every image first, and showed nothing while it did, however long it took."""
+    good = _images(tmp_path / 'photos', ['a.png', 'c.png'])
+    _write(tmp_path / 'photos' / 'b.png', 'not a picture')
+    monkeypatch.setattr(sys, 'stderr', _Terminal())
+    reported = []
+    assert skip_unreadable(collect_images(tmp_path / 'photos'), report=reported.append).paths == [
+        str(path) for path in good]
+    assert len(reported) == 2 and reported[-1].startswith('skipped 1 of 3 images')
+    assert 'decoding images: ' in sys.stderr.getvalue() and '/3 ' in sys.stderr.getvalue()

@@ -278,6 +278,8 @@ def collect_images(source: PathLike) -> ImageList:
 def skip_unreadable(listing: ImageList, report=None) -> ImageList:
     """`listing` without the images that cannot be decoded; each one skipped is reported with its reason.
 
+    Every image is decoded, with progress shown on stderr (a bar on a terminal, a line a minute in a log).
+
     Args:
         listing: images (with their identities and cameras, when known).
         report: called with one line per skipped image, then a line with the count (default: print to stderr).
@@ -286,7 +288,7 @@ def skip_unreadable(listing: ImageList, report=None) -> ImageList:
         The readable images, in order; a ValueError when none is left.
     """
     report = report or (lambda line: print(line, file=sys.stderr))
-    bad = dict(find_unreadable_images(listing.paths, full=True))
+    bad = dict(find_unreadable_images(listing.paths, full=True, show_progress=True))
     if not bad:
         return listing
     for path, reason in bad.items():
