@@ -150,10 +150,15 @@ def test_a_device_that_does_not_exist_is_one_line_naming_device(model, images, t
 
 
 def test_a_constructor_argument_the_model_does_not_take_is_one_line_naming_model_args():
-    """--model-arg nonsense=3 was 'HBFPNet.__init__() got an unexpected keyword argument' without the flag."""
-    message = r"^model_args: cannot build hbfp_resnet18 with \{.*'nonsense': 3\} \(HBFPNet.*'nonsense'"
+    """--model-arg nonsense=3 was 'HBFPNet.__init__() got an unexpected keyword argument' without the flag; the
+    line is the trainer's: the key, the names close to it, and what the model's own constructor takes."""
+    message = r"^model_args: hbfp_resnet18 takes no argument 'nonsense'; HBFPNet takes backbone, num_classes, "
     with pytest.raises(ValueError, match=message):
         FeatureExtractor('hbfp_resnet18', device='cpu', pretrained=False, model_args=dict(TINY_ARGS, nonsense=3))
+    # A plain timm model names its own class and arguments, not HBFPNet's.
+    with pytest.raises(ValueError, match=r"^model_args: resnet18 takes no argument 'drop_rat' \(did you mean "
+                                         r"drop_rate\?\); ResNet takes block, layers, .*drop_rate"):
+        FeatureExtractor('resnet18', device='cpu', pretrained=False, model_args={'drop_rat': 0.1})
 
 
 def test_weights_of_a_plain_timm_model_that_the_hub_cannot_give_are_one_line_naming_the_model(hub_cache):

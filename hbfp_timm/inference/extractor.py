@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 from ..data.datasets import ImageDataset
 from ..data.transforms import build_test_transform
 from ..hub.weights import BACKBONE_WEIGHT_ARGS, load_checkpoint, load_run
+from ..models.checks import model_args_error
 from ..models.pretrained import WeightsNotFoundError, offline_if_hub_unreachable, trained_input_size
 from ..utils.devices import check_device
 from ..utils.files import RESULTS_NAME
@@ -129,7 +130,7 @@ def _create_model(name: str, pretrained: bool, kwargs: Dict[str, Any],
     except TypeError as error:
         if not model_args:
             raise
-        raise ValueError(f'model_args: cannot build {name} with {model_args} ({error})') from None
+        raise ValueError(model_args_error(name, error, model_args)) from None
     except (HfHubHTTPError, EntryNotFoundError, OfflineModeIsEnabled) as error:
         if not other_family:
             raise

@@ -1,12 +1,49 @@
 """Checks of HBFPNet's constructor arguments and image batches: each failure is one ValueError that names the
-argument (``x`` for the batch) and says what was expected."""
+argument (``x`` for the batch) and says what was expected; and the line for a constructor argument that a model
+(any timm model) does not take."""
+import difflib
+import inspect
 import numbers
-from typing import Sequence, Tuple
+import re
+import sys
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import timm
 import torch
 
 __all__ = ['check_choice', 'check_image_batch', 'check_lambdas', 'check_num_classes', 'check_probability',
-           'check_subset']
+           'check_subset', 'model_args_error']
+
+
+def _constructor_arguments(model: str, class_name: str) -> Optional[List[str]]:
+    """The keyword arguments of ``class_name``'s constructor, the class looked up in the module that registers the
+    timm model ``model``; None where either cannot be found (a ``hf-hub:`` name, a class defined elsewhere)."""
+    try:
+        module = sys.modules.get(timm.models.model_entrypoint(model).__module__)
+    except (RuntimeError, KeyError, ValueError):
+        return None
+    cls = getattr(module, class_name, None)
+    if not inspect.isclass(cls):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [name for name, parameter in inspect.signature(cls.__init__).parameters.items()
+            if name != 'self' and parameter.kind in kinds]
+
+
+def model_args_error(model: str, error: TypeError, model_args: Dict[str, Any]) -> str:
+    """The one line for a ``model_args`` key that the constructor of the timm model ``model`` does not take
+    (``timm.create_model`` raised ``error``): that key, the arguments close to it, and those the constructor
+    takes; for any other ``TypeError``, the error beside ``model_args``."""
+    found = re.search(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'", str(error))
+    if found is None:
+        return f'model_args: cannot build {model} with {model_args} ({error})'
+    class_name, key = found.groups()
+    names = _constructor_arguments(model, class_name)
+    if names is None:
+        return f'model_args: {model} takes no argument {key!r} ({error})'
+    close = difflib.get_close_matches(key, names, n=3, cutoff=0.75)
+    hint = f' (did you mean {" or ".join(close)}?)' if close else ''
+    return f'model_args: {model} takes no argument {key!r}{hint}; {class_name} takes {", ".join(names)}'
 
 
 def check_subset(arg: str, values: Sequence[str], allowed: Tuple[str, ...], allow_empty: bool) -> Tuple[str, ...]:

@@ -2,10 +2,7 @@
 the output folder (and an earlier run in it), the data set and its images, the model (weights, input size) and a
 resumed checkpoint's fit.
 """
-import difflib
-import inspect
 import json
-import re
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -19,7 +16,7 @@ from tqdm.auto import tqdm
 from ..data import ReIDDataset, build_dataset
 from ..data.checks import find_unreadable_images
 from ..metrics.verification import THRESHOLDS_NAME
-from ..models import HBFPNet
+from ..models.checks import model_args_error
 from ..models.pretrained import CheckpointMismatchError, check_state_dict, offline_if_hub_unreachable
 from ..utils.files import OutputWriteError, check_writable_folder, format_size, remove_stale_temporaries
 from .checkpoint import CHECKPOINT_NAME, MODEL_NAME, OUTPUT_NAMES
@@ -261,7 +258,7 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
                            'backbone weights in the local cache only')
             return timm.create_model(cfg.model, num_classes=num_classes, **kwargs)
     except TypeError as exc:
-        raise TrainSetupError(_unknown_model_arg(cfg.model, exc)) from exc
+        raise TrainSetupError(model_args_error(cfg.model, exc, cfg.model_args)) from exc
     except ValueError as exc:
         if cfg.backbone_weights is not None and str(exc).startswith('backbone_weights: '):
             raise TrainSetupError(str(exc)) from exc  # the --backbone-weights file, not a --model-arg
@@ -273,18 +270,6 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
                 f'{str(exc).splitlines()[0] if str(exc) else ""}); offline, pass --backbone-weights FILE (a '
                 f'local ImageNet checkpoint) or --no-pretrained-backbone') from exc
         raise TrainSetupError(f'backbone_weights: cannot load {cfg.backbone_weights} ({exc})') from exc
-
-
-def _unknown_model_arg(model: str, error: TypeError) -> str:
-    """The line of a ``--model-arg`` that the model's constructor does not take: that key (with the names close
-    to it), and the arguments it takes."""
-    found = re.search(r"keyword argument '(\w+)'", str(error))
-    if found is None:
-        return f'model_args: cannot build {model} ({error})'
-    names = [name for name in inspect.signature(HBFPNet.__init__).parameters if name != 'self']
-    close = difflib.get_close_matches(found[1], names, n=3, cutoff=0.75)
-    hint = f' (did you mean {" or ".join(close)}?)' if close else ''
-    return f'model_args: {model} takes no argument {found[1]!r}{hint}; HBFPNet takes {", ".join(names)}'
 
 
 @torch.no_grad()
