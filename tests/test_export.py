@@ -100,11 +100,32 @@ def test_export_onnx_runs_in_onnxruntime_with_the_eager_outputs(small_model, tmp
     path = export_onnx(small_model, tmp_path / 'model.onnx', img_size=IMG_SIZE)
     onnx.checker.check_model(onnx.load(str(path)))
     session = onnxruntime.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    assert [output.name for output in session.get_outputs()] == ['descriptor']  # no classifier: num_classes=0
     for batch_size in (1, 3):  # the batch dimension is dynamic
         x = _images(batch_size, 7)
         (out,) = session.run(None, {'images': x.numpy()})
         with torch.no_grad():
             torch.testing.assert_close(torch.from_numpy(out), small_model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_the_onnx_output_of_a_model_with_a_classifier_is_named_logits_as_it_holds_the_class_scores(tmp_path):
+    """A model with an ID classifier (num_classes > 0, as trained) returns its class scores from forward; its ONNX
+    output was named 'descriptor'. Without the classifier the same model's output is its descriptor."""
+    import onnxruntime
+    torch.manual_seed(0)
+    num_classes = 5
+    model = timm.create_model('hbfp_resnet18', num_classes=num_classes, correlation_dim=8, perception_dim=16).eval()
+    x = _images(2, 8)
+    for name, width in (('logits', num_classes), ('descriptor', model.num_features)):
+        if name == 'descriptor':
+            model.reset_classifier(0)
+        path = export_onnx(model, tmp_path / f'{name}.onnx', img_size=IMG_SIZE)
+        session = onnxruntime.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+        assert [output.name for output in session.get_outputs()] == [name]
+        (out,) = session.run([name], {'images': x.numpy()})
+        assert out.shape == (len(x), width)
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(out), model(x), rtol=1e-4, atol=1e-4)
 
 
 def test_export_onnx_without_the_exporter_packages_names_them(small_model, tmp_path, monkeypatch):

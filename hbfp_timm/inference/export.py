@@ -1,9 +1,14 @@
 """Deployment export of an eval-mode model: ``torch.export`` programs and ONNX files.
 
-Re-id models are usually deployed as a graph that maps an image batch to descriptors. Every layer of HBFP-Net
-traces: BFP is convolutions, batched matmuls and softmax; generalized pooling switches to a plain comparison +
-MatMul formulation while being compiled or exported (see :func:`hbfp_timm.layers.generalized_pool2d`), so
-there is no sort, ``searchsorted`` or custom autograd function in the graph.
+Re-id models are usually deployed as a graph that maps an image batch to descriptors: what the eval forward of
+a model without an ID classifier returns (``num_classes=0``, as `hbfp_timm.FeatureExtractor` builds it). A model
+with one (``num_classes > 0``, as trained) returns its class scores from ``forward``, and so does its graph;
+``model.reset_classifier(0)`` first makes it return the descriptor.
+
+Every layer of HBFP-Net traces: BFP is convolutions, batched matmuls and softmax; generalized pooling switches
+to a plain comparison + MatMul formulation while being compiled or exported (see
+:func:`hbfp_timm.layers.generalized_pool2d`), so there is no sort, ``searchsorted`` or custom autograd function
+in the graph.
 
 ONNX export uses torch's ``torch.export``-based exporter (``torch.onnx.export(..., dynamo=True)``), which needs
 the ``onnx`` and ``onnxscript`` packages; checking the file with ONNX Runtime needs ``onnxruntime``.
@@ -37,6 +42,12 @@ def _example_input(model: nn.Module, img_size: Optional[Tuple[int, int]], batch_
     in_chans = getattr(model, 'in_chans', 3)
     device = next(model.parameters()).device
     return torch.randn(batch_size, in_chans, *img_size, device=device)
+
+
+def _output_name(model: nn.Module) -> str:
+    """What the eval forward returns: class scores where the model has an ID classifier (timm's ``num_classes``),
+    else the descriptor."""
+    return 'logits' if getattr(model, 'num_classes', 0) else 'descriptor'
 
 
 def export_program(
@@ -78,7 +89,9 @@ def export_onnx(
         dynamic_batch: bool = True,
         opset_version: Optional[int] = None,
 ) -> Path:
-    """Export the eval-mode model to an ONNX file: input ``images`` (B, 3, H, W), output ``descriptor``.
+    """Export the eval-mode model to an ONNX file: input ``images`` (B, 3, H, W), output what the model's
+    ``forward`` returns: ``descriptor`` (B, D) for a model without ID classifier (``num_classes=0``), ``logits``
+    (B, num_classes) for one with it (module doc).
 
     Args:
         model: An HBFP-Net or any timm model; put in eval mode.
@@ -115,5 +128,5 @@ def export_onnx(
     with torch.no_grad():
         torch.onnx.export(
             model, (example,), str(path), dynamo=True, dynamic_shapes=dynamic_shapes,
-            input_names=['images'], output_names=['descriptor'], opset_version=opset_version)
+            input_names=['images'], output_names=[_output_name(model)], opset_version=opset_version)
     return path
