@@ -29,6 +29,7 @@ Beside rank-1/5/10 and mAP, each data set gets:
 """
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -232,8 +233,9 @@ def _tables(rows: List[Dict[str, Any]]) -> str:
     return '\n'.join(lines)
 
 
-def _thresholds_to_check(args, extractor) -> List[Dict[str, Any]]:
-    """The thresholds `evaluate` re-checks: those stored with the model (for its metric) and ``--threshold``."""
+def _thresholds_to_check(args, extractor, digest: Callable[[], str]) -> List[Dict[str, Any]]:
+    """The thresholds `evaluate` re-checks: those stored with the model (for its metric) and ``--threshold``;
+    ``digest()`` gives the digest of the extractor's weights."""
     checks = [{'label': f'--threshold {value:g}', 'threshold': value} for value in args.threshold]
     stored = stored_thresholds(args.model)
     if stored is None:
@@ -248,7 +250,7 @@ def _thresholds_to_check(args, extractor) -> List[Dict[str, Any]]:
         warnings.warn(f"the thresholds stored with {args.model} are for {stored.get('metric')} distances, not "
                       f"--metric {args.metric}; not re-checked", UserWarning)
         return checks
-    if stored.get('weights_sha256') and stored['weights_sha256'] != weights_sha256(extractor.model):
+    if stored.get('weights_sha256') and stored['weights_sha256'] != digest():
         warnings.warn(f"the thresholds stored with {args.model} were calibrated on other weights than those it holds "
                       f"now (weights sha256 {stored['weights_sha256'][:12]}); not re-checked", UserWarning)
         return checks
@@ -292,7 +294,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.skip_bad_images:
             datasets = [without_unreadable_images(dataset) for dataset in datasets]
         extractor = extractor_from_args(args)
-        checks = _thresholds_to_check(args, extractor)
+        digest = functools.lru_cache(maxsize=1)(lambda: weights_sha256(extractor.model))  # taken at most once
+        checks = _thresholds_to_check(args, extractor, digest)
         rows = [evaluate_data(extractor, reader, root, args.metric, args.rerank, args.workers, checks,
                               DEFAULT_FMRS if args.calibrate else (), dataset)
                 for reader, root, dataset in zip(readers, args.data_root, datasets)]
@@ -323,7 +326,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 warnings.warn(warning['warning'], UserWarning)
             path = save_thresholds(output / THRESHOLDS_NAME, {
                 'metric': args.metric, 'flip': extractor.flip, 'img_size': list(extractor.img_size),
-                'model': str(args.model), 'weights_sha256': weights_sha256(extractor.model), 'command': command,
+                'model': str(args.model), 'weights_sha256': digest(), 'command': command,
                 'calibrated_on': {'data_root': row['data_root'], 'dataset': row['dataset'],
                                   'query_ids': row['query_ids'], 'num_query': row['num_query'],
                                   'num_gallery': row['num_gallery']},

@@ -8,6 +8,7 @@ import timm
 import torch
 
 from hbfp_timm import FeatureExtractor
+from hbfp_timm import evaluate as evaluate_module
 from hbfp_timm.data import market_layout
 from hbfp_timm.evaluate import main
 from hbfp_timm.inference.embeddings import weights_sha256
@@ -291,6 +292,21 @@ def test_same_person_without_a_stored_threshold_is_one_line(data_root, tmp_path,
                         '--workers', '0']) == 2
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and 'has no calibrated threshold' in err and '--threshold' in err
+
+
+def test_calibrating_a_run_whose_thresholds_carry_a_digest_takes_the_digest_once(data_root, tmp_path, monkeypatch):
+    """The re-check of the stored thresholds and the new thresholds file both need the digest of the weights."""
+    run = write_run(tmp_path / 'run', tiny_model(seed=3))
+    common = ['--data-root', str(data_root), '--calibrate', '--model', str(run), '--device', 'cpu', '--workers', '0']
+    with pytest.warns(UserWarning, match='too few pairs'):
+        assert main([*common, '--output', str(run)]) == 0  # the run's own thresholds, with their digest
+    digest = json.loads((run / 'thresholds.json').read_text())['weights_sha256']
+    calls = []
+    monkeypatch.setattr(evaluate_module, 'weights_sha256', lambda model: calls.append(model) or weights_sha256(model))
+    with pytest.warns(UserWarning, match='too few pairs'):
+        assert main([*common, '--output', str(tmp_path / 'out')]) == 0
+    assert len(calls) == 1
+    assert json.loads((tmp_path / 'out' / 'thresholds.json').read_text())['weights_sha256'] == digest
 
 
 def test_calibrate_needs_one_data_root_and_an_output(data_root, capsys):
