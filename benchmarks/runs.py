@@ -19,6 +19,7 @@ from hbfp_timm.hub import load_checkpoint
 from hbfp_timm.inference.visualize import draw_cmc_curves, draw_ranked_lists
 from hbfp_timm.metrics.evaluation import evaluate
 from hbfp_timm.train import MODEL_NAME, TrainConfig, train
+from hbfp_timm.training.prepare import missing_folders, remove_created_folders
 from hbfp_timm.utils.files import sha256_file
 
 from .settings import BenchmarkError, Settings
@@ -68,6 +69,9 @@ def train_model(dataset_name: str, data_root: Path, settings: Settings, output: 
                 command: Optional[str] = None, context: str = '--train') -> Tuple[Path, Dict[str, Any]]:
     """Train with the library's trainer (the paper's recipe, overridden by the settings).
 
+    A failed run (an error, Ctrl-C) removes the folders it created for ``output`` that it left empty; a folder that
+    was there before, or that holds anything (a resumable checkpoint), stays.
+
     Args:
         dataset_name: ``build_dataset`` name.
         data_root: Data root.
@@ -90,11 +94,16 @@ def train_model(dataset_name: str, data_root: Path, settings: Settings, output: 
         max_steps_per_epoch=settings.max_steps_per_epoch, **settings.train_overrides)
     if settings.epochs is not None:
         fields['epochs'] = settings.epochs
+    created = missing_folders(output)
     try:
         config = TrainConfig(**fields)
         results = train(config, command=shlex.split(command) if command else None)
     except (OSError, ValueError, ArithmeticError) as error:  # setup, data or output errors; a diverged loss
+        remove_created_folders(created)
         raise BenchmarkError(f'{context}: {one_line(error)}') from error
+    except BaseException:  # Ctrl-C, SIGTERM, an unexpected error: the same clean-up, the error as it is
+        remove_created_folders(created)
+        raise
     weights = output / MODEL_NAME
     if not weights.is_file():
         raise BenchmarkError(f'{context}: the trainer wrote no {weights}')
