@@ -74,7 +74,7 @@ def search(query: Embeddings, gallery: Embeddings, k: int = 10, metric: str = 'e
     Args:
         query: query embeddings.
         gallery: gallery embeddings.
-        k: results per query.
+        k: results per query (fewer where the gallery holds fewer images; ``topk`` says the `k` asked for).
         metric: 'euclidean' or 'cosine'.
         backend: 'torch' or 'faiss' (see `hbfp_timm.metrics.retrieval.topk`).
         device: where to search (default: where the descriptors are).
@@ -329,6 +329,19 @@ def _picture(ranking: Dict[str, Any], query: Embeddings, gallery: Embeddings, pa
                         note="a query's own file is never among its results")
 
 
+def _top(ranking: Dict[str, Any]) -> str:
+    """``top K`` with the number of results the queries got: the ``--topk`` asked for, or fewer where the gallery
+    holds fewer images, said with the gallery's size."""
+    k, num_gallery = ranking['topk'], ranking['num_gallery']
+    counts = sorted({len(entry['results']) for entry in ranking['queries']})
+    if counts == [k]:
+        return f'top {k}'
+    own_left_out = counts[0] < min(k, num_gallery)
+    return (f'top {" or ".join(str(count) for count in counts)} (--topk {k}, but the gallery holds only '
+            f'{num_gallery} image{"" if num_gallery == 1 else "s"}'
+            + (", a query's own file left out" if own_left_out else '') + ')')
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m hbfp_timm.search``; see ``--help``."""
     parser = argparse.ArgumentParser(
@@ -384,7 +397,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return exit_code(error)
     num_query, num_gallery = ranking['num_query'], ranking['num_gallery']
     summary = (f'{num_query} {"query" if num_query == 1 else "queries"} x {num_gallery} gallery '
-               f'image{"" if num_gallery == 1 else "s"}, top {args.topk}')
+               f'image{"" if num_gallery == 1 else "s"}, {_top(ranking)}')
     evaluation = ranking['evaluation']
     if evaluation and 'rank1' in evaluation:
         skipped = evaluation['num_skipped_queries']

@@ -10,6 +10,7 @@ from PIL import Image
 
 from hbfp_timm import FeatureExtractor
 from hbfp_timm.embed import main as embed_main
+from hbfp_timm.inference.embeddings import load_embeddings
 from hbfp_timm.inference.visualize import MATCH_COLOUR, MISMATCH_COLOUR, SAME_CAMERA_COLOUR, UNKNOWN_COLOUR
 from hbfp_timm.metrics import evaluate_rank
 from hbfp_timm.metrics.distance import compute_distance_matrix
@@ -70,6 +71,23 @@ def test_the_summary_counts_one_query_in_the_singular(run, tmp_path, capsys):
     summary = capsys.readouterr().out
     assert summary.startswith('2 queries x 2 gallery images, top 1; rank-1 ')
     assert '; 1 query without a match);' in summary
+
+
+def test_a_topk_beyond_the_gallery_is_said_with_the_number_of_results_there_are(tmp_path, capsys):
+    """--topk 10 over a gallery of 2 printed 'top 10', though each query had 2 results (1 searched against itself)."""
+    query, gallery = write_embeddings(tmp_path, SHIPPED_HOW, SHIPPED_HOW)
+    num_gallery = len(load_embeddings(gallery).paths)
+    asked = num_gallery + 8
+    for name, source, results, note in (('other', query, num_gallery, ''),
+                                        ('itself', gallery, num_gallery - 1, ", a query's own file left out")):
+        out, num_query = tmp_path / name, len(load_embeddings(source).paths)
+        assert main(['--query', source, '--gallery', gallery, '--topk', str(asked), '--output', str(out),
+                     '--num-pictures', '0']) == 0
+        ranking = json.loads((out / 'ranking.json').read_text())
+        assert [len(entry['results']) for entry in ranking['queries']] == [results] * num_query
+        assert capsys.readouterr().out.startswith(
+            f'{num_query} queries x {num_gallery} gallery images, top {results} (--topk {asked}, but the gallery '
+            f'holds only {num_gallery} images{note}); wrote ')
 
 
 def test_free_names_give_neutral_colours_and_no_scores(run, tmp_path):
