@@ -22,7 +22,7 @@ from hbfp_timm.train import MODEL_NAME, TrainConfig, train
 from hbfp_timm.training.prepare import missing_folders, remove_created_folders
 from hbfp_timm.utils.files import sha256_file
 
-from .settings import BenchmarkError, Settings
+from .settings import BenchmarkError, Settings, as_flags
 
 __all__ = [
     'Evaluation', 'evaluate_model', 'train_model', 'best_evaluation', 'Run', 'trained_run', 'evaluate_runs',
@@ -100,7 +100,7 @@ def train_model(dataset_name: str, data_root: Path, settings: Settings, output: 
         results = train(config, command=shlex.split(command) if command else None)
     except (OSError, ValueError, ArithmeticError) as error:  # setup, data or output errors; a diverged loss
         remove_created_folders(created)
-        raise BenchmarkError(f'{context}: {one_line(error)}') from error
+        raise BenchmarkError(f'{context}: {as_flags(one_line(error))}') from error
     except BaseException:  # Ctrl-C, SIGTERM, an unexpected error: the same clean-up, the error as it is
         remove_created_folders(created)
         raise

@@ -10,6 +10,7 @@ when the command line is parsed, so a bad value fails before any data is read or
 """
 import argparse
 import random
+import re
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from hbfp_timm.training.interrupts import Interruptions
 __all__ = [
     'Settings', 'DEFAULT_MODEL', 'DATA_ROOT_ENV', 'SYNTHETIC_PRESET', 'add_common_arguments', 'resolve_settings',
     'seeds_of', 'training_flags_given', 'parse_model_arg', 'seed_everything', 'check_device', 'BenchmarkError',
-    'ArgumentParser', 'exact_command', 'guarded',
+    'ArgumentParser', 'exact_command', 'guarded', 'FLAGS', 'as_flags',
 ]
 
 
@@ -173,6 +174,39 @@ def add_common_arguments(parser: argparse.ArgumentParser, synthetic_epochs: Opti
                                'weights, downloaded; on synthetic data always random)')
 
 
+def _flags() -> Dict[str, str]:
+    parser = argparse.ArgumentParser(add_help=False)
+    add_common_arguments(parser)
+    flags = {action.dest: action.option_strings[0] for action in parser._actions}
+    return {**flags, 'pretrained_backbone': flags['no_pretrained_backbone']}  # the TrainConfig field of the flag
+
+
+# The flag of each name of the parsed flags and of each TrainConfig field the flags set, as the user types it:
+# batch_size -> --batch-size, model_args -> --model-arg, eval_data_roots -> --eval-data-root.
+FLAGS: Dict[str, str] = _flags()
+
+
+def as_flags(message: str) -> str:
+    """A trainer's error as the user of a benchmark reads it: the ``TrainConfig`` fields it names written as the
+    flags that set them (:data:`FLAGS`): ``batch_size: ... (batch_size 64 / num_instances 4)`` ->
+    ``--batch-size: ... (--batch-size 64 / --num-instances 4)``.
+
+    The fields the message starts with (``name: ``, ``name, name: ``) are translated, and in the rest of it the
+    ``snake_case`` names, which are not words; a plain word (``model``, ``margin``) and a name within a path are
+    left as they are.
+
+    Args:
+        message: The error message.
+
+    Returns:
+        The message with the flags.
+    """
+    start = re.match(r'([a-z_]+(?:, [a-z_]+)*): ', message)
+    if start and all(name in FLAGS for name in start[1].split(', ')):
+        message = ', '.join(FLAGS[name] for name in start[1].split(', ')) + message[len(start[1]):]
+    return re.sub(r'(?<![\w/.-])[a-z]+(?:_[a-z]+)+(?![\w/-]|\.\w)', lambda name: FLAGS.get(name[0], name[0]), message)
+
+
 def seeds_of(args: argparse.Namespace) -> List[int]:
     """The seeds of the run: ``--seeds``, else ``[--seed]``.
 
@@ -199,7 +233,7 @@ def training_flags_given(args: argparse.Namespace) -> List[str]:
     Returns:
         The flags as typed (``--lr``), in ``--help`` order.
     """
-    given = ['--' + name.replace('_', '-') for name in TRAINING_ONLY if getattr(args, name) is not None]
+    given = [FLAGS[name] for name in TRAINING_ONLY if getattr(args, name) is not None]
     return given + (['--seeds'] if args.seeds and len(args.seeds) > 1 else [])
 
 

@@ -3,6 +3,7 @@ flags its errors name, and how its warnings are printed."""
 import pytest
 
 from benchmarks import market
+from benchmarks.settings import as_flags
 from hbfp_timm.data import build_dataset
 from hbfp_timm.data.synthetic import generate_synthetic_dataset
 
@@ -33,3 +34,30 @@ def test_a_failed_training_run_leaves_no_empty_train_folder_but_keeps_one_it_fou
     assert market.main(flags + ['--output', str(out)]) == 2
     assert capsys.readouterr().err.startswith('error: --train: ')
     assert found.is_dir() and [path.name for path in out.glob('train_*')] == [found.name]
+
+
+def test_a_trainer_error_names_the_flags_the_user_typed_not_the_python_fields(few_identities, tmp_path, capsys):
+    _, flags = few_identities
+    assert market.main(flags + ['--output', str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and err.startswith('error: --train: --batch-size: '), err
+    assert '--num-instances' in err and 'batch_size' not in err and 'num_instances' not in err
+
+
+def test_training_flags_refused_when_only_evaluating_are_named_as_typed(few_identities, tmp_path, capsys):
+    root, _ = few_identities
+    assert market.main(['--data-root', str(root), '--pretrained', '--eval-data-root', str(root),
+                        '--no-pretrained-backbone', '--output', str(tmp_path / 'out')]) == 2
+    assert capsys.readouterr().err == ('error: --no-pretrained-backbone, --eval-data-root: training flags, but this '
+                                       'run only evaluates (--pretrained); add --train to train\n')
+
+
+@pytest.mark.parametrize('message, expected', [
+    ('epochs, lr: expected at least one', '--epochs, --lr: expected at least one'),
+    ('model_args: cannot build the model (no margin)', '--model-arg: cannot build the model (no margin)'),
+    ('eval_data_roots: /data/batch_size/query and batch_size.txt: missing', '--eval-data-root: /data/batch_size/query '
+     'and batch_size.txt: missing'),
+    ('triplet_weight, id_weight: expected one above 0', 'triplet_weight, id_weight: expected one above 0'),
+])
+def test_trainer_fields_become_flags_but_words_paths_and_fields_without_a_flag_stay(message, expected):
+    assert as_flags(message) == expected
