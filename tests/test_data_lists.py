@@ -183,13 +183,15 @@ def test_a_folder_reads_every_image_format_pillow_decodes_and_names_the_files_it
     .tif photos without a word."""
     images = _images(tmp_path / 'photos', ['a.webp', 'b.TIF', 'c.tiff', 'd.jpg', 'sub/e.gif'])
     _write(tmp_path / 'photos' / 'notes.txt', 'not an image')
-    _write(tmp_path / 'photos' / 'sub' / 'Thumbs.db', '')
+    _write(tmp_path / 'photos' / 'sub' / 'poses.json', '{}')
+    for metadata in ('.DS_Store', 'sub/Thumbs.db', 'desktop.ini'):  # what file managers leave: no one's data
+        _write(tmp_path / 'photos' / metadata, '')
     with pytest.warns(UserWarning) as warned:
         listing = collect_images(tmp_path / 'photos')
     assert listing.paths == [str(path) for path in images]
     assert [str(w.message) for w in warned] == [
         f"{tmp_path / 'photos'}: not read: 2 files without the extension of an image format Pillow decodes "
-        f"(notes.txt, {Path('sub', 'Thumbs.db')})"]
+        f"(notes.txt, {Path('sub', 'poses.json')})"]
     _write(tmp_path / 'docs' / 'notes.txt', 'not an image')
     with pytest.raises(ValueError, match=r'docs: no images in this folder or below \(.*\); not read: 1 file '
                                          r'without the extension of an image format Pillow decodes \(notes\.txt\)$'):

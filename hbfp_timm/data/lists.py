@@ -234,14 +234,23 @@ def _some(names: Sequence[str], limit: int = 3) -> str:
     return ', '.join(names[:limit]) + (f' and {len(names) - limit} more' if len(names) > limit else '')
 
 
+# Files that file managers put in folders of photos (Windows' thumbnail cache and folder settings); hidden files
+# (macOS's .DS_Store, ._* resource forks) are left alike.
+FOLDER_METADATA = frozenset({'thumbs.db', 'desktop.ini'})
+
+
+def _is_folder_metadata(name: str) -> bool:
+    return name.startswith('.') or name.lower() in FOLDER_METADATA
+
+
 def collect_images(source: PathLike) -> ImageList:
     """The images a user points at: a folder (recursively), a list file, or one image file.
 
     A folder's images are its files of any format Pillow decodes (by extension, in any case:
-    ``hbfp_timm.data.datasets.IMAGE_EXTENSIONS``); its other files are counted and named in one warning
-    line. Identities and cameras
-    come from the list file, else from the file names when they all follow one data set's naming scheme (see
-    `hbfp_timm.data.identities_from_names`), else they are unknown (None).
+    ``hbfp_timm.data.datasets.IMAGE_EXTENSIONS``); its other files are counted and named in one warning line,
+    except hidden files and the folder metadata of file managers (``.DS_Store``, ``Thumbs.db``, ``desktop.ini``),
+    which are no one's data. Identities and cameras come from the list file, else from the file names when they all
+    follow one data set's naming scheme (see `hbfp_timm.data.identities_from_names`), else they are unknown (None).
 
     Args:
         source: folder, ``.csv`` / ``.txt`` list, or image.
@@ -253,7 +262,8 @@ def collect_images(source: PathLike) -> ImageList:
     if path.is_dir():
         files = sorted(str(p) for p in path.rglob('*') if p.is_file())
         paths = [p for p in files if Path(p).suffix.lower() in IMAGE_EXTENSIONS]
-        others = [os.path.relpath(p, path) for p in files if Path(p).suffix.lower() not in IMAGE_EXTENSIONS]
+        others = [os.path.relpath(p, path) for p in files if Path(p).suffix.lower() not in IMAGE_EXTENSIONS
+                  and not _is_folder_metadata(Path(p).name)]
         not_images = (f'{len(others)} file{"" if len(others) == 1 else "s"} without the extension of an image '
                       f'format Pillow decodes ({_some(others)})')
         if not paths:
