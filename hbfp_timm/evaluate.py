@@ -105,9 +105,11 @@ def read_data(dataset_name: str, data_root) -> ReIDDataset:
 
 def without_unreadable_images(dataset: ReIDDataset, report=None) -> ReIDDataset:
     """`dataset` without the query and gallery images that cannot be decoded (``--skip-bad-images``): each is
-    reported with its reason, then the count, and counted in ``dropped``; a ValueError when a split is left empty."""
+    reported with its reason, then the count, and counted in ``dropped``; a ValueError when a split is left empty.
+    Every image is decoded, with progress shown on stderr (a bar on a terminal, a line a minute in a log)."""
     report = report or (lambda line: print(line, file=sys.stderr))
-    bad = dict(find_unreadable_images([path for path, _, _ in dataset.query + dataset.gallery], full=True))
+    bad = dict(find_unreadable_images([path for path, _, _ in dataset.query + dataset.gallery], full=True,
+                                      show_progress=True))
     if not bad:
         return dataset
     for path, reason in bad.items():

@@ -1,5 +1,7 @@
 """python -m hbfp_timm.evaluate: a model on labelled data sets, one row each, the protocol's scores."""
+import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +109,20 @@ def test_an_undecodable_image_is_an_error_or_with_skip_bad_images_left_out_and_c
     assert row['num_gallery'] == len(dataset.gallery) - 1 and row['num_query'] == len(dataset.query)
     assert row['dropped']['unreadable images (--skip-bad-images)'] == 1
     assert 'unreadable images (--skip-bad-images): 1' in captured.out
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_skip_bad_images_shows_the_progress_of_decoding_every_image(data_root, monkeypatch):
+    """Decoding every query and gallery image showed nothing, however long it took."""
+    dataset = market_layout(data_root)
+    monkeypatch.setattr(sys, 'stderr', _Terminal())
+    assert evaluate_module.without_unreadable_images(dataset, report=pytest.fail) is dataset
+    total = len(dataset.query) + len(dataset.gallery)
+    assert 'decoding images: ' in sys.stderr.getvalue() and f'/{total} ' in sys.stderr.getvalue()
 
 
 def test_a_missing_data_root_is_one_line_and_exit_2(tmp_path, capsys):
