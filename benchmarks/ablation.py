@@ -60,6 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from hbfp_timm.commands import run_command
 from hbfp_timm.hub.paper import PAPER_CITATION, PAPER_TABLE2, PAPER_TABLE3
 from hbfp_timm.models import BOT_ARGS
 from hbfp_timm.train import TrainConfig
@@ -316,4 +317,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_command(main)  # warnings as one line each, then the exit status

@@ -1,7 +1,8 @@
 """Table 1 of HBFP-Net, CUHK03-NP columns (new protocol, 767/700 split, the ``--split`` boxes):
 `python -m benchmarks.cuhk03 --split labeled|detected --help` (see :mod:`benchmarks.harness`)."""
 import functools
-import sys
+
+from hbfp_timm.commands import run_command
 
 from .harness import main as harness_main
 
@@ -14,4 +15,4 @@ main = functools.partial(
 )
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_command(main)  # warnings as one line each, then the exit status

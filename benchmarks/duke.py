@@ -1,6 +1,7 @@
 """Table 1 of HBFP-Net, DukeMTMC-reID column: `python -m benchmarks.duke --help` (see :mod:`benchmarks.harness`)."""
 import functools
-import sys
+
+from hbfp_timm.commands import run_command
 
 from .harness import main as harness_main
 
@@ -12,4 +13,4 @@ main = functools.partial(
 )
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_command(main)  # warnings as one line each, then the exit status

@@ -5,8 +5,8 @@ With ``--data-root``, every data set must be under it; without it, the data sets
 roots are run and the others listed, and with none found the synthetic embedded default runs.
 """
 import functools
-import sys
 
+from hbfp_timm.commands import run_command
 from hbfp_timm.hub.paper import PAPER_TABLE1
 
 from .harness import main as harness_main
@@ -19,4 +19,4 @@ main = functools.partial(
 )
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_command(main)  # warnings as one line each, then the exit status

@@ -1,6 +1,13 @@
 """The benchmark commands as a user meets them when something goes wrong: what a failed run leaves behind, the
 flags its errors name, and how its warnings are printed."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+from PIL import Image
 
 from benchmarks import market
 from benchmarks.settings import as_flags
@@ -8,6 +15,16 @@ from hbfp_timm.data import build_dataset
 from hbfp_timm.data.synthetic import generate_synthetic_dataset
 
 NUM_INSTANCES = 4
+ROOT = Path(__file__).resolve().parents[1]
+# `python -m benchmarks.<name>` from any folder: the checkout first on the path.
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]))
+
+
+def _image_in_a_subfolder(split: Path) -> None:
+    """Copy an image of ``split`` into its subfolder ``later/``, which the readers warn about and do not read."""
+    image = next(path for path in sorted(split.iterdir()) if path.is_file())
+    (split / 'later').mkdir()
+    shutil.copy(image, split / 'later' / image.name)
 
 
 @pytest.fixture(scope='module')
@@ -61,3 +78,23 @@ def test_training_flags_refused_when_only_evaluating_are_named_as_typed(few_iden
 ])
 def test_trainer_fields_become_flags_but_words_paths_and_fields_without_a_flag_stay(message, expected):
     assert as_flags(message) == expected
+
+
+def test_every_table_command_prints_a_warning_as_one_line_without_python_source(tmp_path):
+    """A training split with an image in a subfolder (a warning) and a file name no reader parses (an error, before
+    any model is built): each command warns in one line, then fails in one line."""
+    generate_synthetic_dataset(tmp_path / 'data', num_ids=4, num_cams=2, images_per_id=4, height=64, width=32,
+                               progress=False)
+    train = tmp_path / 'data' / 'bounding_box_train'
+    _image_in_a_subfolder(train)
+    Image.new('RGB', (32, 64)).save(train / 'person7.jpg')
+    commands = {name: subprocess.Popen(
+        [sys.executable, '-m', f'benchmarks.{name}', '--data-root', str(tmp_path / 'data'), '--device', 'cpu',
+         '--output', str(tmp_path / name)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name in ('duke', 'cuhk03', 'table1', 'ablation')}
+    for name, process in commands.items():
+        _, err = process.communicate(timeout=300)
+        lines = err.strip().splitlines()
+        assert process.returncode == 2 and 'UserWarning' not in err and len(lines) == 2, (name, err)
+        assert lines[0].startswith(f'warning: {train}: skipped 1 image in subfolders (later/);'), (name, err)
+        assert lines[1].startswith(f'error: --data-root {tmp_path / "data"}: cannot parse '), (name, err)
