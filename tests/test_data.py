@@ -477,3 +477,20 @@ def test_sixteen_bit_grey_images_are_scaled_to_eight_bits_not_clipped(tmp_path):
     assert np.array_equal(np.asarray(to_rgb(Image.fromarray(values.astype(np.int32), 'I'))), expected)
     rgb = Image.new('RGB', (3, 2), (10, 200, 30))
     assert np.array_equal(np.asarray(to_rgb(rgb)), np.asarray(rgb))
+
+
+@pytest.mark.parametrize('values, expected', [
+    ([[0.0, 0.5, 1.0]], [[0, 128, 255]]),  # [0, 1]
+    ([[0.0, 100.4, 255.0]], [[0, 100, 255]]),  # [0, 255]
+    ([[0.0, 500.0, 1000.0]], [[0, 128, 255]]),  # wider: divided by its maximum over 255
+    ([[float('nan'), -3.0, 0.25]], [[0, 0, 64]]),  # non-finite and negative values are black
+])
+def test_float_grey_images_are_scaled_to_eight_bits_not_clipped(tmp_path, values, expected):
+    """A 32-bit float TIFF (mode F) holding [0, 1] values was black, one holding [0, 1000] white where above 255."""
+    from hbfp_timm.data.datasets import to_rgb
+    Image.fromarray(np.array(values, dtype=np.float32), 'F').save(tmp_path / 'grey.tif')
+    image, _, _, _ = ImageDataset([(str(tmp_path / 'grey.tif'), 1, 0)])[0]
+    assert image.mode == 'RGB'
+    assert np.array_equal(np.asarray(image), np.repeat(np.array(expected, dtype=np.uint8)[..., None], 3, axis=2))
+    assert np.array_equal(np.asarray(to_rgb(Image.fromarray(np.array(values, dtype=np.float32), 'F'))),
+                          np.asarray(image))

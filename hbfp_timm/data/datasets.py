@@ -409,12 +409,19 @@ _WIDE_GREY_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """`image` as 8-bit RGB; 16-bit grey images (``I;16``, and ``I`` with values up to 65535) are scaled to 8 bits
-    (divided by 257) first, rather than clipped at 255 as PIL's ``convert('RGB')`` does."""
+    """`image` as 8-bit RGB; wide grey images are scaled to 8 bits first, rather than clipped at 255 as PIL's
+    ``convert('RGB')`` does: 16-bit ones (``I;16``, and ``I`` with values up to 65535) divided by 257, and
+    floating-point ones (``F``, e.g. a 32-bit float TIFF) taken as [0, 1] when no value is above 1, else as
+    [0, 255] when none is above 255, else divided by their maximum over 255 (non-finite values count as 0)."""
     if image.mode in _WIDE_GREY_MODES:
         values = np.asarray(image, dtype=np.int64)
         scale = 257 if values.size == 0 or values.max() <= 65535 else max(1, int(values.max()) // 255 + 1)
         image = Image.fromarray((np.clip(values, 0, None) // scale).astype(np.uint8), 'L')
+    elif image.mode == 'F':
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        top = values.max() if values.size else 0.0
+        values = values * 255 if top <= 1 else values if top <= 255 else values * (255 / top)
+        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), 'L')
     return image.convert('RGB')
 
 
