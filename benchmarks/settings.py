@@ -9,13 +9,15 @@ The recipe flags (``--lr``, ``--margin``, ``--label-smoothing``, ...) are the tr
 when the command line is parsed, so a bad value fails before any data is read or any model trained.
 """
 import argparse
+import contextlib
 import random
 import re
 import shlex
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NoReturn, Optional, Sequence, Tuple
 
 import numpy as np
 import timm
@@ -346,10 +348,29 @@ def exact_command(prog: str, argv: Sequence[str]) -> str:
     return prog + (' ' + shlex.join(argv) if argv else '')
 
 
+@contextlib.contextmanager
+def each_warning_once() -> Iterator[None]:
+    """Within it, a warning is shown once, however often and from wherever it is raised again: a benchmark reads
+    its data, then the trainer reads it again for each run, and the data's warnings (images not read) would be
+    repeated. The warning filters apply as ever (``-W error`` still raises); only the repeats are not shown."""
+    show, shown = warnings.showwarning, set()
+
+    def show_once(message, category, filename, lineno, file=None, line=None):
+        if (category, str(message)) not in shown:
+            shown.add((category, str(message)))
+            show(message, category, filename, lineno, file, line)
+    warnings.showwarning = show_once
+    try:
+        yield
+    finally:
+        warnings.showwarning = show
+
+
 def guarded(function: Callable[[], Any]) -> int:
     """Run ``function``; a :class:`BenchmarkError` becomes one ``error:`` line on stderr and exit code 2, an
     ``OSError`` (disk full, a file gone) one line and exit code 1, Ctrl-C one line and exit code 130, SIGTERM one
-    line and exit code 143 (each training run's last checkpoint stays intact and resumable).
+    line and exit code 143 (each training run's last checkpoint stays intact and resumable). Each warning is shown
+    once (:func:`each_warning_once`).
 
     Args:
         function: The benchmark body.
@@ -359,7 +380,7 @@ def guarded(function: Callable[[], Any]) -> int:
     """
     deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    with Interruptions() as interruptions:
+    with Interruptions() as interruptions, each_warning_once():
         try:
             function()
         except BenchmarkError as error:

@@ -27,17 +27,21 @@ def _image_in_a_subfolder(split: Path) -> None:
     shutil.copy(image, split / 'later' / image.name)
 
 
+def _failing_train_flags(root: Path) -> list:
+    """``--train`` flags for the Market-layout set ``root`` whose PK batches ask for one identity more than it trains
+    on: the trainer refuses them before the first step."""
+    identities = build_dataset('market_layout', root).num_train_pids
+    return ['--data-root', str(root), '--train', '--model', 'hbfp_resnet18', '--img-size', '64', '32',
+            '--epochs', '1', '--batch-size', str((identities + 1) * NUM_INSTANCES),
+            '--num-instances', str(NUM_INSTANCES), '--no-pretrained-backbone', '--device', 'cpu', '--workers', '0']
+
+
 @pytest.fixture(scope='module')
 def few_identities(tmp_path_factory):
-    """A Market-layout set and ``--train`` flags whose PK batches ask for one identity more than it trains on:
-    the trainer refuses them before the first step."""
+    """A small Market-layout set and :func:`_failing_train_flags` for it."""
     root = tmp_path_factory.mktemp('few_identities')
     generate_synthetic_dataset(root, num_ids=4, num_cams=2, images_per_id=4, height=64, width=32, progress=False)
-    identities = build_dataset('market_layout', root).num_train_pids
-    flags = ['--data-root', str(root), '--train', '--model', 'hbfp_resnet18', '--img-size', '64', '32',
-             '--epochs', '1', '--batch-size', str((identities + 1) * NUM_INSTANCES),
-             '--num-instances', str(NUM_INSTANCES), '--no-pretrained-backbone', '--device', 'cpu', '--workers', '0']
-    return root, flags
+    return root, _failing_train_flags(root)
 
 
 def test_a_failed_training_run_leaves_no_empty_train_folder_but_keeps_one_it_found(few_identities, tmp_path, capsys):
@@ -98,3 +102,16 @@ def test_every_table_command_prints_a_warning_as_one_line_without_python_source(
         assert process.returncode == 2 and 'UserWarning' not in err and len(lines) == 2, (name, err)
         assert lines[0].startswith(f'warning: {train}: skipped 1 image in subfolders (later/);'), (name, err)
         assert lines[1].startswith(f'error: --data-root {tmp_path / "data"}: cannot parse '), (name, err)
+
+
+def test_a_data_warning_is_printed_once_though_the_trainer_reads_the_data_again(few_identities, tmp_path):
+    data = tmp_path / 'data'
+    shutil.copytree(few_identities[0], data)
+    flags = _failing_train_flags(data)
+    _image_in_a_subfolder(data / 'query')
+    done = subprocess.run([sys.executable, '-m', 'benchmarks.market', *flags,
+                           '--output', str(tmp_path / 'out')], env=ENV, capture_output=True, text=True, timeout=300)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 2, done.stderr
+    assert lines[0].startswith(f'warning: {data / "query"}: skipped 1 image in subfolders (later/);'), done.stderr
+    assert lines[1].startswith('error: --train: --batch-size: '), done.stderr
