@@ -13,7 +13,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from hbfp_timm.commands import one_line
+from hbfp_timm.commands import as_flags, one_line
 from hbfp_timm.data import ReIDDataset, build_test_transform, test_loaders
 from hbfp_timm.hub import load_checkpoint
 from hbfp_timm.inference.visualize import draw_cmc_curves, draw_ranked_lists
@@ -22,7 +22,7 @@ from hbfp_timm.train import MODEL_NAME, TrainConfig, train
 from hbfp_timm.training.prepare import missing_folders, remove_created_folders
 from hbfp_timm.utils.files import sha256_file
 
-from .settings import BenchmarkError, Settings, as_flags
+from .settings import FLAGS, BenchmarkError, Settings
 
 __all__ = [
     'Evaluation', 'evaluate_model', 'train_model', 'best_evaluation', 'Run', 'trained_run', 'evaluate_runs',
@@ -100,7 +100,7 @@ def train_model(dataset_name: str, data_root: Path, settings: Settings, output: 
         results = train(config, command=shlex.split(command) if command else None)
     except (OSError, ValueError, ArithmeticError) as error:  # setup, data or output errors; a diverged loss
         remove_created_folders(created)
-        raise BenchmarkError(f'{context}: {as_flags(one_line(error))}') from error
+        raise BenchmarkError(f'{context}: {as_flags(one_line(error), FLAGS)}') from error
     except BaseException:  # Ctrl-C, SIGTERM, an unexpected error: the same clean-up, the error as it is
         remove_created_folders(created)
         raise

@@ -11,7 +11,6 @@ when the command line is parsed, so a bad value fails before any data is read or
 import argparse
 import contextlib
 import random
-import re
 import shlex
 import sys
 import warnings
@@ -24,7 +23,7 @@ import timm
 import torch
 
 import hbfp_timm  # noqa: F401  (registers the hbfp_* models with timm)
-from hbfp_timm.commands import one_line, parse_model_arg
+from hbfp_timm.commands import flags_of, one_line, parse_model_arg
 from hbfp_timm.data.datasets import DATASET_NAMES
 from hbfp_timm.train import TrainConfig
 from hbfp_timm.training.cli import RECIPE_FLAGS, add_recipe_arguments, field_type, positive_int
@@ -33,7 +32,7 @@ from hbfp_timm.training.interrupts import Interruptions
 __all__ = [
     'Settings', 'DEFAULT_MODEL', 'DATA_ROOT_ENV', 'SYNTHETIC_PRESET', 'add_common_arguments', 'resolve_settings',
     'seeds_of', 'training_flags_given', 'parse_model_arg', 'seed_everything', 'check_device', 'BenchmarkError',
-    'ArgumentParser', 'exact_command', 'guarded', 'FLAGS', 'as_flags',
+    'ArgumentParser', 'exact_command', 'guarded', 'FLAGS',
 ]
 
 
@@ -179,34 +178,14 @@ def add_common_arguments(parser: argparse.ArgumentParser, synthetic_epochs: Opti
 def _flags() -> Dict[str, str]:
     parser = argparse.ArgumentParser(add_help=False)
     add_common_arguments(parser)
-    flags = {action.dest: action.option_strings[0] for action in parser._actions}
+    flags = flags_of(parser)
     return {**flags, 'pretrained_backbone': flags['no_pretrained_backbone']}  # the TrainConfig field of the flag
 
 
 # The flag of each name of the parsed flags and of each TrainConfig field the flags set, as the user types it:
-# batch_size -> --batch-size, model_args -> --model-arg, eval_data_roots -> --eval-data-root.
+# batch_size -> --batch-size, model_args -> --model-arg, eval_data_roots -> --eval-data-root (for
+# hbfp_timm.commands.as_flags).
 FLAGS: Dict[str, str] = _flags()
-
-
-def as_flags(message: str) -> str:
-    """A trainer's error as the user of a benchmark reads it: the ``TrainConfig`` fields it names written as the
-    flags that set them (:data:`FLAGS`): ``batch_size: ... (batch_size 64 / num_instances 4)`` ->
-    ``--batch-size: ... (--batch-size 64 / --num-instances 4)``.
-
-    The fields the message starts with (``name: ``, ``name, name: ``) are translated, and in the rest of it the
-    ``snake_case`` names, which are not words; a plain word (``model``, ``margin``) and a name within a path are
-    left as they are.
-
-    Args:
-        message: The error message.
-
-    Returns:
-        The message with the flags.
-    """
-    start = re.match(r'([a-z_]+(?:, [a-z_]+)*): ', message)
-    if start and all(name in FLAGS for name in start[1].split(', ')):
-        message = ', '.join(FLAGS[name] for name in start[1].split(', ')) + message[len(start[1]):]
-    return re.sub(r'(?<![\w/.-])[a-z]+(?:_[a-z]+)+(?![\w/-]|\.\w)', lambda name: FLAGS.get(name[0], name[0]), message)
 
 
 def seeds_of(args: argparse.Namespace) -> List[int]:

@@ -10,7 +10,7 @@ import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from safetensors import SafetensorError
 
@@ -18,8 +18,8 @@ from .hub import CheckpointMismatchError, WeightsNotFoundError
 from .inference.extractor import FeatureExtractor
 from .models.registry import DEFAULT_REID_MODEL
 
-__all__ = ['USER_ERRORS', 'add_model_arguments', 'extractor_from_args', 'run_command', 'exit_code', 'one_line',
-           'output_file', 'output_folder', 'parse_model_arg']
+__all__ = ['USER_ERRORS', 'add_model_arguments', 'as_flags', 'extractor_from_args', 'flags_of', 'run_command',
+           'exit_code', 'one_line', 'output_file', 'output_folder', 'parse_model_arg']
 
 # What the commands report as one line instead of a traceback.
 USER_ERRORS = (FileNotFoundError, ValueError, OSError, TypeError, ImportError, WeightsNotFoundError,
@@ -114,13 +114,39 @@ def output_file(flag: str, path: Union[str, Path], suffix: str) -> Path:
     return path
 
 
+def flags_of(parser: argparse.ArgumentParser, **fields: str) -> Dict[str, str]:
+    """The flag of each option of ``parser`` as the user types it, by its ``dest`` (``batch_size`` ->
+    ``--batch-size``); ``fields`` adds the names that a flag of another name sets (``model_args='--model-arg'``)."""
+    flags = {action.dest: max(action.option_strings, key=len) for action in parser._actions if action.option_strings}
+    return {**flags, **fields}
+
+
+def as_flags(message: str, flags: Mapping[str, str]) -> str:
+    """An error of the Python API (a ``TrainConfig`` field first: ``batch_size: ... (batch_size 64 / num_instances
+    4)``) as the user of a command reads it, with the flags that set those fields (``flags``, see
+    :func:`flags_of`): ``--batch-size: ... (--batch-size 64 / --num-instances 4)``.
+
+    The fields the message starts with (``name: ``, ``name, name: ``) are translated when every one has a flag, and
+    in the rest of it the ``snake_case`` names that have one; a plain word (``model``, ``margin``) and a name within
+    a path stay. A ``model_args`` message names the model's own constructor arguments, which are no flags, even
+    where a flag has the same name (``pretrained_backbone``): only its start is translated."""
+    start = re.match(r'([a-z_]+(?:, [a-z_]+)*): ', message)
+    names = start[1].split(', ') if start else []
+    if names and all(name in flags for name in names):
+        message = ', '.join(flags[name] for name in names) + message[len(start[1]):]
+    if names == ['model_args']:
+        return message
+    return re.sub(r'(?<![\w/.-])[a-z]+(?:_[a-z]+)+(?![\w/-]|\.\w)', lambda name: flags.get(name[0], name[0]), message)
+
+
 def _warning_line(message, category, filename, lineno, line=None) -> str:
     """A command's warnings as one ``warning:`` line, without the source location meant for programmers."""
     return f'warning: {message}\n'
 
 
 def run_command(main) -> None:
-    """``python -m hbfp_timm.embed|search|activations|evaluate``: warnings shown as one line each, then the
+    """The ``__main__`` of a command (``python -m hbfp_timm.embed|search|activations|evaluate``, ``python -m
+    benchmarks.market|duke|cuhk03|table1|ablation|speed|probes``): warnings shown as one line each, then the
     command's exit status."""
     warnings.formatwarning = _warning_line
     sys.exit(main())

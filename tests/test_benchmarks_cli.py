@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from benchmarks import market
-from benchmarks.settings import as_flags
+from benchmarks.settings import FLAGS
+from hbfp_timm.commands import as_flags
 from hbfp_timm.data import build_dataset
 from hbfp_timm.data.synthetic import generate_synthetic_dataset
 
@@ -79,9 +80,12 @@ def test_training_flags_refused_when_only_evaluating_are_named_as_typed(few_iden
     ('eval_data_roots: /data/batch_size/query and batch_size.txt: missing', '--eval-data-root: /data/batch_size/query '
      'and batch_size.txt: missing'),
     ('triplet_weight, id_weight: expected one above 0', 'triplet_weight, id_weight: expected one above 0'),
+    # The model's constructor arguments are no flags, even where a flag has the same name.
+    ("model_args: hbfp_resnet18 takes no argument 'x'; HBFPNet takes backbone, drop_rate, pretrained_backbone",
+     "--model-arg: hbfp_resnet18 takes no argument 'x'; HBFPNet takes backbone, drop_rate, pretrained_backbone"),
 ])
 def test_trainer_fields_become_flags_but_words_paths_and_fields_without_a_flag_stay(message, expected):
-    assert as_flags(message) == expected
+    assert as_flags(message, FLAGS) == expected
 
 
 def test_every_table_command_prints_a_warning_as_one_line_without_python_source(tmp_path):

@@ -71,10 +71,11 @@ def test_a_missing_data_root_is_one_line(tmp_path, capsys):
     (['--resume', 'missing_dir/checkpoint.pt'], '--resume: '),
     (['--batch-size', '6', '--num-instances', '4'], '--batch-size: '),
     (['--model-arg', "branches=('x',)"], '--model-arg: '),
-    (['--batch-size', '16'], 'has 6 training identities, too few for batches of P=8 identities (batch_size 16 / '
-                             'num_instances 2); expected batch_size at most 6 x num_instances = 12'),
+    (['--batch-size', '16'], 'has 6 training identities, too few for batches of P=8 identities (--batch-size 16 / '
+                             '--num-instances 2); expected --batch-size at most 6 x --num-instances = 12'),
     (['--model-arg', 'corelation_dim=8'], "--model-arg: hbfp_mobilenetv2_100 takes no argument 'corelation_dim' (did "
                                           'you mean correlation_dim?); HBFPNet takes backbone, num_classes, '),
+    (['--model-arg', 'corelation_dim=8'], ', drop_path_rate, pretrained_backbone, backbone_weights'),  # not flags
     (['--model-arg', 'num_classes=5'], '--model-arg: num_classes is set by the trainer (one class per training '),
     (['--model-arg', 'in_chans=1'], '--model-arg: in_chans=1, but the trainer reads every image as RGB (3 channels)'),
     (['--label-smoothing', '1.5'], '--label-smoothing: expected a value in [0, 1), got 1.5'),

@@ -12,12 +12,11 @@ working folder; a resumed run keeps its own configuration, and flags given overr
 import argparse
 import json
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..commands import one_line, parse_model_arg
+from ..commands import as_flags, flags_of, one_line, parse_model_arg
 from ..data import DATASET_NAMES, ImageReadError
 from ..utils.files import OutputWriteError
 from .checkpoint import CHECKPOINT_NAME, RESULTS_NAME, load_train_state
@@ -227,7 +226,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                 parser.exit(143 if name == 'SIGTERM' else 130, f'{PROG}: interrupted ({name}); {_resume_hint(cfg)}\n')
             remove_created_folders(created)
             if isinstance(exc, TrainSetupError):
-                parser.exit(2, f'{PROG}: error: {_as_flags(str(exc))}\n')
+                parser.exit(2, f'{PROG}: error: {as_flags(str(exc), _flags())}\n')
             if isinstance(exc, OutputWriteError):
                 parser.exit(1, f'{PROG}: error: {exc.strerror or exc}\n')
             if isinstance(exc, ImageReadError):
@@ -270,7 +269,7 @@ def _check_recorded_paths(saved: Dict[str, Any], given: set, resume: str) -> Non
         for path in (value if isinstance(value, (list, tuple)) else [value]):
             if name in given or path is None or Path(path).expanduser().is_absolute() or Path(path).exists():
                 continue
-            flag = _FLAG_OF_FIELD.get(name, '--' + name.replace('_', '-'))
+            flag = _flags()[name]
             raise TrainSetupError(
                 f'resume: {resume} records {flag} {path}, a path relative to the folder the run was started in, and '
                 f'{Path.cwd()} has no {path}; resume from that folder, or pass {flag} with the path from here')
@@ -291,19 +290,9 @@ def _resume_hint(cfg: Optional[TrainConfig]) -> str:
     return f'{folder / CHECKPOINT_NAME}{held} is intact; continue with: {PROG} --resume {folder}'
 
 
-# TrainConfig fields whose flag is not ``--`` + the field name with hyphens.
-_FLAG_OF_FIELD = {'model_args': '--model-arg', 'pretrained_backbone': '--no-pretrained-backbone',
-                  'eval_data_roots': '--eval-data-root', 'amp': '--no-amp'}
-
-
-def _as_flags(message: str) -> str:
-    """``'label_smoothing: ...'`` -> ``'--label-smoothing: ...'``: name the option the user typed."""
-    match = re.match(r'^([a-z_]+(?:, [a-z_]+)*): ', message)
-    names = match[1].split(', ') if match else []
-    if not names or not all(name in TrainConfig.__dataclass_fields__ for name in names):
-        return message
-    flags = [_FLAG_OF_FIELD.get(name, '--' + name.replace('_', '-')) for name in names]
-    return ', '.join(flags) + message[len(match[1]):]
+def _flags() -> Dict[str, str]:
+    """The flag of each ``TrainConfig`` field (``model_args`` is set by ``--model-arg``)."""
+    return flags_of(build_parser(), model_args='--model-arg')
 
 
 class _Unset(list):
