@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 import hbfp_timm
-from hbfp_timm.commands import one_line
+from hbfp_timm.commands import one_line, run_command
 from hbfp_timm.data import ImageDataset, build_dataset, build_train_transform
 from hbfp_timm.data.synthetic import generate_synthetic_dataset
 from hbfp_timm.metrics import evaluate_features, evaluate_rank
@@ -484,4 +484,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_command(main)

@@ -63,6 +63,7 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import hbfp_timm
+from hbfp_timm.commands import run_command
 from hbfp_timm.inference.features import autocast_dtype
 from hbfp_timm.layers.gep import default_implementation, generalized_pool2d
 from hbfp_timm.metrics import evaluate_rank
@@ -493,4 +494,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_command(main)
