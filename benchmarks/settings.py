@@ -28,6 +28,7 @@ from hbfp_timm.data.datasets import DATASET_NAMES
 from hbfp_timm.train import TrainConfig
 from hbfp_timm.training.cli import RECIPE_FLAGS, add_recipe_arguments, field_type, positive_int
 from hbfp_timm.training.interrupts import Interruptions
+from hbfp_timm.utils import devices
 
 __all__ = [
     'Settings', 'DEFAULT_MODEL', 'DATA_ROOT_ENV', 'SYNTHETIC_PRESET', 'add_common_arguments', 'resolve_settings',
@@ -273,7 +274,7 @@ def resolve_settings(args: argparse.Namespace, synthetic: bool) -> Settings:
         model=model, model_args=dict(args.model_args), img_size=img_size,
         epochs=args.epochs if args.epochs is not None else preset.get('epochs'),
         batch_size=batch_size, num_instances=num_instances,
-        device=check_device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu')),
+        device=check_device(args.device),
         workers=args.workers if args.workers is not None else preset.get('workers', 4),
         seed=seeds_of(args)[0],
         # No download on synthetic data (CPU demo, maybe offline); the paper starts from ImageNet.
@@ -287,15 +288,13 @@ def resolve_settings(args: argparse.Namespace, synthetic: bool) -> Settings:
     )
 
 
-def check_device(name: str) -> str:
-    """``name`` if it is a torch device this machine has, else a :class:`BenchmarkError` naming ``--device``."""
+def check_device(name: Optional[str]) -> str:
+    """``name`` (None or ``'auto'``: CUDA when available, else the CPU) as a torch device this machine has, else
+    a :class:`BenchmarkError` naming ``--device`` (:func:`hbfp_timm.utils.devices.check_device`'s rule)."""
     try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise BenchmarkError(f"--device {name}: expected 'cpu', 'cuda' or 'cuda:N' ({error})") from error
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise BenchmarkError(f'--device {name}: CUDA is not available on this machine')
-    return name
+        return str(devices.check_device(name, argument='--device'))
+    except ValueError as error:
+        raise BenchmarkError(str(error)) from None
 
 
 # --- cli --------------------------------------------------------------------------------------------------------------

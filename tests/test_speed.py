@@ -112,8 +112,9 @@ def test_command_line_defaults_and_conflicts(tmp_path):
     (['--output', '{folder}'], 'is a folder; expected a JSON file path'),
     (['--sections', 'models,sorting'], 'expected a comma-separated subset of models,layers,'),
     (['--sections', 'search', '--tasks', 'sorting'], 'expected a comma-separated subset of topk,evaluate,rerank'),
-    (['--device', 'gpu9'], "error: --device gpu9: expected 'cpu', 'cuda' or 'cuda:N'"),
-    (['--device', 'nonsense'], 'python -m benchmarks.speed: error: --device nonsense: '),
+    (['--device', 'gpu9'], "error: --device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got 'gpu9'"),
+    (['--device', 'nonsense'], "python -m benchmarks.speed: error: --device: expected 'auto', 'cpu', 'cuda' or "
+                               "'cuda:N', got 'nonsense'"),
 ])
 def test_bad_arguments_are_one_line(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exc:
