@@ -253,7 +253,7 @@ def run_ablation(args: argparse.Namespace, argv: Sequence[str]) -> Dict[str, Any
             footprints += [training_footprint(outline_model(configured[row.key]))] * len(seeds)
         except BenchmarkError as error:
             raise BenchmarkError(f'row {row.key}: {error}') from error
-    output = prepare_output(args.output or Path('runs') / 'ablation')
+    output = prepare_output(args.output)
     if synthetic:
         print(no_data_notice(missing, prog, modes=' each row trains with the paper\'s recipe.'), flush=True)
         print(f'Running the ablations on synthetic data instead ({SYNTHETIC_LABEL}): {settings.model}, '
@@ -313,7 +313,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    return guarded(lambda: run_ablation(args, argv))
+    args.output = args.output or str(Path('runs') / 'ablation')
+    return guarded(lambda: run_ablation(args, argv), output=args.output)
 
 
 if __name__ == '__main__':

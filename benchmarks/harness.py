@@ -354,7 +354,7 @@ def run_table1(args: argparse.Namespace, dataset_names: Sequence[str], prog: str
     if mode == 'checkpoint':
         checkpoint_model = create_model(settings)
         load_weights(checkpoint_model, Path(args.checkpoint).expanduser())
-    output = prepare_output(args.output or Path('runs') / report_name)
+    output = prepare_output(args.output)
     if missing:
         print(no_data_notice(missing, prog), flush=True)
     data: List[BenchmarkData] = []
@@ -419,4 +419,5 @@ def main(argv: Optional[Sequence[str]] = None, *, prog: str, description: str, d
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(prog, description, cuhk03_split).parse_args(argv)
     names = [f'cuhk03_{args.split}'] if cuhk03_split else list(dataset_names)
-    return guarded(lambda: run_table1(args, names, prog, argv, report_name))
+    args.output = args.output or str(Path('runs') / report_name)
+    return guarded(lambda: run_table1(args, names, prog, argv, report_name), output=args.output)

@@ -19,7 +19,7 @@ from hbfp_timm.hub import load_checkpoint
 from hbfp_timm.inference.visualize import draw_cmc_curves, draw_ranked_lists
 from hbfp_timm.metrics.evaluation import evaluate
 from hbfp_timm.train import MODEL_NAME, TrainConfig, train
-from hbfp_timm.training.prepare import missing_folders, remove_created_folders
+from hbfp_timm.training.prepare import folders_removed_on_failure
 from hbfp_timm.utils.files import sha256_file
 
 from .settings import FLAGS, BenchmarkError, Settings
@@ -94,16 +94,11 @@ def train_model(dataset_name: str, data_root: Path, settings: Settings, output: 
         max_steps_per_epoch=settings.max_steps_per_epoch, **settings.train_overrides)
     if settings.epochs is not None:
         fields['epochs'] = settings.epochs
-    created = missing_folders(output)
     try:
-        config = TrainConfig(**fields)
-        results = train(config, command=shlex.split(command) if command else None)
+        with folders_removed_on_failure(output):
+            results = train(TrainConfig(**fields), command=shlex.split(command) if command else None)
     except (OSError, ValueError, ArithmeticError) as error:  # setup, data or output errors; a diverged loss
-        remove_created_folders(created)
         raise BenchmarkError(f'{context}: {as_flags(one_line(error), FLAGS)}') from error
-    except BaseException:  # Ctrl-C, SIGTERM, an unexpected error: the same clean-up, the error as it is
-        remove_created_folders(created)
-        raise
     weights = output / MODEL_NAME
     if not weights.is_file():
         raise BenchmarkError(f'{context}: the trainer wrote no {weights}')

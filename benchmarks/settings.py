@@ -16,7 +16,7 @@ import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, NoReturn, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NoReturn, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import timm
@@ -28,6 +28,7 @@ from hbfp_timm.data.datasets import DATASET_NAMES
 from hbfp_timm.train import TrainConfig
 from hbfp_timm.training.cli import RECIPE_FLAGS, add_recipe_arguments, field_type, positive_int
 from hbfp_timm.training.interrupts import Interruptions
+from hbfp_timm.training.prepare import folders_removed_on_failure
 from hbfp_timm.utils import devices
 
 __all__ = [
@@ -344,14 +345,15 @@ def each_warning_once() -> Iterator[None]:
         warnings.showwarning = show
 
 
-def guarded(function: Callable[[], Any]) -> int:
+def guarded(function: Callable[[], Any], output: Optional[Union[str, Path]] = None) -> int:
     """Run ``function``; a :class:`BenchmarkError` becomes one ``error:`` line on stderr and exit code 2, an
     ``OSError`` (disk full, a file gone) one line and exit code 1, Ctrl-C one line and exit code 130, SIGTERM one
     line and exit code 143 (each training run's last checkpoint stays intact and resumable). Each warning is shown
-    once (:func:`each_warning_once`).
+    once (:func:`each_warning_once`). A run that fails removes the folders it created for ``output`` and left empty.
 
     Args:
         function: The benchmark body.
+        output: The folder the body writes into (``--output``, or its default), if any.
 
     Returns:
         The process exit code.
@@ -360,7 +362,8 @@ def guarded(function: Callable[[], Any]) -> int:
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     with Interruptions() as interruptions, each_warning_once():
         try:
-            function()
+            with folders_removed_on_failure(Path(output).expanduser()) if output else contextlib.nullcontext():
+                function()
         except BenchmarkError as error:
             print(f'error: {one_line(error)}', file=sys.stderr, flush=True)
             return 2

@@ -47,10 +47,11 @@ def few_identities(tmp_path_factory):
 
 def test_a_failed_training_run_leaves_no_empty_train_folder_but_keeps_one_it_found(few_identities, tmp_path, capsys):
     _, flags = few_identities
-    out = tmp_path / 'out'
+    out = tmp_path / 'new' / 'out'
     assert market.main(flags + ['--output', str(out)]) == 2
     assert capsys.readouterr().err.startswith('error: --train: ')
-    assert not list(out.glob('train_*'))
+    assert not (tmp_path / 'new').exists()  # nor the --output folder (and its parents) it created and left empty
+    out.mkdir(parents=True)
     found = out / 'train_market_layout'  # the folder a run on a Market-layout set of one's own trains in
     found.mkdir()
     assert market.main(flags + ['--output', str(out)]) == 2

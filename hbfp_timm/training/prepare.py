@@ -2,10 +2,11 @@
 the output folder (and an earlier run in it), the data set and its images, the model (weights, input size) and a
 resumed checkpoint's fit.
 """
+import contextlib
 import json
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import timm
 import torch
@@ -23,7 +24,7 @@ from .checkpoint import CHECKPOINT_NAME, MODEL_NAME, OUTPUT_NAMES
 from .config import TrainConfig, TrainSetupError
 
 __all__ = [
-    'RUN_FILES', 'output_dir', 'missing_folders', 'remove_created_folders', 'check_no_earlier_run',
+    'RUN_FILES', 'output_dir', 'missing_folders', 'remove_created_folders', 'folders_removed_on_failure', 'check_no_earlier_run',
     'remove_earlier_outputs', 'prepare_output', 'read_dataset', 'check_identities', 'check_queries', 'check_images',
     'build_model', 'check_input_size', 'check_resume_fits', 'resume_folder',
 ]
@@ -71,6 +72,18 @@ def remove_created_folders(folders: Sequence[Path]) -> None:
             continue
         except OSError:  # not empty: something was written there
             return
+
+
+@contextlib.contextmanager
+def folders_removed_on_failure(folder: Path) -> Iterator[None]:
+    """A block that will write into ``folder``: if it fails (any exception, Ctrl-C included), the folders it
+    created for it (:func:`missing_folders`, taken on entry) are removed where it left them empty."""
+    created = missing_folders(folder)
+    try:
+        yield
+    except BaseException:
+        remove_created_folders(created)
+        raise
 
 
 def _resumes_in_place(cfg: TrainConfig, folder: Path) -> bool:
