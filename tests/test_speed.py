@@ -7,6 +7,7 @@ import statistics
 import pytest
 import timm
 import torch
+import torch.nn as nn
 
 import hbfp_timm  # noqa: F401  (registers the hbfp_* models)
 from benchmarks import probes, speed, speed_report
@@ -49,6 +50,18 @@ def test_flops_are_counted_in_float32_whatever_the_input_dtype():
     model = _tiny_hbfp()
     x = torch.randn(2, 3, 64, 32)
     assert count_flops(model, 'eval', x.to(torch.bfloat16)) == count_flops(model, 'eval', x) > 0
+
+
+def test_a_training_step_counts_grouped_convolutions_by_hand():
+    """Forward of a convolution: 2 x batch x output positions x output channels x (input channels / groups) x
+    kernel area. Backward: the same again for the weight's gradient, and once more for the input's where the input
+    needs one (not the first layer's). torch's formula counted a depthwise backward as a dense one (x8 here)."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False),
+                          nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False))
+    x = torch.randn(2, 3, 6, 4)
+    dense, depthwise = (2 * 2 * 6 * 4 * 8 * cin * 9 for cin in (3, 1))
+    assert count_flops(model, 'eval', x) == dense + depthwise
+    assert count_flops(model, 'train', x) == 2 * dense + 3 * depthwise
 
 
 def test_recipe_estimate_is_bounded_by_the_slower_of_model_and_input():
