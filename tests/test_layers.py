@@ -217,10 +217,37 @@ def test_gep_rejects_bad_lambdas_and_shapes():
         GeneralizedPooling(combine='max')
     with pytest.raises(ValueError, match=r'\(B, C, H, W\)'):
         GeneralizedPooling()(torch.randn(2, 3))
-    with pytest.raises(ValueError, match='^GeneralizedPooling: expected a floating-point map, got torch.int64$'):
+    with pytest.raises(ValueError, match='^GeneralizedPooling: x must be a floating-point map, got torch.int64$'):
         GeneralizedPooling()(torch.tensor([[[[0, 1], [2, 9]]]]))  # integers would be averaged and truncated
     with pytest.raises(ValueError, match="^input_fmt: expected 'NCHW' or 'NHWC', got 'NCL'$"):
         GeneralizedPooling(input_fmt='NCL')
+
+
+def test_gep_names_x_for_a_list_of_maps_or_a_map_without_positions():
+    """A features_only backbone returns a list of maps; a map may have no position left. Each is one ValueError
+    naming x, not an AttributeError or IndexError from inside the pooling."""
+    maps = [torch.randn(2, 3, 4, 4), torch.randn(2, 5, 2, 2)]
+    with pytest.raises(ValueError, match=r'^GeneralizedPooling: x must be a \(B, C, H, W\) tensor, got list \(a '
+                                         r'features_only model returns a list of maps'):
+        GeneralizedPooling()(maps)
+    with pytest.raises(ValueError, match=r'^GeneralizedPooling: x must be a \(B, C, H, W\) map with at least one '
+                                         r'position to pool, got shape \[2, 3, 0, 4\]$'):
+        GeneralizedPooling()(torch.randn(2, 3, 0, 4))
+    with pytest.raises(ValueError, match=r"\(B, H, W, C\) \(input_fmt='NHWC'\) map with at least one position"):
+        GeneralizedPooling(input_fmt='NHWC')(torch.randn(2, 4, 0, 3))
+    with pytest.raises(ValueError, match=r'^lambdas: expected a 1-D tensor of thresholds in \[0, 1\]'):
+        generalized_pool2d(maps[0], (0.0, 1.0))
+
+
+@pytest.mark.parametrize('kwargs', [{}, dict(learnable=True), dict(flatten=False)])
+def test_gep_of_an_empty_batch_is_empty_as_average_pooling(kwargs):
+    x = torch.randn(0, 5, 3, 4, requires_grad=True)
+    pool = GeneralizedPooling(**kwargs)
+    expected = F.adaptive_avg_pool2d(x, 1)
+    for pooled in (pool(x), torch.jit.script(pool)(x)):
+        assert pooled.shape == (expected.shape if not pool.flatten else expected.shape[:2])
+    pool(x).sum().backward()
+    assert x.grad.shape == x.shape
 
 
 def test_gep_pools_channels_last_maps_as_their_channels_first_twin():
@@ -343,6 +370,23 @@ def test_bfp_bad_sizes_name_the_argument(kwargs, arg):
     args = dict(p_channels=4, q_channels=6, correlation_dim=3, perception_dim=5)
     with pytest.raises(ValueError, match=f'^{arg}: expected a positive integer, got {kwargs[arg]!r}$'):
         BFP(**dict(args, **kwargs))
+
+
+def test_bfp_names_the_argument_of_a_list_an_integer_map_an_empty_map_and_a_channels_last_map():
+    bfp = BFP(4, 6, correlation_dim=3, perception_dim=5)
+    q = torch.randn(2, 6, 2, 2)
+    with pytest.raises(ValueError, match=r'^BFP: p must be a \(B, 4, H, W\) tensor, got list$'):
+        bfp([torch.randn(2, 4, 3, 2)], q)
+    with pytest.raises(ValueError, match='^BFP: p must be a floating-point map, got torch.int64$'):
+        bfp(torch.ones(2, 4, 3, 2, dtype=torch.long), q)
+    with pytest.raises(ValueError, match=r'^BFP: q must have at least one position, got shape \(2, 6, 0, 2\)$'):
+        bfp(torch.randn(2, 4, 3, 2), torch.randn(2, 6, 0, 2))
+    # timm's Swin-like feature extractors give (B, H, W, C) maps: the message says how to turn them.
+    with pytest.raises(ValueError, match=r'^BFP: q must be \(B, 6, H, W\), got shape \(2, 2, 2, 6\); it looks '
+                                         r'channels-last \(B, H, W, C\): pass q.permute\(0, 3, 1, 2\)$'):
+        bfp(torch.randn(2, 4, 3, 2), q.permute(0, 2, 3, 1))
+    p_aug, q_aug = bfp(torch.randn(2, 4, 3, 2), q.permute(0, 2, 3, 1).permute(0, 3, 1, 2))
+    assert p_aug.shape == (2, 4, 3, 2) and q_aug.shape == q.shape
 
 
 def test_bfp_refuses_maps_of_two_batches():

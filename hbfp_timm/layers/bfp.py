@@ -33,6 +33,21 @@ def check_positive_int(name: str, value: int) -> None:
         raise ValueError(f'{name}: expected a positive integer, got {value!r}')
 
 
+def _check_map(name: str, x: torch.Tensor, channels: int) -> None:
+    """One BFP input: a floating-point (B, channels, H, W) tensor with at least one position."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f'BFP: {name} must be a (B, {channels}, H, W) tensor, got {type(x).__name__}')
+    if x.ndim != 4 or x.shape[1] != channels:
+        # timm's Swin-like feature extractors give (B, H, W, C) maps.
+        nhwc = f'; it looks channels-last (B, H, W, C): pass {name}.permute(0, 3, 1, 2)' \
+            if x.ndim == 4 and x.shape[3] == channels else ''
+        raise ValueError(f'BFP: {name} must be (B, {channels}, H, W), got shape {tuple(x.shape)}{nhwc}')
+    if not x.is_floating_point():
+        raise ValueError(f'BFP: {name} must be a floating-point map, got {x.dtype}')
+    if x.shape[2] * x.shape[3] == 0:
+        raise ValueError(f'BFP: {name} must have at least one position, got shape {tuple(x.shape)}')
+
+
 class SelfAwareness(nn.Module):
     """Spatial self-awareness mask of Eq. 1, ``x * sigmoid(BN(conv1x1(x -> 1)))``.
 
@@ -101,10 +116,8 @@ class BFP(nn.Module):
     def _check_inputs(self, p: torch.Tensor, q: torch.Tensor) -> None:
         if isinstance(p, torch.fx.Proxy):  # symbolic tracing: shapes are not known yet
             return
-        if p.ndim != 4 or p.shape[1] != self.p_channels:
-            raise ValueError(f'BFP: p must be (B, {self.p_channels}, H, W), got shape {tuple(p.shape)}')
-        if q.ndim != 4 or q.shape[1] != self.q_channels:
-            raise ValueError(f'BFP: q must be (B, {self.q_channels}, H, W), got shape {tuple(q.shape)}')
+        _check_map('p', p, self.p_channels)
+        _check_map('q', q, self.q_channels)
         if p.shape[0] != q.shape[0]:
             raise ValueError(f'BFP: p and q must hold the same batch, got {p.shape[0]} and {q.shape[0]} maps')
 

@@ -171,6 +171,8 @@ def default_implementation(values: torch.Tensor) -> str:
     """The implementation :func:`generalized_pool2d` picks for ``values`` (rows of a map) when none is given."""
     if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
         return 'plain'
+    if values.numel() == 0:  # an empty batch: nothing to pool, no kernel to launch
+        return 'plain'
     if values.device.type == 'cpu':
         return 'chunked'
     half_or_single = values.dtype in (torch.float32, torch.float16, torch.bfloat16)  # the kernels add in float32
@@ -203,12 +205,13 @@ def _dispatch(values: torch.Tensor, lambdas: torch.Tensor, eps: float, implement
 def _pool_float(x: torch.Tensor, lambdas: torch.Tensor, eps: float, implementation: Optional[str]) -> torch.Tensor:
     """:func:`generalized_pool2d` in float32 (or float64 for float64 input), before the cast back."""
     batch, channels = x.shape[0], x.shape[1]
-    values = x.reshape(batch * channels, -1)
+    positions = x.flatten(2)
+    values = positions.reshape(batch * channels, positions.shape[2])  # not -1: an empty batch has no rows to infer
     if torch.jit.is_scripting():
         pooled = _plain_pool(values.to(torch.promote_types(values.dtype, torch.float32)), lambdas, eps)
     else:
         pooled = _dispatch(values, lambdas, eps, implementation)
-    return pooled.reshape(batch, channels, -1)
+    return pooled.reshape(batch, channels, pooled.shape[-1])
 
 
 # Under plain torch.fx.symbolic_trace the pooling is one call in the graph (its path is picked from the input's
@@ -243,6 +246,9 @@ def generalized_pool2d(
     Returns:
         Tensor of shape (B, C, K) and the dtype of ``x``: the mean of the kept raw values per threshold.
     """
+    if not isinstance(lambdas, torch.Tensor):
+        raise ValueError(f'lambdas: expected a 1-D tensor of thresholds in [0, 1] such as torch.tensor((0, 0.3, 0.5, '
+                         f'0.7, 1.0)), got {type(lambdas).__name__} (GeneralizedPooling takes a sequence)')
     return _pool_float(x, lambdas, eps, implementation).to(x.dtype)
 
 
@@ -296,10 +302,18 @@ class GeneralizedPooling(nn.Module):
         if isinstance(x, torch.fx.Proxy):  # symbolic tracing: shape and dtype are not known yet
             return
         layout = '(B, C, H, W)' if self.input_fmt == 'NCHW' else "(B, H, W, C) (input_fmt='NHWC')"
+        if not isinstance(x, torch.Tensor):
+            listed = ' (a features_only model returns a list of maps: pool each one)' if isinstance(x, (list, tuple)) \
+                else ''
+            raise ValueError(f'GeneralizedPooling: x must be a {layout} tensor, got {type(x).__name__}{listed}')
         if x.ndim != 4:
-            raise ValueError(f'GeneralizedPooling: expected a {layout} map, got shape {list(x.shape)}')
+            raise ValueError(f'GeneralizedPooling: x must be a {layout} map, got shape {list(x.shape)}')
         if not x.is_floating_point():
-            raise ValueError(f'GeneralizedPooling: expected a floating-point map, got {x.dtype}')
+            raise ValueError(f'GeneralizedPooling: x must be a floating-point map, got {x.dtype}')
+        height, width = x.shape[1:3] if self.input_fmt == 'NHWC' else x.shape[2:]
+        if height * width == 0:
+            raise ValueError(f'GeneralizedPooling: x must be a {layout} map with at least one position to pool, got '
+                             f'shape {list(x.shape)}')
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
