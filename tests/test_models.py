@@ -174,6 +174,33 @@ def test_any_timm_backbone_through_hbfpnet():
     assert out.shape == (1, 320 + 320 + 768)
 
 
+@pytest.mark.parametrize('backbone', ['res2net50_14w_8s', 'resnetblur18'])
+def test_resnet_downsamplers_other_than_convolutions_lose_the_last_stride(backbone):
+    """Res2Net pools its first split with a padded 3x3 window and resnetblur downsamples with a blur pool: both
+    become stride 1 with the convolutions, so the three maps of a 64x32 input are 4x2 (stride 16)."""
+    model = HBFPNet(backbone=backbone, correlation_dim=8, perception_dim=16).eval()
+    assert model.reduction == 16
+    with torch.no_grad():
+        maps = model.forward_intermediates(torch.randn(1, 3, 64, 32), indices=3, intermediates_only=True)
+    assert [tuple(m.shape[2:]) for m in maps] == [(4, 2)] * 3
+
+
+def test_a_backbone_whose_last_stride_cannot_be_removed_is_one_line_saying_why(monkeypatch):
+    # vgg11 refuses output_stride with an AssertionError that has no message.
+    with pytest.raises(ValueError, match=r"^backbone: timm model 'vgg11' cannot be built with \{'output_stride': 16\} "
+                                         r"\(AssertionError\); HBFP-Net removes the last stride .* output_stride=16"):
+        HBFPNet(backbone='vgg11')
+    # A downsampler the stride removal would not know: the probe forward fails, said as one backbone: line.
+    from hbfp_timm.models import backbone as backbone_module
+
+    def conv_only(model):
+        model.layer4[0].conv1.stride = (1, 1)  # the shortcut keeps stride 2: the residual sum cannot be formed
+    monkeypatch.setattr(backbone_module, '_remove_resnet_last_stride', conv_only)
+    with pytest.raises(ValueError, match=r"^backbone: ResNet fails in 'layer4' on a 64x64 probe input once its last "
+                                         r'stride is removed \(RuntimeError: '):
+        HBFPNet(backbone='resnet18')
+
+
 def test_unknown_backbone_is_a_clear_error():
     with pytest.raises(ValueError, match="backbone: unknown timm model name 'resnet_does_not_exist'"):
         HBFPNet(backbone='resnet_does_not_exist')

@@ -1,4 +1,4 @@
-"""Cut any timm CNN into the three levels HBFP-Net needs (docs/design.md, "Architecture").
+"""Cut a timm CNN into the three levels HBFP-Net needs (docs/design.md, "Architecture").
 
 HBFP-Net reads three maps from a backbone and re-enters two of its segments:
 
@@ -9,8 +9,9 @@ HBFP-Net reads three maps from a backbone and re-enters two of its segments:
 
 The stage boundaries come from the model's own ``feature_info``. The last stride is removed so that
 the three maps share one spatial size: for timm ResNets by setting the stride of ``layer4``'s first
-block to 1 without dilation (as the paper and BoT do); for every other family the way timm itself
-does it, ``output_stride=16`` (dilation in the last stage).
+block to 1 without dilation (as the paper and BoT do; its convolutions and its pooling or anti-aliasing
+downsamplers alike); for every other family the way timm itself does it, ``output_stride=16`` (dilation in
+the last stage), which a family that does not take it (ViT, Swin, MobileNetV3, DenseNet, VGG...) cannot give.
 
 The cut also records where each of the backbone's own feature levels (its ``feature_info``) ends, with its
 channels and real stride, for HBFP-Net's ``feature_info``; ``segments.py`` runs the cut.
@@ -22,6 +23,7 @@ from typing import List, Sequence, Tuple
 import timm
 import torch
 import torch.nn as nn
+from timm.layers import BlurPool2d
 from timm.models import adapt_input_conv
 
 __all__ = [
@@ -105,7 +107,12 @@ def create_backbone(
         model = timm.create_model(name, **kwargs)
     except (TypeError, AssertionError, NotImplementedError) as exc:
         extra = {k: v for k, v in kwargs.items() if k not in ('pretrained', 'in_chans')}
-        raise ValueError(f'backbone: timm model {name!r} cannot be built with {extra} ({exc})') from exc
+        detail = f'{type(exc).__name__}: {exc}' if str(exc) else type(exc).__name__
+        other_argument = any(k in str(exc) for k in extra if k != 'output_stride')  # drop_path_rate, say
+        needs = ("; HBFP-Net removes the last stride of a backbone other than a ResNet with timm's output_stride=16, "
+                 'so it needs one that takes it, such as convnext_tiny, efficientnet_b0, mobilenetv2_100 or '
+                 'regnety_008') if 'output_stride' in extra and not other_argument else ''
+        raise ValueError(f'backbone: timm model {name!r} cannot be built with {extra} ({detail}){needs}') from exc
     if is_resnet:
         _remove_resnet_last_stride(model)
     return model
@@ -174,7 +181,12 @@ def _remove_resnet_last_stride(model: nn.Module) -> None:
         if isinstance(module, nn.Conv2d) and module.stride == (2, 2):
             module.stride = (1, 1)
         elif isinstance(module, nn.AvgPool2d) and module.stride in (2, (2, 2)):
-            module.kernel_size, module.stride = 1, 1  # avg-down shortcut of the 'd' variants
+            if module.padding in (0, (0, 0)):
+                module.kernel_size, module.stride = 1, 1  # avg-down shortcut of the 'd' variants
+            else:
+                module.stride = 1  # a padded window (Res2Net's first split, ResNeSt's avd) keeps the size at stride 1
+        elif isinstance(module, BlurPool2d) and module.stride in (2, (2, 2)):
+            module.stride = 1  # anti-aliased downsampling (resnetblur): its padding keeps the size at stride 1
 
 
 def _flat_children(model: nn.Module, feature_modules: Sequence[str]) -> List[Tuple[str, nn.Module]]:
@@ -244,11 +256,18 @@ def cut_backbone(model: nn.Module, probe_size: Tuple[int, int] = (64, 64)) -> Ba
     was_training = model.training
     model.eval()
     outputs = {}
-    with torch.no_grad():
-        x = torch.zeros(1, _in_chans(model), *probe_size)
-        for unit in units:
-            x = outputs[unit] = model.get_submodule(unit)(x)
-    model.train(was_training)
+    unit = units[0]
+    try:
+        with torch.no_grad():
+            x = torch.zeros(1, _in_chans(model), *probe_size)
+            for unit in units:
+                x = outputs[unit] = model.get_submodule(unit)(x)
+    except RuntimeError as exc:  # a downsampling layer the stride removal does not know, a shape it cannot take
+        first_line = str(exc).splitlines()[0] if str(exc) else 'no detail'
+        raise ValueError(f'backbone: {type(model).__name__} fails in {unit!r} on a {probe_size[0]}x{probe_size[1]} '
+                         f'probe input once its last stride is removed (RuntimeError: {first_line})') from exc
+    finally:
+        model.train(was_training)
     low, mid, high = outputs[stem[-1]], outputs[block3[-1]], outputs[block4[-1]]
     if not low.shape[2:] == mid.shape[2:] == high.shape[2:]:
         raise ValueError(
