@@ -277,6 +277,20 @@ def test_single_image_training_batch_is_a_clear_error():
         model(torch.randn(1, 3, 64, 32))
 
 
+def test_single_image_training_batch_gives_the_maps_which_need_no_neck():
+    """forward_features and forward_intermediates stop before the BatchNorm neck: one image is a batch for them
+    (the backbone's and BFP's BatchNorm2d normalise over its positions), as for timm's own CNNs."""
+    model = HBFPNet(backbone='resnet18', correlation_dim=8, perception_dim=16).train()
+    x = torch.randn(1, 3, 64, 32)
+    features = model.forward_features(x)
+    final, maps = model.forward_intermediates(x)
+    assert features.shape == (1, model.num_features, 4, 2)
+    torch.testing.assert_close(final, features, rtol=0, atol=0)
+    torch.testing.assert_close(torch.cat(maps[-3:], dim=1), features, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r'^x: a training batch needs at least 2 images'):
+        model.forward_branches(x)
+
+
 def test_pretrained_backbone_loads_a_local_weights_file(tmp_path):
     """pretrained_backbone through timm's own loader, with a local file standing in for the Hub."""
     from safetensors.torch import save_file

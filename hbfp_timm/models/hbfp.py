@@ -274,11 +274,12 @@ class HBFPNet(nn.Module):
         return names
 
     # --- forward --------------------------------------------------------------------------------
-    def _check_input(self, x: torch.Tensor) -> None:
-        """Eager-mode checks of the image batch (:func:`check_image_batch`)."""
+    def _check_input(self, x: torch.Tensor, neck: bool = False) -> None:
+        """Eager-mode checks of the image batch (:func:`check_image_batch`); ``neck``: the batch goes on through the
+        BatchNorm neck, which needs two images in training (the maps alone, e.g. ``forward_features``, take one)."""
         if isinstance(x, torch.fx.Proxy):  # symbolic tracing: shapes are not known yet
             return
-        batch_norm_neck = self.training and not self.unpooled and isinstance(self.neck, nn.BatchNorm1d)
+        batch_norm_neck = neck and self.training and not self.unpooled and isinstance(self.neck, nn.BatchNorm1d)
         check_image_batch(x, self.in_chans, self.reduction, next(self.backbone.parameters()).dtype,
                           min_batch=2 if batch_norm_neck else 1)
 
@@ -346,6 +347,8 @@ class HBFPNet(nn.Module):
         return self.classifier(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            self._check_input(x, neck=True)
         return self.forward_head(self.forward_features(x))
 
     # --- intermediate features ------------------------------------------------------------------
@@ -436,6 +439,7 @@ class HBFPNet(nn.Module):
         """
         if self.unpooled:
             raise ValueError("global_pool: forward_branches needs a pooling layer, not global_pool=''")
+        self._check_input(x, neck=True)
         pooled = self.global_pool(self.forward_features(x))
         neck = self.neck(pooled)
         pooled_split = list(pooled.split(self.branch_channels, dim=1))
