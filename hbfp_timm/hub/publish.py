@@ -14,16 +14,27 @@ from typing import Any, Mapping, Optional, Union
 import timm
 import torch.nn as nn
 from huggingface_hub import HfApi, constants
-from timm.models import get_model_args, save_for_hf
+from timm.models import save_for_hf
 
 from ..models.pretrained import hub_reachable
 from ..utils.files import MODEL_NAME, follow_umask
 from .model_card import architecture, check_results, render_model_card
 from .weights import BACKBONE_WEIGHT_ARGS
 
+try:  # timm >= 1.0.31: create_model records the constructor arguments; save_for_hf takes data_config
+    from timm.models import get_model_args
+except ImportError:  # an older timm: the rest of hbfp_timm still imports and works; publishing says what it needs
+    get_model_args = None
+
 __all__ = ['HUB_LAYOUT', 'save_pretrained', 'push_to_hub']
 
 HUB_LAYOUT = ('config.json', MODEL_NAME, 'README.md')
+
+
+def _check_timm() -> None:
+    if get_model_args is None:
+        raise ImportError(f'publishing needs timm >= 1.0.31 (timm.models.get_model_args, save_for_hf(data_config=)); '
+                          f'timm {timm.__version__} is installed: pip install -U "timm>=1.0.31"')
 
 
 def save_pretrained(model: nn.Module, directory: Union[str, Path],
@@ -49,7 +60,11 @@ def save_pretrained(model: nn.Module, directory: Union[str, Path],
 
     Returns:
         ``directory`` as a Path.
+
+    Raises:
+        ImportError: timm is older than 1.0.31 (nothing is written).
     """
+    _check_timm()
     arch = architecture(model)
     results = check_results(results, arch)
     directory = Path(directory)
@@ -106,7 +121,9 @@ def push_to_hub(
     Raises:
         ConnectionError: The Hub does not answer (no network, a proxy or firewall in the way); nothing is uploaded.
             Under ``HF_HUB_OFFLINE=1`` huggingface_hub's own ``OfflineModeIsEnabled`` says so instead.
+        ImportError: timm is older than 1.0.31; nothing is created or uploaded.
     """
+    _check_timm()
     # Without a network the HTTP client's own connection error (not an OSError with huggingface_hub >= 1) would
     # escape as a traceback: one short probe says it first.
     if not constants.HF_HUB_OFFLINE and not hub_reachable():
