@@ -262,6 +262,20 @@ def test_gep_pools_channels_last_maps_as_their_channels_first_twin():
     torch.testing.assert_close(scripted(x.permute(0, 2, 3, 1)), GeneralizedPooling()(x))
 
 
+@pytest.mark.parametrize('input_fmt', ['NCHW', 'NHWC'])
+@pytest.mark.parametrize('flatten', [True, False])
+def test_gep_at_lambda_0_and_1_is_timms_average_and_max_pooling_in_its_layout(input_fmt, flatten):
+    """Unflattened, the pooled map keeps the input's layout as timm's SelectAdaptivePool2d does: (B, 1, 1, C) for
+    channels-last maps, which a channels-last head (a LayerNorm over the last dimension) then reads as channels."""
+    from timm.layers import SelectAdaptivePool2d
+    x = torch.randn(2, 4, 3, 5)
+    for lam, pool_type in ((0.0, 'avg'), (1.0, 'max')):
+        gep = GeneralizedPooling((lam,), flatten=flatten, input_fmt=input_fmt)
+        expected = SelectAdaptivePool2d(pool_type=pool_type, flatten=flatten, input_fmt=input_fmt)(x)
+        torch.testing.assert_close(gep(x), expected)
+        torch.testing.assert_close(torch.jit.script(gep)(x), expected)
+
+
 def test_gep_traces_with_plain_torch_fx_to_the_eager_result():
     pool, x = GeneralizedPooling(), torch.randn(2, 3, 4, 5)
     torch.testing.assert_close(torch.fx.symbolic_trace(pool)(x), pool(x), rtol=0, atol=0)

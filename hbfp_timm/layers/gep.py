@@ -263,7 +263,8 @@ class GeneralizedPooling(nn.Module):
             thresholds. ``'sum'``: the paper's literal sum, K times larger.
         learnable: **(choice)** One weight per threshold, trained with the network ("trainable" GeP),
             initialised to the fixed combination (1/K each for ``'mean'``, 1 for ``'sum'``).
-        flatten: Return (B, C) when True, else (B, C, 1, 1).
+        flatten: Return (B, C) when True, else the input's layout with 1x1 positions: (B, C, 1, 1), or
+            (B, 1, 1, C) for ``input_fmt='NHWC'`` (as timm's ``SelectAdaptivePool2d``).
         eps: Guard for constant channels (see :func:`generalized_pool2d`).
         input_fmt: Layout of the input map: ``'NCHW'`` (default; CNN features) or ``'NHWC'`` (the channels-last
             maps of timm's Swin and other transformer feature extractors), as in timm's pooling layers.
@@ -329,7 +330,9 @@ class GeneralizedPooling(nn.Module):
         else:
             out = pooled.sum(dim=-1)
         out = out.to(x.dtype)
-        return out if self.flatten else out[..., None, None]
+        if self.flatten:
+            return out
+        return out[:, None, None, :] if self.input_fmt == 'NHWC' else out[..., None, None]
 
     def extra_repr(self) -> str:
         lambdas = tuple(round(v, 4) for v in self.lambdas.tolist())
