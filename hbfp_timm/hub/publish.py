@@ -14,7 +14,6 @@ from typing import Any, Mapping, Optional, Union
 import timm
 import torch.nn as nn
 from huggingface_hub import HfApi, constants
-from timm.models import save_for_hf
 
 from ..models.pretrained import hub_reachable
 from ..utils.files import MODEL_NAME, follow_umask
@@ -22,9 +21,9 @@ from .model_card import architecture, check_results, render_model_card
 from .weights import BACKBONE_WEIGHT_ARGS
 
 try:  # timm >= 1.0.31: create_model records the constructor arguments; save_for_hf takes data_config
-    from timm.models import get_model_args
+    from timm.models import get_model_args, save_for_hf
 except ImportError:  # an older timm: the rest of hbfp_timm still imports and works; publishing says what it needs
-    get_model_args = None
+    get_model_args = save_for_hf = None
 
 __all__ = ['HUB_LAYOUT', 'save_pretrained', 'push_to_hub']
 
