@@ -144,12 +144,29 @@ def _warning_line(message, category, filename, lineno, line=None) -> str:
     return f'warning: {message}\n'
 
 
+def _prog() -> str:
+    """The command as the user typed it: ``python -m hbfp_timm.search``, else the script's name."""
+    spec = getattr(sys.modules.get('__main__'), '__spec__', None)
+    return f'python -m {spec.name}' if spec is not None else Path(sys.argv[0]).name
+
+
 def run_command(main) -> None:
     """The ``__main__`` of a command (``python -m hbfp_timm.embed|search|activations|evaluate``, ``python -m
     benchmarks.market|duke|cuhk03|table1|ablation|speed|probes``): warnings shown as one line each, then the
-    command's exit status."""
+    command's exit status. Ctrl-C (and SIGTERM) that the command does not handle itself end it with one line and
+    exit status 130 (143), not a traceback."""
+    from .training.interrupts import Interruptions  # here: hbfp_timm.training imports this module
+
     warnings.formatwarning = _warning_line
-    sys.exit(main())
+    with Interruptions() as interruptions:
+        try:
+            code = main()
+        except KeyboardInterrupt:
+            interruptions.settle()
+            name = interruptions.received or 'Ctrl-C'
+            print(f'{_prog()}: interrupted ({name})', file=sys.stderr, flush=True)
+            code = 143 if name == 'SIGTERM' else 130
+    sys.exit(code)
 
 
 def exit_code(error: BaseException) -> int:

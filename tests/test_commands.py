@@ -1,6 +1,8 @@
 """The command-line pieces every command shares (hbfp_timm.commands): ``--model-arg KEY=VALUE``."""
 import argparse
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -33,3 +35,19 @@ def test_the_trainer_says_which_model_arg_does_not_parse(capsys):
     line = capsys.readouterr().err.splitlines()[-1]  # Python words the reason in the parenthesis its own way
     assert line.startswith('python -m hbfp_timm.train: error: argument --model-arg: gep_lambdas=(0, 1 does not parse (')
     assert line.endswith("); expected a Python literal such as (0, 1), 0.5 or 'text', or a bare word (a string)")
+
+
+@pytest.mark.parametrize('signal_name, code, name', [('SIGINT', 130, 'Ctrl-C'), ('SIGTERM', 143, 'SIGTERM')])
+def test_a_command_stopped_by_ctrl_c_or_sigterm_says_so_in_one_line(tmp_path, signal_name, code, name):
+    """python -m hbfp_timm.embed|search|evaluate|activations printed a KeyboardInterrupt traceback on Ctrl-C."""
+    (tmp_path / 'long_command.py').write_text(
+        'import os, signal, time\n'
+        'from hbfp_timm.commands import run_command\n'
+        'def main():\n'
+        f'    os.kill(os.getpid(), signal.{signal_name})  # as a Ctrl-C or a kill in the middle of the work\n'
+        '    time.sleep(30)\n'
+        '    return 0\n'
+        'run_command(main)\n')
+    done = subprocess.run([sys.executable, '-m', 'long_command'], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert (done.returncode, done.stdout, done.stderr) == (code, '', f'python -m long_command: interrupted ({name})\n')
