@@ -17,6 +17,7 @@ from safetensors import SafetensorError
 from .hub import CheckpointMismatchError, WeightsNotFoundError
 from .inference.extractor import FeatureExtractor
 from .models.registry import DEFAULT_REID_MODEL
+from .utils.files import OutputWriteError
 
 __all__ = ['USER_ERRORS', 'add_model_arguments', 'as_flags', 'extractor_from_args', 'flags_of', 'run_command',
            'exit_code', 'one_line', 'output_file', 'output_folder', 'parse_model_arg']
@@ -177,10 +178,11 @@ def exit_code(error: BaseException) -> int:
 
 
 def one_line(error: BaseException) -> str:
-    """The message of an error on one line: its whitespace collapsed; a KeyError's key without quotes; for an
-    error raised in a DataLoader worker (its text carries the worker's traceback), the original last line without
-    its exception type; the type's name when there is no message."""
-    text = str(error).strip()
+    """The message of an error on one line: its whitespace collapsed; a KeyError's key without quotes; an
+    `OutputWriteError`'s message (it names the file) without its errno; for an error raised in a DataLoader worker
+    (its text carries the worker's traceback), the original last line without its exception type; the type's name
+    when there is no message."""
+    text = (error.strerror if isinstance(error, OutputWriteError) else str(error)).strip()  # no "[Errno 28] "
     if isinstance(error, KeyError):
         text = text.strip('\'"')
     lines = [line.strip() for line in text.splitlines() if line.strip()]

@@ -53,6 +53,7 @@ from .metrics.verification import (
     DEFAULT_FMRS, MIN_PAIRS, THRESHOLDS_NAME, calibrate, calibration_problems, check_threshold, pair_distances,
     save_thresholds, stored_thresholds,
 )
+from .utils.files import atomic_write_text, check_writable_folder
 
 __all__ = ['camera_pair_scores', 'evaluate_data', 'main', 'read_data', 'without_unreadable_images']
 
@@ -309,33 +310,37 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f'{args.metric} distance, flip {extractor.flip}; percent')
     print(f'{header}\n{tables}')
     if output is not None:
-        output.mkdir(parents=True, exist_ok=True)
-        command = sys.argv if argv is None else ['python', '-m', 'hbfp_timm.evaluate', *argv]
-        record = {'model': str(args.model), 'checkpoint': args.checkpoint, 'img_size': list(extractor.img_size),
-                  'metric': args.metric, 'flip': extractor.flip, 'command': command, 'torch': torch.__version__,
-                  'results': rows}
-        (output / 'evaluation.json').write_text(json.dumps(record, indent=2) + '\n', encoding='utf-8')
-        (output / 'evaluation.md').write_text(f'{header}\n\n{tables}\n', encoding='utf-8')
-        if args.calibrate:
-            row = rows[0]
-            problems = calibration_problems({'thresholds': row['verification']['calibrated'],
-                                             'eer': row['verification']['eer']})
-            warning = {}
-            if problems:
-                warning['warning'] = (f"--calibrate: the thresholds calibrated on {row['data_root']} rest on too few "
-                                      f"pairs (at least {MIN_PAIRS} needed, the 'rule of 30'): {'; '.join(problems)}; "
-                                      'calibrate on more queries and gallery images')
-                warnings.warn(warning['warning'], UserWarning)
-            path = save_thresholds(output / THRESHOLDS_NAME, {
-                'metric': args.metric, 'flip': extractor.flip, 'img_size': list(extractor.img_size),
-                'model': str(args.model), 'weights_sha256': digest(), 'command': command,
-                'calibrated_on': {'data_root': row['data_root'], 'dataset': row['dataset'],
-                                  'query_ids': row['query_ids'], 'num_query': row['num_query'],
-                                  'num_gallery': row['num_gallery']},
-                'note': 'A threshold holds for the cameras it was calibrated on; re-check it on other data with '
-                        'python -m hbfp_timm.evaluate.',
-                'thresholds': row['verification']['calibrated'], 'eer': row['verification']['eer'], **warning})
-            print(f'wrote {path}')
+        try:  # a read-only folder, a full disk: one line naming the file
+            check_writable_folder(output)
+            command = sys.argv if argv is None else ['python', '-m', 'hbfp_timm.evaluate', *argv]
+            record = {'model': str(args.model), 'checkpoint': args.checkpoint, 'img_size': list(extractor.img_size),
+                      'metric': args.metric, 'flip': extractor.flip, 'command': command, 'torch': torch.__version__,
+                      'results': rows}
+            atomic_write_text(output / 'evaluation.json', json.dumps(record, indent=2) + '\n')
+            atomic_write_text(output / 'evaluation.md', f'{header}\n\n{tables}\n')
+            if args.calibrate:
+                row = rows[0]
+                problems = calibration_problems({'thresholds': row['verification']['calibrated'],
+                                                 'eer': row['verification']['eer']})
+                warning = {}
+                if problems:
+                    warning['warning'] = (f"--calibrate: the thresholds calibrated on {row['data_root']} rest on too "
+                                          f"few pairs (at least {MIN_PAIRS} needed, the 'rule of 30'): "
+                                          f"{'; '.join(problems)}; calibrate on more queries and gallery images")
+                    warnings.warn(warning['warning'], UserWarning)
+                path = save_thresholds(output / THRESHOLDS_NAME, {
+                    'metric': args.metric, 'flip': extractor.flip, 'img_size': list(extractor.img_size),
+                    'model': str(args.model), 'weights_sha256': digest(), 'command': command,
+                    'calibrated_on': {'data_root': row['data_root'], 'dataset': row['dataset'],
+                                      'query_ids': row['query_ids'], 'num_query': row['num_query'],
+                                      'num_gallery': row['num_gallery']},
+                    'note': 'A threshold holds for the cameras it was calibrated on; re-check it on other data with '
+                            'python -m hbfp_timm.evaluate.',
+                    'thresholds': row['verification']['calibrated'], 'eer': row['verification']['eer'], **warning})
+                print(f'wrote {path}')
+        except USER_ERRORS as error:
+            print(f'{parser.prog}: error: {one_line(error)}', file=sys.stderr)
+            return exit_code(error)
     return 0
 
 

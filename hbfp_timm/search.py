@@ -45,7 +45,7 @@ from .inference.visualize import draw_ranking
 from .metrics.evaluation import score_features
 from .metrics.retrieval import topk
 from .metrics.verification import select_threshold, stored_thresholds
-from .utils.files import check_writable_folder
+from .utils.files import atomic_write_text, check_writable_folder
 
 __all__ = ['search', 'check_comparable', 'main']
 
@@ -389,7 +389,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ranking = search(query, gallery, k=args.topk, metric=args.metric, backend=args.backend,
                          device=extractor.device if extractor is not None else None, threshold=threshold)
         check_writable_folder(output)
-        (output / 'ranking.json').write_text(json.dumps(ranking, indent=1), encoding='utf-8')
+        atomic_write_text(output / 'ranking.json', json.dumps(ranking, indent=1))
         picture = _picture(ranking, query, gallery, output / 'ranking.png', args.num_pictures) \
             if args.num_pictures > 0 else None
     except USER_ERRORS as error:

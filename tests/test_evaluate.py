@@ -17,7 +17,7 @@ from hbfp_timm.inference.embeddings import weights_sha256
 from hbfp_timm.metrics import evaluate_features
 
 from hub_fixtures import hub_cache  # noqa: F401  (fixture)
-from tiny_models import single_thread, tiny_model, write_run  # noqa: F401
+from tiny_models import file_size_limit, single_thread, tiny_model, write_run  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures('single_thread')
 
@@ -323,6 +323,21 @@ def test_calibrating_a_run_whose_thresholds_carry_a_digest_takes_the_digest_once
         assert main([*common, '--output', str(tmp_path / 'out')]) == 0
     assert len(calls) == 1
     assert json.loads((tmp_path / 'out' / 'thresholds.json').read_text())['weights_sha256'] == digest
+
+
+def test_an_output_that_cannot_be_written_is_one_line_naming_the_file_after_the_printed_table(data_root, tmp_path,
+                                                                                              capsys):
+    """A full disk or a read-only --output was a traceback after the whole evaluation, and a torn evaluation.json."""
+    run = write_run(tmp_path / 'run', tiny_model())
+    out = tmp_path / 'out'
+    with file_size_limit(200):  # evaluation.json is longer: the disk fills up while it is written
+        code = main(['--data-root', str(data_root), '--model', str(run), '--device', 'cpu', '--workers', '0',
+                     '--output', str(out)])
+    captured = capsys.readouterr()
+    assert code == 1 and f'| {data_root} | ' in captured.out  # the scores were printed before
+    assert captured.err == (f'python -m hbfp_timm.evaluate: error: {out / "evaluation.json"}: cannot write (File too '
+                            'large)\n')
+    assert list(out.iterdir()) == []
 
 
 def test_calibrate_needs_one_data_root_and_an_output(data_root, capsys):

@@ -17,7 +17,7 @@ from hbfp_timm.metrics.distance import compute_distance_matrix
 from hbfp_timm.search import main
 
 from tiny_models import (  # noqa: F401  (single_thread is a fixture)
-    SHIPPED_HOW, single_thread, tiny_model, write_embeddings, write_images, write_run,
+    SHIPPED_HOW, file_size_limit, single_thread, tiny_model, write_embeddings, write_images, write_run,
 )
 
 pytestmark = pytest.mark.usefixtures('single_thread')
@@ -212,3 +212,19 @@ def test_an_embeddings_file_is_searched_from_another_folder_and_own_files_are_le
         assert entry['query'] == str(path)
         assert sorted(r['path'] for r in entry['results']) == sorted(str(p) for p in paths if p != path)
     assert (tmp_path / 'elsewhere' / 'out' / 'ranking.png').is_file()
+
+
+def test_a_ranking_that_cannot_be_written_is_one_line_naming_it_and_the_previous_one_stays(tmp_path, capsys):
+    """A disk that filled up while ranking.json was written left a torn file and said only "[Errno 28] No space
+    left on device", naming no file."""
+    query, gallery = write_embeddings(tmp_path, SHIPPED_HOW, SHIPPED_HOW)
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / 'ranking.json').write_text('{"previous": "ranking"}')
+    with file_size_limit(100):  # the new ranking.json is longer
+        code = main(['--query', query, '--gallery', gallery, '--output', str(out), '--num-pictures', '0'])
+    assert code == 1
+    assert capsys.readouterr().err == (f'python -m hbfp_timm.search: error: {out / "ranking.json"}: cannot write (File '
+                                       'too large)\n')
+    assert [p.name for p in out.iterdir()] == ['ranking.json']
+    assert json.loads((out / 'ranking.json').read_text()) == {'previous': 'ranking'}

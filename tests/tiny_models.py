@@ -1,6 +1,9 @@
 """Tiny untrained HBFP models and what users point the tools at (a trainer run directory, images, embeddings
 files), for fast tests."""
+import contextlib
 import json
+import resource
+import signal
 from pathlib import Path
 
 import pytest
@@ -80,3 +83,17 @@ def write_embeddings(folder: Path, query_how: dict, gallery_how: dict, dim: int 
             torch.arange(2 * dim, dtype=torch.float32).reshape(2, dim), [f'{name}0.png', f'{name}1.png'],
             metadata=how))))
     return files
+
+
+@contextlib.contextmanager
+def file_size_limit(max_bytes: int):
+    """Within it, no file of this process grows past `max_bytes` (a disk that fills up in the middle of a write):
+    such a write writes what fits, then fails with EFBIG (File too large), as the kernel does it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the signal kills the process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)

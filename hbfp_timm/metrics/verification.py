@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from ..models.registry import BUNDLED_WEIGHTS
+from ..utils.files import atomic_write_text
 from .distance import distance_block, gallery_statistic, query_and_gallery
 from .rank import check_ids
 
@@ -224,7 +225,7 @@ def select_threshold(stored: Dict[str, Any], fmr: float) -> Dict[str, Any]:
 def save_thresholds(path: Union[str, Path], record: Dict[str, Any]) -> Path:
     """Write a thresholds record (`calibrate`'s result plus provenance) as JSON, with its format tag."""
     path = Path(path)
-    path.write_text(json.dumps({'format': THRESHOLDS_FORMAT, **record}, indent=2) + '\n', encoding='utf-8')
+    atomic_write_text(path, json.dumps({'format': THRESHOLDS_FORMAT, **record}, indent=2) + '\n')
     return path
 
 

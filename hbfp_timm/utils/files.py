@@ -1,8 +1,9 @@
 """Writing output files safely: atomic replacement, the user's umask, one clear error when the disk is full.
 
-Every file the trainer and ``python -m hbfp_timm.hub save`` write goes through :func:`atomic_write`: the data
-goes to a temporary file in the destination folder, which is fsynced and then renamed over the destination, so
-that an interruption at any moment leaves either the old file or the new one, never a torn one. A temporary file
+Every file the trainer writes, and the output files of ``python -m hbfp_timm.embed``, ``search`` and ``evaluate``,
+go through :func:`atomic_write`: the data goes to a temporary file in the destination folder, which is fsynced and
+then renamed over the destination, so that an interruption at any moment leaves either the old file or the new
+one, never a torn one. A temporary file
 is named ``.<name>.<pid>.<random>.tmp``; one left behind by a process that was killed outright (``kill -9``,
 power loss) is recognised by its pid and removed by :func:`remove_stale_temporaries`.
 """
@@ -16,7 +17,8 @@ from pathlib import Path
 from typing import Callable, Iterable, List, Tuple, Union
 
 __all__ = [
-    'RESULTS_NAME', 'MODEL_NAME', 'OutputWriteError', 'atomic_write', 'follow_umask', 'check_writable_folder',
+    'RESULTS_NAME', 'MODEL_NAME', 'OutputWriteError', 'atomic_write', 'atomic_write_text', 'follow_umask',
+    'check_writable_folder',
     'remove_stale_temporaries', 'format_size', 'sha256_file',
 ]
 
@@ -123,6 +125,12 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
             os.fsync(directory)
         finally:
             os.close(directory)
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_write`: a failed or interrupted write leaves the
+    previous file, never a torn one, and raises an ``OutputWriteError`` naming the file."""
+    atomic_write(path, lambda tmp_name: Path(tmp_name).write_text(text, encoding='utf-8'))
 
 
 def _write_error(path: Path, exc: BaseException, no_space: bool = False) -> OutputWriteError:
