@@ -25,7 +25,7 @@ from hbfp_timm.models import registry as hbfp_models
 from hbfp_timm.utils.files import current_umask
 
 from hub_fixtures import fake_hub, hub_cache  # noqa: F401  (fixtures)
-from tiny_models import trained_like
+from tiny_models import file_size_limit, trained_like
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCH = 'hbfp_mobilenetv2_100'
@@ -398,6 +398,21 @@ def test_cli_save_to_a_file_is_one_line_naming_the_output_folder(run_dir, tmp_pa
         assert hub_cli.main(['save', str(run_dir), str(out)]) == 2
         assert capsys.readouterr().err == f'python -m hbfp_timm.hub: error: {expected}\n'
     assert (tmp_path / 'taken.jpg').read_bytes() == b'an image'
+
+
+def test_cli_save_on_a_full_disk_is_one_line_naming_the_folder_and_keeps_the_previous_files(run_dir, tmp_path,
+                                                                                              capsys):
+    """The weights file that did not fit was a SafetensorError traceback, after config.json had been replaced."""
+    out = tmp_path / 'out'
+    assert hub_cli.main(['save', str(run_dir), str(out)]) == 0
+    previous = {name: (out / name).read_bytes() for name in os.listdir(out)}
+    capsys.readouterr()
+    with file_size_limit(len(previous['model.safetensors']) // 2):  # the disk fills up halfway through the weights
+        code = hub_cli.main(['save', str(run_dir), str(out), '--dataset', 'other_data'])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count('\n') == 1
+    assert err.startswith(f'python -m hbfp_timm.hub: error: {out}: cannot write (')
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == previous
 
 
 def test_cli_push_uploads_a_run_directory(run_dir, fake_hub, capsys):

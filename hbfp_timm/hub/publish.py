@@ -7,6 +7,8 @@ pretrained=True)`` rebuild the model with its constructor arguments; :func:`push
 one commit.
 """
 import json
+import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
@@ -14,9 +16,10 @@ from typing import Any, Mapping, Optional, Union
 import timm
 import torch.nn as nn
 from huggingface_hub import HfApi, constants
+from safetensors import SafetensorError
 
 from ..models.pretrained import hub_reachable
-from ..utils.files import MODEL_NAME, follow_umask
+from ..utils.files import MODEL_NAME, follow_umask, output_write_error
 from .model_card import architecture, check_results, render_model_card
 from .weights import BACKBONE_WEIGHT_ARGS
 
@@ -62,6 +65,8 @@ def save_pretrained(model: nn.Module, directory: Union[str, Path],
 
     Raises:
         ImportError: timm is older than 1.0.31 (nothing is written).
+        OutputWriteError: a file could not be written (a full disk, a read-only folder); the files already in
+            ``directory`` are left as they were.
     """
     _check_timm()
     arch = architecture(model)
@@ -73,18 +78,31 @@ def save_pretrained(model: nn.Module, directory: Union[str, Path],
     data_config = None
     if results and results.get('img_size'):
         data_config = {'input_size': (model.in_chans, *results['img_size'])}
-    save_for_hf(model, directory, model_config={'pretrained_cfg': source_cfg}, model_args=export_args,
-                safe_serialization=True, data_config=data_config)
-    if results and results.get('thresholds'):
-        # timm reads config.json's architecture, pretrained_cfg and model_args only; the "same person" thresholds
-        # travel beside them (hbfp_timm.metrics.verification.stored_thresholds reads them back).
-        config_path = directory / 'config.json'
-        config = json.loads(config_path.read_text(encoding='utf-8'))
-        config['reid_thresholds'] = results['thresholds']
-        config_path.write_text(json.dumps(config, indent=2) + '\n', encoding='utf-8')
-    (directory / 'README.md').write_text(render_model_card(model, results, repo_id, notes, license), encoding='utf-8')
-    for name in HUB_LAYOUT:
-        follow_umask(directory / name)  # safetensors writes its file readable by the owner only
+    card = render_model_card(model, results, repo_id, notes, license)
+    try:  # written in a staging folder inside `directory`, then moved into place: a failed write replaces nothing
+        directory.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix='.hub-save.', suffix='.tmp', dir=directory))
+    except OSError as exc:
+        raise output_write_error(directory, exc) from None
+    try:
+        save_for_hf(model, staging, model_config={'pretrained_cfg': source_cfg}, model_args=export_args,
+                    safe_serialization=True, data_config=data_config)
+        if results and results.get('thresholds'):
+            # timm reads config.json's architecture, pretrained_cfg and model_args only; the "same person"
+            # thresholds travel beside them (hbfp_timm.metrics.verification.stored_thresholds reads them back).
+            config_path = staging / 'config.json'
+            config = json.loads(config_path.read_text(encoding='utf-8'))
+            config['reid_thresholds'] = results['thresholds']
+            config_path.write_text(json.dumps(config, indent=2) + '\n', encoding='utf-8')
+        (staging / 'README.md').write_text(card, encoding='utf-8')
+        for name in HUB_LAYOUT:
+            follow_umask(staging / name)  # safetensors writes its file readable by the owner only
+        for name in HUB_LAYOUT:
+            os.replace(staging / name, directory / name)
+    except (OSError, SafetensorError) as exc:  # a full disk, a read-only folder: one line naming the folder
+        raise output_write_error(directory, exc) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return directory
 
 

@@ -3,9 +3,10 @@
 Every file the trainer writes, and the output files of ``python -m hbfp_timm.embed``, ``search`` and ``evaluate``,
 go through :func:`atomic_write`: the data goes to a temporary file in the destination folder, which is fsynced and
 then renamed over the destination, so that an interruption at any moment leaves either the old file or the new
-one, never a torn one. A temporary file
-is named ``.<name>.<pid>.<random>.tmp``; one left behind by a process that was killed outright (``kill -9``,
-power loss) is recognised by its pid and removed by :func:`remove_stale_temporaries`.
+one, never a torn one (``python -m hbfp_timm.hub save`` writes its files in a staging folder and moves them into
+place, for the same reason). A temporary file is named ``.<name>.<pid>.<random>.tmp``; one left behind by a
+process that was killed outright (``kill -9``, power loss) is recognised by its pid and removed by
+:func:`remove_stale_temporaries`.
 """
 import errno
 import hashlib
@@ -18,7 +19,7 @@ from typing import Callable, Iterable, List, Tuple, Union
 
 __all__ = [
     'RESULTS_NAME', 'MODEL_NAME', 'OutputWriteError', 'atomic_write', 'atomic_write_text', 'follow_umask',
-    'check_writable_folder',
+    'check_writable_folder', 'output_write_error',
     'remove_stale_temporaries', 'format_size', 'sha256_file',
 ]
 
@@ -131,6 +132,14 @@ def atomic_write_text(path: PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_write`: a failed or interrupted write leaves the
     previous file, never a torn one, and raises an ``OutputWriteError`` naming the file."""
     atomic_write(path, lambda tmp_name: Path(tmp_name).write_text(text, encoding='utf-8'))
+
+
+def output_write_error(path: PathLike, exc: BaseException) -> OutputWriteError:
+    """The `OutputWriteError` of a failed write of `path` (a file, or a folder whose files were being written), for
+    writers that cannot go through :func:`atomic_write`: a full disk says "no space left on device" (call it before
+    removing what the failed write left, which frees the space), anything else what failed."""
+    path = Path(path)
+    return _write_error(path, exc, isinstance(exc, Exception) and _is_no_space(exc, path.parent))
 
 
 def _write_error(path: Path, exc: BaseException, no_space: bool = False) -> OutputWriteError:
