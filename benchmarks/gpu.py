@@ -17,6 +17,7 @@ files sends back the whole check.
 Without CUDA and without ``--dry-run`` it stops at once (exit 2): the numbers are only meaningful on the device.
 """
 import argparse
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -143,11 +144,25 @@ def sections_for(dry_run: bool, only: Optional[Sequence[str]] = None) -> List[Se
     return chosen
 
 
+# The libraries whose versions the report shows: a device image's may differ from the test path's pins (hub
+# publishing needs timm >= 1.0.31; faiss is an optional extra).
+LIBRARIES = ('timm', 'triton', 'torchvision', 'huggingface-hub', 'safetensors', 'numpy', 'pytest-xdist', 'faiss-cpu')
+
+
+def _version(distribution: str) -> Optional[str]:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def environment() -> Dict[str, Any]:
-    """The machine: torch, CUDA, the device's name, and ``nvidia-smi`` when there is one."""
+    """The machine: torch, CUDA, the device's name, the versions of :data:`LIBRARIES` (None: not installed), and
+    ``nvidia-smi`` when there is one."""
     info: Dict[str, Any] = {'python': platform.python_version(), 'torch': torch.__version__,
                             'cuda': torch.version.cuda, 'cuda_available': torch.cuda.is_available(),
-                            'cpu_count': os.cpu_count()}
+                            'cpu_count': os.cpu_count(),
+                            'libraries': {name: _version(name) for name in LIBRARIES}}
     if torch.cuda.is_available():
         info['device'] = torch.cuda.get_device_name(0)
         info['bf16_supported'] = torch.cuda.is_bf16_supported()
@@ -221,6 +236,8 @@ def render_report(raw: Dict[str, Any]) -> str:
              '', f"Command: `{' '.join(raw['command'])}`", '',
              f"Machine: {env.get('device', 'no CUDA device')}, torch {env['torch']}, CUDA {env['cuda']}, "
              f"{env['cpu_count']} CPUs; started {raw['started']}, {raw['seconds']} s in all.", '',
+             'Libraries: ' + ', '.join(f'{name} {version or "not installed"}'
+                                       for name, version in env.get('libraries', {}).items()) + '.', '',
              '| section | status | seconds (budget) | what |', '|---|---|---:|---|']
     lines += [f"| {r['name']} | {r['status']} | {r['seconds']} ({r['budget_s']}) | {r['what']} |"
               for r in raw['sections']]

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 
 from benchmarks import gpu
@@ -23,6 +24,9 @@ def test_dry_run_writes_the_report_and_raw_json_of_each_section(tmp_path):
     assert 'passed' in raw['sections'][1]['output'] and 'Device cpu' in raw['sections'][0]['output']
     report = (out / 'gpu_report.md').read_text()
     assert report.startswith('# GPU check (DRY RUN on CPU') and '| memory_format | ok |' in report
+    # The versions a device image may not share with the test path's pins, as installed here.
+    assert raw['environment']['libraries']['timm'] == timm.__version__
+    assert f'Libraries: timm {timm.__version__}, ' in report
     assert sorted(path.name for path in out.rglob('*')) == ['gpu_raw.json', 'gpu_report.md']  # nothing else in OUT
 
 
