@@ -77,7 +77,7 @@ def extractor_from_args(args: argparse.Namespace) -> FeatureExtractor:
     return FeatureExtractor(args.model, checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size,
                             amp=args.amp, flip=args.flip, img_size=tuple(args.img_size) if args.img_size else None,
                             workers=args.workers, model_args=dict(args.model_arg) or None,
-                            progress=sys.stderr.isatty(), pretrained=not args.untrained)
+                            progress=True, pretrained=not args.untrained)  # a bar, or a line a minute in logs
 
 
 def _file_in_the_way(path: Path) -> Optional[Path]:

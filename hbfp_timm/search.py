@@ -68,7 +68,8 @@ def _cameras(query: Embeddings, gallery: Embeddings):
 
 
 def search(query: Embeddings, gallery: Embeddings, k: int = 10, metric: str = 'euclidean', backend: str = 'torch',
-           device: Optional[str] = None, threshold: Optional[float] = None) -> Dict[str, Any]:
+           device: Optional[str] = None, threshold: Optional[float] = None,
+           show_progress: bool = False) -> Dict[str, Any]:
     """Top-k gallery items of every query, the query's own file left out; the content of ``ranking.json``.
 
     Args:
@@ -79,6 +80,8 @@ def search(query: Embeddings, gallery: Embeddings, k: int = 10, metric: str = 'e
         backend: 'torch' or 'faiss' (see `hbfp_timm.metrics.retrieval.topk`).
         device: where to search (default: where the descriptors are).
         threshold: a "same person" distance threshold: each result gets ``same_person`` (distance below it).
+        show_progress: show the progress of the search and of the scores on stderr (a bar on a terminal, a line a
+            minute in a log).
 
     Returns:
         ``{'metric', 'topk', 'num_query', 'num_gallery', 'identities_known', 'evaluation', 'threshold', 'queries'}``;
@@ -93,7 +96,7 @@ def search(query: Embeddings, gallery: Embeddings, k: int = 10, metric: str = 'e
     # One more neighbour where a query's own file is in the gallery, so that k others remain.
     extra = int(any(index >= 0 for index in own))
     distances, indices = topk(query.features, gallery.features, k=k + extra, metric=metric, backend=backend,
-                              device=device)
+                              device=device, show_progress=show_progress)
     distances, indices = distances.cpu().numpy(), indices.cpu().numpy()
     known = query.pids is not None and gallery.pids is not None
     queries = []
@@ -114,7 +117,7 @@ def search(query: Embeddings, gallery: Embeddings, k: int = 10, metric: str = 'e
         q_cams, g_cams = _cameras(query, gallery)
         try:
             scores = score_features(query.features, gallery.features, query.pids.numpy(), gallery.pids.numpy(),
-                                    q_cams, g_cams, metric=metric, max_rank=10)
+                                    q_cams, g_cams, metric=metric, max_rank=10, show_progress=show_progress)
             evaluation = {**scores,
                           'protocol': 'Market-1501: same identity and camera left out' if query.camids is not None
                           and gallery.camids is not None else 'no cameras: only the query file itself left out'}
@@ -387,7 +390,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         check_comparable(query, gallery, args.query, args.gallery)
         threshold = _threshold(args, query, gallery) if args.same_person is not None else args.threshold
         ranking = search(query, gallery, k=args.topk, metric=args.metric, backend=args.backend,
-                         device=extractor.device if extractor is not None else None, threshold=threshold)
+                         device=extractor.device if extractor is not None else None, threshold=threshold,
+                         show_progress=True)
         check_writable_folder(output)
         atomic_write_text(output / 'ranking.json', json.dumps(ranking, indent=1))
         picture = _picture(ranking, query, gallery, output / 'ranking.png', args.num_pictures) \

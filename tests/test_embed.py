@@ -1,4 +1,5 @@
 """python -m hbfp_timm.embed: folders, lists and names in, descriptors with paths (and identities) out."""
+import functools
 import hashlib
 import re
 
@@ -9,7 +10,9 @@ from safetensors.torch import save_file
 from hbfp_timm import FeatureExtractor
 from hbfp_timm.data.lists import collect_images
 from hbfp_timm.embed import main
+from hbfp_timm.inference import extractor as extractor_module
 from hbfp_timm.inference.embeddings import Embeddings, load_embeddings, save_embeddings, weights_sha256
+from hbfp_timm.utils.progress import progress
 
 from tiny_models import TINY_ARGS, single_thread, tiny_model, trained_like, write_images, write_run  # noqa: F401
 
@@ -36,6 +39,18 @@ def test_a_folder_is_embedded_recursively_in_sorted_order(run, tmp_path, capsys)
     expected = FeatureExtractor(run, device='cpu')(expected_paths)
     torch.testing.assert_close(embeddings.features, expected, rtol=1e-4, atol=1e-5)
     assert embeddings.metadata['img_size'] == '64x32' and embeddings.metadata['model'] == str(run)
+
+
+def test_a_log_gets_a_progress_line_of_long_work(run, tmp_path, monkeypatch, capsys):
+    """Progress was shown on a terminal only: embedding a large folder in a batch job (stderr to a log file)
+    printed nothing for hours. A log gets whole lines, one a minute (here: with no wait)."""
+    write_images(tmp_path / 'photos', [f'{i}.png' for i in range(4)])
+    monkeypatch.setattr(extractor_module, 'progress', functools.partial(progress, interval=0))
+    assert main([str(tmp_path / 'photos'), '--model', str(run), '--output', str(tmp_path / 'f.safetensors'),
+                 '--device', 'cpu', '--workers', '0', '--batch-size', '2']) == 0
+    err = capsys.readouterr().err  # not a terminal
+    assert '\r' not in err and [line.split()[:3] for line in err.splitlines()] == [
+        ['images:', '50%', '1/2'], ['images:', '100%', '2/2']]
 
 
 def test_the_checkpoint_given_with_a_registered_name_is_recorded_by_its_absolute_path_and_content(

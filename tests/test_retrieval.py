@@ -1,5 +1,8 @@
 """Tests of hbfp_timm.metrics.retrieval.topk: parity with the whole distance matrix, blockwise paths, low-precision
-galleries, ties, the faiss backend and bad input."""
+galleries, ties, the faiss backend, progress and bad input."""
+import io
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -132,3 +135,27 @@ def test_bad_input_is_a_clear_error(kwargs, error, message):
     args.update(kwargs)
     with pytest.raises(error, match=message):
         topk(**args)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@needs_faiss
+def test_both_backends_show_their_progress_and_faiss_searches_the_queries_in_blocks(monkeypatch):
+    """A search of 20,000 queries in 300,000 descriptors took minutes and showed nothing meanwhile."""
+    generator = torch.Generator().manual_seed(5)
+    query, gallery = torch.randn(15, 32, generator=generator), torch.randn(3000, 32, generator=generator)
+    monkeypatch.setattr(retrieval, 'GALLERY_BLOCK', 1000)
+    monkeypatch.setattr(retrieval, 'FAISS_QUERY_BLOCK', 4)  # 4 faiss searches, the last one of 3 queries
+    shown = {}
+    for backend in ('torch', 'faiss'):
+        monkeypatch.setattr(sys, 'stderr', _Terminal())
+        shown[backend] = topk(query, gallery, k=8, backend=backend, show_progress=True), sys.stderr.getvalue()
+    (torch_distances, torch_indices), torch_bar = shown['torch']
+    (faiss_distances, faiss_indices), faiss_bar = shown['faiss']
+    torch.testing.assert_close(faiss_indices, torch_indices, rtol=0, atol=0)
+    torch.testing.assert_close(faiss_distances, torch_distances, rtol=0, atol=1e-5)
+    assert 'searching: ' in torch_bar and '/3000 ' in torch_bar  # gallery images
+    assert 'searching: ' in faiss_bar and '/15 ' in faiss_bar  # queries

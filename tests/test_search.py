@@ -1,7 +1,9 @@
 """python -m hbfp_timm.search: exact rankings without the query's own file, ranking.json, the summary line, a
 picture whose colours depend on whether identities (and cameras) are known, embeddings files as inputs, and bad
 input in one line (which descriptors compare: test_search_comparable.py)."""
+import io
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -10,10 +12,11 @@ from PIL import Image
 
 from hbfp_timm import FeatureExtractor
 from hbfp_timm.embed import main as embed_main
-from hbfp_timm.inference.embeddings import load_embeddings
+from hbfp_timm.inference.embeddings import Embeddings, load_embeddings, save_embeddings
 from hbfp_timm.inference.visualize import MATCH_COLOUR, MISMATCH_COLOUR, SAME_CAMERA_COLOUR, UNKNOWN_COLOUR
 from hbfp_timm.metrics import evaluate_rank
 from hbfp_timm.metrics.distance import compute_distance_matrix
+from hbfp_timm.metrics.retrieval import faiss_available
 from hbfp_timm.search import main
 
 from tiny_models import (  # noqa: F401  (single_thread is a fixture)
@@ -228,3 +231,27 @@ def test_a_ranking_that_cannot_be_written_is_one_line_naming_it_and_the_previous
                                        'too large)\n')
     assert [p.name for p in out.iterdir()] == ['ranking.json']
     assert json.loads((out / 'ranking.json').read_text()) == {'previous': 'ranking'}
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize('backend', ['torch', pytest.param('faiss', marks=pytest.mark.skipif(
+    not faiss_available(), reason='faiss is an optional extra, not installed here'))])
+def test_the_search_and_its_scores_show_their_progress(tmp_path, monkeypatch, backend):
+    """20,000 queries in 300,000 gallery descriptors took 7 min 42 s on a 2-core CPU, with nothing shown."""
+    files = []
+    for name, count in (('q', 3), ('g', 40)):
+        files.append(str(save_embeddings(tmp_path / f'{name}.safetensors', Embeddings(
+            torch.randn(count, 8, generator=torch.Generator().manual_seed(count)),
+            [f'{name}{i}.png' for i in range(count)], torch.arange(count) % 3, torch.arange(count) % 2,
+            metadata=SHIPPED_HOW))))
+    monkeypatch.setattr(sys, 'stderr', _Terminal())
+    assert main(['--query', files[0], '--gallery', files[1], '--output', str(tmp_path / 'out'), '--backend', backend,
+                 '--num-pictures', '0']) == 0
+    bars = sys.stderr.getvalue().split('\r')
+    searched = '/40 ' if backend == 'torch' else '/3 '  # gallery images, or queries for faiss
+    assert any(bar.startswith('searching: ') and searched in bar for bar in bars)
+    assert any(bar.startswith('scoring: ') and '/3 ' in bar for bar in bars)  # queries

@@ -103,8 +103,10 @@ def score_features(
         rerank: bool = False,
         max_rank: int = 50,
         keep_distmat: bool = False,
+        show_progress: bool = False,
 ) -> Dict[str, Any]:
-    """The scores of :func:`evaluate` from descriptors already extracted (its arguments of the same names).
+    """The scores of :func:`evaluate` from descriptors already extracted (its arguments of the same names);
+    `show_progress` shows the progress of scoring the queries (`evaluate_features`).
 
     Returns:
         ``{'rank1', 'rank5', 'rank10', 'mAP', 'cmc', 'num_query', 'num_gallery', 'num_skipped_queries',
@@ -117,7 +119,8 @@ def score_features(
         distmat = compute_distance_matrix(q_feats, g_feats, metric=metric)
         result = evaluate_rank(distmat, *ids, max_rank=curve_length)
     else:
-        result = evaluate_features(q_feats, g_feats, *ids, metric=metric, max_rank=curve_length)
+        result = evaluate_features(q_feats, g_feats, *ids, metric=metric, max_rank=curve_length,
+                                   show_progress=show_progress)
     results: Dict[str, Any] = _scores(result, max_rank)
     results.update(num_query=len(q_pids), num_gallery=len(g_pids), metric=metric)
     if keep_distmat:

@@ -22,6 +22,7 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from ..utils.progress import progress
 from .distance import distance_block, gallery_statistic, query_and_gallery
 
 __all__ = ['RankResult', 'check_ids', 'evaluate_features', 'evaluate_rank']
@@ -344,6 +345,7 @@ def evaluate_features(
         metric: str = 'euclidean',
         max_rank: int = 50,
         block_bytes: int = EVALUATION_BLOCK_BYTES,
+        show_progress: bool = False,
 ) -> RankResult:
     """`evaluate_rank(compute_distance_matrix(q_feats, g_feats, metric), ...)` without the whole matrix.
 
@@ -362,6 +364,8 @@ def evaluate_features(
         metric: 'euclidean' or 'cosine'.
         max_rank: length of the CMC curve.
         block_bytes: size of one block of float32 distances (at least one query row).
+        show_progress: show the progress on stderr (`hbfp_timm.utils.progress`: a bar on a terminal, a line a
+            minute in a log).
 
     Returns:
         A `RankResult`.
@@ -381,6 +385,7 @@ def evaluate_features(
     block_rows = max(1, int(block_bytes) // (4 * max(num_g, 1)))
     buffer = torch.empty((min(block_rows, num_q), num_g), dtype=torch.float32)
     parts = []
+    bar = progress(total=num_q, desc='scoring', unit='query', disable=not show_progress, leave=False)
     for start in range(0, num_q, block_rows):
         stop = min(start + block_rows, num_q)
         if query.device.type == 'cpu':
@@ -389,4 +394,6 @@ def evaluate_features(
             distances = buffer[:stop - start].copy_(distance_block(query[start:stop], gallery, metric, stat))
         parts.append(_rank_queries(distances.numpy(), q_pids[start:stop], g_pids, q_camids[start:stop],
                                    g_camids, chunk_size=32))
+        bar.update(stop - start)
+    bar.close()
     return _combine(parts, max_rank)

@@ -16,6 +16,7 @@ from typing import Optional, Tuple, Union
 import numpy as np
 import torch
 
+from ..utils.progress import progress
 from .distance import NORM_EPS, as_features, check_metric, gallery_statistic, ranking_scores, scores_to_distances
 
 __all__ = ['topk', 'faiss_available']
@@ -26,6 +27,7 @@ ArrayLike = Union[np.ndarray, torch.Tensor]
 BLOCK_BYTES = 32 * 2 ** 20
 GALLERY_BLOCK = 8192
 FAISS_ADD_BLOCK = 65536
+FAISS_QUERY_BLOCK = 1024  # queries per faiss search call, between two progress updates
 
 
 def faiss_available() -> bool:
@@ -46,7 +48,7 @@ def _merge(best_scores: torch.Tensor, best_indices: torch.Tensor, scores: torch.
 
 @torch.no_grad()
 def _topk_torch(query: torch.Tensor, gallery: torch.Tensor, k: int, metric: str, device: torch.device,
-                block_bytes: int) -> Tuple[torch.Tensor, torch.Tensor]:
+                block_bytes: int, show_progress: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """Running top-k of `ranking_scores` (the order of the distance), block by block over the gallery; the
     distances of the k winners are then completed from their scores (`scores_to_distances`), as
     `compute_distance_matrix` computes them."""
@@ -58,6 +60,7 @@ def _topk_torch(query: torch.Tensor, gallery: torch.Tensor, k: int, metric: str,
     best_scores = torch.full((num_q, 0), float('inf'), device=device)
     best_indices = torch.zeros((num_q, 0), dtype=torch.int64, device=device)
     buffer = torch.empty((query_block, gallery_block), device=device)
+    bar = progress(total=num_g, desc='searching', unit='image', disable=not show_progress, leave=False)
     for g_start in range(0, num_g, gallery_block):
         block = gallery[g_start:g_start + gallery_block].to(device=device, dtype=torch.float32)
         block_stat = gallery_statistic(block, metric)
@@ -72,10 +75,13 @@ def _topk_torch(query: torch.Tensor, gallery: torch.Tensor, k: int, metric: str,
             new_indices.append(columns + g_start)
         best_scores, best_indices = _merge(best_scores, best_indices, torch.cat(new_scores),
                                            torch.cat(new_indices), k)
+        bar.update(len(block))
+    bar.close()
     return scores_to_distances(best_scores, query_sq_norm, metric), best_indices
 
 
-def _faiss_search(query: torch.Tensor, gallery, k: int, metric: str) -> Tuple[torch.Tensor, torch.Tensor]:
+def _faiss_search(query: torch.Tensor, gallery, k: int, metric: str,
+                  show_progress: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """Search with faiss: a given index as it is, or an exact flat index built block by block."""
     import faiss
 
@@ -103,8 +109,14 @@ def _faiss_search(query: torch.Tensor, gallery, k: int, metric: str) -> Tuple[to
             index.add(np.ascontiguousarray(block))
     if index.d != query_np.shape[1]:
         raise ValueError(f'query dim {query_np.shape[1]} differs from the faiss index dim {index.d}')
-    scores, indices = index.search(query_np, min(k, index.ntotal))
-    scores, indices = torch.from_numpy(scores), torch.from_numpy(indices).long()
+    parts = []
+    bar = progress(total=len(query_np), desc='searching', unit='query', disable=not show_progress, leave=False)
+    for start in range(0, len(query_np), FAISS_QUERY_BLOCK):
+        parts.append(index.search(query_np[start:start + FAISS_QUERY_BLOCK], min(k, index.ntotal)))
+        bar.update(len(parts[-1][0]))
+    bar.close()
+    scores, indices = (torch.from_numpy(np.concatenate([part[i] for part in parts])) for i in (0, 1))
+    indices = indices.long()
     if faiss_metric == faiss.METRIC_L2:  # faiss returns squared L2 distances
         distances = scores.clamp_(min=0).sqrt_()
     else:  # inner products of unit vectors: cosine similarities
@@ -128,6 +140,7 @@ def topk(
         device: Optional[Union[str, torch.device]] = None,
         backend: str = 'torch',
         block_bytes: int = BLOCK_BYTES,
+        show_progress: bool = False,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The k nearest gallery items of each query, exactly, without the whole distance matrix.
 
@@ -141,6 +154,8 @@ def topk(
         backend: 'torch' (exact, blockwise) or 'faiss' (exact flat index; needs faiss). A faiss index given
             as `gallery` is always searched with faiss.
         block_bytes: size of one block of float32 scores (query rows x gallery columns).
+        show_progress: show the progress on stderr (`hbfp_timm.utils.progress`: a bar on a terminal, a line a
+            minute in a log).
 
     Returns:
         ``(distances, indices)``: (num_query, min(k, num_gallery)) float32 distances, ascending, and int64
@@ -160,11 +175,11 @@ def topk(
         if not _is_faiss_index(gallery):
             gallery = as_features(gallery, 'gallery', dtype=None)
             _check_dims(query, gallery)
-        return _sort_by_distance(*_faiss_search(query, gallery, int(k), metric))
+        return _sort_by_distance(*_faiss_search(query, gallery, int(k), metric, show_progress))
     gallery = as_features(gallery, 'gallery', dtype=None)
     _check_dims(query, gallery)
     device = torch.device(device) if device is not None else query.device
-    return _sort_by_distance(*_topk_torch(query, gallery, int(k), metric, device, block_bytes))
+    return _sort_by_distance(*_topk_torch(query, gallery, int(k), metric, device, block_bytes, show_progress))
 
 
 def _check_dims(query: torch.Tensor, gallery: torch.Tensor) -> None:
