@@ -367,7 +367,12 @@ def test_cli_save_with_notes_dataset_and_licence_writes_them_on_the_card(run_dir
     assert '## About these weights\n\n**Seeds 0 and 1**: a comparison table would go here.' in card
     assert "- Recipe (the trainer's settings): epochs 12, lr 0.001, seed 3." in card
     assert '- Training identities: 743.' in card and 'python -m hbfp_timm.train --seed 3' in card
-    assert json.loads((tmp_path / 'out' / 'config.json').read_text())['pretrained_cfg']['tag'] == 'cuhk03'
+    config = json.loads((tmp_path / 'out' / 'config.json').read_text())
+    assert config['pretrained_cfg']['tag'] == 'cuhk03' and config['pretrained_cfg']['license'] == 'other'
+    # The licence given is the config's too, whatever the registered variant's (the shipped weights' 'other').
+    assert hub_cli.main(['save', str(run_dir), str(tmp_path / 'mit'), '--license', 'mit']) == 0
+    assert json.loads((tmp_path / 'mit' / 'config.json').read_text())['pretrained_cfg']['license'] == 'mit'
+    assert _front_matter((tmp_path / 'mit' / 'README.md').read_text())['license'] == 'mit'
     assert hub_cli.main(['save', str(run_dir), str(tmp_path / 'out2'), '--notes', str(tmp_path / 'absent.md')]) == 2
 
 

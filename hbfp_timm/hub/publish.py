@@ -58,7 +58,7 @@ def save_pretrained(model: nn.Module, directory: Union[str, Path],
             without evaluation.
         repo_id: Hub repository the card's usage snippet names (``push_to_hub`` sets it).
         notes: Markdown for the card's "About these weights" section (see :func:`render_model_card`).
-        license: The card's licence identifier.
+        license: The licence identifier, on the card and in ``config.json``'s ``pretrained_cfg``.
 
     Returns:
         ``directory`` as a Path.
@@ -74,7 +74,9 @@ def save_pretrained(model: nn.Module, directory: Union[str, Path],
     directory = Path(directory)
     recorded = get_model_args(model)  # what timm.create_model was given
     export_args = {k: v for k, v in BACKBONE_WEIGHT_ARGS.items() if recorded.get(k) not in (None, v)}
-    source_cfg = {'tag': results['dataset'] if results else None}
+    # The card's licence in config.json too: the registered variant's (the shipped CUHK03 weights' 'other') would
+    # otherwise stand there beside another one on the card.
+    source_cfg = {'tag': results['dataset'] if results else None, 'license': license}
     data_config = None
     if results and results.get('img_size'):
         data_config = {'input_size': (model.in_chans, *results['img_size'])}
