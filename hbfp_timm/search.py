@@ -13,12 +13,13 @@ same. The search is exact (`hbfp_timm.metrics.retrieval.topk`); a query's own fi
 folder searched against itself finds each image's nearest *other* images).
 
 Writes ``OUT/ranking.json`` (per query: its path, and its top-k gallery paths with their distances) and
-``OUT/ranking.png`` (the ranked lists of a few queries, with a legend of the border colours). When every
-image's identity is known (list files with pids, or names in a data set's scheme) the results say whether they
-are the query's identity, the picture colours them green / red, and rank-1 and mAP are reported under the
-Market-1501 protocol (camera-less data: `hbfp_timm.data.lists`); otherwise borders are a neutral grey. The
-protocol does not score images of the query's identity from the query's camera: they stay in the ranking, and
-the picture draws them dark grey, apart from the scored matches.
+``OUT/ranking.png`` (the ranked lists of a few queries, with a legend of the border colours; left out, with a
+warning, when its images are not where the embeddings files name them). When every image's identity is known (list
+files with pids, or names in a data set's scheme) the results say whether they are the query's identity, the picture
+colours them green / red, and rank-1 and mAP are reported under the Market-1501 protocol (camera-less data:
+`hbfp_timm.data.lists`); otherwise borders are a neutral grey. The protocol does not score images of the query's
+identity from the query's camera: they stay in the ranking, and the picture draws them dark grey, apart from the
+scored matches.
 
 ``--same-person [FMR]`` marks each result whose distance is below the "same person" threshold of the model that
 made the descriptors (the embeddings files name it; else ``--model``), the one calibrated at that false-match rate
@@ -32,6 +33,7 @@ import argparse
 import ast
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
@@ -394,8 +396,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          show_progress=True)
         check_writable_folder(output)
         atomic_write_text(output / 'ranking.json', json.dumps(ranking, indent=1))
-        picture = _picture(ranking, query, gallery, output / 'ranking.png', args.num_pictures) \
-            if args.num_pictures > 0 else None
+        picture = None
+        if args.num_pictures > 0:
+            try:
+                picture = _picture(ranking, query, gallery, output / 'ranking.png', args.num_pictures)
+            except FileNotFoundError as error:  # e.g. embeddings made on another machine: the results stand
+                warnings.warn(f'ranking.png not drawn: image {error.filename} not found (the embeddings files name '
+                              'their images where they were described); --num-pictures 0 draws no picture',
+                              UserWarning)
     except USER_ERRORS as error:
         print(f'{parser.prog}: error: {one_line(error)}', file=sys.stderr)
         return exit_code(error)

@@ -255,3 +255,17 @@ def test_the_search_and_its_scores_show_their_progress(tmp_path, monkeypatch, ba
     searched = '/40 ' if backend == 'torch' else '/3 '  # gallery images, or queries for faiss
     assert any(bar.startswith('searching: ') and searched in bar for bar in bars)
     assert any(bar.startswith('scoring: ') and '/3 ' in bar for bar in bars)  # queries
+
+
+def test_images_gone_since_they_were_embedded_leave_the_ranking_and_no_picture_with_a_warning(tmp_path, capsys):
+    """An embeddings file made on another machine named images that are not here: after the whole search the
+    command stopped with exit status 2 on '[Errno 2] No such file or directory', its ranking.json written."""
+    query, gallery = write_embeddings(tmp_path, SHIPPED_HOW, SHIPPED_HOW)  # images q0.png, g0.png...: not here
+    out = tmp_path / 'out'
+    with pytest.warns(UserWarning, match=r'^ranking\.png not drawn: image \S+0\.png not found \(the embeddings files '
+                                         r'name their images where they were described\); --num-pictures 0 draws no '
+                                         r'picture$'):
+        assert main(['--query', query, '--gallery', gallery, '--output', str(out)]) == 0
+    assert capsys.readouterr().out.endswith(f'; wrote {out / "ranking.json"}\n')
+    assert [p.name for p in out.iterdir()] == ['ranking.json']
+    assert len(json.loads((out / 'ranking.json').read_text())['queries']) == 2
