@@ -61,9 +61,23 @@ def _describe(source: str, extractor_factory, args: argparse.Namespace) -> Embed
     return embeddings
 
 
+def _cameras_differ(query: Embeddings, gallery: Embeddings) -> Optional[str]:
+    """Why the cameras of query and gallery do not compare, when their files say they are numbered otherwise (the
+    ``cameras`` of the metadata: a list file's ``camid`` as written, or 0-based from the file names); else None."""
+    numbered = [(embeddings.metadata or {}).get('cameras') for embeddings in (query, gallery)]
+    if None not in numbered and numbered[0] != numbered[1]:
+        return f'query cameras numbered by their {numbered[0]}, gallery cameras by their {numbered[1]}'
+    return None
+
+
+def _with_cameras(query: Embeddings, gallery: Embeddings) -> bool:
+    """Whether the protocol's same-camera rule applies: both sides give cameras, numbered alike."""
+    return query.camids is not None and gallery.camids is not None and _cameras_differ(query, gallery) is None
+
+
 def _cameras(query: Embeddings, gallery: Embeddings):
     """Cameras for the protocol: as given, else one per image file (only a query's own file is left out)."""
-    if query.camids is not None and gallery.camids is not None:
+    if _with_cameras(query, gallery):
         return query.camids.numpy(), gallery.camids.numpy()
     camera_of = {path: camera for camera, path in enumerate(sorted(set(query.paths) | set(gallery.paths)))}
     return (np.array([camera_of[p] for p in query.paths]), np.array([camera_of[p] for p in gallery.paths]))
@@ -120,9 +134,12 @@ def search(query: Embeddings, gallery: Embeddings, k: int = 10, metric: str = 'e
         try:
             scores = score_features(query.features, gallery.features, query.pids.numpy(), gallery.pids.numpy(),
                                     q_cams, g_cams, metric=metric, max_rank=10, show_progress=show_progress)
-            evaluation = {**scores,
-                          'protocol': 'Market-1501: same identity and camera left out' if query.camids is not None
-                          and gallery.camids is not None else 'no cameras: only the query file itself left out'}
+            differ = _cameras_differ(query, gallery) if query.camids is not None and gallery.camids is not None \
+                else None
+            protocol = ('Market-1501: same identity and camera left out' if _with_cameras(query, gallery) else
+                        'no cameras' + (f' ({differ}, which do not compare)' if differ else '')
+                        + ': only the query file itself left out')
+            evaluation = {**scores, 'protocol': protocol}
         except ValueError as error:  # e.g. no query has a true match: nothing to score, the search still stands
             evaluation = {'error': str(error)}
     return {'metric': metric, 'topk': k, 'num_query': len(query.paths), 'num_gallery': len(gallery.paths),
@@ -324,7 +341,7 @@ def _picture(ranking: Dict[str, Any], query: Embeddings, gallery: Embeddings, pa
             indices[row, rank] = gallery_index[result['path']]
             distances[row, rank] = result['distance']
     known = ranking['identities_known']
-    cameras = known and query.camids is not None and gallery.camids is not None
+    cameras = known and _with_cameras(query, gallery)
     labels = [(f'id {int(query.pids[q])}: ' if known else '') + Path(query.paths[q]).name for q in rows]
     return draw_ranking([query.paths[q] for q in rows], gallery.paths, indices, path, distances=distances,
                         query_pids=[int(query.pids[q]) for q in rows] if known else None,

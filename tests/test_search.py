@@ -269,3 +269,25 @@ def test_images_gone_since_they_were_embedded_leave_the_ranking_and_no_picture_w
     assert capsys.readouterr().out.endswith(f'; wrote {out / "ranking.json"}\n')
     assert [p.name for p in out.iterdir()] == ['ranking.json']
     assert len(json.loads((out / 'ranking.json').read_text())['queries']) == 2
+
+
+def test_cameras_numbered_otherwise_on_the_two_sides_are_not_compared(run, tmp_path, capsys):
+    """A list file's camid as written (c1 written 1) beside the 0-based cameras of Market names (c1 is 0): the
+    protocol compared camera 1 of the list with c2 of the names, left true matches out and kept same-camera ones,
+    and printed the numbers as Market-1501's."""
+    paths = [str(p) for p in write_images(tmp_path / 'market', MARKET_NAMES)]
+    queries = [0, 4, 8]  # 0001_c1, 0002_c2, 0003_c3: also in the gallery folder
+    (tmp_path / 'query.csv').write_text(''.join(f'{paths[i]},{i // 3 + 1},{i % 3 + 1}\n' for i in queries))
+    out = tmp_path / 'out'
+    assert main(['--query', str(tmp_path / 'query.csv'), '--gallery', str(tmp_path / 'market'), '--model', str(run),
+                 '--output', str(out), '--device', 'cpu', '--workers', '0', '--num-pictures', '0']) == 0
+    evaluation = json.loads((out / 'ranking.json').read_text())['evaluation']
+    assert evaluation['protocol'] == ('no cameras (query cameras numbered by their list file, gallery cameras by '
+                                      'their file names, which do not compare): only the query file itself left out')
+    features = FeatureExtractor(run, device='cpu')(paths)
+    pids = np.repeat([1, 2, 3], 3)
+    own_file = np.arange(9)  # every file its own camera: only a query's own file is left out
+    cmc, mAP = evaluate_rank(compute_distance_matrix(features[queries], features), pids[queries], pids,
+                             own_file[queries], own_file, max_rank=10)
+    assert evaluation['rank1'] == pytest.approx(cmc[0]) and evaluation['mAP'] == pytest.approx(mAP)
+    assert f'rank-1 {cmc[0]:.1%}, mAP {mAP:.1%} (no cameras (' in capsys.readouterr().out

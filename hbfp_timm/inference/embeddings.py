@@ -15,6 +15,8 @@ and, as metadata (strings), how they were made:
 
 * ``model``: the model as named (``--model``), ``img_size``: ``HxW``, ``flip``: ``True`` / ``False``, and
   ``source``: the folder, list or image described;
+* ``cameras``, when there are ``camids``: how they are numbered, ``file names`` (the scheme's camera, 0-based:
+  ``c1`` is 0) or ``list file`` (the ``camid`` column as written); cameras numbered otherwise do not compare;
 * ``checkpoint``: the weights file loaded into the model (``--checkpoint``), as an absolute, resolved path, with
   ``checkpoint_sha256``, the SHA-256 of its content; an empty ``checkpoint`` when none was (the model's own
   weights);
@@ -41,7 +43,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from ..data.lists import collect_images, skip_unreadable
+from ..data.lists import collect_images, identities_from_names, skip_unreadable
 from ..utils.files import atomic_write, sha256_file
 from .extractor import FeatureExtractor
 
@@ -118,6 +120,10 @@ def embed(source: PathLike, extractor: FeatureExtractor, half: bool = False, mod
     seconds = time.perf_counter() - start
     metadata = {'model': model_name, 'img_size': f'{extractor.img_size[0]}x{extractor.img_size[1]}',
                 'flip': str(extractor.flip), 'source': str(listing.source)}
+    if listing.camids is not None:
+        named = identities_from_names(listing.paths)
+        metadata['cameras'] = 'file names' if named is not None and list(named[1]) == list(listing.camids) \
+            else 'list file'
     if model_name or checkpoint is not None or untrained or model_args:
         metadata.update(checkpoint_metadata(checkpoint), untrained=str(bool(untrained)),
                         model_args=model_args_metadata(model_args))
