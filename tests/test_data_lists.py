@@ -113,6 +113,18 @@ def test_malformed_list_names_file_and_line(tmp_path, content, message):
         read_image_list(_write(tmp_path / 'query.csv', content))
 
 
+@pytest.mark.parametrize('content', ['path;pid;camid\na.jpg;1;0\n', 'a.jpg;1;0\n'])
+def test_a_csv_separated_by_semicolons_says_so_not_that_an_image_is_missing(tmp_path, content):
+    """A spreadsheet's "CSV" in a locale whose decimal mark is a comma separates by ';': read_image_list said
+    "image .../path;pid;camid not found" (embed, search) or "got a path without identity" (the trainer)."""
+    _images(tmp_path, ['a.jpg'])
+    line = content.splitlines()[0]
+    for require_pids in (True, False):
+        with pytest.raises(ValueError, match=rf'^{tmp_path / "query.csv"}:1: \'{line}\' has its fields separated by '
+                                             r'";"; a \.csv list separates them by commas: "path,pid,camid"'):
+            read_image_list(_write(tmp_path / 'query.csv', content), require_pids=require_pids)
+
+
 def test_a_spreadsheet_csv_with_a_byte_order_mark_is_read_with_its_header(tmp_path):
     _images(tmp_path, ['a.jpg', 'b.jpg'])
     list_file = tmp_path / 'query.csv'

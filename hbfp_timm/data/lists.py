@@ -80,12 +80,17 @@ def _integer(text: str, what: str, where: str) -> int:
     return int(text)
 
 
+def _listed_path(field: str, folder: Path) -> Path:
+    """The image a list names: an absolute path, or one relative to the list file's folder."""
+    path = Path(field).expanduser()
+    return path if path.is_absolute() else folder / path
+
+
 def _looks_like_header(fields: Sequence[str], folder: Path) -> bool:
     """A first line of names rather than data (``pid,path,camid``, ``image,label``): no number after the first
     field, and no file at the first."""
-    path = Path(fields[0]).expanduser()
     return (len(fields) >= 2 and not any(field.isdigit() for field in fields[1:])
-            and not (path if path.is_absolute() else folder / path).is_file())
+            and not _listed_path(fields[0], folder).is_file())
 
 
 def read_image_list(list_file: PathLike, require_pids: bool = True, check_files: bool = True) -> ImageList:
@@ -116,6 +121,11 @@ def read_image_list(list_file: PathLike, require_pids: bool = True, check_files:
         if num_fields is None and tuple(f.lower() for f in fields) == HEADER[:len(fields)]:
             num_fields = len(fields)  # a header line names the columns
             continue
+        if len(fields) == 1 and list_file.suffix.lower() == '.csv' and ';' in fields[0] and \
+                not _listed_path(fields[0], folder).is_file():
+            raise ValueError(f'{where}: {fields[0]!r} has its fields separated by ";"; a .csv list separates them by '
+                             'commas: "path,pid,camid" (camid optional); save it with commas, or as a .txt list '
+                             'separated by spaces')
         if num_fields is None and _looks_like_header(fields, folder):
             raise ValueError(f'{where}: {",".join(fields)!r} reads as a header, but the columns must be '
                              f'"path,pid,camid" in this order (camid optional); rename or reorder them, or remove '
@@ -129,8 +139,7 @@ def read_image_list(list_file: PathLike, require_pids: bool = True, check_files:
                              'needs the same columns (path, pid, camid)')
         if require_pids and len(fields) == 1:
             raise ValueError(f'{where}: expected "path,pid,camid" (camid optional), got a path without identity')
-        path = Path(fields[0]).expanduser()
-        path = str(path if path.is_absolute() else folder / path)
+        path = str(_listed_path(fields[0], folder))
         if path in first_line:
             raise ValueError(f'{where}: {fields[0]} is listed twice (first on line {first_line[path]})')
         if check_files and not os.path.isfile(path):
