@@ -3,6 +3,7 @@ and clear errors."""
 import copy
 import warnings
 
+import huggingface_hub
 import numpy as np
 import pytest
 import torch
@@ -12,6 +13,7 @@ from safetensors.torch import save_file
 from hbfp_timm import FeatureExtractor, embed
 from hbfp_timm.data import build_test_transform
 from hbfp_timm.hub import WeightsNotFoundError, save_pretrained
+from hbfp_timm.models import pretrained
 
 from conftest import DEVICES
 from hub_fixtures import hub_cache  # noqa: F401  (fixture)
@@ -171,6 +173,24 @@ def test_weights_of_a_plain_timm_model_that_the_hub_cannot_give_are_one_line_nam
         'Face cache and the Hub cannot be reached (HF_HUB_OFFLINE=1 or no network); load them once with a network, '
         'give a local weights file (checkpoint, --checkpoint in the commands), or build it untrained '
         '(pretrained=False, --untrained)')
+
+
+def test_a_hub_repository_that_cannot_be_reached_is_one_line_naming_it_after_one_probe(hub_cache, monkeypatch):
+    """--model hf-hub:ORG/NAME without a network retried for about 25 s, printing a line per retry, then said
+    huggingface_hub's 'An error happened while trying to locate the file on the Hub ...', naming no model."""
+    expected = ('model: hf-hub:someone/absent: the config and weights of this Hub repository cannot be loaded: they '
+                'are not in the local Hugging Face cache and the Hub cannot be reached (HF_HUB_OFFLINE=1 or no '
+                'network); load them once with a network, or give a local copy (a run folder, or local-dir:PATH of a '
+                'Hub folder)')
+    with pytest.raises(WeightsNotFoundError) as info:  # HF_HUB_OFFLINE=1
+        FeatureExtractor('hf-hub:someone/absent', device='cpu')
+    assert str(info.value) == expected
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', False)  # no network: the probe says so
+    probes = []
+    monkeypatch.setattr(pretrained, 'hub_reachable', lambda timeout: probes.append(timeout) or False)
+    with pytest.raises(WeightsNotFoundError) as info:
+        FeatureExtractor('hf-hub:someone/absent', device='cpu')
+    assert str(info.value) == expected and len(probes) == 1
 
 
 def test_an_input_size_too_small_for_the_model_is_one_line_naming_img_size(model, images):

@@ -120,23 +120,29 @@ def load_model(
 def _create_model(name: str, pretrained: bool, kwargs: Dict[str, Any],
                   model_args: Optional[Dict[str, Any]]) -> nn.Module:
     """``timm.create_model`` with its failures said in one line: constructor arguments the model does not take
-    (`model_args`), and the pretrained weights of a timm model of another family (an ImageNet ``resnet50``) that
-    the Hub cannot give; after one short probe of the Hub rather than huggingface_hub's retries of about 50 s.
-    The HBFP models say their own (`hbfp_timm.models.pretrained.explain_pretrained_errors`)."""
+    (`model_args`), and what the Hub cannot give: the pretrained weights of a timm model of another family (an
+    ImageNet ``resnet50``), the repository of an ``hf-hub:`` name; after one short probe of the Hub rather than
+    huggingface_hub's retries of about 50 s. The HBFP models say their own
+    (`hbfp_timm.models.pretrained.explain_pretrained_errors`)."""
     other_family = pretrained and not name.startswith(('hbfp_',) + HUB_PREFIXES)
+    from_hub = other_family or name.startswith('hf-hub:')
     try:
-        with offline_if_hub_unreachable() if other_family else contextlib.nullcontext():
+        with offline_if_hub_unreachable() if from_hub else contextlib.nullcontext():
             return timm.create_model(name, pretrained=pretrained, **kwargs)
     except TypeError as error:
         if not model_args:
             raise
         raise ValueError(model_args_error(name, error, model_args)) from None
     except (HfHubHTTPError, EntryNotFoundError, OfflineModeIsEnabled) as error:
-        if not other_family:
+        if not from_hub:
             raise
         why = ('they are not in the local Hugging Face cache and the Hub cannot be reached (HF_HUB_OFFLINE=1 or no '
                'network)' if isinstance(error, (OfflineModeIsEnabled, FileNotFoundError))
                else f'the Hub answered {type(error).__name__}')
+        if not other_family:
+            raise WeightsNotFoundError(
+                f'model: {name}: the config and weights of this Hub repository cannot be loaded: {why}; load them '
+                'once with a network, or give a local copy (a run folder, or local-dir:PATH of a Hub folder)') from None
         raise WeightsNotFoundError(
             f"model: {name}: timm's pretrained weights of this model cannot be loaded: {why}; load them once with a "
             'network, give a local weights file (checkpoint, --checkpoint in the commands), or build it untrained '
