@@ -64,6 +64,8 @@ def test_a_missing_data_root_is_one_line(tmp_path, capsys):
     (['--img-size', '384'], '--img-size'),
     (['--epochs', '0'], 'positive integer'),
     (['--model', 'hbfp_nonexistent'], 'unknown timm model'),
+    (['--model', 'hbfp_mobilenetv2_100.cuhk03'], "--model: 'hbfp_mobilenetv2_100.cuhk03' names trained weights (tag "
+                                                 "'cuhk03'), which the trainer does not start from: it would train "),
     (['--model', 'resnet18'], "--model: 'resnet18' is a timm backbone, not an HBFP model; use --model hbfp_resnet18 "),
     (['--model', 'mobilenetv3_small_100'], '--model: \'mobilenetv3_small_100\' is a timm backbone, not an HBFP model; '
                                            'use an HBFP model on it: --model hbfp_resnet50 --model-arg '

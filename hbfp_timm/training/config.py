@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import timm
+from timm.models import split_model_name_tag
 
 from ..data import DATASET_NAMES
 
@@ -177,12 +178,16 @@ def validate_config(cfg: TrainConfig) -> None:
         TrainSetupError: The first problem, as ``'<field>: expected ..., got ...'``.
     """
     hbfp_or_unknown = cfg.model.startswith('hbfp_') or not timm.is_model(cfg.model)  # unknown: refused just before
+    architecture, tag = split_model_name_tag(cfg.model)
     checks = [
         (cfg.dataset in DATASET_NAMES, f'dataset: expected one of {", ".join(DATASET_NAMES)}, got {cfg.dataset!r}'),
         (cfg.eval_dataset in DATASET_NAMES,
          f'eval_dataset: expected one of {", ".join(DATASET_NAMES)}, got {cfg.eval_dataset!r}'),
         (timm.is_model(cfg.model), f'model: unknown timm model {cfg.model!r} (e.g. hbfp_resnet50, hbfp_resnet18)'),
         (hbfp_or_unknown, '' if hbfp_or_unknown else _not_hbfp(cfg.model)),
+        (not tag, f'model: {cfg.model!r} names trained weights (tag {tag!r}), which the trainer does not start from: '
+                  f'it would train {architecture} from its ImageNet backbone weights alone; expected the '
+                  f"architecture's name, {architecture}"),
         (len(cfg.img_size) == 2 and all(int(s) > 0 for s in cfg.img_size),
          f'img_size: expected two positive integers (height, width), got {cfg.img_size!r}'),
         *((problem is None, problem) for problem in (field_problem(name, getattr(cfg, name)) for name in FIELD_RULES)),
