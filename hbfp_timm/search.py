@@ -433,6 +433,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         summary += (f'; rank-1 {evaluation["rank1"]:.1%}, mAP {evaluation["mAP"]:.1%} '
                     f'({evaluation["protocol"]}; {skipped} {"query" if skipped == 1 else "queries"} '
                     f'without a match)')
+    elif evaluation:  # identities known, but nothing to score: said, not left to ranking.json alone
+        summary += f'; not scored: {evaluation["error"]}'
     if threshold is not None:
         marked = [r for entry in ranking['queries'] for r in entry['results'] if r['same_person']]
         wrong = sum(not r['same_identity'] for r in marked) if ranking['identities_known'] else None

@@ -291,3 +291,19 @@ def test_cameras_numbered_otherwise_on_the_two_sides_are_not_compared(run, tmp_p
                              own_file[queries], own_file, max_rank=10)
     assert evaluation['rank1'] == pytest.approx(cmc[0]) and evaluation['mAP'] == pytest.approx(mAP)
     assert f'rank-1 {cmc[0]:.1%}, mAP {mAP:.1%} (no cameras (' in capsys.readouterr().out
+
+
+def test_identities_that_cannot_be_scored_are_said_in_the_summary(tmp_path, capsys):
+    """A gallery holding none of the queries' identities: the summary line said nothing of rank-1 or mAP, and why
+    was only in ranking.json."""
+    files = []
+    for name, pids in (('q', [1, 2]), ('g', [3, 4, 5])):
+        files.append(str(save_embeddings(tmp_path / f'{name}.safetensors', Embeddings(
+            torch.randn(len(pids), 4, generator=torch.Generator().manual_seed(len(pids))),
+            [f'{name}{i}.png' for i in range(len(pids))], torch.tensor(pids), metadata=SHIPPED_HOW))))
+    out = tmp_path / 'out'
+    assert main(['--query', files[0], '--gallery', files[1], '--output', str(out), '--num-pictures', '0']) == 0
+    error = json.loads((out / 'ranking.json').read_text())['evaluation']['error']
+    assert error.startswith('none of the 2 queries has a true match in the gallery')
+    assert capsys.readouterr().out == (f'2 queries x 3 gallery images, top 3 (--topk 10, but the gallery holds only 3 '
+                                       f'images); not scored: {error}; wrote {out / "ranking.json"}\n')
