@@ -80,5 +80,6 @@ def test_a_missing_best_model_is_said_and_elsewhere_nothing_is_copied(tmp_path, 
 def test_a_best_model_that_cannot_be_copied_names_the_files(tmp_path):
     _weights(tmp_path / BEST_MODEL_NAME, 1)
     (tmp_path / 'blocked').write_text('a file where the output folder should be')
-    with pytest.raises(TrainSetupError, match=f'output: cannot copy {tmp_path / BEST_MODEL_NAME} \\({tmp_path}/blocked/r2/'):
+    blocked = f'output: cannot copy {tmp_path / BEST_MODEL_NAME} \\({tmp_path}/blocked/r2/'
+    with pytest.raises(TrainSetupError, match=blocked):
         resume_best_model(tmp_path, tmp_path / 'blocked' / 'r2', {'epoch': 1, 'mAP': 0.5, 'rank1': 0.5})

@@ -24,9 +24,9 @@ from .checkpoint import CHECKPOINT_NAME, MODEL_NAME, OUTPUT_NAMES
 from .config import TrainConfig, TrainSetupError
 
 __all__ = [
-    'RUN_FILES', 'output_dir', 'missing_folders', 'remove_created_folders', 'folders_removed_on_failure', 'check_no_earlier_run',
-    'remove_earlier_outputs', 'prepare_output', 'read_dataset', 'check_identities', 'check_queries', 'check_images',
-    'build_model', 'check_input_size', 'check_resume_fits', 'resume_folder',
+    'RUN_FILES', 'output_dir', 'missing_folders', 'remove_created_folders', 'folders_removed_on_failure',
+    'check_no_earlier_run', 'remove_earlier_outputs', 'prepare_output', 'read_dataset', 'check_identities',
+    'check_queries', 'check_images', 'build_model', 'check_input_size', 'check_resume_fits', 'resume_folder',
 ]
 
 # Unreadable images named in the error line; the rest are counted.
