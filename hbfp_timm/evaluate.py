@@ -157,7 +157,8 @@ def evaluate_data(extractor, dataset_name: str, data_root, metric: str = 'euclid
     (q_feats, q_pids, q_cams), (g_feats, g_pids, g_cams) = (
         extract_features(extractor.model, loader, extractor.device, flip=extractor.flip, amp=extractor.amp,
                          desc=split) for split, loader in zip(('query', 'gallery'), loaders))
-    scores = score_features(q_feats, g_feats, q_pids, g_pids, q_cams, g_cams, metric=metric, rerank=rerank)
+    scores = score_features(q_feats, g_feats, q_pids, g_pids, q_cams, g_cams, metric=metric, rerank=rerank,
+                            show_progress=True)
     for entry in (scores, scores.get('reranked') or {}):
         entry.pop('cmc', None)
     num_cameras = len(np.union1d(q_cams, g_cams))

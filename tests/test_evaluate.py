@@ -125,6 +125,14 @@ def test_skip_bad_images_shows_the_progress_of_decoding_every_image(data_root, m
     assert 'decoding images: ' in sys.stderr.getvalue() and f'/{total} ' in sys.stderr.getvalue()
 
 
+def test_scoring_the_queries_shows_its_progress(data_root, tmp_path, monkeypatch):
+    """Describing the images showed progress, then scoring (about 30 s at 10k x 100k) showed nothing."""
+    run = write_run(tmp_path / 'run', tiny_model(seed=3))
+    monkeypatch.setattr(sys, 'stderr', _Terminal())
+    assert main(['--data-root', str(data_root), '--model', str(run), '--device', 'cpu', '--workers', '0']) == 0
+    assert 'scoring: ' in sys.stderr.getvalue() and f'/{len(market_layout(data_root).query)} ' in sys.stderr.getvalue()
+
+
 def test_a_missing_data_root_is_one_line_and_exit_2(tmp_path, capsys):
     run = write_run(tmp_path / 'run', tiny_model())
     assert main(['--data-root', str(tmp_path / 'nowhere'), '--model', str(run), '--device', 'cpu']) == 2
