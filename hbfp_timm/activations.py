@@ -16,7 +16,6 @@ maps) and overlaid on the image with a jet colour map.
 One PNG per image: two rows (before, after) of four panels (image, low, middle, high).
 """
 import argparse
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Sequence
@@ -26,9 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from .commands import (
-    USER_ERRORS, add_model_arguments, exit_code, extractor_from_args, one_line, output_folder, run_command,
-)
+from .commands import USER_ERRORS, add_model_arguments, command_error, extractor_from_args, output_folder, run_command
 from .data.lists import collect_images, skip_unreadable
 from .inference.features import unwrap_model
 
@@ -207,8 +204,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             written.append(draw_activation_maps(image, before, after, output / f'{index:03d}_{Path(path).stem}.png',
                                                 title=str(path), alpha=args.alpha))
     except USER_ERRORS as error:
-        print(f'{parser.prog}: error: {one_line(error)}', file=sys.stderr)
-        return exit_code(error)
+        return command_error(parser, error)
     print(f'wrote {len(written)} activation map picture{"" if len(written) == 1 else "s"} to {args.output}')
     return 0
 

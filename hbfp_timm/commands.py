@@ -19,8 +19,8 @@ from .inference.extractor import FeatureExtractor
 from .models.registry import DEFAULT_REID_MODEL
 from .utils.files import OutputWriteError
 
-__all__ = ['USER_ERRORS', 'add_model_arguments', 'as_flags', 'extractor_from_args', 'flags_of', 'run_command',
-           'exit_code', 'one_line', 'output_file', 'output_folder', 'parse_model_arg']
+__all__ = ['USER_ERRORS', 'add_model_arguments', 'as_flags', 'command_error', 'extractor_from_args', 'flags_of',
+           'run_command', 'exit_code', 'one_line', 'output_file', 'output_folder', 'parse_model_arg']
 
 # What the commands report as one line instead of a traceback.
 USER_ERRORS = (FileNotFoundError, ValueError, OSError, TypeError, ImportError, WeightsNotFoundError,
@@ -138,6 +138,15 @@ def as_flags(message: str, flags: Mapping[str, str]) -> str:
     if names == ['model_args']:
         return message
     return re.sub(r'(?<![\w/.-])[a-z]+(?:_[a-z]+)+(?![\w/-]|\.\w)', lambda name: flags.get(name[0], name[0]), message)
+
+
+def command_error(parser: argparse.ArgumentParser, error: BaseException) -> int:
+    """Say a command's error as its one line on stderr (``PROG: error: ...``), the fields of the Python API that
+    it names written as the command's flags (:func:`as_flags`: ``device: ...`` -> ``--device: ...``), and return
+    its exit status (:func:`exit_code`)."""
+    print(f'{parser.prog}: error: {as_flags(one_line(error), flags_of(parser, model_args="--model-arg"))}',
+          file=sys.stderr)
+    return exit_code(error)
 
 
 def _warning_line(message, category, filename, lineno, line=None) -> str:

@@ -8,12 +8,9 @@ the ``--model-arg`` values, the SHA-256 of the weights as loaded, input size and
 ``python -m hbfp_timm.search`` takes it as ``--query`` or ``--gallery``.
 """
 import argparse
-import sys
 from typing import Optional, Sequence
 
-from .commands import (
-    USER_ERRORS, add_model_arguments, exit_code, extractor_from_args, one_line, output_file, run_command,
-)
+from .commands import USER_ERRORS, add_model_arguments, command_error, extractor_from_args, output_file, run_command
 from .inference.embeddings import embed, save_embeddings
 
 __all__ = ['main']
@@ -39,8 +36,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                     untrained=args.untrained, model_args=dict(args.model_arg))
         save_embeddings(output, embeddings)
     except USER_ERRORS as error:
-        print(f'{parser.prog}: error: {one_line(error)}', file=sys.stderr)
-        return exit_code(error)
+        return command_error(parser, error)
     count, dim = embeddings.features.shape
     print(f'{count} images -> {dim}-d descriptors in {seconds:.1f} s ({count / max(seconds, 1e-9):.1f} images/s, '
           f'{extractor.device}, batch {extractor.batch_size}); identities '

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from .commands import (
-    USER_ERRORS, add_model_arguments, exit_code, extractor_from_args, one_line, output_folder, run_command,
+    USER_ERRORS, add_model_arguments, command_error, extractor_from_args, one_line, output_folder, run_command,
 )
 from .data.checks import find_unreadable_images
 from .data.datasets import DATASET_NAMES, ReIDDataset, build_dataset
@@ -304,8 +304,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                               DEFAULT_FMRS if args.calibrate else (), dataset)
                 for reader, root, dataset in zip(readers, args.data_root, datasets)]
     except USER_ERRORS as error:
-        print(f'{parser.prog}: error: {one_line(error)}', file=sys.stderr)
-        return exit_code(error)
+        return command_error(parser, error)
     tables = _tables(rows)
     header = (f'model {args.model}, input {extractor.img_size[0]}x{extractor.img_size[1]}, '
               f'{args.metric} distance, flip {extractor.flip}; percent')
@@ -340,8 +339,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     'thresholds': row['verification']['calibrated'], 'eer': row['verification']['eer'], **warning})
                 print(f'wrote {path}')
         except USER_ERRORS as error:
-            print(f'{parser.prog}: error: {one_line(error)}', file=sys.stderr)
-            return exit_code(error)
+            return command_error(parser, error)
     return 0
 
 

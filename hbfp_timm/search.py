@@ -32,16 +32,13 @@ labelled data of yours with ``python -m hbfp_timm.evaluate``.
 import argparse
 import ast
 import json
-import sys
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
-from .commands import (
-    USER_ERRORS, add_model_arguments, exit_code, extractor_from_args, one_line, output_folder, run_command,
-)
+from .commands import USER_ERRORS, add_model_arguments, command_error, extractor_from_args, output_folder, run_command
 from .inference.embeddings import Embeddings, embed, load_embeddings, model_args_metadata
 from .inference.visualize import draw_ranking
 from .metrics.evaluation import score_features
@@ -422,8 +419,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                               'their images where they were described); --num-pictures 0 draws no picture',
                               UserWarning)
     except USER_ERRORS as error:
-        print(f'{parser.prog}: error: {one_line(error)}', file=sys.stderr)
-        return exit_code(error)
+        return command_error(parser, error)
     num_query, num_gallery = ranking['num_query'], ranking['num_gallery']
     summary = (f'{num_query} {"query" if num_query == 1 else "queries"} x {num_gallery} gallery '
                f'image{"" if num_gallery == 1 else "s"}, {_top(ranking)}')

@@ -51,3 +51,21 @@ def test_a_command_stopped_by_ctrl_c_or_sigterm_says_so_in_one_line(tmp_path, si
     done = subprocess.run([sys.executable, '-m', 'long_command'], cwd=tmp_path, capture_output=True, text=True,
                           timeout=120)
     assert (done.returncode, done.stdout, done.stderr) == (code, '', f'python -m long_command: interrupted ({name})\n')
+
+
+def test_the_commands_name_the_flags_a_user_typed_and_leave_the_model_arguments(tmp_path, capsys):
+    """FeatureExtractor says 'model_args: ...' and 'batch_size: ...' (its arguments); embed, search, evaluate and
+    activations say the flags, and the constructor arguments listed stay as they are."""
+    from PIL import Image
+
+    from hbfp_timm import embed
+    Image.new('RGB', (32, 64), (120, 60, 30)).save(tmp_path / 'a.jpg')
+    common = [str(tmp_path / 'a.jpg'), '--model', 'hbfp_resnet18', '--untrained', '--device', 'cpu',
+              '--output', str(tmp_path / 'e.safetensors')]
+    assert embed.main([*common, '--model-arg', 'nonsense=1']) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("python -m hbfp_timm.embed: error: --model-arg: hbfp_resnet18 takes no argument 'nonsense'")
+    assert line.endswith(', pretrained_backbone, backbone_weights')
+    assert embed.main([*common, '--batch-size', '0']) == 2
+    assert capsys.readouterr().err == ('python -m hbfp_timm.embed: error: --batch-size: expected a positive integer, '
+                                       'got 0\n')

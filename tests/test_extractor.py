@@ -147,7 +147,8 @@ def test_a_device_that_does_not_exist_is_one_line_naming_device(model, images, t
     run = write_run(tmp_path / 'run', model)
     assert embed.main([str(images[0]), '--model', str(run), '--output', str(tmp_path / 'e.safetensors'),
                        '--device', 'foo']) == 2
-    assert capsys.readouterr().err == ("python -m hbfp_timm.embed: error: device: expected 'auto', 'cpu', 'cuda' "
+    # The command names the flag the user typed, the Python API its argument.
+    assert capsys.readouterr().err == ("python -m hbfp_timm.embed: error: --device: expected 'auto', 'cpu', 'cuda' "
                                        "or 'cuda:N', got 'foo'\n")
 
 
