@@ -28,6 +28,7 @@ from PIL import Image, ImageDraw, ImageFont
 from .commands import USER_ERRORS, add_model_arguments, command_error, extractor_from_args, output_folder, run_command
 from .data.lists import collect_images, skip_unreadable
 from .inference.features import unwrap_model
+from .inference.visualize import save_picture
 
 __all__ = ['LEVELS', 'LevelMaps', 'activation_energy', 'bfp_activation_maps', 'draw_activation_maps', 'main']
 
@@ -159,10 +160,7 @@ def draw_activation_maps(image: np.ndarray, before: Dict[str, torch.Tensor], aft
     draw.text((label_w - 22, bar_top), 'low', fill='black', font=font)
     canvas.paste(Image.fromarray(bar), (label_w + 4, bar_top + 2))
     draw.text((label_w + 130, bar_top), note, fill='black', font=font)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
-    return path
+    return save_picture(canvas, path)
 
 
 def _display_image(preprocessed: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:

@@ -96,3 +96,19 @@ def test_drawing_errors():
         draw_ranking(['a', 'b'], ['c'], np.zeros((1, 3), dtype=int), 'x.png')
     with pytest.raises(ValueError, match='distmat: expected shape'):
         draw_ranked_lists(np.zeros((2, 2)), [('a', 1, 0)], [('b', 1, 1)], 'x.png')
+
+
+def test_a_picture_cut_short_by_a_full_disk_leaves_the_previous_one_and_names_the_file(tmp_path):
+    """canvas.save wrote in place: a full disk left a torn PNG where the last good picture was."""
+    from hbfp_timm.utils.files import OutputWriteError
+
+    from tiny_models import file_size_limit
+    curves = {'HBFP': [0.5] * 20}
+    first = draw_cmc_curves(curves, tmp_path / 'cmc.jpeg', 'CMC', size=(320, 300))
+    before = first.read_bytes()
+    assert Image.open(first).format == 'JPEG'  # the format follows the extension, as canvas.save(path) did
+    with file_size_limit(len(before) // 4), pytest.raises(OutputWriteError, match='cmc.jpeg'):
+        draw_cmc_curves({**curves, 'BoT': [0.3] * 20}, first, 'CMC', size=(320, 300))
+    assert first.read_bytes() == before and [path.name for path in tmp_path.iterdir()] == ['cmc.jpeg']
+    with pytest.raises(ValueError, match=r"cmc\.pictures: expected a picture file name \(\.png, \.jpg\.\.\.\)"):
+        draw_cmc_curves(curves, tmp_path / 'cmc.pictures', 'CMC')

@@ -4,6 +4,7 @@ Every picture explains itself: ranked lists carry a legend of their border colou
 identities are known, a neutral grey otherwise; dark grey for the query's identity seen by the query's camera,
 which the Market-1501 protocol does not score), CMC curves a legend that always fits inside the image.
 """
+import io
 from pathlib import Path
 from typing import List, Mapping, Optional, Sequence, Tuple
 
@@ -11,10 +12,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..data.datasets import to_rgb
+from ..utils.files import atomic_write
 
 __all__ = [
     'MATCH_COLOUR', 'MISMATCH_COLOUR', 'QUERY_COLOUR', 'SAME_CAMERA_COLOUR', 'UNKNOWN_COLOUR', 'draw_ranking',
-    'draw_ranked_lists', 'draw_cmc_curves',
+    'draw_ranked_lists', 'draw_cmc_curves', 'save_picture',
 ]
 
 Item = Tuple[str, int, int]  # (path, pid, camid), as hbfp_timm.data readers give them
@@ -26,6 +28,20 @@ UNKNOWN_COLOUR = (150, 150, 150)
 SAME_CAMERA_COLOUR = (70, 70, 70)  # the query's identity from the query's camera: not scored by the protocol
 CURVE_COLOURS = ((40, 90, 200), (220, 120, 20), (20, 160, 60), (170, 40, 160), (110, 110, 110), (210, 30, 30))
 BORDER, GAP, LABEL_HEIGHT, LEGEND_HEIGHT = 4, 12, 16, 22
+
+
+def save_picture(canvas: Image.Image, path) -> Path:
+    """Write a picture atomically (:func:`~hbfp_timm.utils.files.atomic_write`): a full disk or an interruption
+    leaves the previous file, never a torn one, and a failure is an ``OutputWriteError`` naming the file. The format
+    follows the extension (``.png``, ``.jpg``...); one Pillow does not know is a ValueError naming the path."""
+    path = Path(path)
+    image_format = Image.registered_extensions().get(path.suffix.lower())
+    if image_format is None:
+        raise ValueError(f'{path}: expected a picture file name (.png, .jpg...), got the extension {path.suffix!r}')
+    encoded = io.BytesIO()  # encoded in memory first: Pillow's JPEG encoder does not report a failed file write
+    canvas.save(encoded, format=image_format)
+    atomic_write(path, lambda tmp_name: Path(tmp_name).write_bytes(encoded.getvalue()))
+    return path
 
 
 def _thumbnail(path: str, size: Tuple[int, int], colour: Tuple[int, int, int]) -> Image.Image:
@@ -141,10 +157,7 @@ def draw_ranking(
     legend_top = len(indices) * row_h
     _legend(draw, legend_top, legend, font)
     draw.text((GAP, legend_top + LEGEND_HEIGHT), caption, fill='black', font=font)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
-    return path
+    return save_picture(canvas, path)
 
 
 def draw_ranked_lists(
@@ -265,7 +278,4 @@ def draw_cmc_curves(
         y = box_top + pad + line_h * index
         draw.line([(box_left + pad, y + 6), (box_left + pad + swatch, y + 6)], fill=colour, width=3)
         draw.text((box_left + pad + swatch + pad, y), text, fill='black', font=font)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
-    return path
+    return save_picture(canvas, path)
