@@ -458,11 +458,15 @@ def test_a_workers_thread_that_loses_the_main_process_is_not_a_traceback_but_oth
         "for error in (ConnectionResetError(104, 'Connection reset by peer'), EOFError(), ValueError('real')):\n"
         "    thread = threading.Thread(target=fail, args=(error,))\n"
         "    thread.start()\n"
-        "    thread.join()\n")
+        "    thread.join()\n"
+        # multiprocessing's resource sharer catches its thread's errors and reports them through sys.excepthook
+        "import sys\n"
+        "for error in (ConnectionResetError(104, 'Connection reset by peer'), EOFError(), KeyError('real too')):\n"
+        "    sys.excepthook(type(error), error, None)\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]))
     done = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0
-    assert 'ValueError: real' in done.stderr
+    assert 'ValueError: real' in done.stderr and "KeyError: 'real too'" in done.stderr
     assert 'ConnectionResetError' not in done.stderr and 'EOFError' not in done.stderr
 
 

@@ -2,6 +2,7 @@
 import contextlib
 import os
 import signal
+import sys
 import threading
 from typing import Callable, Iterator, NamedTuple, Optional, Tuple
 
@@ -30,12 +31,25 @@ def _exit_quietly(signum: int, frame: object) -> None:
     os._exit(0)
 
 
-def _quiet_when_the_main_process_hangs_up(args: threading.ExceptHookArgs) -> None:
+def _hung_up(exc_type: type) -> bool:
     """A worker's background thread (multiprocessing's resource sharer, which hands batches' file descriptors to
     the main process) loses its connection when the main process stops on an interruption: that is the expected
-    end, not an error to print over the one-line message. Anything else is reported as Python would."""
-    if not issubclass(args.exc_type, (ConnectionError, EOFError)):
+    end, not an error to print over the one-line message."""
+    return issubclass(exc_type, (ConnectionError, EOFError))
+
+
+def _quiet_when_the_main_process_hangs_up(args: threading.ExceptHookArgs) -> None:
+    """``threading.excepthook`` of a worker: a lost connection (:func:`_hung_up`) unprinted, anything else
+    reported as Python would."""
+    if not _hung_up(args.exc_type):
         threading.__excepthook__(args)
+
+
+def _quiet_hang_up_in_sys_excepthook(exc_type, exc, tb) -> None:
+    """``sys.excepthook`` of a worker, the same rule: the resource sharer's thread catches its own errors and
+    reports them through ``sys.excepthook``, not ``threading.excepthook``."""
+    if not _hung_up(exc_type):
+        sys.__excepthook__(exc_type, exc, tb)
 
 
 def ignore_interruptions(worker_id: int) -> None:
@@ -49,6 +63,7 @@ def ignore_interruptions(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _exit_quietly)
     threading.excepthook = _quiet_when_the_main_process_hangs_up
+    sys.excepthook = _quiet_hang_up_in_sys_excepthook
     if hasattr(signal, 'pthread_sigmask'):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, INTERRUPTIONS)
 
