@@ -48,6 +48,11 @@ PathLike = Union[str, os.PathLike]
 _NOT_DECODED = frozenset({'BUFR', 'EPS', 'GRIB', 'HDF5', 'MPEG', 'WMF'})
 
 
+def some_names(names: Sequence[str], limit: int = 3) -> str:
+    """The first `limit` of `names`, and how many more there are: ``'a, b, c and 4 more'``."""
+    return ', '.join(names[:limit]) + (f' and {len(names) - limit} more' if len(names) > limit else '')
+
+
 def _image_extensions() -> Tuple[str, ...]:
     """The file extensions of every image format this Pillow decodes (lower case, sorted): ``.jpg``, ``.png``,
     ``.bmp``, ``.webp``, ``.tif``, ``.gif``..., whatever its build supports."""
@@ -147,8 +152,7 @@ def _images_in_subfolders(folder: Path) -> int:
             counts[sub.name] = count
     total = sum(counts.values())
     if total:
-        names = ', '.join(f'{name}/' for name in list(counts)[:3]) + (
-            f' and {len(counts) - 3} more' if len(counts) > 3 else '')
+        names = some_names([f'{name}/' for name in counts])
         warnings.warn(f'{folder}: skipped {total} image{"" if total == 1 else "s"} in subfolders ({names}); a split '
                       'folder of the Market-1501 layout holds its images directly: move them up to read them',
                       stacklevel=4)
@@ -164,7 +168,7 @@ def _image_files(folder: Path, example: str) -> Tuple[List[Path], int, int]:
     files = [p for p in named if p.is_file()]  # False for dangling links and link loops
     unreadable = [p.name for p in named if not p.is_file()]
     if unreadable:
-        shown = ', '.join(unreadable[:3]) + (f' and {len(unreadable) - 3} more' if len(unreadable) > 3 else '')
+        shown = some_names(unreadable)
         what = 'entry' if len(unreadable) == 1 else 'entries'
         warnings.warn(f'{folder}: skipped {len(unreadable)} {what} named like images but not readable files '
                       f'(dangling symbolic links, link loops or folders): {shown}', stacklevel=3)

@@ -35,7 +35,9 @@ from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from .checks import find_unreadable_images
-from .datasets import CUHK03_PATTERN, DUKE_PATTERN, IMAGE_EXTENSIONS, MARKET_PATTERN, MSMT17_PATTERN, Item, ReIDDataset
+from .datasets import (
+    CUHK03_PATTERN, DUKE_PATTERN, IMAGE_EXTENSIONS, MARKET_PATTERN, MSMT17_PATTERN, Item, ReIDDataset, some_names,
+)
 
 __all__ = ['ImageList', 'LIST_SUFFIXES', 'read_image_list', 'image_lists', 'identities_from_names', 'collect_images',
            'skip_unreadable']
@@ -238,11 +240,6 @@ def identities_from_names(paths: Sequence[str]) -> Optional[Tuple[List[int], Lis
     return None
 
 
-def _some(names: Sequence[str], limit: int = 3) -> str:
-    """The first `limit` of `names`, and how many more there are."""
-    return ', '.join(names[:limit]) + (f' and {len(names) - limit} more' if len(names) > limit else '')
-
-
 # Files that file managers put in folders of photos (Windows' thumbnail cache and folder settings); hidden files
 # (macOS's .DS_Store, ._* resource forks) are left alike.
 FOLDER_METADATA = frozenset({'thumbs.db', 'desktop.ini'})
@@ -274,7 +271,7 @@ def collect_images(source: PathLike) -> ImageList:
         others = [os.path.relpath(p, path) for p in files if Path(p).suffix.lower() not in IMAGE_EXTENSIONS
                   and not _is_folder_metadata(Path(p).name)]
         not_images = (f'{len(others)} file{"" if len(others) == 1 else "s"} without the extension of an image '
-                      f'format Pillow decodes ({_some(others)})')
+                      f'format Pillow decodes ({some_names(others)})')
         if not paths:
             raise ValueError(f'{path}: no images in this folder or below (any format Pillow decodes: .jpg, .png, '
                              '.webp, .tif...)' + (f'; not read: {not_images}' if others else ''))
