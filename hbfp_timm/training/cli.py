@@ -10,6 +10,7 @@ into the folder of the checkpoint. The data paths are recorded as absolute paths
 working folder; a resumed run keeps its own configuration, and flags given override it.
 """
 import argparse
+import functools
 import json
 import os
 import sys
@@ -290,8 +291,10 @@ def _resume_hint(cfg: Optional[TrainConfig]) -> str:
     return f'{folder / CHECKPOINT_NAME}{held} is intact; continue with: {PROG} --resume {folder}'
 
 
+@functools.lru_cache(maxsize=1)
 def _flags() -> Dict[str, str]:
-    """The flag of each ``TrainConfig`` field (``model_args`` is set by ``--model-arg``)."""
+    """The flag of each ``TrainConfig`` field (``model_args`` is set by ``--model-arg``), from the parser built
+    once."""
     return flags_of(build_parser(), model_args='--model-arg')
 
 
